@@ -1,0 +1,38 @@
+// stsweep: the command-line entry point. Each subcommand lives in host/cli_*.cpp.
+#include <cstdio>
+#include <exception>
+#include <iostream>
+
+#include "cli.hpp"
+#include "params.hpp"
+#include "version.hpp"
+
+int main(int argc, char** argv) {
+  using namespace stsweep;
+  CLI::App app{"stsweep: student-teacher learning sweeps on CPU and GPU"};
+  app.set_version_flag("--version", std::string("stsweep ") + STSWEEP_VERSION + " (git " +
+                                        STSWEEP_GIT_COMMIT + ")");
+  app.require_subcommand(1);
+  cli::Registry reg;
+  cli::add_sweep_commands(app, reg);
+  cli::add_run_command(app, reg);
+  cli::add_results_commands(app, reg);
+  cli::add_export_command(app, reg);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    int rc = app.exit(e);  // prints help or the error
+    return rc == 0 ? cli::kExitOk : cli::kExitBadInput;
+  }
+  try {
+    for (auto& [sub, action] : reg.actions)
+      if (sub->parsed()) return action();
+  } catch (const InputError& e) {
+    std::cerr << "stsweep: error: " << e.what() << "\n";
+    return cli::kExitBadInput;
+  } catch (const std::exception& e) {
+    std::cerr << "stsweep: failed: " << e.what() << "\n";
+    return cli::kExitFailure;
+  }
+  return cli::kExitFailure;
+}

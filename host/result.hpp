@@ -1,0 +1,43 @@
+// What one trial produces (metric names as in the results file, MODEL.md).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace stsweep {
+
+// Stored as int8 in the results; pending rows exist only in partial files.
+enum class Status : int8_t { pending = 0, done = 1, diverged = 2, failed = 3 };
+const char* name(Status);
+
+struct TrialResult {
+  int64_t trial = -1;  // trial id (index in the sweep)
+  Status status = Status::pending;
+  int64_t steps_run = 0;     // steps actually taken (< steps when diverged)
+  double test_risk = 0;      // R(W_e) of the student at the end
+  double baseline_test_risk = 0;  // the lambda = 0 twin (NaN when baseline = false)
+  double bayes_risk = 0;
+  double excess_risk = 0;    // test_risk - bayes_risk
+  double interp_risk = 0;    // R(Y Xn^+)
+  double teacher_clean_risk = 0;
+  double train_loss = 0;     // full loss at the end (label + lambda * feature)
+  double label_loss = 0;     // (1/2N)||f(Xn) - Y||^2
+  double feature_loss = 0;   // (1/2N) sum_l ||h^l - H_t^l||^2 (unweighted)
+  double best_test_risk = 0; // lowest test risk over the checkpoints
+  int64_t best_step = 0;
+  int8_t zero_loss = 0;      // train_loss reached the zero-loss tolerance
+  std::string message;       // why, when failed or diverged (not stored per row)
+
+  // Curves over checkpoints (length = number of checkpoints; NaN-padded).
+  std::vector<int64_t> checkpoint_steps;
+  std::vector<double> curve_test_risk, curve_label_loss, curve_feature_loss;
+  std::vector<double> curve_baseline_test_risk, curve_baseline_label_loss,
+      curve_baseline_feature_loss;
+};
+
+// Names of the scalar metrics and curves, in file order.
+const std::vector<std::string>& scalar_metric_names();
+const std::vector<std::string>& curve_names();
+
+}  // namespace stsweep
