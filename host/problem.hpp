@@ -1,0 +1,69 @@
+// One trial, set up and ready to train: the contract between the set-up code
+// (host/setup.cpp: data, teacher, decomposition, closed-form risks; all in
+// float64 on the host) and every trainer (host/train_cpu.cpp, kernels/*.cu).
+//
+// Matrices are row-major, samples are columns (X is d x N), as in MODEL.md.
+// Layer l (1..L) maps width w[l-1] to w[l]; w[0] = d, w[L] = m.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "params.hpp"
+
+namespace stsweep {
+
+struct Matrix {
+  int rows = 0, cols = 0;
+  std::vector<double> a;  // row-major
+  Matrix() = default;
+  Matrix(int r, int c) : rows(r), cols(c), a(static_cast<size_t>(r) * c, 0.0) {}
+  double& operator()(int i, int j) { return a[static_cast<size_t>(i) * cols + j]; }
+  double operator()(int i, int j) const { return a[static_cast<size_t>(i) * cols + j]; }
+};
+
+struct TrialProblem {
+  TrialParams params;
+  int L = 2;
+  std::vector<int> w;          // widths w[0..L]
+  std::vector<int> matched;    // matched hidden layers (1..L-1), ascending; empty when lambda = 0
+  // Student training data (noisy inputs, labels) and the teacher's features on
+  // the CLEAN inputs: feature[l] is w[l] x N for l in matched (others empty).
+  Matrix X, Xn, Y;
+  std::vector<Matrix> feature;  // size L (index 0 unused)
+  // Moments for the moment path (linear networks): Cxx = Xn Xn^T/N, Cyx = Y Xn^T/N,
+  // Chx[l] = feature[l] Xn^T / N, and the traces tr(YY^T)/N, tr(H_l H_l^T)/N.
+  Matrix Cxx, Cyx;
+  std::vector<Matrix> Chx;
+  double tr_yy = 0;
+  std::vector<double> tr_hh;
+  // Initial student weights W[l] (w[l] x w[l-1]), l = 1..L (index 0 unused);
+  // the twin starts from the same weights.
+  std::vector<Matrix> W0;
+  // Exact risk of a linear end-to-end map W_e (m x d):
+  //   R = ||(W_e - W*) Mhalf||_F^2 + sigma^2 ||W_e||_F^2 + m sigma_y^2,  Mhalf = U diag(s)^1/2 (d x k).
+  Matrix Wstar, Mhalf;
+  double sigma = 0, sigma_y = 0;
+  // Closed forms computed at set-up (float64).
+  double bayes_risk = 0, interp_risk = 0, teacher_clean_risk = 0;
+  // Nonlinear students: Monte Carlo test set (noisy inputs, clean targets).
+  Matrix Xtest, Ytest;
+  // Teacher: its layers (for export), end-to-end clean map W_t.
+  std::vector<Matrix> teacher_W;  // index 1..L
+  Matrix Wt, U;
+  std::vector<double> spectrum;
+  // Checkpoint steps: 0 and T always, log-spaced between, strictly increasing.
+  std::vector<int64_t> checkpoints;
+};
+
+// Builds the problem of one trial (throws InputError for a decomposition the
+// widths cannot hold). Deterministic in (sweep_seed, params).
+TrialProblem setup_trial(const TrialParams& p, uint64_t sweep_seed);
+
+// min(count, T + 1) distinct steps: 0, T and log-spaced between.
+std::vector<int64_t> checkpoint_steps(int64_t T, int count);
+
+// Exact risk of a linear end-to-end map (see above).
+double linear_risk(const TrialProblem& pr, const Matrix& We);
+
+}  // namespace stsweep
