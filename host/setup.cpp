@@ -1,0 +1,417 @@
+// Trial set-up (MODEL.md "Data", "Teacher", "Metrics"): data, teacher,
+// decomposition, teacher features, moments, initial weights and the closed-form
+// risks, all in float64 on the host. Choices MODEL.md leaves open are written
+// down in docs/MODEL_NOTES.md; the comments here point at them.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+
+#include "linalg.hpp"
+#include "problem.hpp"
+#include "rng.hpp"
+#include "train.hpp"
+
+namespace stsweep {
+namespace {
+
+using namespace linalg;
+using rng::Stream;
+
+// Initial weight scale of a `trained` teacher (per entry N(0, c^2 / fan_in)).
+// Fixed, so that the teacher does not depend on the student's init_scale.
+constexpr double kTeacherInitScale = 1e-2;
+
+// Element (i, j) of an r x c matrix is normal draw j * r + i of its stream
+// (column by column): a data matrix with samples as columns grows by appending
+// columns when its sample count grows.
+Matrix gaussian(uint64_t key, Stream s, uint32_t sub, int r, int c, double scale = 1.0) {
+  Matrix M(r, c);
+  const uint64_t n = static_cast<uint64_t>(r) * c;
+  for (uint64_t idx = 0; idx < n; idx += 2) {
+    double z0, z1;
+    rng::normal_pair(key, s, sub, idx / 2, &z0, &z1);
+    M(static_cast<int>(idx % r), static_cast<int>(idx / r)) = scale * z0;
+    if (idx + 1 < n) M(static_cast<int>((idx + 1) % r), static_cast<int>((idx + 1) / r)) = scale * z1;
+  }
+  return M;
+}
+
+// Haar orthogonal n x n from a Gaussian (QR with a non-negative R diagonal).
+Matrix random_orthogonal(uint64_t key, Stream s, uint32_t sub, int n) {
+  return qr_orthonormal(gaussian(key, s, sub, n, n));
+}
+
+double activate(Activation a, double x) {
+  switch (a) {
+    case Activation::relu: return x > 0 ? x : 0.0;
+    case Activation::tanh: return std::tanh(x);
+    case Activation::linear: break;
+  }
+  return x;
+}
+
+Matrix activate(Activation a, Matrix M) {
+  if (a != Activation::linear)
+    for (double& x : M.a) x = activate(a, x);
+  return M;
+}
+
+// Layer outputs H[0] = X, H[l] = phi(W_l H[l-1]) (hidden), H[L] = W_L H[L-1].
+std::vector<Matrix> forward(const std::vector<Matrix>& W, Activation act, const Matrix& X) {
+  const int L = static_cast<int>(W.size()) - 1;
+  std::vector<Matrix> H(L + 1);
+  H[0] = X;
+  for (int l = 1; l <= L; ++l) {
+    H[l] = matmul(W[l], H[l - 1]);
+    if (l < L) H[l] = activate(act, std::move(H[l]));
+  }
+  return H;
+}
+
+Matrix product(const std::vector<Matrix>& W) {
+  Matrix P = W[1];
+  for (size_t l = 2; l < W.size(); ++l) P = matmul(W[l], P);
+  return P;
+}
+
+std::vector<double> spectrum_of(const TrialParams& p) {
+  std::vector<double> s(p.k, 1.0);
+  for (int j = 0; j < p.k; ++j) {
+    if (p.spectrum == SpectrumKind::power) s[j] = std::pow(j + 1.0, -p.spectrum_p);
+    // geometric: s_1 / s_k = kappa, equal ratios in between.
+    if (p.spectrum == SpectrumKind::geometric && p.k > 1)
+      s[j] = std::pow(p.spectrum_kappa, -static_cast<double>(j) / (p.k - 1));
+  }
+  double sum = 0;
+  for (double x : s) sum += x;
+  for (double& x : s) x *= p.k / sum;
+  return s;
+}
+
+const char* decomposition_name(Decomposition d) {
+  switch (d) {
+    case Decomposition::balanced: return "balanced";
+    case Decomposition::rotated: return "rotated";
+    case Decomposition::scaled: return "scaled";
+    case Decomposition::power: return "power";
+    case Decomposition::latent: return "latent";
+    case Decomposition::input: return "input";
+    case Decomposition::output: return "output";
+    case Decomposition::as_trained: return "as_trained";
+  }
+  return "?";
+}
+
+std::string widths_text(const std::vector<int>& hidden) {
+  std::ostringstream os;
+  os << "[";
+  for (size_t i = 0; i < hidden.size(); ++i) os << (i ? ", " : "") << hidden[i];
+  os << "]";
+  return os.str();
+}
+
+// The student's data law: latents, clean inputs and the clean target.
+struct Law {
+  const TrialParams& p;
+  Matrix U, Wstar, A1, A2;  // Wstar empty for the nonlinear target
+  std::vector<double> sqrt_s;
+
+  // Latents z ~ N(0, diag(s)), k x n.
+  Matrix latents(uint64_t key, Stream s, int n) const {
+    return scale_rows(gaussian(key, s, 0, p.k, n), sqrt_s);
+  }
+  // Clean targets of latents Z (inputs X = U Z).
+  Matrix target(const Matrix& Z, const Matrix& X) const {
+    if (p.target == Target::linear) return matmul(Wstar, X);
+    return matmul(A2, activate(Activation::tanh, matmul(A1, Z)));
+  }
+};
+
+// Re-factorises W_t (m x d) into L layers of widths w (MODEL.md "Teacher";
+// depth > 2 as in docs/MODEL_NOTES.md). Throws InputError when a hidden width
+// cannot hold the decomposition's inner dimension.
+std::vector<Matrix> decompose(const TrialParams& p, const std::vector<int>& w, const Matrix& Wt,
+                              const Matrix& U, uint64_t teacher_key) {
+  const int L = static_cast<int>(w.size()) - 1;
+  const int d = w[0], m = w[L];
+  const Decomposition dec = p.teacher.decomposition;
+  // Core factors through an inner dimension q: first (q x d), middle (q x q),
+  // last (m x q); W_t = last * middle^(L-2) * first.
+  Matrix first, middle, last;
+  int q = 0;
+  std::string what;
+  switch (dec) {
+    case Decomposition::balanced:
+    case Decomposition::rotated:
+    case Decomposition::scaled:
+    case Decomposition::power: {
+      const SVD f = svd(Wt);
+      q = f.rank();
+      // Exponents of S per layer: S^(1/L) each (balanced), or S^p in layer 1
+      // and S^((1-p)/(L-1)) in each other layer (power).
+      double e_first = 1.0 / L, e_rest = 1.0 / L;
+      if (dec == Decomposition::power) {
+        e_first = p.teacher.power;
+        e_rest = (1.0 - p.teacher.power) / (L - 1);
+      }
+      first = Matrix(q, d);
+      middle = Matrix(q, q);
+      last = Matrix(m, q);
+      for (int c = 0; c < q; ++c) {
+        const double sf = std::pow(f.s[c], e_first), sr = std::pow(f.s[c], e_rest);
+        for (int j = 0; j < d; ++j) first(c, j) = sf * f.Q(j, c);
+        for (int i = 0; i < m; ++i) last(i, c) = f.P(i, c) * sr;
+        middle(c, c) = sr;
+      }
+      what = "the rank r = " + std::to_string(q) + " of the teacher's map";
+      break;
+    }
+    case Decomposition::latent:
+      q = p.k;
+      first = transpose(U);
+      middle = identity(q);
+      last = matmul(Wt, U);
+      what = "k = " + std::to_string(q) + " latent features";
+      break;
+    case Decomposition::input:
+      q = d;
+      first = identity(d);
+      middle = identity(q);
+      last = Wt;
+      what = "d = " + std::to_string(q) + " input features";
+      break;
+    case Decomposition::output:
+      q = m;
+      first = Wt;
+      middle = identity(q);
+      last = identity(m);
+      what = "m = " + std::to_string(q) + " output features";
+      break;
+    case Decomposition::as_trained:
+      throw std::logic_error("decompose: as_trained has no re-factorisation");
+  }
+  for (int l = 1; l < L; ++l)
+    if (w[l] < q) {
+      std::vector<int> hidden(w.begin() + 1, w.end() - 1);
+      throw InputError("teacher.decomposition",
+                       std::string("decomposition '") + decomposition_name(dec) + "' needs " + what +
+                           " in every hidden layer, so every hidden width must be >= " +
+                           std::to_string(q) + "; hidden = " + widths_text(hidden));
+    }
+  std::vector<Matrix> W(L + 1);
+  W[1] = embed(first, w[1], d);
+  for (int l = 2; l < L; ++l) W[l] = embed(middle, w[l], w[l - 1]);
+  W[L] = embed(last, m, w[L - 1]);
+  if (dec == Decomposition::scaled) {
+    if (p.teacher.scale == 0.0 || !std::isfinite(p.teacher.scale))
+      throw InputError("teacher.scale", "must be finite and nonzero");
+    W[1] = scaled(W[1], p.teacher.scale);
+    W[L] = scaled(W[L], 1.0 / p.teacher.scale);
+  }
+  if (dec == Decomposition::rotated)  // each hidden layer mixed by its own R_l
+    for (int l = 1; l < L; ++l) {
+      const Matrix R = random_orthogonal(teacher_key, Stream::R, static_cast<uint32_t>(l), w[l]);
+      W[l] = matmul(R, W[l]);
+      W[l + 1] = matmul_nt(W[l + 1], R);
+    }
+  return W;
+}
+
+std::vector<int> matched_set(const TrialParams& p, int L) {
+  std::vector<int> M;
+  if (p.matched_layers.empty()) {
+    for (int l = 1; l < L; ++l) M.push_back(l);
+    return M;
+  }
+  for (int l : p.matched_layers) {
+    if (l < 1 || l > L - 1)
+      throw InputError("matched_layers", "layer " + std::to_string(l) +
+                                             " is not a hidden layer (1.." + std::to_string(L - 1) +
+                                             ")");
+    M.push_back(l);
+  }
+  std::sort(M.begin(), M.end());
+  M.erase(std::unique(M.begin(), M.end()), M.end());
+  return M;
+}
+
+}  // namespace
+
+std::vector<int64_t> checkpoint_steps(int64_t T, int count) {
+  if (T < 0) throw std::invalid_argument("checkpoint_steps: negative step count");
+  // At least {0, T}; at most every step.
+  const int64_t n = std::min<int64_t>(std::max(count, 2), T + 1);
+  std::vector<int64_t> steps{0};
+  if (n == 1) return steps;
+  int64_t prev = 0;
+  for (int64_t i = 1; i < n; ++i) {
+    // Ideal: T^((i-1)/(n-2)), from 1 to T; then strictly increasing with room left.
+    const double ideal =
+        n == 2 ? static_cast<double>(T) : std::pow(static_cast<double>(T), double(i - 1) / double(n - 2));
+    int64_t v = std::llround(ideal);
+    v = std::max(v, prev + 1);
+    v = std::min(v, T - (n - 1 - i));
+    steps.push_back(v);
+    prev = v;
+  }
+  return steps;
+}
+
+double linear_risk(const TrialProblem& pr, const Matrix& We) {
+  const double label = pr.Wstar.rows > 0 ? pr.Wstar.rows * pr.sigma_y * pr.sigma_y
+                                         : pr.Ytest.rows * pr.sigma_y * pr.sigma_y;
+  if (pr.Wstar.rows > 0) {
+    return frob2(matmul(sub(We, pr.Wstar), pr.Mhalf)) + pr.sigma * pr.sigma * frob2(We) + label;
+  }
+  // Nonlinear target: Monte Carlo over the test set (clean targets; label noise added exactly).
+  if (pr.Xtest.cols == 0) throw std::logic_error("linear_risk: nonlinear target without a test set");
+  return frob2(sub(matmul(We, pr.Xtest), pr.Ytest)) / pr.Xtest.cols + label;
+}
+
+TrialProblem setup_trial(const TrialParams& p, uint64_t sweep_seed) {
+  if (p.k < 1 || p.k > p.d) throw InputError("k", "need 1 <= k <= d");
+  if (p.hidden.empty()) throw InputError("hidden", "need at least one hidden layer (L >= 2)");
+  TrialProblem pr;
+  pr.params = p;
+  pr.L = p.depth();
+  const int L = pr.L, d = p.d, k = p.k, m = p.m, N = p.n_train;
+  pr.w.push_back(d);
+  for (int h : p.hidden) pr.w.push_back(h);
+  pr.w.push_back(m);
+  pr.matched = matched_set(p, L);
+  pr.sigma = p.noise;
+  pr.sigma_y = p.label_noise;
+  const TrialKeys keys = trial_keys(sweep_seed, p);
+  const bool linear_target = p.target == Target::linear;
+
+  // Data law.
+  pr.spectrum = spectrum_of(p);
+  Law law{p, {}, {}, {}, {}, {}};
+  law.sqrt_s.resize(k);
+  for (int j = 0; j < k; ++j) law.sqrt_s[j] = std::sqrt(pr.spectrum[j]);
+  pr.U = qr_orthonormal(gaussian(keys.data, Stream::U, 0, d, k));
+  law.U = pr.U;
+  pr.Mhalf = scale_cols(pr.U, law.sqrt_s);
+  if (linear_target) {
+    const Matrix A = gaussian(keys.data, Stream::A, 0, m, k, 1.0 / std::sqrt(double(k)));
+    pr.Wstar = matmul_nt(A, pr.U);
+    law.Wstar = pr.Wstar;
+  } else {  // y = A2 tanh(A1 z), A1 k x k and A2 m x k, entries N(0, 1/k)
+    law.A1 = gaussian(keys.data, Stream::target_a1, 0, k, k, 1.0 / std::sqrt(double(k)));
+    law.A2 = gaussian(keys.data, Stream::target_a2, 0, m, k, 1.0 / std::sqrt(double(k)));
+  }
+
+  // Student set.
+  {
+    const Matrix Z = law.latents(keys.data, Stream::Z, N);
+    pr.X = matmul(pr.U, Z);
+    pr.Xn = add(pr.X, scaled(gaussian(keys.data, Stream::E, 0, d, N), pr.sigma));
+    pr.Y = law.target(Z, pr.X);
+    if (pr.sigma_y != 0)
+      pr.Y = add(pr.Y, scaled(gaussian(keys.data, Stream::label_noise, 0, m, N), pr.sigma_y));
+  }
+  // Monte Carlo test set (nonlinear problems): noisy inputs, clean targets.
+  Matrix Xtest_clean;
+  if (!p.linear()) {
+    const Matrix Z = law.latents(keys.data, Stream::test_z, p.n_test);
+    Xtest_clean = matmul(pr.U, Z);
+    pr.Xtest = add(Xtest_clean, scaled(gaussian(keys.data, Stream::test_e, 0, d, p.n_test), pr.sigma));
+    pr.Ytest = law.target(Z, Xtest_clean);
+  }
+
+  // Teacher: its end-to-end map W_t, then its layers.
+  const TeacherParams& tp = p.teacher;
+  std::vector<Matrix> trained;
+  if (tp.kind != TeacherKind::trained && tp.decomposition == Decomposition::as_trained)
+    throw InputError("teacher.decomposition", "'as_trained' needs teacher.kind = trained");
+  switch (tp.kind) {
+    case TeacherKind::oracle:
+    case TeacherKind::perturbed:
+      if (!linear_target)
+        throw InputError("teacher.kind", "the nonlinear target has no linear map W*; "
+                                         "use teacher.kind = trained");
+      pr.Wt = pr.Wstar;
+      if (tp.kind == TeacherKind::perturbed) {
+        const Matrix G = gaussian(keys.teacher, Stream::G, 0, m, k);
+        const double gn = frob(G);
+        // ||W* U||_F = ||A||_F since U^T U = I.
+        const double c = gn > 0 ? tp.delta * frob(matmul(pr.Wstar, pr.U)) / gn : 0.0;
+        pr.Wt = add(pr.Wstar, scaled(matmul_nt(G, pr.U), c));
+      }
+      break;
+    case TeacherKind::trained: {
+      if (p.activation != Activation::linear && tp.decomposition != Decomposition::as_trained)
+        throw InputError("teacher.decomposition",
+                         "a trained nonlinear teacher has no linear map to re-factorise; "
+                         "use teacher.decomposition = as_trained");
+      // Its own clean training set from the teacher key, same law and label noise.
+      const Matrix Zt = law.latents(keys.teacher, Stream::teacher_z, tp.n_train);
+      const Matrix Xt = matmul(pr.U, Zt);
+      Matrix Yt = law.target(Zt, Xt);
+      if (pr.sigma_y != 0)
+        Yt = add(Yt, scaled(gaussian(keys.teacher, Stream::teacher_label_noise, 0, m, tp.n_train),
+                            pr.sigma_y));
+      trained.resize(L + 1);
+      for (int l = 1; l <= L; ++l)
+        trained[l] = gaussian(keys.teacher, Stream::teacher_init, static_cast<uint32_t>(l), pr.w[l],
+                              pr.w[l - 1], kTeacherInitScale / std::sqrt(double(pr.w[l - 1])));
+      if (!train_plain_f64(trained, p.activation, Xt, Yt, tp.steps, tp.lr))
+        throw std::runtime_error("the trained teacher diverged (teacher.lr = " +
+                                 std::to_string(tp.lr) + ")");
+      pr.Wt = product(trained);
+      break;
+    }
+  }
+  pr.teacher_W = tp.decomposition == Decomposition::as_trained
+                     ? trained
+                     : decompose(p, pr.w, pr.Wt, pr.U, keys.teacher);
+
+  // Teacher features on the CLEAN student inputs, for every matched layer
+  // (kept when lambda = 0 too: the twin reports its feature loss).
+  const std::vector<Matrix> H = forward(pr.teacher_W, p.activation, pr.X);
+  pr.feature.assign(L, Matrix());
+  pr.Chx.assign(L, Matrix());
+  pr.tr_hh.assign(L, 0.0);
+  for (int l : pr.matched) {
+    pr.feature[l] = H[l];
+    pr.Chx[l] = scaled(matmul_nt(H[l], pr.Xn), 1.0 / N);
+    pr.tr_hh[l] = frob2(H[l]) / N;
+  }
+  pr.Cxx = scaled(matmul_nt(pr.Xn, pr.Xn), 1.0 / N);
+  pr.Cyx = scaled(matmul_nt(pr.Y, pr.Xn), 1.0 / N);
+  pr.tr_yy = frob2(pr.Y) / N;
+
+  // Student initial weights (the twin starts from the same ones).
+  pr.W0.assign(L + 1, Matrix());
+  for (int l = 1; l <= L; ++l)
+    pr.W0[l] = gaussian(keys.init, Stream::student_init, static_cast<uint32_t>(l), pr.w[l],
+                        pr.w[l - 1], p.init_scale / std::sqrt(double(pr.w[l - 1])));
+
+  // Closed forms.
+  if (linear_target) {
+    Matrix WB = pr.Wstar;  // sigma = 0: W* itself is optimal
+    if (pr.sigma > 0) {
+      // W_B = W* Sx (Sx + sigma^2 I)^-1, i.e. W_B^T = (Sx + sigma^2 I)^-1 Sx W*^T.
+      const Matrix Sx = matmul_nt(pr.Mhalf, pr.Mhalf);
+      const Matrix K = add(Sx, scaled(identity(d), pr.sigma * pr.sigma));
+      WB = transpose(solve_spd(K, matmul_nt(Sx, pr.Wstar)));
+    }
+    pr.bayes_risk = linear_risk(pr, WB);
+  } else {
+    pr.bayes_risk = std::numeric_limits<double>::quiet_NaN();  // no closed form
+  }
+  pr.interp_risk = linear_risk(pr, matmul(pr.Y, pinv(pr.Xn)));
+  if (linear_target && p.activation == Activation::linear) {
+    pr.teacher_clean_risk = frob2(matmul(sub(pr.Wt, pr.Wstar), pr.Mhalf));
+  } else {  // Monte Carlo: the teacher network on clean test inputs vs clean targets
+    const std::vector<Matrix> Ht = forward(pr.teacher_W, p.activation, Xtest_clean);
+    pr.teacher_clean_risk = frob2(sub(Ht[L], pr.Ytest)) / p.n_test;
+  }
+  pr.checkpoints = checkpoint_steps(p.steps, p.checkpoints);
+  return pr;
+}
+
+}  // namespace stsweep

@@ -1,0 +1,304 @@
+// Small dense linear algebra in float64 on the host, for trial set-up and tests:
+// products, Householder QR, one-sided Jacobi SVD, Cholesky solves and the
+// pseudo-inverse, on stsweep::Matrix (row-major). Sizes are at most a few
+// hundred, so clarity wins over speed; nothing here runs in a training loop.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+#include <stdexcept>
+#include <vector>
+
+#include "problem.hpp"
+
+namespace stsweep::linalg {
+
+inline Matrix identity(int n) {
+  Matrix I(n, n);
+  for (int i = 0; i < n; ++i) I(i, i) = 1.0;
+  return I;
+}
+
+inline Matrix transpose(const Matrix& A) {
+  Matrix T(A.cols, A.rows);
+  for (int i = 0; i < A.rows; ++i)
+    for (int j = 0; j < A.cols; ++j) T(j, i) = A(i, j);
+  return T;
+}
+
+// A B
+inline Matrix matmul(const Matrix& A, const Matrix& B) {
+  if (A.cols != B.rows) throw std::logic_error("linalg::matmul: shape mismatch");
+  Matrix C(A.rows, B.cols);
+  for (int i = 0; i < A.rows; ++i)
+    for (int p = 0; p < A.cols; ++p) {
+      const double a = A(i, p);
+      if (a == 0.0) continue;
+      for (int j = 0; j < B.cols; ++j) C(i, j) += a * B(p, j);
+    }
+  return C;
+}
+
+// A B^T
+inline Matrix matmul_nt(const Matrix& A, const Matrix& B) {
+  if (A.cols != B.cols) throw std::logic_error("linalg::matmul_nt: shape mismatch");
+  Matrix C(A.rows, B.rows);
+  for (int i = 0; i < A.rows; ++i)
+    for (int j = 0; j < B.rows; ++j) {
+      double s = 0;
+      for (int p = 0; p < A.cols; ++p) s += A(i, p) * B(j, p);
+      C(i, j) = s;
+    }
+  return C;
+}
+
+// A^T B
+inline Matrix matmul_tn(const Matrix& A, const Matrix& B) { return matmul(transpose(A), B); }
+
+// alpha A + beta B
+inline Matrix axpby(double alpha, const Matrix& A, double beta, const Matrix& B) {
+  if (A.rows != B.rows || A.cols != B.cols) throw std::logic_error("linalg::axpby: shape mismatch");
+  Matrix C(A.rows, A.cols);
+  for (size_t i = 0; i < A.a.size(); ++i) C.a[i] = alpha * A.a[i] + beta * B.a[i];
+  return C;
+}
+inline Matrix add(const Matrix& A, const Matrix& B) { return axpby(1.0, A, 1.0, B); }
+inline Matrix sub(const Matrix& A, const Matrix& B) { return axpby(1.0, A, -1.0, B); }
+inline Matrix scaled(const Matrix& A, double c) {
+  Matrix C = A;
+  for (double& x : C.a) x *= c;
+  return C;
+}
+
+inline double frob2(const Matrix& A) {
+  double s = 0;
+  for (double x : A.a) s += x * x;
+  return s;
+}
+inline double frob(const Matrix& A) { return std::sqrt(frob2(A)); }
+inline double max_abs(const Matrix& A) {
+  double s = 0;
+  for (double x : A.a) s = std::max(s, std::fabs(x));
+  return s;
+}
+
+// Columns j scaled by v[j]: A diag(v).
+inline Matrix scale_cols(const Matrix& A, const std::vector<double>& v) {
+  Matrix C = A;
+  for (int i = 0; i < A.rows; ++i)
+    for (int j = 0; j < A.cols; ++j) C(i, j) *= v[j];
+  return C;
+}
+// Rows i scaled by v[i]: diag(v) A.
+inline Matrix scale_rows(const Matrix& A, const std::vector<double>& v) {
+  Matrix C = A;
+  for (int i = 0; i < A.rows; ++i)
+    for (int j = 0; j < A.cols; ++j) C(i, j) *= v[i];
+  return C;
+}
+
+// The r x c matrix with B in its top-left corner and zeros elsewhere.
+inline Matrix embed(const Matrix& B, int r, int c) {
+  if (B.rows > r || B.cols > c) throw std::logic_error("linalg::embed: block does not fit");
+  Matrix C(r, c);
+  for (int i = 0; i < B.rows; ++i)
+    for (int j = 0; j < B.cols; ++j) C(i, j) = B(i, j);
+  return C;
+}
+
+// Householder QR of A (n x p, n >= p): returns Q (n x p) with orthonormal
+// columns and A = Q R, R upper triangular with a non-negative diagonal. The sign
+// convention makes Q a function of A alone (for a Gaussian A it is Haar
+// distributed), whatever algorithm computes it.
+inline Matrix qr_orthonormal(const Matrix& A, Matrix* R_out = nullptr) {
+  const int n = A.rows, p = A.cols;
+  if (n < p) throw std::logic_error("linalg::qr_orthonormal: needs rows >= cols");
+  Matrix Rw = A;                       // reduced in place to R
+  std::vector<std::vector<double>> V;  // Householder vectors v_j (length n - j)
+  for (int j = 0; j < p; ++j) {
+    double norm = 0;
+    for (int i = j; i < n; ++i) norm += Rw(i, j) * Rw(i, j);
+    norm = std::sqrt(norm);
+    std::vector<double> v(n - j, 0.0);
+    if (norm == 0.0) {  // zero column: identity reflection
+      V.push_back(std::move(v));
+      continue;
+    }
+    const double alpha = Rw(j, j) >= 0 ? -norm : norm;  // avoid cancellation
+    for (int i = j; i < n; ++i) v[i - j] = Rw(i, j);
+    v[0] -= alpha;
+    double vn = 0;
+    for (double x : v) vn += x * x;
+    if (vn > 0) {
+      for (int c = j; c < p; ++c) {  // Rw <- (I - 2 v v^T / v^T v) Rw
+        double s = 0;
+        for (int i = j; i < n; ++i) s += v[i - j] * Rw(i, c);
+        s *= 2.0 / vn;
+        for (int i = j; i < n; ++i) Rw(i, c) -= s * v[i - j];
+      }
+    }
+    V.push_back(std::move(v));
+  }
+  // Q = H_0 H_1 ... H_{p-1} applied to the first p columns of I.
+  Matrix Q(n, p);
+  for (int j = 0; j < p; ++j) Q(j, j) = 1.0;
+  for (int j = p - 1; j >= 0; --j) {
+    const std::vector<double>& v = V[j];
+    double vn = 0;
+    for (double x : v) vn += x * x;
+    if (vn == 0) continue;
+    for (int c = 0; c < p; ++c) {
+      double s = 0;
+      for (int i = j; i < n; ++i) s += v[i - j] * Q(i, c);
+      s *= 2.0 / vn;
+      for (int i = j; i < n; ++i) Q(i, c) -= s * v[i - j];
+    }
+  }
+  // Make diag(R) >= 0 by flipping column signs of Q (and rows of R).
+  for (int j = 0; j < p; ++j) {
+    if (Rw(j, j) < 0) {
+      for (int i = 0; i < n; ++i) Q(i, j) = -Q(i, j);
+      for (int c = 0; c < p; ++c) Rw(j, c) = -Rw(j, c);
+    }
+  }
+  if (R_out) {
+    *R_out = Matrix(p, p);
+    for (int i = 0; i < p; ++i)
+      for (int c = i; c < p; ++c) (*R_out)(i, c) = Rw(i, c);
+  }
+  return Q;
+}
+
+// Thin SVD A = P diag(s) Q^T: P (m x q), Q (n x q), q = min(m, n), s descending.
+struct SVD {
+  Matrix P, Q;
+  std::vector<double> s;
+  // Number of singular values above tol * s_max (default: max(m, n) * eps).
+  int rank(double rtol = -1) const {
+    if (s.empty() || s[0] == 0.0) return 0;
+    if (rtol < 0) rtol = std::max(P.rows, Q.rows) * std::numeric_limits<double>::epsilon();
+    int r = 0;
+    for (double x : s) r += x > rtol * s[0];
+    return r;
+  }
+};
+
+// One-sided Jacobi (Hestenes): orthogonalise the columns of A by plane
+// rotations applied on the right; accurate to high relative precision.
+inline SVD svd(const Matrix& A) {
+  if (A.rows < A.cols) {  // work on A^T = Q S P^T
+    SVD t = svd(transpose(A));
+    return SVD{t.Q, t.P, t.s};
+  }
+  const int m = A.rows, n = A.cols;
+  Matrix B = A;  // columns converge to P diag(s)
+  Matrix V = identity(n);
+  const double eps = std::numeric_limits<double>::epsilon();
+  for (int sweep = 0; sweep < 60; ++sweep) {
+    bool rotated = false;
+    for (int i = 0; i < n - 1; ++i)
+      for (int j = i + 1; j < n; ++j) {
+        double alpha = 0, beta = 0, gamma = 0;
+        for (int r = 0; r < m; ++r) {
+          alpha += B(r, i) * B(r, i);
+          beta += B(r, j) * B(r, j);
+          gamma += B(r, i) * B(r, j);
+        }
+        if (gamma == 0.0 || std::fabs(gamma) <= eps * std::sqrt(alpha * beta)) continue;
+        rotated = true;
+        const double zeta = (beta - alpha) / (2.0 * gamma);
+        const double t = (zeta >= 0 ? 1.0 : -1.0) / (std::fabs(zeta) + std::sqrt(1.0 + zeta * zeta));
+        const double c = 1.0 / std::sqrt(1.0 + t * t), sn = c * t;
+        for (int r = 0; r < m; ++r) {
+          const double bi = B(r, i), bj = B(r, j);
+          B(r, i) = c * bi - sn * bj;
+          B(r, j) = sn * bi + c * bj;
+        }
+        for (int r = 0; r < n; ++r) {
+          const double vi = V(r, i), vj = V(r, j);
+          V(r, i) = c * vi - sn * vj;
+          V(r, j) = sn * vi + c * vj;
+        }
+      }
+    if (!rotated) break;
+  }
+  std::vector<double> norms(n);
+  for (int j = 0; j < n; ++j) {
+    double s = 0;
+    for (int r = 0; r < m; ++r) s += B(r, j) * B(r, j);
+    norms[j] = std::sqrt(s);
+  }
+  std::vector<int> order(n);
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return norms[a] > norms[b]; });
+  SVD out{Matrix(m, n), Matrix(n, n), std::vector<double>(n)};
+  for (int c = 0; c < n; ++c) {
+    const int j = order[c];
+    out.s[c] = norms[j];
+    for (int r = 0; r < n; ++r) out.Q(r, c) = V(r, j);
+    // Zero singular values get a zero left vector: callers use only the
+    // first rank() columns of P.
+    if (norms[j] > 0)
+      for (int r = 0; r < m; ++r) out.P(r, c) = B(r, j) / norms[j];
+  }
+  return out;
+}
+
+// Moore-Penrose pseudo-inverse via the SVD; singular values at or below
+// rtol * s_max count as zero (default rtol: max(m, n) * eps).
+inline Matrix pinv(const Matrix& A, double rtol = -1) {
+  const SVD f = svd(A);
+  const int r = f.rank(rtol);
+  Matrix X(A.cols, A.rows);
+  for (int c = 0; c < r; ++c) {
+    const double inv = 1.0 / f.s[c];
+    for (int i = 0; i < A.cols; ++i) {
+      const double qi = f.Q(i, c) * inv;
+      for (int j = 0; j < A.rows; ++j) X(i, j) += qi * f.P(j, c);
+    }
+  }
+  return X;
+}
+
+// Cholesky factor L (lower) of a symmetric positive definite A = L L^T.
+inline Matrix cholesky(const Matrix& A) {
+  const int n = A.rows;
+  if (A.cols != n) throw std::logic_error("linalg::cholesky: not square");
+  Matrix L(n, n);
+  for (int j = 0; j < n; ++j) {
+    double d = A(j, j);
+    for (int p = 0; p < j; ++p) d -= L(j, p) * L(j, p);
+    if (!(d > 0)) throw std::runtime_error("linalg::cholesky: matrix is not positive definite");
+    L(j, j) = std::sqrt(d);
+    for (int i = j + 1; i < n; ++i) {
+      double s = A(i, j);
+      for (int p = 0; p < j; ++p) s -= L(i, p) * L(j, p);
+      L(i, j) = s / L(j, j);
+    }
+  }
+  return L;
+}
+
+// X with A X = B, A symmetric positive definite (n x n), B n x c.
+inline Matrix solve_spd(const Matrix& A, const Matrix& B) {
+  const Matrix L = cholesky(A);
+  const int n = A.rows;
+  Matrix X = B;
+  for (int c = 0; c < B.cols; ++c) {
+    for (int i = 0; i < n; ++i) {  // L y = b
+      double s = X(i, c);
+      for (int p = 0; p < i; ++p) s -= L(i, p) * X(p, c);
+      X(i, c) = s / L(i, i);
+    }
+    for (int i = n - 1; i >= 0; --i) {  // L^T x = y
+      double s = X(i, c);
+      for (int p = i + 1; p < n; ++p) s -= L(p, i) * X(p, c);
+      X(i, c) = s / L(i, i);
+    }
+  }
+  return X;
+}
+
+}  // namespace stsweep::linalg

@@ -1,0 +1,523 @@
+// Trial set-up (host/setup.cpp) against MODEL.md: data law, teachers,
+// decompositions, features, moments, closed-form risks, determinism and
+// checkpoints. Expected values come from independent formulas, not from the
+// code under test.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "linalg.hpp"
+#include "problem.hpp"
+#include "rng.hpp"
+#include "train.hpp"
+
+using namespace stsweep;
+using namespace stsweep::linalg;
+
+namespace {
+
+TrialParams base_params() {
+  TrialParams p;
+  p.d = 16, p.k = 6, p.m = 4;
+  p.hidden = {12};
+  p.n_train = 10;
+  p.noise = 0.5;
+  p.steps = 100;
+  p.seed = 3;
+  return p;
+}
+
+// max |A - B| relative to max(1, max |B|).
+double rel_diff(const Matrix& A, const Matrix& B) {
+  EXPECT_EQ(A.rows, B.rows);
+  EXPECT_EQ(A.cols, B.cols);
+  if (A.rows != B.rows || A.cols != B.cols) return INFINITY;
+  return max_abs(sub(A, B)) / std::max(1.0, max_abs(B));
+}
+
+Matrix layer_product(const std::vector<Matrix>& W) {
+  Matrix P = W[1];
+  for (size_t l = 2; l < W.size(); ++l) P = matmul(W[l], P);
+  return P;
+}
+
+// Rows [0, r) of A.
+Matrix top_rows(const Matrix& A, int r) {
+  Matrix B(r, A.cols);
+  for (int i = 0; i < r; ++i)
+    for (int j = 0; j < A.cols; ++j) B(i, j) = A(i, j);
+  return B;
+}
+double rows_below_max(const Matrix& A, int r) {
+  double s = 0;
+  for (int i = r; i < A.rows; ++i)
+    for (int j = 0; j < A.cols; ++j) s = std::max(s, std::fabs(A(i, j)));
+  return s;
+}
+
+// The test set's latents z (k x n_test): draws of stream test_z under the data key.
+Matrix test_latents(const TrialProblem& pr, const TrialParams& p, uint64_t sweep_seed) {
+  const TrialKeys keys = trial_keys(sweep_seed, p);
+  Matrix Z(p.k, p.n_test);
+  for (int n = 0; n < p.n_test; ++n)
+    for (int i = 0; i < p.k; ++i)
+      Z(i, n) = std::sqrt(pr.spectrum[i]) * rng::normal(keys.data, rng::Stream::test_z, 0, n * p.k + i);
+  return Z;
+}
+
+bool same_bits(const Matrix& A, const Matrix& B) {
+  return A.rows == B.rows && A.cols == B.cols && A.a == B.a;
+}
+
+}  // namespace
+
+TEST(Setup, UOrthonormalAndSpectrum) {
+  for (SpectrumKind kind : {SpectrumKind::flat, SpectrumKind::power, SpectrumKind::geometric}) {
+    TrialParams p = base_params();
+    p.spectrum = kind;
+    p.spectrum_p = 1.5;
+    p.spectrum_kappa = 20;
+    const TrialProblem pr = setup_trial(p, 11);
+    ASSERT_EQ(pr.U.rows, p.d);
+    ASSERT_EQ(pr.U.cols, p.k);
+    EXPECT_LT(rel_diff(matmul_tn(pr.U, pr.U), identity(p.k)), 1e-13);
+    ASSERT_EQ(static_cast<int>(pr.spectrum.size()), p.k);
+    double sum = 0;
+    for (double s : pr.spectrum) sum += s;
+    EXPECT_NEAR(sum, p.k, 1e-12);
+    for (int j = 1; j < p.k; ++j) {
+      const double ratio = pr.spectrum[j] / pr.spectrum[0];
+      double want = 1.0;  // flat
+      if (kind == SpectrumKind::power) want = std::pow(j + 1.0, -1.5);
+      if (kind == SpectrumKind::geometric) want = std::pow(20.0, -double(j) / (p.k - 1));
+      EXPECT_NEAR(ratio, want, 1e-14);
+    }
+    // Mhalf = U diag(s)^1/2
+    EXPECT_LT(rel_diff(matmul_nt(pr.Mhalf, pr.Mhalf),
+                       matmul_nt(scale_cols(pr.U, pr.spectrum), pr.U)),
+              1e-13);
+  }
+}
+
+TEST(Setup, DataFollowsTheDocumentedDraws) {
+  // X = U diag(s)^1/2 Z with Z(i, n) = normal draw n*k + i of stream Z under the
+  // data key; Xn = X + sigma E likewise; W* = A U^T with A(i, j) = draw j*m + i / sqrt(k).
+  TrialParams p = base_params();
+  p.spectrum = SpectrumKind::power;
+  p.label_noise = 0.1;
+  const TrialProblem pr = setup_trial(p, 5);
+  const TrialKeys keys = trial_keys(5, p);
+  Matrix Z(p.k, p.n_train), E(p.d, p.n_train), A(p.m, p.k), Xi(p.m, p.n_train);
+  for (int n = 0; n < p.n_train; ++n) {
+    for (int i = 0; i < p.k; ++i)
+      Z(i, n) = std::sqrt(pr.spectrum[i]) * rng::normal(keys.data, rng::Stream::Z, 0, n * p.k + i);
+    for (int i = 0; i < p.d; ++i) E(i, n) = rng::normal(keys.data, rng::Stream::E, 0, n * p.d + i);
+    for (int i = 0; i < p.m; ++i)
+      Xi(i, n) = rng::normal(keys.data, rng::Stream::label_noise, 0, n * p.m + i);
+  }
+  for (int j = 0; j < p.k; ++j)
+    for (int i = 0; i < p.m; ++i)
+      A(i, j) = rng::normal(keys.data, rng::Stream::A, 0, j * p.m + i) / std::sqrt(double(p.k));
+  EXPECT_LT(rel_diff(pr.X, matmul(pr.U, Z)), 1e-14);
+  EXPECT_LT(rel_diff(pr.Xn, add(pr.X, scaled(E, p.noise))), 1e-14);
+  EXPECT_LT(rel_diff(pr.Wstar, matmul_nt(A, pr.U)), 1e-14);
+  EXPECT_LT(rel_diff(pr.Y, add(matmul(pr.Wstar, pr.X), scaled(Xi, 0.1))), 1e-14);
+  // The U stream: U's column span is that of the Gaussian d x k it came from.
+  Matrix G(p.d, p.k);
+  for (int j = 0; j < p.k; ++j)
+    for (int i = 0; i < p.d; ++i) G(i, j) = rng::normal(keys.data, rng::Stream::U, 0, j * p.d + i);
+  EXPECT_LT(rel_diff(matmul(pr.U, matmul_tn(pr.U, G)), G), 1e-13);
+  // Student init: W_l(i, j) = init_scale / sqrt(fan_in) * draw j*rows + i of (student_init, l).
+  const Matrix& W1 = pr.W0[1];
+  ASSERT_EQ(W1.rows, 12);
+  ASSERT_EQ(W1.cols, 16);
+  EXPECT_DOUBLE_EQ(W1(3, 5), p.init_scale / 4.0 * rng::normal(keys.init, rng::Stream::student_init, 1, 5 * 12 + 3));
+  ASSERT_EQ(pr.W0[2].rows, 4);
+  ASSERT_EQ(pr.W0[2].cols, 12);
+  // Empirical std of all init entries is close to init_scale / sqrt(fan_in).
+  EXPECT_NEAR(std::sqrt(frob2(W1) / (12 * 16)), p.init_scale / 4.0, 0.2 * p.init_scale / 4.0);
+}
+
+TEST(Setup, MomentsAndFeaturesOnCleanInputs) {
+  TrialParams p = base_params();
+  p.teacher.decomposition = Decomposition::output;
+  p.lambda = 0.0;  // features are kept anyway (the twin's feature loss)
+  const TrialProblem pr = setup_trial(p, 1);
+  const double N = p.n_train;
+  EXPECT_LT(rel_diff(pr.Cxx, scaled(matmul_nt(pr.Xn, pr.Xn), 1 / N)), 1e-14);
+  EXPECT_LT(rel_diff(pr.Cyx, scaled(matmul_nt(pr.Y, pr.Xn), 1 / N)), 1e-14);
+  EXPECT_NEAR(pr.tr_yy, frob2(pr.Y) / N, 1e-13 * pr.tr_yy);
+  ASSERT_EQ(pr.matched, std::vector<int>{1});
+  const Matrix& H = pr.feature[1];
+  ASSERT_EQ(H.rows, 12);
+  ASSERT_EQ(H.cols, p.n_train);
+  // output: features are W_t x on the CLEAN inputs (not on Xn).
+  EXPECT_LT(rel_diff(top_rows(H, p.m), matmul(pr.Wt, pr.X)), 1e-13);
+  EXPECT_EQ(rows_below_max(H, p.m), 0.0);
+  EXPECT_GT(max_abs(sub(top_rows(H, p.m), matmul(pr.Wt, pr.Xn))), 0.01);
+  EXPECT_LT(rel_diff(pr.Chx[1], scaled(matmul_nt(H, pr.Xn), 1 / N)), 1e-14);
+  EXPECT_NEAR(pr.tr_hh[1], frob2(H) / N, 1e-13 * pr.tr_hh[1]);
+}
+
+TEST(Setup, MatchedLayersChosenAndChecked) {
+  TrialParams p = base_params();
+  p.hidden = {12, 12, 12};
+  EXPECT_EQ(setup_trial(p, 1).matched, (std::vector<int>{1, 2, 3}));
+  p.matched_layers = {3, 1};
+  const TrialProblem pr = setup_trial(p, 1);
+  EXPECT_EQ(pr.matched, (std::vector<int>{1, 3}));
+  EXPECT_EQ(pr.feature[2].rows, 0);
+  EXPECT_EQ(pr.feature[3].rows, 12);
+  p.matched_layers = {4};
+  try {
+    setup_trial(p, 1);
+    FAIL() << "layer 4 of a 4-layer network is not hidden";
+  } catch (const InputError& e) {
+    EXPECT_EQ(e.path, "matched_layers");
+  }
+}
+
+// Each decomposition reproduces W_t and has the features it claims, depth 2 and 3.
+class Decompositions : public ::testing::TestWithParam<int> {};
+
+TEST_P(Decompositions, ReproduceTheMapWithTheClaimedFeatures) {
+  const int L = GetParam();
+  TrialParams p = base_params();
+  p.hidden = std::vector<int>(L - 1, 16);
+  p.teacher.kind = TeacherKind::perturbed;  // a generic map of rank min(m, k)
+  p.teacher.delta = 0.3;
+  for (Decomposition dec : {Decomposition::balanced, Decomposition::rotated, Decomposition::scaled,
+                            Decomposition::power, Decomposition::latent, Decomposition::input,
+                            Decomposition::output}) {
+    SCOPED_TRACE(static_cast<int>(dec));
+    p.teacher.decomposition = dec;
+    p.teacher.scale = 3.0;
+    p.teacher.power = 0.8;
+    const TrialProblem pr = setup_trial(p, 9);
+    ASSERT_EQ(static_cast<int>(pr.teacher_W.size()), L + 1);
+    for (int l = 1; l <= L; ++l) {
+      EXPECT_EQ(pr.teacher_W[l].rows, pr.w[l]);
+      EXPECT_EQ(pr.teacher_W[l].cols, pr.w[l - 1]);
+    }
+    EXPECT_LT(rel_diff(layer_product(pr.teacher_W), pr.Wt), 1e-10);
+    // W_t itself is W* + the documented perturbation.
+    const SVD f = svd(pr.Wt);
+    EXPECT_EQ(f.rank(), std::min(p.m, p.k));
+    const Matrix& W1 = pr.teacher_W[1];
+    const Matrix& H1 = pr.feature[1];
+    const int r = f.rank();
+    switch (dec) {
+      case Decomposition::latent:
+        for (int l = 1; l < L; ++l) {
+          EXPECT_LT(rel_diff(top_rows(pr.feature[l], p.k), matmul_tn(pr.U, pr.X)), 1e-12);
+          EXPECT_EQ(rows_below_max(pr.feature[l], p.k), 0.0);
+        }
+        break;
+      case Decomposition::input:
+        EXPECT_LT(rel_diff(top_rows(H1, p.d), pr.X), 1e-14);
+        break;
+      case Decomposition::output:
+        EXPECT_LT(rel_diff(top_rows(H1, p.m), matmul(pr.Wt, pr.X)), 1e-12);
+        EXPECT_EQ(rows_below_max(H1, p.m), 0.0);
+        break;
+      case Decomposition::balanced:
+      case Decomposition::scaled:
+      case Decomposition::power: {
+        // Feature metric W1^T W1 = Q S^(2e) Q^T with e = 1/L (balanced), p (power);
+        // check against powers of Wt^T Wt = Q S^2 Q^T computed independently.
+        const double c = dec == Decomposition::scaled ? 3.0 : 1.0;
+        const double e = dec == Decomposition::power ? 0.8 : 1.0 / L;
+        Matrix expect(p.d, p.d);
+        for (int i = 0; i < r; ++i)
+          for (int a = 0; a < p.d; ++a)
+            for (int b = 0; b < p.d; ++b)
+              expect(a, b) += c * c * std::pow(f.s[i], 2 * e) * f.Q(a, i) * f.Q(b, i);
+        EXPECT_LT(rel_diff(matmul_tn(W1, W1), expect), 1e-10);
+        EXPECT_EQ(rows_below_max(H1, r), 0.0);  // features live in the first r units
+        // Every layer's nonzero singular values are s^(exponent) (times c at the ends).
+        for (int l = 1; l <= L; ++l) {
+          const double el = l == 1 ? e : (dec == Decomposition::power ? (1 - 0.8) / (L - 1) : 1.0 / L);
+          const double cl = l == 1 ? c : (l == L ? 1 / c : 1.0);
+          const SVD fl = svd(pr.teacher_W[l]);
+          for (int i = 0; i < r; ++i) EXPECT_NEAR(fl.s[i], cl * std::pow(f.s[i], el), 1e-10);
+          EXPECT_EQ(fl.rank(), r);
+        }
+        break;
+      }
+      case Decomposition::rotated: {
+        // Same map and metric as balanced, features mixed by an orthogonal R_1.
+        TrialParams pb = p;
+        pb.teacher.decomposition = Decomposition::balanced;
+        const TrialProblem bal = setup_trial(pb, 9);
+        EXPECT_LT(rel_diff(matmul_tn(W1, W1), matmul_tn(bal.teacher_W[1], bal.teacher_W[1])), 1e-10);
+        // R restricted to the balanced features' units: M = W1_rot W1_bal^+ (h x h).
+        const Matrix M = matmul(W1, pinv(bal.teacher_W[1]));
+        Matrix Ir(16, 16);
+        for (int i = 0; i < r; ++i) Ir(i, i) = 1;
+        EXPECT_LT(rel_diff(matmul_tn(M, M), Ir), 1e-10);
+        EXPECT_LT(rel_diff(H1, matmul(M, bal.feature[1])), 1e-10);
+        // Rotated features are dense: the units beyond r are used.
+        EXPECT_GT(rows_below_max(H1, r), 1e-3);
+        break;
+      }
+      case Decomposition::as_trained:
+        break;
+    }
+  }
+}
+INSTANTIATE_TEST_SUITE_P(Depth, Decompositions, ::testing::Values(2, 3));
+
+TEST(Setup, DecompositionTheWidthsCannotHoldIsAnInputError) {
+  struct Case {
+    Decomposition dec;
+    std::vector<int> hidden;
+    std::string need;
+  };
+  // d = 16, k = 6, m = 4, rank = 4 (oracle: rank min(m, k)).
+  const std::vector<Case> cases = {
+      {Decomposition::latent, {5}, ">= 6"},      {Decomposition::input, {15}, ">= 16"},
+      {Decomposition::output, {3}, ">= 4"},      {Decomposition::balanced, {3}, ">= 4"},
+      {Decomposition::rotated, {16, 3}, ">= 4"}, {Decomposition::latent, {16, 5, 16}, ">= 6"},
+  };
+  for (const Case& c : cases) {
+    TrialParams p = base_params();
+    p.hidden = c.hidden;
+    p.teacher.decomposition = c.dec;
+    try {
+      setup_trial(p, 1);
+      ADD_FAILURE() << "no error for decomposition " << static_cast<int>(c.dec);
+    } catch (const InputError& e) {
+      EXPECT_EQ(e.path, "teacher.decomposition");
+      EXPECT_NE(std::string(e.what()).find(c.need), std::string::npos) << e.what();
+    }
+  }
+  // The widths that are just enough work.
+  TrialParams p = base_params();
+  p.hidden = {4};
+  p.teacher.decomposition = Decomposition::balanced;
+  EXPECT_NO_THROW(setup_trial(p, 1));
+  // as_trained needs a trained teacher.
+  p.teacher.decomposition = Decomposition::as_trained;
+  EXPECT_THROW(setup_trial(p, 1), InputError);
+}
+
+TEST(Setup, BayesRiskIsTheMinimumAtTheClosedForm) {
+  for (SpectrumKind kind : {SpectrumKind::flat, SpectrumKind::power}) {
+    TrialParams p = base_params();
+    p.spectrum = kind;
+    p.noise = 0.7;
+    p.label_noise = 0.2;
+    const TrialProblem pr = setup_trial(p, 21);
+    const double s2 = p.noise * p.noise;
+    // In the U basis, W_B = A diag(s / (s + sigma^2)) U^T, A = W* U.
+    const Matrix A = matmul(pr.Wstar, pr.U);
+    std::vector<double> shrink(p.k);
+    double expect = p.m * 0.04;  // label noise m sigma_y^2
+    for (int j = 0; j < p.k; ++j) {
+      const double s = pr.spectrum[j];
+      shrink[j] = s / (s + s2);
+      for (int i = 0; i < p.m; ++i) expect += A(i, j) * A(i, j) * s * s2 / (s + s2);
+    }
+    const Matrix WB = matmul_nt(scale_cols(A, shrink), pr.U);
+    EXPECT_NEAR(pr.bayes_risk, expect, 1e-12 * expect);
+    EXPECT_NEAR(linear_risk(pr, WB), expect, 1e-12 * expect);
+    // R(W_B + D) - R(W_B) = tr(D (Sigma_x + sigma^2 I) D^T) > 0 for every D.
+    const Matrix K = add(matmul_nt(pr.Mhalf, pr.Mhalf), scaled(identity(p.d), s2));
+    for (int t = 0; t < 20; ++t) {
+      Matrix D(p.m, p.d);
+      for (int i = 0; i < p.m * p.d; ++i) D.a[i] = 1e-2 * rng::normal(99, rng::Stream::G, t, i);
+      const double gain = linear_risk(pr, add(WB, D)) - pr.bayes_risk;
+      const Matrix DK = matmul(D, K);
+      double want = 0;  // tr(D K D^T)
+      for (int i = 0; i < p.m; ++i)
+        for (int j = 0; j < p.d; ++j) want += DK(i, j) * D(i, j);
+      EXPECT_GT(gain, 0.0);
+      EXPECT_NEAR(gain, want, 1e-8 * want + 1e-13);
+    }
+  }
+}
+
+TEST(Setup, InterpolationRiskIsTheRiskOfYXnPlus) {
+  for (int N : {6, 10, 40}) {  // d = 16: under- and over-determined
+    TrialParams p = base_params();
+    p.n_train = N;
+    const TrialProblem pr = setup_trial(p, 4);
+    Matrix We;
+    if (N <= p.d) {  // minimum-norm interpolant Y (Xn^T Xn)^-1 Xn^T
+      We = matmul(pr.Y, solve_spd(matmul_tn(pr.Xn, pr.Xn), transpose(pr.Xn)));
+      EXPECT_LT(rel_diff(matmul(We, pr.Xn), pr.Y), 1e-10);  // it interpolates
+    } else {  // least squares Y Xn^T (Xn Xn^T)^-1
+      We = transpose(solve_spd(matmul_nt(pr.Xn, pr.Xn), matmul_nt(pr.Xn, pr.Y)));
+    }
+    const double expect = linear_risk(pr, We);
+    EXPECT_NEAR(pr.interp_risk, expect, 1e-9 * expect) << "N = " << N;
+    EXPECT_GE(pr.interp_risk, pr.bayes_risk);
+  }
+}
+
+TEST(Setup, PerturbedTeacherHasRelativeCleanErrorDelta) {
+  TrialParams p = base_params();
+  p.teacher.kind = TeacherKind::perturbed;
+  p.teacher.delta = 0.25;
+  const TrialProblem pr = setup_trial(p, 8);
+  // Flat spectrum: Mhalf = U, so clean risk = delta^2 ||W* U||_F^2 exactly.
+  const double ref = frob2(matmul(pr.Wstar, pr.Mhalf));
+  EXPECT_NEAR(std::sqrt(pr.teacher_clean_risk / ref), 0.25, 1e-12);
+  // Independently: ||(W_t - W*) U||_F = delta ||W* U||_F, and W_t - W* lies in span U.
+  const Matrix Dt = sub(pr.Wt, pr.Wstar);
+  EXPECT_NEAR(frob(matmul(Dt, pr.U)), 0.25 * frob(matmul(pr.Wstar, pr.U)), 1e-12);
+  EXPECT_LT(rel_diff(matmul(matmul(Dt, pr.U), transpose(pr.U)), Dt), 1e-13);
+  // Any spectrum: the clean risk scales as delta^2 (same G from the teacher key).
+  p.spectrum = SpectrumKind::power;
+  const double r1 = setup_trial(p, 8).teacher_clean_risk;
+  p.teacher.delta = 0.5;
+  const double r2 = setup_trial(p, 8).teacher_clean_risk;
+  EXPECT_NEAR(r2 / r1, 4.0, 1e-10);
+  // The oracle has zero clean risk.
+  p.teacher.kind = TeacherKind::oracle;
+  EXPECT_EQ(setup_trial(p, 8).teacher_clean_risk, 0.0);
+}
+
+TEST(Setup, DeterministicAndPairedAcrossLambdaNoiseTeacher) {
+  TrialParams p = base_params();
+  p.teacher.decomposition = Decomposition::rotated;
+  const TrialProblem a = setup_trial(p, 77), b = setup_trial(p, 77);
+  EXPECT_TRUE(same_bits(a.X, b.X) && same_bits(a.Xn, b.Xn) && same_bits(a.Y, b.Y));
+  EXPECT_TRUE(same_bits(a.feature[1], b.feature[1]) && same_bits(a.Cxx, b.Cxx));
+  EXPECT_TRUE(same_bits(a.W0[1], b.W0[1]) && same_bits(a.W0[2], b.W0[2]));
+  EXPECT_TRUE(same_bits(a.teacher_W[1], b.teacher_W[1]));
+  EXPECT_EQ(a.bayes_risk, b.bayes_risk);
+  EXPECT_EQ(a.interp_risk, b.interp_risk);
+  // Another sweep seed: other data.
+  EXPECT_FALSE(same_bits(a.X, setup_trial(p, 78).X));
+
+  TrialParams q = p;  // lambda, noise, teacher and optimiser settings changed
+  q.lambda = 0.0;
+  q.noise = 1.3;
+  q.lr = 0.2;
+  q.steps = 17;
+  q.teacher.kind = TeacherKind::perturbed;
+  q.teacher.decomposition = Decomposition::latent;
+  const TrialProblem c = setup_trial(q, 77);
+  EXPECT_TRUE(same_bits(a.X, c.X));
+  EXPECT_TRUE(same_bits(a.U, c.U));
+  EXPECT_TRUE(same_bits(a.Wstar, c.Wstar));
+  EXPECT_TRUE(same_bits(a.Y, c.Y));
+  EXPECT_TRUE(same_bits(a.W0[1], c.W0[1]) && same_bits(a.W0[2], c.W0[2]));
+  // The same noise draws E, scaled by each trial's sigma.
+  EXPECT_LT(rel_diff(scaled(sub(c.Xn, c.X), 1 / 1.3), scaled(sub(a.Xn, a.X), 1 / 0.5)), 1e-13);
+}
+
+TEST(Setup, NonlinearTeacherFeaturesAndTestSet) {
+  TrialParams p = base_params();
+  p.activation = Activation::tanh;
+  p.n_test = 500;
+  const TrialProblem pr = setup_trial(p, 2);
+  // Layers are the linear decomposition's; features are tanh of them on clean X.
+  Matrix H = matmul(pr.teacher_W[1], pr.X);
+  for (double& x : H.a) x = std::tanh(x);
+  EXPECT_LT(rel_diff(pr.feature[1], H), 1e-14);
+  EXPECT_LT(rel_diff(layer_product(pr.teacher_W), pr.Wstar), 1e-10);
+  // Monte Carlo test set: noisy inputs, clean linear targets.
+  ASSERT_EQ(pr.Xtest.cols, 500);
+  ASSERT_EQ(pr.Ytest.cols, 500);
+  const Matrix Xc = matmul(pr.U, test_latents(pr, p, 2));  // the documented test_z draws
+  EXPECT_LT(rel_diff(pr.Ytest, matmul(pr.Wstar, Xc)), 1e-12);
+  // Input noise: variance sigma^2 per coordinate (off the signal subspace, pure noise).
+  EXPECT_NEAR(frob2(sub(pr.Xtest, Xc)) / (500.0 * p.d), p.noise * p.noise, 0.1 * p.noise * p.noise);
+  const Matrix Xp = matmul(pr.U, matmul_tn(pr.U, pr.Xtest));
+  const double off = frob2(sub(pr.Xtest, Xp)) / (500.0 * (p.d - p.k));
+  EXPECT_NEAR(off, p.noise * p.noise, 0.1 * p.noise * p.noise);
+  // The tanh teacher is not W*: a positive Monte Carlo clean risk, below that of the zero map.
+  EXPECT_GT(pr.teacher_clean_risk, 0.0);
+  EXPECT_LT(pr.teacher_clean_risk, frob2(pr.Ytest) / 500);
+  // The linear problem has no test set.
+  EXPECT_EQ(setup_trial(base_params(), 2).Xtest.cols, 0);
+}
+
+TEST(Setup, NonlinearTarget) {
+  TrialParams p = base_params();
+  p.target = Target::nonlinear;
+  EXPECT_THROW(setup_trial(p, 1), InputError);  // the oracle needs a linear W*
+  p.teacher.kind = TeacherKind::trained;
+  p.teacher.steps = 300;
+  p.teacher.lr = 0.1;
+  p.teacher.n_train = 64;
+  const TrialProblem pr = setup_trial(p, 1);
+  EXPECT_EQ(pr.Wstar.rows, 0);
+  EXPECT_TRUE(std::isnan(pr.bayes_risk));
+  ASSERT_EQ(pr.Xtest.cols, p.n_test);
+  // Targets are A2 tanh(A1 z), A1 (k x k) and A2 (m x k) with entries N(0, 1/k) from
+  // the data key's target_a1 / target_a2 streams.
+  const TrialKeys keys = trial_keys(1, p);
+  Matrix A1(p.k, p.k), A2(p.m, p.k);
+  for (int j = 0; j < p.k; ++j) {
+    for (int i = 0; i < p.k; ++i)
+      A1(i, j) = rng::normal(keys.data, rng::Stream::target_a1, 0, j * p.k + i) / std::sqrt(6.0);
+    for (int i = 0; i < p.m; ++i)
+      A2(i, j) = rng::normal(keys.data, rng::Stream::target_a2, 0, j * p.m + i) / std::sqrt(6.0);
+  }
+  const Matrix Z = test_latents(pr, p, 1);
+  Matrix T = matmul(A1, Z);
+  for (double& x : T.a) x = std::tanh(x);
+  EXPECT_LT(rel_diff(pr.Ytest, matmul(A2, T)), 1e-13);
+  // Not linear: the best linear fit of the targets on z leaves a residual.
+  const Matrix Wls = matmul(pr.Ytest, pinv(Z));
+  EXPECT_GT(frob2(sub(matmul(Wls, Z), pr.Ytest)), 1e-3 * frob2(pr.Ytest));
+  // interp_risk is the Monte Carlo risk of Y Xn^+.
+  EXPECT_NEAR(pr.interp_risk, linear_risk(pr, matmul(pr.Y, pinv(pr.Xn))), 1e-12 * pr.interp_risk);
+  EXPECT_TRUE(std::isfinite(pr.teacher_clean_risk));
+}
+
+TEST(Setup, TrainedTeacher) {
+  TrialParams p = base_params();
+  p.teacher.kind = TeacherKind::trained;
+  p.teacher.n_train = 128;
+  p.teacher.steps = 3000;
+  p.teacher.lr = 0.1;
+  p.label_noise = 0.1;  // its labels are noisy too: it cannot be exact
+  p.teacher.decomposition = Decomposition::as_trained;
+  const TrialProblem pr = setup_trial(p, 6);
+  // Least squares on 128 noisy samples in k = 6 dimensions: clean risk about
+  // sigma_y^2 m k / N_t = 0.002, far below the zero map's ||W* Mhalf||^2 (about m = 4).
+  const double zero_map = frob2(matmul(pr.Wstar, pr.Mhalf));
+  EXPECT_GT(pr.teacher_clean_risk, 1e-5);
+  EXPECT_LT(pr.teacher_clean_risk, 0.01);
+  EXPECT_GT(zero_map, 1.0);
+  EXPECT_LT(rel_diff(layer_product(pr.teacher_W), pr.Wt), 1e-14);
+  // Re-factorised: the same map (on clean inputs) with the balanced layers.
+  p.teacher.decomposition = Decomposition::balanced;
+  p.hidden = {16};
+  const TrialProblem b = setup_trial(p, 6);
+  EXPECT_LT(rel_diff(matmul(layer_product(b.teacher_W), b.U), matmul(b.Wt, b.U)), 1e-10);
+  // (Other widths give another teacher key, so other teacher data: only as good.)
+  EXPECT_LT(b.teacher_clean_risk, 0.01);
+  // A nonlinear trained teacher can only be used as trained.
+  p.activation = Activation::relu;
+  EXPECT_THROW(setup_trial(p, 6), InputError);
+}
+
+TEST(Checkpoints, LogSpacedWithEnds) {
+  EXPECT_EQ(checkpoint_steps(100000, 7), (std::vector<int64_t>{0, 1, 10, 100, 1000, 10000, 100000}));
+  EXPECT_EQ(checkpoint_steps(0, 5), (std::vector<int64_t>{0}));
+  EXPECT_EQ(checkpoint_steps(3, 10), (std::vector<int64_t>{0, 1, 2, 3}));
+  EXPECT_EQ(checkpoint_steps(50, 2), (std::vector<int64_t>{0, 50}));
+  for (int64_t T : {1, 2, 5, 17, 100, 2000, 40000}) {
+    for (int count : {2, 3, 8, 32, 64, 200}) {
+      const std::vector<int64_t> s = checkpoint_steps(T, count);
+      ASSERT_EQ(static_cast<int64_t>(s.size()), std::min<int64_t>(count, T + 1)) << T << " " << count;
+      EXPECT_EQ(s.front(), 0);
+      EXPECT_EQ(s.back(), T);
+      for (size_t i = 1; i < s.size(); ++i) EXPECT_GT(s[i], s[i - 1]);
+    }
+  }
+  // Log spacing: for T = 2000, 32 points, consecutive ratios above step 10 are near
+  // 2000^(1/30) = 1.288.
+  const std::vector<int64_t> s = checkpoint_steps(2000, 32);
+  for (size_t i = 1; i < s.size(); ++i)
+    if (s[i - 1] >= 50) {
+      EXPECT_NEAR(double(s[i]) / s[i - 1], std::pow(2000.0, 1.0 / 30), 0.03);
+    }
+}
