@@ -26,7 +26,8 @@ struct TrialProblem {
   TrialParams params;
   int L = 2;
   std::vector<int> w;          // widths w[0..L]
-  std::vector<int> matched;    // matched hidden layers (1..L-1), ascending; empty when lambda = 0
+  std::vector<int> matched;    // matched hidden layers (1..L-1), ascending; kept when lambda = 0
+                               // (the twin and lambda = 0 rows report their feature loss)
   // Student training data (noisy inputs, labels) and the teacher's features on
   // the CLEAN inputs: feature[l] is w[l] x N for l in matched (others empty).
   Matrix X, Xn, Y;
