@@ -13,18 +13,6 @@ Action not_yet(const char* what) {
   };
 }
 }  // namespace
-void add_sweep_commands(CLI::App& app, Registry& r) {
-  r.add(app.add_subcommand("validate", "check a sweep file"), not_yet("validate"));
-  r.add(app.add_subcommand("list", "list a sweep's trials"), not_yet("list"));
-}
-void add_run_command(CLI::App& app, Registry& r) {
-  r.add(app.add_subcommand("run", "run a sweep"), not_yet("run"));
-}
-void add_results_commands(CLI::App& app, Registry& r) {
-  r.add(app.add_subcommand("merge", "merge shard files"), not_yet("merge"));
-  r.add(app.add_subcommand("info", "describe a results file"), not_yet("info"));
-  r.add(app.add_subcommand("summary", "summarise a results file"), not_yet("summary"));
-}
 void add_export_command(CLI::App& app, Registry& r) {
   r.add(app.add_subcommand("export", "export one trial"), not_yet("export"));
 }

@@ -87,6 +87,12 @@ nlohmann::json default_params_json();
 // Typed parameters from a merged JSON object. `where` prefixes error paths.
 // Rejects unknown keys, wrong types and impossible combinations (InputError).
 TrialParams parse_trial_params(const nlohmann::json& obj, const std::string& where);
+// The two halves of parse_trial_params: each field on its own (names, types,
+// ranges of one value) and the checks that combine fields (k <= d, matched
+// layers within depth, decomposition vs widths, moment path vs linearity).
+// The sweep checks every axis value with the first, every trial with both.
+TrialParams parse_trial_fields(const nlohmann::json& obj, const std::string& where);
+void check_trial(const TrialParams& p, const std::string& where);
 
 // Parameters back to JSON (round trip of parse_trial_params).
 nlohmann::json to_json(const TrialParams& p);

@@ -1,0 +1,52 @@
+// Lazy batching by shape (batching.hpp).
+#include "batching.hpp"
+
+#include <algorithm>
+#include <map>
+
+namespace stsweep {
+
+Batcher::Batcher(const Sweep& sweep, IdRange range, Skip skip, size_t max_batch, size_t chunk)
+    : sweep_(sweep),
+      range_{std::min(range.begin, sweep.count()), std::min(range.end, sweep.count())},
+      skip_(std::move(skip)),
+      max_batch_(std::max<size_t>(max_batch, 1)),
+      chunk_(chunk ? chunk : 4 * std::max<size_t>(max_batch, 1)),
+      next_id_(range_.begin) {}
+
+void Batcher::fill() {
+  // Groups of this chunk in the order of their first id.
+  std::map<ShapeKey, size_t> where;
+  std::vector<Batch> groups;
+  size_t taken = 0;
+  while (taken < chunk_ && next_id_ < range_.end) {
+    uint64_t id = next_id_++;
+    if (skip_ && skip_(id)) continue;
+    TrialParams p = sweep_.trial(id);
+    auto [it, fresh] = where.try_emplace(shape_key(p), groups.size());
+    if (fresh) groups.emplace_back();
+    Batch& g = groups[it->second];
+    g.ids.push_back(static_cast<int64_t>(id));
+    g.trials.push_back(std::move(p));
+    ++taken;
+  }
+  for (auto& g : groups) {
+    for (size_t s = 0; s < g.ids.size(); s += max_batch_) {
+      size_t e = std::min(g.ids.size(), s + max_batch_);
+      Batch b;
+      b.ids.assign(g.ids.begin() + s, g.ids.begin() + e);
+      b.trials.assign(std::make_move_iterator(g.trials.begin() + s), std::make_move_iterator(g.trials.begin() + e));
+      ready_.push_back(std::move(b));
+    }
+  }
+}
+
+bool Batcher::next(Batch& out) {
+  while (ready_.empty() && next_id_ < range_.end) fill();
+  if (ready_.empty()) return false;
+  out = std::move(ready_.front());
+  ready_.pop_front();
+  return true;
+}
+
+}  // namespace stsweep

@@ -1,0 +1,44 @@
+// Trials of a sweep grouped into batches of equal shape, lazily.
+//
+// The batcher reads ids in order, a chunk at a time (chunk = 4 x max_batch
+// kept ids by default), groups each chunk by ShapeKey and hands out batches of
+// at most max_batch trials. Memory is bounded by the chunk, whatever the sweep
+// size. Within a chunk, groups come out in the order of their first id and ids
+// ascend inside a batch; so a sweep whose shape never changes gives batches of
+// consecutive ids.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <functional>
+
+#include "backend.hpp"
+#include "sweep.hpp"
+
+namespace stsweep {
+
+class Batcher {
+ public:
+  using Skip = std::function<bool(uint64_t id)>;  // true: leave this trial out (e.g. done already)
+
+  // `range` is clipped to the sweep; max_batch >= 1; chunk 0 means 4 * max_batch.
+  Batcher(const Sweep& sweep, IdRange range, Skip skip, size_t max_batch, size_t chunk = 0);
+
+  // The next batch; false when every id of the range has been handed out.
+  // Throws InputError for a trial whose parameters do not combine (k > d, ...).
+  bool next(Batch& out);
+
+  uint64_t position() const { return next_id_; }  // first id not yet read
+
+ private:
+  void fill();
+
+  const Sweep& sweep_;
+  IdRange range_;
+  Skip skip_;
+  size_t max_batch_, chunk_;
+  uint64_t next_id_;
+  std::deque<Batch> ready_;
+};
+
+}  // namespace stsweep

@@ -1,0 +1,198 @@
+// `stsweep validate` and `stsweep list`: see a sweep before running it.
+#include <algorithm>
+#include <charconv>
+#include <cstdio>
+#include <iostream>
+#include <optional>
+#include <sstream>
+
+#include "cli.hpp"
+#include "params.hpp"
+#include "sweep.hpp"
+
+namespace stsweep::cli {
+namespace {
+
+std::string text_of(const ParamValue& v) {
+  if (auto* i = std::get_if<int64_t>(&v)) return std::to_string(*i);
+  if (auto* d = std::get_if<double>(&v)) {
+    char buf[64];
+    auto r = std::to_chars(buf, buf + sizeof buf, *d);  // shortest text that reads back exactly
+    return std::string(buf, r.ptr);
+  }
+  return std::get<std::string>(v);
+}
+
+std::string csv_field(const std::string& s) {
+  if (s.find_first_of(",\"\n") == std::string::npos) return s;
+  std::string q = "\"";
+  for (char c : s) q += (c == '"') ? std::string("\"\"") : std::string(1, c);
+  return q + "\"";
+}
+
+// Trials that validate checks for combinations (k <= d, widths vs decomposition):
+// every one up to this many, else an even spread plus each block's ends.
+constexpr uint64_t kCheckAll = 200000;
+
+int validate(const std::string& file) {
+  Sweep s = Sweep::from_file(file);
+  std::cout << "sweep:  " << s.name() << "\n";
+  if (!s.description().empty()) std::cout << "about:  " << s.description() << "\n";
+  std::cout << "trials: " << s.count() << "\n";
+  std::cout << "seed:   " << s.seed() << "\n";
+  std::cout << "hash:   " << s.hash() << "\n";
+  auto axes = s.axes();
+  size_t wname = 4;
+  for (const auto& a : axes) wname = std::max(wname, a.name.size());
+  int block = -2;
+  for (const auto& a : axes) {
+    if (a.subgrid != block) {
+      block = a.subgrid;
+      std::cout << (block < 0 ? std::string("axes (the last varies fastest):")
+                              : "subgrids[" + std::to_string(block) + "] axes:")
+                << "\n";
+    }
+    std::string preview;
+    for (const auto& p : a.preview) preview += (preview.empty() ? "" : ", ") + p;
+    if (a.size > a.preview.size()) preview += ", ...";
+    std::printf("  %-*s %10llu  %s\n", static_cast<int>(wname), a.name.c_str(),
+                static_cast<unsigned long long>(a.size), preview.c_str());
+  }
+  if (axes.empty()) std::cout << "axes:   none (one trial of the defaults per block)\n";
+  std::fflush(stdout);
+
+  uint64_t n = s.count(), checked = 0;
+  if (n <= kCheckAll) {
+    for (uint64_t id = 0; id < n; ++id, ++checked) s.trial(id);
+  } else {
+    const uint64_t spread = 20000;
+    for (uint64_t j = 0; j <= spread; ++j, ++checked)
+      s.trial(static_cast<uint64_t>(static_cast<unsigned __int128>(n - 1) * j / spread));
+  }
+  std::cout << "ok: " << (checked == n ? "all " : "") << checked << " trials checked"
+            << (checked == n ? "" : " (an even spread of the sweep)") << "\n";
+  return kExitOk;
+}
+
+struct ListOptions {
+  std::string file, format = "table", shard, columns;
+  bool count = false;
+  uint64_t offset = 0;
+  std::optional<uint64_t> limit;
+};
+
+int list(const ListOptions& o) {
+  Sweep s = Sweep::from_file(o.file);
+  IdRange r{0, s.count()};
+  if (!o.shard.empty()) r = shard_range(s.count(), parse_shard(o.shard));
+  uint64_t begin = std::min(r.end, r.begin + std::min(o.offset, r.end - r.begin));
+  uint64_t end = o.limit ? std::min(r.end, begin + std::min(*o.limit, r.end - begin)) : r.end;
+  if (o.count) {
+    std::cout << (end - begin) << "\n";
+    return kExitOk;
+  }
+
+  const auto& specs = param_specs();
+  std::vector<size_t> cols;  // indices into specs
+  if (o.columns.empty()) {
+    for (size_t i = 0; i < specs.size(); ++i) cols.push_back(i);
+  } else {
+    std::stringstream ss(o.columns);
+    std::string c;
+    while (std::getline(ss, c, ',')) {
+      if (c == "id") continue;
+      auto it = std::find_if(specs.begin(), specs.end(), [&](const ParamSpec& p) { return p.column == c || p.key == c; });
+      if (it == specs.end()) throw InputError("--columns", "unknown column \"" + c + "\"");
+      cols.push_back(static_cast<size_t>(it - specs.begin()));
+    }
+  }
+
+  std::string out;
+  auto flush = [&] {
+    std::fwrite(out.data(), 1, out.size(), stdout);
+    out.clear();
+  };
+  if (o.format == "csv") {
+    out += "id";
+    for (size_t c : cols) out += "," + specs[c].column;
+    out += "\n";
+    for (uint64_t id = begin; id < end; ++id) {
+      auto v = flatten(s.trial(id));
+      out += std::to_string(id);
+      for (size_t c : cols) out += "," + csv_field(text_of(v[c]));
+      out += "\n";
+      if (out.size() > (1 << 16)) flush();
+    }
+  } else if (o.format == "json") {
+    for (uint64_t id = begin; id < end; ++id) {
+      auto v = flatten(s.trial(id));
+      nlohmann::ordered_json row;
+      row["id"] = id;
+      for (size_t c : cols) std::visit([&](const auto& x) { row[specs[c].column] = x; }, v[c]);
+      out += row.dump() + "\n";
+      if (out.size() > (1 << 16)) flush();
+    }
+  } else {  // table: widths from the header and the first page, widened as needed
+    std::vector<size_t> width{std::max<size_t>(2, std::to_string(end ? end - 1 : 0).size())};
+    for (size_t c : cols) width.push_back(specs[c].column.size());
+    std::vector<bool> right{true};
+    for (size_t c : cols) right.push_back(specs[c].type != 's');
+    auto emit = [&](const std::vector<std::string>& cells) {
+      for (size_t j = 0; j < cells.size(); ++j) {
+        size_t pad = width[j] > cells[j].size() ? width[j] - cells[j].size() : 0;
+        if (j) out += "  ";
+        if (right[j]) out.append(pad, ' ');
+        out += cells[j];
+        if (!right[j] && j + 1 < cells.size()) out.append(pad, ' ');
+      }
+      out += "\n";
+    };
+    std::vector<std::string> header{"id"};
+    for (size_t c : cols) header.push_back(specs[c].column);
+    bool header_done = false;
+    const uint64_t page = 4096;
+    for (uint64_t p0 = begin; p0 < end || !header_done; p0 += page) {
+      std::vector<std::vector<std::string>> rows;
+      for (uint64_t id = p0; id < std::min(end, p0 + page); ++id) {
+        auto v = flatten(s.trial(id));
+        std::vector<std::string> cells{std::to_string(id)};
+        for (size_t c : cols) cells.push_back(text_of(v[c]));
+        for (size_t j = 0; j < cells.size(); ++j) width[j] = std::max(width[j], cells[j].size());
+        rows.push_back(std::move(cells));
+      }
+      if (!header_done) {
+        emit(header);
+        header_done = true;
+      }
+      for (const auto& row : rows) emit(row);
+      flush();
+      if (p0 >= end) break;
+    }
+  }
+  flush();
+  std::fflush(stdout);
+  return kExitOk;
+}
+
+}  // namespace
+
+void add_sweep_commands(CLI::App& app, Registry& r) {
+  auto file = std::make_shared<std::string>();
+  CLI::App* v = app.add_subcommand("validate", "check a sweep file: print its trial count and axes");
+  v->add_option("file", *file, "sweep file (JSON, docs/SWEEPS.md)")->required();
+  r.add(v, [file] { return validate(*file); });
+
+  auto o = std::make_shared<ListOptions>();
+  CLI::App* l = app.add_subcommand("list", "list a sweep's trials and their parameters (the dry run)");
+  l->add_option("file", o->file, "sweep file (JSON, docs/SWEEPS.md)")->required();
+  l->add_flag("--count", o->count, "print only the number of trials selected");
+  l->add_option("--format", o->format, "table | csv | json (JSON lines)")
+      ->check(CLI::IsMember({"table", "csv", "json"}));
+  l->add_option("--shard", o->shard, "I/N: only shard I (0-based) of N contiguous shards");
+  l->add_option("--offset", o->offset, "skip the first J selected trials");
+  l->add_option("--limit", o->limit, "print at most K trials");
+  l->add_option("--columns", o->columns, "comma-separated parameter columns (default: all)");
+  r.add(l, [o] { return list(*o); });
+}
+
+}  // namespace stsweep::cli
