@@ -1,0 +1,238 @@
+// stsweep merge | info | summary: reading and combining results files.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <sstream>
+
+#include "cli.hpp"
+#include "store.hpp"
+
+namespace stsweep::cli {
+namespace {
+
+std::string fmt(double v) {
+  if (std::isnan(v)) return "nan";
+  char buf[40];
+  std::snprintf(buf, sizeof buf, "%.6g", v);
+  return buf;
+}
+
+// --- info ------------------------------------------------------------------------
+int info_main(const std::string& path) {
+  H5Results f = H5Results::open(path, false);
+  const FileHeader& h = f.header();
+  std::string ranges;
+  for (const auto& r : h.ranges)
+    ranges += (ranges.empty() ? "" : ", ") + std::to_string(r.begin) + ".." +
+              std::to_string(r.end == r.begin ? r.end : r.end - 1);
+  std::cout << "file:      " << path << "\n"
+            << "sweep:     " << h.sweep_name << " (hash " << h.sweep_hash << ", " << h.sweep_trials
+            << " trials, seed " << h.sweep_seed << ")\n"
+            << "shard:     " << h.shard << ": " << h.rows() << " trials (ids " << ranges << ")\n"
+            << "status:    " << h.n_done << " done, " << h.n_diverged << " diverged, " << h.n_failed << " failed, "
+            << h.n_pending << " pending" << (h.complete() ? "  [complete]" : "") << "\n";
+  auto js = inspect_journal(path + ".journal");
+  if (js.exists && js.valid_header && js.file_id == h.file_id && js.rows > 0)
+    std::cout << "journal:   " << js.rows << " finished trials not yet in the file (a run is going on, or "
+              << "`stsweep run ... --resume` folds them in)\n";
+  std::cout << "backend:   " << h.backends() << " (" << h.devices() << ")\n"
+            << "precision: " << h.precisions() << "\n"
+            << "host:      " << h.hosts() << "\n"
+            << "time:      " << h.start_time() << " .. " << h.end_time() << ", wall " << fmt(h.wall_seconds())
+            << " s, compute " << fmt(h.compute_seconds()) << " s, " << h.sessions.size() << " session(s)\n";
+  if (!h.sessions.empty())
+    std::cout << "engine:    " << h.sessions.back().engine_version << " (git " << h.sessions.back().git_commit
+              << ")\n";
+  return kExitOk;
+}
+
+// --- summary -----------------------------------------------------------------------
+// Two-sided 95% quantile of Student's t with `df` degrees of freedom.
+double t975(int64_t df) {
+  static const double table[] = {0,      12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+                                 2.201,  2.179,  2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+                                 2.080,  2.074,  2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042};
+  if (df <= 0) return NAN;
+  if (df <= 30) return table[df];
+  const double z = 1.959964, d = static_cast<double>(df);  // Cornish-Fisher expansion
+  return z + (z * z * z + z) / (4 * d) + (5 * std::pow(z, 5) + 16 * z * z * z + 3 * z) / (96 * d * d);
+}
+
+struct KeyPart {
+  bool is_num;
+  double num;
+  std::string text;
+  bool operator<(const KeyPart& o) const {
+    if (is_num != o.is_num) return is_num;
+    if (is_num) return num < o.num;
+    return text < o.text;
+  }
+  std::string show() const { return is_num ? fmt(num) : text; }
+};
+struct Acc {
+  int64_t n = 0;
+  double mean = 0, m2 = 0;
+  void add(double x) {
+    ++n;
+    double d = x - mean;
+    mean += d / n;
+    m2 += d * (x - mean);
+  }
+};
+
+std::vector<std::string> split(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  std::string t;
+  while (std::getline(ss, t, ','))
+    if (!t.empty()) out.push_back(t);
+  return out;
+}
+
+int summary_main(const std::string& path, const std::string& by_text, const std::string& metric,
+                 const std::string& format) {
+  H5Results f = H5Results::open(path, false);
+  const auto& cs = store_columns();
+  auto column = [&](const std::string& name0, const char* opt) {
+    std::string name = name0;
+    std::replace(name.begin(), name.end(), '.', '_');  // teacher.kind -> teacher_kind
+    int k = store_column_index(name);
+    if (k < 0 || cs[k].curve) {
+      std::string names;
+      for (const auto& c : cs)
+        if (!c.curve) names += (names.empty() ? "" : ", ") + c.name;
+      throw InputError(opt, "no column '" + name0 + "' (columns: " + names + ")");
+    }
+    return k;
+  };
+  std::vector<std::string> by = split(by_text);
+  std::vector<int> byk;
+  for (const auto& b : by) byk.push_back(column(b, "--by"));
+  int mk = column(metric, "--metric");
+  if (cs[mk].type == ColType::str) throw InputError("--metric", "'" + metric + "' is text, not a number");
+  int sk = store_column_index("status");
+  std::vector<int> which = byk;
+  which.push_back(mk);
+  which.push_back(sk);
+
+  std::map<std::vector<KeyPart>, Acc> groups;
+  int64_t used = 0, skipped_nan = 0;
+  const int64_t N = f.rows(), block = 1 << 16;
+  for (int64_t r0 = 0; r0 < N; r0 += block) {
+    RowBlock b = f.read(r0, std::min(block, N - r0), which);
+    for (size_t r = 0; r < b.rows(); ++r) {
+      if (b.cols[sk].i[r] != static_cast<int64_t>(Status::done)) continue;
+      double x = cs[mk].type == ColType::f64 ? b.cols[mk].f[r] : static_cast<double>(b.cols[mk].i[r]);
+      if (std::isnan(x)) {
+        ++skipped_nan;
+        continue;
+      }
+      std::vector<KeyPart> key;
+      for (int k : byk) {
+        const auto& d = b.cols[k];
+        if (cs[k].type == ColType::str) key.push_back({false, 0, d.s[r]});
+        else if (cs[k].type == ColType::f64) key.push_back({true, d.f[r], ""});
+        else key.push_back({true, static_cast<double>(d.i[r]), ""});
+      }
+      groups[key].add(x);
+      ++used;
+    }
+  }
+  std::vector<std::string> head = by;
+  for (const char* c : {"count", "mean", "std", "ci95_low", "ci95_high"}) head.push_back(c);
+  std::vector<std::vector<std::string>> rows;
+  for (const auto& [key, a] : groups) {
+    std::vector<std::string> row;
+    for (const auto& k : key) row.push_back(k.show());
+    double sd = a.n > 1 ? std::sqrt(a.m2 / (a.n - 1)) : NAN;
+    double half = a.n > 1 ? t975(a.n - 1) * sd / std::sqrt(static_cast<double>(a.n)) : NAN;
+    row.push_back(std::to_string(a.n));
+    row.push_back(fmt(a.mean));
+    row.push_back(fmt(sd));
+    row.push_back(fmt(a.mean - half));
+    row.push_back(fmt(a.mean + half));
+    rows.push_back(row);
+  }
+  if (format == "csv") {
+    auto line = [](const std::vector<std::string>& v) {
+      std::string s;
+      for (size_t i = 0; i < v.size(); ++i) {
+        std::string x = v[i];
+        if (x.find_first_of(",\"") != std::string::npos) {
+          std::string q = "\"";
+          for (char c : x) q += c == '"' ? std::string("\"\"") : std::string(1, c);
+          x = q + "\"";
+        }
+        s += (i ? "," : "") + x;
+      }
+      return s;
+    };
+    std::cout << line(head) << "\n";
+    for (const auto& r : rows) std::cout << line(r) << "\n";
+  } else {
+    std::vector<size_t> w(head.size());
+    for (size_t i = 0; i < head.size(); ++i) w[i] = head[i].size();
+    for (const auto& r : rows)
+      for (size_t i = 0; i < r.size(); ++i) w[i] = std::max(w[i], r[i].size());
+    auto line = [&](const std::vector<std::string>& v) {
+      for (size_t i = 0; i < v.size(); ++i) {
+        std::string pad(w[i] - v[i].size(), ' ');
+        std::cout << (i ? "  " : "") << (i < by.size() ? v[i] + pad : pad + v[i]);
+      }
+      std::cout << "\n";
+    };
+    std::cout << metric << " over done trials (mean, sample std, 95% CI of the mean)\n";
+    line(head);
+    for (const auto& r : rows) line(r);
+    if (skipped_nan) std::cout << "(" << skipped_nan << " done trials with NaN " << metric << " left out)\n";
+    if (used == 0) std::cout << "(no done trials)\n";
+  }
+  return kExitOk;
+}
+
+}  // namespace
+
+void add_results_commands(CLI::App& app, Registry& r) {
+  {
+    struct A {
+      std::string out;
+      std::vector<std::string> shards;
+      bool force = false;
+    };
+    auto a = std::make_shared<A>();
+    CLI::App* sub = app.add_subcommand("merge", "merge the shard files of one sweep into one results file");
+    sub->add_option("out", a->out, "merged results file (new)")->required();
+    sub->add_option("shards", a->shards, "shard files (stsweep run --shard I/N)")->required();
+    sub->add_flag("--force", a->force, "overwrite OUT; merge shards computed with different precisions");
+    r.add(sub, [a] {
+      MergeReport rep = merge_results(a->out, a->shards, a->force);
+      for (const auto& n : rep.notes) std::cerr << "stsweep: note: " << n << "\n";
+      std::cout << "merged " << rep.rows << " trials from " << a->shards.size() << " files into " << a->out << "\n";
+      return kExitOk;
+    });
+  }
+  {
+    auto path = std::make_shared<std::string>();
+    CLI::App* sub = app.add_subcommand("info", "describe a results file: sweep, counts by status, timings");
+    sub->add_option("file", *path, "results file (HDF5)")->required();
+    r.add(sub, [path] { return info_main(*path); });
+  }
+  {
+    struct A {
+      std::string file, by, metric = "test_risk", format = "table";
+    };
+    auto a = std::make_shared<A>();
+    CLI::App* sub =
+        app.add_subcommand("summary", "mean, std, 95% CI and count of a metric by parameter values (done trials)");
+    sub->add_option("file", a->file, "results file (HDF5)")->required();
+    sub->add_option("--by", a->by, "comma-separated columns to group by, e.g. noise,lambda");
+    sub->add_option("--metric", a->metric, "numeric column to summarise (default test_risk)");
+    sub->add_option("--format", a->format, "table or csv")->check(CLI::IsMember({"table", "csv"}));
+    r.add(sub, [a] { return summary_main(a->file, a->by, a->metric, a->format); });
+  }
+}
+
+}  // namespace stsweep::cli

@@ -1,0 +1,239 @@
+// stsweep run FILE -o OUT.h5: sweep -> batches -> backend -> results file.
+//
+// The main thread owns the sweep, the batcher and the results file (HDF5 is
+// not thread-safe here); one worker thread runs the backend on a batch while
+// the main thread stores the previous one and prepares the next.
+#include <signal.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <future>
+#include <iostream>
+#include <memory>
+
+#include "backend.hpp"
+#include "batching.hpp"
+#include "cli.hpp"
+#include "progress.hpp"
+#include "store.hpp"
+#include "sweep.hpp"
+
+namespace stsweep::cli {
+namespace {
+
+struct RunArgs {
+  std::string file, out, backend = "auto", shard = "0/1", precision = "f32", progress = "auto";
+  bool resume = false, force = false;
+  int threads = 0;
+  size_t batch_size = 0;
+  double checkpoint_every = 30;
+};
+
+volatile std::sig_atomic_t g_signal = 0;
+extern "C" void on_signal(int sig) {
+  if (g_signal != 0) {  // a second signal: leave now (the journal is safe)
+    const char msg[] = "\nstsweep: second signal, exiting now; finish with --resume\n";
+    ssize_t rc = ::write(STDERR_FILENO, msg, sizeof msg - 1);
+    (void)rc;
+    ::_exit(kExitFailure);
+  }
+  g_signal = sig;
+}
+void install_handlers() {
+  struct sigaction sa {};
+  sa.sa_handler = on_signal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+}
+
+std::string resume_command(const RunArgs& a) {
+  std::string c = "stsweep run " + a.file + " -o " + a.out;
+  if (a.shard != "0/1") c += " --shard " + a.shard;
+  if (a.precision != "f32") c += " --precision " + a.precision;
+  return c + " --resume";
+}
+
+struct Outcome {
+  std::vector<TrialResult> results;
+  double seconds = 0;
+};
+
+int run_main(const RunArgs& a) {
+  Sweep sweep = Sweep::from_file(a.file);
+  Shard shard = parse_shard(a.shard);
+  IdRange range = shard_range(sweep.count(), shard);
+
+  RunOptions ro;
+  ro.sweep_seed = sweep.seed();
+  ro.precision = a.precision == "f64" ? Precision::f64 : Precision::f32;
+  ro.threads = a.threads;
+
+  // The backend first: a missing GPU must not leave a results file behind.
+  std::unique_ptr<Backend> backend;
+  std::string why;
+  if (a.backend == "cpu") {
+    backend = make_cpu_backend(ro);
+  } else {
+    backend = make_cuda_backend(ro, &why);
+    if (!backend) {
+      if (a.backend == "cuda") throw std::runtime_error("--backend cuda: no usable GPU (" + why + ")");
+      backend = make_cpu_backend(ro);
+    }
+  }
+  std::cerr << "stsweep: backend " << backend->name() << ": " << backend->device();
+  if (a.backend == "auto" && backend->name() == "cpu" && !why.empty()) std::cerr << " (no GPU: " << why << ")";
+  std::cerr << "\n";
+
+  WriterOptions wo;
+  wo.path = a.out;
+  wo.resume = a.resume;
+  wo.force = a.force;
+  wo.shard = std::to_string(shard.index) + "/" + std::to_string(shard.count);
+  wo.range = range;
+  wo.backend = backend->name();
+  wo.device = backend->device();
+  wo.precision = a.precision;
+  wo.checkpoint_every = a.checkpoint_every;
+  auto writer = ResultsWriter::start(sweep, wo);
+  for (const auto& n : writer->notes()) std::cerr << "stsweep: " << n << "\n";
+
+  const int64_t rows = writer->header().rows();
+  const int64_t todo = writer->remaining();
+  if (todo == 0) {
+    writer->finish();
+    std::cout << "nothing to do: all " << rows << " trials of shard " << wo.shard << " in " << a.out
+              << " are finished\n";
+    return kExitOk;
+  }
+  std::cerr << "stsweep: sweep '" << sweep.name() << "': " << todo << " of " << rows << " trials to run (shard "
+            << wo.shard << ", ids " << range.begin << ".." << (range.end > range.begin ? range.end - 1 : range.end) << ")\n";
+
+  const size_t batch_size = a.batch_size > 0 ? a.batch_size : backend->name() == "cuda" ? 1024 : 64;
+  Batcher batcher(sweep, range, [&](uint64_t id) { return writer->final(static_cast<int64_t>(id)); }, batch_size);
+  Progress progress(progress_mode(a.progress), todo, rows - todo);
+  install_handlers();
+
+  int64_t n_done = 0, n_div = 0, n_fail = 0, n_total = 0;
+  double compute = 0;
+  auto launch = [&](std::shared_ptr<Batch> b) {
+    return std::async(std::launch::async, [&backend, &ro, b] {
+      auto t = std::chrono::steady_clock::now();
+      Outcome o;
+      o.results = backend->run(*b, ro);
+      o.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+      return o;
+    });
+  };
+  auto interrupted = [&](int64_t in_flight) {
+    progress.clear();
+    const char* sig = g_signal == SIGINT ? "SIGINT" : "SIGTERM";
+    std::string err;
+    try {
+      writer->checkpoint();
+    } catch (const std::exception& e) {
+      err = e.what();
+    }
+    const FileHeader& h = writer->header();
+    std::fprintf(stderr,
+                 "stsweep: interrupted by %s: %lld of %lld trials are finished in %s%s%s; %lld in flight were "
+                 "dropped.\nstsweep: continue with: %s\n",
+                 sig, (long long)(h.n_done + h.n_diverged), (long long)rows, a.out.c_str(),
+                 err.empty() ? "" : " (the last checkpoint failed: ", err.empty() ? "" : (err + "; the journal has them)").c_str(),
+                 (long long)in_flight, resume_command(a).c_str());
+    std::fflush(stderr);
+    std::fflush(stdout);
+    std::_Exit(kExitFailure);  // the worker may still be computing: do not wait for it
+  };
+
+  try {
+    auto cur = std::make_shared<Batch>();
+    bool have = batcher.next(*cur);
+    std::future<Outcome> fut;
+    if (have) fut = launch(cur);
+    while (have) {
+      auto nxt = std::make_shared<Batch>();
+      bool have_next = batcher.next(*nxt);  // decode the next batch while the backend works
+      while (fut.wait_for(std::chrono::milliseconds(100)) != std::future_status::ready) {
+        if (g_signal) interrupted(static_cast<int64_t>(cur->ids.size()));
+        progress.tick();
+      }
+      Outcome o = fut.get();
+      if (have_next) fut = launch(nxt);
+      RowBlock block = RowBlock::from_batch(*cur, o.results);
+      writer->append(block, o.seconds);
+      compute += o.seconds;
+      for (const auto& r : o.results) {
+        ++n_total;
+        if (r.status == Status::done) ++n_done;
+        else if (r.status == Status::diverged) ++n_div;
+        else {
+          ++n_fail;
+          progress.clear();
+          std::cerr << "stsweep: trial " << r.trial << " failed" << (r.message.empty() ? "" : ": " + r.message) << "\n";
+        }
+      }
+      progress.update(n_total);
+      if (g_signal) interrupted(have_next ? static_cast<int64_t>(nxt->ids.size()) : 0);
+      cur = nxt;
+      have = have_next;
+    }
+  } catch (...) {
+    // Keep what is finished: fold the journal into the file, then report.
+    progress.clear();
+    try {
+      writer->checkpoint();
+    } catch (const std::exception& e) {
+      std::cerr << "stsweep: could not update " << a.out << " (" << e.what() << "); " << a.out
+                << ".journal keeps the finished trials for --resume\n";
+    }
+    throw;
+  }
+  writer->finish();
+  progress.finish();
+  const FileHeader& h = writer->header();
+  double wall = progress.elapsed();
+  std::printf("stsweep: %lld trials on %s (%s), %s: %lld done, %lld diverged, %lld failed in %.1f s "
+              "(%.1f trials/s; backend %.1f s)\n",
+              (long long)n_total, backend->name().c_str(), backend->device().c_str(), a.precision.c_str(),
+              (long long)n_done, (long long)n_div, (long long)n_fail, wall, wall > 0 ? n_total / wall : 0.0,
+              compute);
+  std::printf("results: %s (shard %s: %lld done, %lld diverged, %lld failed, %lld pending of %lld)\n", a.out.c_str(),
+              h.shard.c_str(), (long long)h.n_done, (long long)h.n_diverged, (long long)h.n_failed,
+              (long long)h.n_pending, (long long)h.rows());
+  if (h.n_failed > 0) {
+    std::fprintf(stderr, "stsweep: %lld trials failed; rerun them with: %s\n", (long long)h.n_failed,
+                 resume_command(a).c_str());
+    return kExitFailure;
+  }
+  return kExitOk;
+}
+
+}  // namespace
+
+void add_run_command(CLI::App& app, Registry& r) {
+  auto a = std::make_shared<RunArgs>();
+  CLI::App* sub = app.add_subcommand("run", "run a sweep's trials and write one HDF5 results file");
+  sub->add_option("file", a->file, "sweep file (JSON)")->required();
+  sub->add_option("-o,--output", a->out, "results file (HDF5), e.g. results/demo.h5")->required();
+  sub->add_option("--backend", a->backend, "auto (CUDA when a GPU is usable, else CPU), cpu or cuda")
+      ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
+  sub->add_option("--shard", a->shard, "run shard I of N (0-based), e.g. 2/8");
+  sub->add_flag("--resume", a->resume, "continue OUT.h5: run only the trials not finished (starts it if absent)");
+  sub->add_flag("--force", a->force,
+                "overwrite an existing OUT.h5 (without --resume); with --resume, accept a different --precision");
+  sub->add_option("--threads", a->threads, "CPU threads (0: all cores)")->check(CLI::NonNegativeNumber);
+  sub->add_option("--precision", a->precision, "f32 or f64")->check(CLI::IsMember({"f32", "f64"}));
+  sub->add_option("--batch-size", a->batch_size, "trials per batch (default: 64 on CPU, 1024 on CUDA)")
+      ->check(CLI::PositiveNumber);
+  sub->add_option("--progress", a->progress, "auto (bar on a terminal, else JSON lines), bar, jsonl or none")
+      ->check(CLI::IsMember({"auto", "bar", "jsonl", "none"}));
+  sub->add_option("--checkpoint-every", a->checkpoint_every,
+                  "seconds between updates of OUT.h5 (at least; finished batches are journaled at once)")
+      ->check(CLI::NonNegativeNumber);
+  r.add(sub, [a] { return run_main(*a); });
+}
+
+}  // namespace stsweep::cli

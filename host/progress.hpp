@@ -1,0 +1,34 @@
+// Progress of a run: a bar on a terminal, JSON lines elsewhere (batch logs).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+
+namespace stsweep {
+
+enum class ProgressMode { none, bar, jsonl };
+// "auto" picks bar when stderr is a terminal, jsonl otherwise.
+ProgressMode progress_mode(const std::string& option);
+
+class Progress {
+ public:
+  // `total`: trials this run will do; `before`: rows already final in the file.
+  // JSON lines come every `interval` seconds (STSWEEP_PROGRESS_INTERVAL overrides).
+  Progress(ProgressMode mode, int64_t total, int64_t before, double interval = 10);
+  void update(int64_t done);  // trials finished so far in this run
+  void tick();                // redraw / emit if due, without new trials
+  void finish();              // last line
+  void clear();               // erase the bar before printing something else
+  double elapsed() const;
+
+ private:
+  void emit(bool final);
+  ProgressMode mode_;
+  int64_t total_, before_, done_ = 0;
+  double interval_;
+  std::chrono::steady_clock::time_point t0_, last_;
+  bool drawn_ = false;
+};
+
+}  // namespace stsweep

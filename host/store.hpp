@@ -1,0 +1,192 @@
+// The results file (docs/RESULTS.md): one HDF5 file per run, one row per trial.
+//
+// Columns: every trial parameter (param_specs()), every scalar metric
+// (scalar_metric_names(), `status` as int8 flags), the curves curve_<name> and
+// `step` as (trial, checkpoint). `trial` and `checkpoint` are dimension scales,
+// so xarray.open_dataset(path, engine="h5netcdf") opens it with no options.
+//
+// Crash safety: OUT.h5 is only ever replaced whole, by rename of a finished,
+// fsynced copy (a "checkpoint"). Between checkpoints each finished batch is
+// appended to OUT.h5.journal (checksummed records, fdatasync per batch). After
+// kill -9 at any moment OUT.h5 is the last checkpoint (it opens) and the journal
+// holds everything since; `--resume` folds the journal in and continues.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "backend.hpp"
+#include "params.hpp"
+#include "result.hpp"
+#include "sweep.hpp"
+
+namespace stsweep {
+
+// --- columns ------------------------------------------------------------------
+enum class ColType : char { i8 = 'b', i64 = 'i', f64 = 'f', str = 's' };
+struct Column {
+  std::string name;  // dataset name
+  ColType type;
+  bool curve;        // 2-D (trial, checkpoint)
+  std::string doc;
+  std::string key;   // dotted sweep key for parameters, "" for metrics
+};
+// Parameters (param_specs order), then `status` and the scalar metrics, then
+// `step` and the curves. The layout of every file this engine writes.
+const std::vector<Column>& store_columns();
+int store_column_index(const std::string& name);  // -1 when absent
+// A digest of the column names and types (files and journals carry it).
+std::string store_schema_digest();
+
+// Rows in column form: what batches, journal records, merges and reads move.
+struct RowBlock {
+  std::vector<int64_t> trial;  // ids, one per row
+  int C = 0;                   // curve width (checkpoints) of this block
+  // One per store_columns() entry: ints (i8 and i64) in i, floats in f,
+  // strings in s. Curves hold rows * C values, row-major, padded with NaN (-1 for step).
+  struct Data {
+    std::vector<int64_t> i;
+    std::vector<double> f;
+    std::vector<std::string> s;
+  };
+  std::vector<Data> cols;
+
+  size_t rows() const { return trial.size(); }
+  // An empty block with storage for every column (or only `which`, by index).
+  static RowBlock empty(int C);
+  // Rows of one finished batch.
+  static RowBlock from_batch(const Batch& b, const std::vector<TrialResult>& r);
+  void append(const RowBlock& o);  // widens curves when o.C > C
+  void widen(int newC);
+};
+
+// --- root attributes ----------------------------------------------------------
+struct Session {  // one `run` invocation that wrote into the file
+  std::string start_time, end_time, backend, device, host, precision, engine_version, git_commit;
+  double wall_seconds = 0, compute_seconds = 0;
+  int64_t trials = 0;  // rows it finished
+};
+struct FileHeader {
+  std::string format = "stsweep-results 1";
+  std::string schema;  // store_schema_digest()
+  std::string sweep_json, sweep_hash, sweep_name;
+  uint64_t sweep_seed = 0;
+  int64_t sweep_trials = 0;          // trials in the whole sweep
+  std::string shard;                 // "I/N", or "merged: 0/3,1/3,2/3"
+  std::vector<IdRange> ranges;       // trial ids held, ascending, disjoint
+  std::string file_id;               // random, new per created file (journals carry it)
+  int64_t generation = 0;            // +1 per checkpoint
+  std::vector<Session> sessions;
+  // Counts by status (kept current at each checkpoint).
+  int64_t n_pending = 0, n_done = 0, n_diverged = 0, n_failed = 0;
+
+  int64_t rows() const;
+  bool complete() const { return n_pending == 0 && n_failed == 0 && rows() > 0; }
+  // Joined over sessions ("cpu", "cpu,cuda"), first start / last end, sums.
+  std::string backends() const, devices() const, hosts() const, precisions() const;
+  std::string start_time() const, end_time() const;
+  double wall_seconds() const, compute_seconds() const;
+};
+
+// --- the HDF5 file --------------------------------------------------------------
+// Not thread-safe (Debian's libhdf5 is not): use from one thread.
+class H5Results {
+ public:
+  ~H5Results();
+  H5Results(H5Results&&) noexcept;
+  H5Results& operator=(H5Results&&) noexcept;
+
+  // A new file with all rows of `h.ranges` pending. Written to `path`
+  // directly; callers that need atomicity write a temporary and rename.
+  static H5Results create(const std::string& path, const FileHeader& h, int curve_chunk = 32);
+  static H5Results open(const std::string& path, bool writable);
+
+  const FileHeader& header() const { return h_; }
+  FileHeader& header() { return h_; }
+  int64_t rows() const { return h_.rows(); }
+  int checkpoints() const { return C_; }  // current width of the curves
+  // Row index of a trial id (-1 when the file does not hold it).
+  int64_t row_of(int64_t id) const;
+
+  // Writes the rows (any order, ids within ranges); widens curves as needed.
+  void write(const RowBlock& b);
+  // Reads rows [row0, row0 + n). `which` = column indices (empty: all).
+  RowBlock read(int64_t row0, int64_t n, const std::vector<int>& which = {}) const;
+  std::vector<int8_t> read_status(int64_t row0, int64_t n) const;
+  // Recount statuses from the file (streams the status column).
+  void recount();
+  // Writes the header attributes (counts, sessions, generation ...).
+  void write_header();
+  void close();  // flushes and closes; throws on failure (disk full)
+
+ private:
+  H5Results() = default;
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+  FileHeader h_;
+  int C_ = 0;
+  std::string path_;
+};
+
+// --- the run-time writer: journal + checkpoints ----------------------------------
+struct WriterOptions {
+  std::string path;                // OUT.h5
+  bool resume = false, force = false;
+  std::string shard;               // "I/N"
+  IdRange range;
+  std::string backend, device, precision;
+  double checkpoint_every = 30;    // seconds between checkpoints (at least)
+};
+
+class ResultsWriter {
+ public:
+  // Creates OUT.h5 (all rows pending), or resumes it: checks that it belongs
+  // to this sweep and shard (InputError otherwise), folds the journal in.
+  // Takes an exclusive lock on OUT.h5.journal (a second writer fails).
+  static std::unique_ptr<ResultsWriter> start(const Sweep& sweep, const WriterOptions& opt);
+  ~ResultsWriter();
+
+  const FileHeader& header() const;
+  // True when trial `id` needs no run (done or diverged). Fast, no I/O.
+  bool final(int64_t id) const;
+  int64_t remaining() const;     // rows still to run at start
+  int64_t resumed_rows() const;  // rows folded in from a previous journal
+  std::vector<std::string> notes() const;  // what start() did, for the user
+
+  // Appends one finished batch to the journal (fdatasync'd), then checkpoints
+  // when one is due. `compute_seconds` is the backend's time for it.
+  void append(const RowBlock& rows, double compute_seconds);
+  void checkpoint();  // folds the journal into OUT.h5 (atomic replace)
+  // Final checkpoint; removes the journal when every row is final.
+  void finish();
+
+  struct Impl;
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+// Reads the valid records of a journal (for `info`): rows and file id.
+struct JournalSummary {
+  bool exists = false, valid_header = false;
+  std::string file_id;
+  int64_t records = 0, rows = 0, torn_bytes = 0;
+};
+JournalSummary inspect_journal(const std::string& journal_path);
+
+// --- merge -------------------------------------------------------------------------
+// Combines shard files of one sweep into `out` (rows sorted by trial id).
+// InputError for different sweeps, schemas or overlapping trials.
+struct MergeReport {
+  int64_t rows = 0;
+  std::vector<std::string> notes;
+};
+MergeReport merge_results(const std::string& out, const std::vector<std::string>& shards,
+                          bool force);
+
+// Time stamps and small helpers shared with the CLI.
+std::string utc_now_iso();
+std::string host_name();
+
+}  // namespace stsweep
