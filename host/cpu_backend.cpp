@@ -1,0 +1,103 @@
+// The CPU backend: the reference. Trials of a batch run in parallel, one trial
+// per worker at a time; each trial's arithmetic is independent of the others,
+// so results are bit-identical whatever the thread count or batch composition.
+#include <algorithm>
+#include <atomic>
+#include <exception>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "backend.hpp"
+#include "problem.hpp"
+#include "train.hpp"
+
+namespace stsweep {
+namespace {
+
+std::string cpu_model() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("model name", 0) == 0) {
+      const auto p = line.find(':');
+      if (p != std::string::npos) {
+        auto s = line.substr(p + 1);
+        const auto b = s.find_first_not_of(" \t");
+        return b == std::string::npos ? s : s.substr(b);
+      }
+    }
+  return "CPU";
+}
+
+int resolve_threads(int requested) {
+  if (requested > 0) return requested;
+  const unsigned hw = std::thread::hardware_concurrency();
+  return hw > 0 ? static_cast<int>(hw) : 1;
+}
+
+TrialResult run_one(int64_t id, const TrialParams& p, const RunOptions& opt) {
+  TrialResult r;
+  try {
+    const TrialProblem pr = setup_trial(p, opt.sweep_seed);
+    r = opt.precision == Precision::f64 ? train_trial<double>(pr) : train_trial<float>(pr);
+  } catch (const InputError& e) {
+    r = TrialResult{};
+    r.status = Status::failed;
+    r.message = std::string("input error: ") + e.what();
+  } catch (const std::exception& e) {
+    r = TrialResult{};
+    r.status = Status::failed;
+    r.message = e.what();
+  } catch (...) {
+    r = TrialResult{};
+    r.status = Status::failed;
+    r.message = "unknown exception";
+  }
+  r.trial = id;
+  return r;
+}
+
+class CpuBackend final : public Backend {
+ public:
+  explicit CpuBackend(int threads) : threads_(resolve_threads(threads)) {}
+  std::string name() const override { return "cpu"; }
+  std::string device() const override {
+    return cpu_model() + " (" + std::to_string(threads_) + " threads)";
+  }
+  std::vector<TrialResult> run(const Batch& batch, const RunOptions& opt) override {
+    const size_t n = batch.trials.size();
+    std::vector<TrialResult> out(n);
+    const int nt = static_cast<int>(std::min<size_t>(n, static_cast<size_t>(
+                                                            opt.threads > 0 ? opt.threads : threads_)));
+    std::atomic<size_t> next{0};
+    auto work = [&] {
+      for (size_t i; (i = next.fetch_add(1)) < n;) {
+        const int64_t id = i < batch.ids.size() ? batch.ids[i] : static_cast<int64_t>(i);
+        out[i] = run_one(id, batch.trials[i], opt);
+      }
+    };
+    if (nt <= 1) {
+      work();
+    } else {
+      std::vector<std::thread> pool;
+      pool.reserve(nt);
+      for (int t = 0; t < nt; ++t) pool.emplace_back(work);
+      for (auto& th : pool) th.join();
+    }
+    return out;
+  }
+
+ private:
+  int threads_;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cpu_backend(const RunOptions& opt) {
+  return std::make_unique<CpuBackend>(opt.threads);
+}
+
+}  // namespace stsweep

@@ -1,0 +1,506 @@
+// Training of one set-up trial on the CPU: the reference trainer. The step math
+// is kernels/trial_math.hpp; this file converts the problem to Real, runs the
+// student and its twin, and measures the metrics (always in float64, from the
+// Real weights, so that float32 runs are not measured with float32 round-off).
+#include "train.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <memory>
+#include <stdexcept>
+#include <string>
+
+#include "trial_math.hpp"
+
+namespace stsweep {
+namespace {
+
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+// Divergence: the training loss is non-finite or above this multiple of its start.
+constexpr double kDivergeFactor = 1e6;
+// Zero training loss: final train_loss <= kZeroLossRtol * initial train_loss
+// (both measured in float64). MODEL.md factor 1: interpolating students reach
+// ~1e-10 and below; conflicting teachers stop at 0.4% to 1% of the start.
+constexpr double kZeroLossRtol = 1e-6;
+
+int act_code(Activation a) {
+  switch (a) {
+    case Activation::relu: return tm::kRelu;
+    case Activation::tanh: return tm::kTanh;
+    default: return tm::kLinear;
+  }
+}
+
+tm::Net make_net(const std::vector<int>& w, Activation act) {
+  tm::Net net;
+  net.L = static_cast<int>(w.size()) - 1;
+  if (net.L < 1 || net.L > tm::kMaxLayers)
+    throw InputError("hidden", "depth " + std::to_string(net.L) + " outside 1.." +
+                                   std::to_string(tm::kMaxLayers));
+  for (int l = 0; l <= net.L; ++l) net.w[l] = w[l];
+  net.act = act_code(act);
+  return net;
+}
+
+template <class Real>
+std::vector<Real> convert(const Matrix& M) {
+  std::vector<Real> v(M.a.size());
+  for (size_t i = 0; i < v.size(); ++i) v[i] = static_cast<Real>(M.a[i]);
+  return v;
+}
+// M^T (samples as rows), converted.
+template <class Real>
+std::vector<Real> convert_t(const Matrix& M) {
+  std::vector<Real> v(M.a.size());
+  for (int i = 0; i < M.rows; ++i)
+    for (int j = 0; j < M.cols; ++j) v[static_cast<size_t>(j) * M.rows + i] = static_cast<Real>(M(i, j));
+  return v;
+}
+
+void check_shape(const Matrix& M, int r, int c, const char* what) {
+  if (M.rows != r || M.cols != c)
+    throw std::logic_error(std::string("train: ") + what + " is " + std::to_string(M.rows) + "x" +
+                           std::to_string(M.cols) + ", expected " + std::to_string(r) + "x" +
+                           std::to_string(c));
+}
+
+// Weights of one network in both layouts, Real.
+template <class Real>
+struct NetWeights {
+  std::vector<std::vector<Real>> W, WT;
+  tm::Weights<Real> view;
+  NetWeights(const tm::Net& net, const std::vector<Matrix>& W0) : W(net.L + 1), WT(net.L + 1) {
+    for (int l = 1; l <= net.L; ++l) {
+      check_shape(W0[l], net.w[l], net.w[l - 1], "W0");
+      W[l] = convert<Real>(W0[l]);
+      WT[l] = convert_t<Real>(W0[l]);
+      view.W[l] = W[l].data();
+      view.WT[l] = WT[l].data();
+    }
+  }
+  std::vector<Matrix> to_matrices(const tm::Net& net) const {
+    std::vector<Matrix> out(net.L + 1);
+    for (int l = 1; l <= net.L; ++l) {
+      out[l] = Matrix(net.w[l], net.w[l - 1]);
+      for (size_t i = 0; i < W[l].size(); ++i) out[l].a[i] = static_cast<double>(W[l][i]);
+    }
+    return out;
+  }
+};
+
+// Data, samples as rows, and the workspace of the data path for N rows.
+template <class Real>
+struct DataPath {
+  std::vector<Real> X, Y;
+  std::vector<std::vector<Real>> Ht, Z, H, D;
+  tm::DataSet<Real> ds;
+  tm::DataWork<Real> wk;
+  DataPath(const tm::Net& net, const Matrix& Xn, const Matrix& Yc, const std::vector<Matrix>* feat,
+           uint32_t mask)
+      : Ht(net.L + 1), Z(net.L + 1), H(net.L + 1), D(2) {
+    const int N = Xn.cols;
+    check_shape(Xn, net.w[0], N, "inputs");
+    check_shape(Yc, net.w[net.L], N, "labels");
+    X = convert_t<Real>(Xn);
+    Y = convert_t<Real>(Yc);
+    ds.N = N;
+    ds.X = X.data();
+    ds.Y = Y.data();
+    int maxw = 0;
+    for (int l = 1; l <= net.L; ++l) {
+      maxw = std::max(maxw, net.w[l]);
+      Z[l].assign(static_cast<size_t>(N) * net.w[l], Real(0));
+      wk.Z[l] = Z[l].data();
+      if (l < net.L) {
+        if (net.act != tm::kLinear) {
+          H[l].assign(Z[l].size(), Real(0));
+          wk.H[l] = H[l].data();
+        } else {
+          wk.H[l] = wk.Z[l];
+        }
+        if (mask >> l & 1u) {
+          check_shape((*feat)[l], net.w[l], N, "teacher features");
+          Ht[l] = convert_t<Real>((*feat)[l]);
+          ds.Ht[l] = Ht[l].data();
+        }
+      }
+    }
+    for (int b = 0; b < 2; ++b) {
+      D[b].assign(static_cast<size_t>(N) * maxw, Real(0));
+      wk.D[b] = D[b].data();
+    }
+  }
+};
+
+struct Moments {
+  Matrix Cxx, Cyx;
+  std::vector<Matrix> Chx;
+  double tr_yy = 0;
+  std::vector<double> tr_hh;
+};
+
+// The problem's moments when set-up filled them, else computed here (float64).
+Moments moments_of(const TrialProblem& pr, uint32_t mask) {
+  Moments mo;
+  const int d = pr.Xn.rows, N = pr.Xn.cols, L = pr.L;
+  auto cross = [&](const Matrix& A) {  // A Xn^T / N
+    Matrix C(A.rows, d);
+    for (int i = 0; i < A.rows; ++i)
+      for (int j = 0; j < d; ++j) {
+        double s = 0;
+        for (int n = 0; n < N; ++n) s += A(i, n) * pr.Xn(j, n);
+        C(i, j) = s / N;
+      }
+    return C;
+  };
+  auto trace = [&](const Matrix& A) {
+    double s = 0;
+    for (double v : A.a) s += v * v;
+    return s / N;
+  };
+  mo.Cxx = pr.Cxx.rows == d && pr.Cxx.cols == d ? pr.Cxx : cross(pr.Xn);
+  const bool given_y = pr.Cyx.rows == pr.Y.rows && pr.Cyx.cols == d;
+  mo.Cyx = given_y ? pr.Cyx : cross(pr.Y);
+  mo.tr_yy = given_y ? pr.tr_yy : trace(pr.Y);
+  mo.Chx.resize(L + 1);
+  mo.tr_hh.assign(L + 1, 0.0);
+  for (int l = 1; l < L; ++l) {
+    if (!(mask >> l & 1u)) continue;
+    const Matrix& F = pr.feature[l];
+    const bool given = static_cast<int>(pr.Chx.size()) > l && pr.Chx[l].rows == F.rows &&
+                       pr.Chx[l].cols == d && static_cast<int>(pr.tr_hh.size()) > l;
+    mo.Chx[l] = given ? pr.Chx[l] : cross(F);
+    mo.tr_hh[l] = given ? pr.tr_hh[l] : trace(F);
+  }
+  return mo;
+}
+
+template <class Real>
+struct MomentPath {
+  std::vector<Real> Cxx, Cyx;
+  std::vector<std::vector<Real>> Chx, A, E, Q;
+  std::vector<Real> AT;
+  tm::MomentSet<Real> ms;
+  tm::MomentWork<Real> wk;
+  MomentPath(const tm::Net& net, const Moments& mo, uint32_t mask)
+      : Chx(net.L + 1), A(net.L + 1), E(net.L + 1), Q(2) {
+    const int d = net.w[0], L = net.L;
+    Cxx = convert<Real>(mo.Cxx);
+    Cyx = convert<Real>(mo.Cyx);
+    ms.Cxx = Cxx.data();
+    ms.Cyx = Cyx.data();
+    ms.tr_yy = static_cast<Real>(mo.tr_yy);
+    int maxw = 0;
+    for (int l = 1; l <= L; ++l) {
+      maxw = std::max(maxw, net.w[l]);
+      const size_t n = static_cast<size_t>(net.w[l]) * d;
+      if (l >= 2) {
+        A[l].assign(n, Real(0));
+        wk.A[l] = A[l].data();
+      }
+      if (l == L || (mask >> l & 1u)) {
+        E[l].assign(n, Real(0));
+        wk.E[l] = E[l].data();
+      }
+      if (l < L && (mask >> l & 1u)) {
+        Chx[l] = convert<Real>(mo.Chx[l]);
+        ms.Chx[l] = Chx[l].data();
+        ms.tr_hh[l] = static_cast<Real>(mo.tr_hh[l]);
+      }
+    }
+    for (int b = 0; b < 2; ++b) {
+      Q[b].assign(static_cast<size_t>(maxw) * d, Real(0));
+      wk.Q[b] = Q[b].data();
+    }
+    AT.assign(static_cast<size_t>(maxw) * d, Real(0));
+    wk.AT = AT.data();
+  }
+};
+
+// Metrics of a network, in float64.
+struct Metrics {
+  double test_risk = kNaN, label = kNaN, feature = kNaN;
+};
+
+class Evaluator {
+ public:
+  Evaluator(const TrialProblem& pr, const tm::Net& net, uint32_t mask)
+      : pr_(pr), net_(net), mask_(mask), train_(net, pr.Xn, pr.Y, &pr.feature, mask) {
+    exact_ = pr.params.linear();
+    if (exact_) {
+      check_shape(pr.Wstar, net.w[net.L], net.w[0], "Wstar");
+      check_shape(pr.Mhalf, net.w[0], pr.Mhalf.cols, "Mhalf");
+    } else if (pr.Xtest.cols > 0) {
+      test_ = std::make_unique<DataPath<double>>(net, pr.Xtest, pr.Ytest, nullptr, 0u);
+    }
+  }
+
+  Metrics operator()(const std::vector<Matrix>& W) {
+    NetWeights<double> w(net_, W);
+    Metrics m;
+    const tm::SerialTeam team;
+    const auto loss = tm::data_forward(team, net_, w.view, train_.ds, mask_, train_.wk);
+    m.label = loss.label;
+    m.feature = loss.feature;
+    if (exact_) {
+      const Matrix We = end_to_end(W);
+      m.test_risk = tm::linear_risk(We.rows, We.cols, pr_.Mhalf.cols, We.a.data(), pr_.Wstar.a.data(),
+                                    pr_.Mhalf.a.data(), pr_.sigma, pr_.sigma_y);
+    } else if (test_) {
+      // (1/n_test) sum_n ||f(x_n) - y_n||^2: per sample, summed over outputs (as R).
+      const auto t = tm::data_forward(team, net_, w.view, test_->ds, 0u, test_->wk);
+      m.test_risk = 2.0 * t.label;
+    }
+    return m;
+  }
+
+  static Matrix end_to_end(const std::vector<Matrix>& W) {
+    Matrix A = W[1];
+    for (size_t l = 2; l < W.size(); ++l) {
+      Matrix B(W[l].rows, A.cols);
+      for (int i = 0; i < W[l].rows; ++i)
+        for (int p = 0; p < W[l].cols; ++p) {
+          const double a = W[l](i, p);
+          for (int j = 0; j < A.cols; ++j) B(i, j) += a * A(p, j);
+        }
+      A = std::move(B);
+    }
+    return A;
+  }
+
+ private:
+  const TrialProblem& pr_;
+  tm::Net net_;
+  uint32_t mask_;
+  DataPath<double> train_;
+  std::unique_ptr<DataPath<double>> test_;
+  bool exact_ = false;
+};
+
+struct NetRun {
+  std::vector<double> test, label, feature;  // per checkpoint, NaN after a stop
+  Metrics first, last;                       // at step 0 and where training stopped
+  bool diverged = false;
+  int64_t steps_run = 0;
+  double diverged_loss = 0;
+  std::vector<Matrix> W;  // final weights
+};
+
+template <class Real>
+class Trainer {
+ public:
+  Trainer(const TrialProblem& pr, bool moment, uint32_t mask)
+      : pr_(pr), net_(make_net(pr.w, pr.params.activation)), mask_(mask), moment_(moment),
+        eval_(pr, net_, mask) {
+    if (moment_)
+      mp_ = std::make_unique<MomentPath<Real>>(net_, moments_of(pr, mask), mask);
+    else
+      dp_ = std::make_unique<DataPath<Real>>(net_, pr.Xn, pr.Y, &pr.feature, mask);
+  }
+
+  // Trains one network from W0 with feature weight lambda on the layers of
+  // `train_mask` (0 for the twin); metrics always use the trial's mask.
+  NetRun run(double lambda, uint32_t train_mask) {
+    const tm::SerialTeam team;
+    const tm::Net& net = net_;
+    NetWeights<Real> w(net, pr_.W0);
+    const Real lam = static_cast<Real>(lambda);
+    const Real lr = static_cast<Real>(pr_.params.lr);
+    const int64_t T = pr_.params.steps;
+    const auto& ck = pr_.checkpoints;
+    NetRun out;
+    out.test.assign(ck.size(), kNaN);
+    out.label.assign(ck.size(), kNaN);
+    out.feature.assign(ck.size(), kNaN);
+    size_t c = 0;
+    double loss0 = 0;
+    int64_t t = 0;
+    bool have_last = false;
+    for (;; ++t) {
+      const tm::Losses<Real> loss =
+          moment_ ? tm::moment_forward(team, net, w.view, mp_->ms, train_mask, mp_->wk)
+                  : tm::data_forward(team, net, w.view, dp_->ds, train_mask, dp_->wk);
+      const bool at_ck = c < ck.size() && ck[c] == t;
+      if (at_ck || t == 0 || t == T) {
+        if (!moment_) tm::data_refresh_w1(team, net, w.view);
+        const Metrics m = eval_(w.to_matrices(net));
+        if (t == 0) out.first = m;
+        if (at_ck) {
+          out.test[c] = m.test_risk;
+          out.label[c] = m.label;
+          out.feature[c] = m.feature;
+          ++c;
+        }
+        out.last = m;
+        have_last = true;
+      } else {
+        have_last = false;
+      }
+      const double total = static_cast<double>(loss.total(lam));
+      if (t == 0) loss0 = total;
+      if (!std::isfinite(total) || (loss0 > 0 && total > kDivergeFactor * loss0)) {
+        out.diverged = true;
+        out.diverged_loss = total;
+        break;
+      }
+      if (t >= T) break;
+      if (moment_)
+        tm::moment_backward_update(team, net, w.view, mp_->ms, lam, train_mask, lr, mp_->wk);
+      else
+        tm::data_backward_update(team, net, w.view, dp_->ds, lam, train_mask, lr, dp_->wk);
+    }
+    out.steps_run = t;
+    if (!moment_) tm::data_refresh_w1(team, net, w.view);
+    out.W = w.to_matrices(net);
+    if (!have_last) out.last = eval_(out.W);
+    return out;
+  }
+
+ private:
+  const TrialProblem& pr_;
+  tm::Net net_;
+  uint32_t mask_;
+  bool moment_;
+  Evaluator eval_;
+  std::unique_ptr<DataPath<Real>> dp_;
+  std::unique_ptr<MomentPath<Real>> mp_;
+};
+
+uint32_t mask_of(const TrialProblem& pr) {
+  uint32_t mask = 0;
+  for (int l : pr.matched) {
+    if (l < 1 || l >= pr.L) throw InputError("matched_layers", "layer " + std::to_string(l) +
+                                                                   " is not a hidden layer");
+    mask |= 1u << l;
+  }
+  return mask;
+}
+
+// The path a trial trains on (throws InputError for moment with a nonlinear network).
+bool use_moment_path(const TrialProblem& pr, const tm::Net& net, uint32_t mask) {
+  const bool linear_net = pr.params.activation == Activation::linear;
+  switch (pr.params.path) {
+    case TrainPath::moment:
+      if (!linear_net)
+        throw InputError("path", "the moment path needs a linear network (activation linear)");
+      return true;
+    case TrainPath::data: return false;
+    default:
+      return linear_net && tm::moment_step_flops(net, mask) < tm::data_step_flops(net, pr.Xn.cols);
+  }
+}
+
+}  // namespace
+
+template <typename Real>
+TrialResult train_trial(const TrialProblem& pr, std::vector<Matrix>* W_student,
+                        std::vector<Matrix>* W_twin) {
+  if (static_cast<int>(pr.w.size()) != pr.L + 1)
+    throw std::logic_error("train: widths do not match the depth");
+  const tm::Net net = make_net(pr.w, pr.params.activation);
+  if (static_cast<int>(pr.W0.size()) != pr.L + 1) throw std::logic_error("train: W0 has wrong depth");
+  if (static_cast<int>(pr.feature.size()) < pr.L && !pr.matched.empty())
+    throw std::logic_error("train: teacher features missing");
+  const uint32_t mask = mask_of(pr);
+  const bool moment = use_moment_path(pr, net, mask);
+
+  Trainer<Real> trainer(pr, moment, mask);
+  const NetRun st = trainer.run(pr.params.lambda, mask);
+  NetRun tw;
+  const bool twin = pr.params.baseline;
+  if (twin) tw = trainer.run(0.0, 0u);
+
+  TrialResult r;
+  const double lambda = pr.params.lambda;
+  r.checkpoint_steps = pr.checkpoints;
+  r.bayes_risk = pr.bayes_risk;
+  r.interp_risk = pr.interp_risk;
+  r.teacher_clean_risk = pr.teacher_clean_risk;
+  r.test_risk = st.last.test_risk;
+  r.excess_risk = r.test_risk - r.bayes_risk;
+  r.label_loss = st.last.label;
+  r.feature_loss = st.last.feature;
+  r.train_loss = st.last.label + lambda * st.last.feature;
+  const double train0 = st.first.label + lambda * st.first.feature;
+  r.zero_loss = std::isfinite(r.train_loss) && r.train_loss <= kZeroLossRtol * train0 ? 1 : 0;
+  r.curve_test_risk = st.test;
+  r.curve_label_loss = st.label;
+  r.curve_feature_loss = st.feature;
+  r.best_test_risk = kNaN;
+  r.best_step = -1;
+  for (size_t c = 0; c < st.test.size(); ++c)
+    if (std::isfinite(st.test[c]) && !(st.test[c] >= r.best_test_risk)) {
+      r.best_test_risk = st.test[c];
+      r.best_step = pr.checkpoints[c];
+    }
+  const size_t nc = pr.checkpoints.size();
+  if (twin) {
+    r.baseline_test_risk = tw.last.test_risk;
+    r.curve_baseline_test_risk = tw.test;
+    r.curve_baseline_label_loss = tw.label;
+    r.curve_baseline_feature_loss = tw.feature;
+  } else {
+    r.baseline_test_risk = kNaN;
+    r.curve_baseline_test_risk.assign(nc, kNaN);
+    r.curve_baseline_label_loss.assign(nc, kNaN);
+    r.curve_baseline_feature_loss.assign(nc, kNaN);
+  }
+  r.steps_run = st.steps_run;
+  r.status = Status::done;
+  std::string msg;
+  auto note = [&](const char* who, const NetRun& n) {
+    if (!n.diverged) return;
+    if (!msg.empty()) msg += "; ";
+    msg += std::string(who) + " diverged at step " + std::to_string(n.steps_run) +
+           " (loss " + std::to_string(n.diverged_loss) + ")";
+  };
+  note("student", st);
+  if (twin) {
+    note("twin", tw);
+    r.steps_run = std::min(st.steps_run, tw.steps_run);
+  }
+  if (st.diverged || (twin && tw.diverged)) r.status = Status::diverged;
+  r.message = msg;
+  if (W_student) *W_student = st.W;
+  if (W_twin) *W_twin = twin ? tw.W : std::vector<Matrix>{};
+  return r;
+}
+
+template <typename Real>
+TrialResult train_trial(const TrialProblem& pr) {
+  return train_trial<Real>(pr, nullptr, nullptr);
+}
+
+template TrialResult train_trial<float>(const TrialProblem&);
+template TrialResult train_trial<double>(const TrialProblem&);
+template TrialResult train_trial<float>(const TrialProblem&, std::vector<Matrix>*, std::vector<Matrix>*);
+template TrialResult train_trial<double>(const TrialProblem&, std::vector<Matrix>*, std::vector<Matrix>*);
+
+bool train_plain_f64(std::vector<Matrix>& W, Activation act, const Matrix& X, const Matrix& Y,
+                     int steps, double lr) {
+  const int L = static_cast<int>(W.size()) - 1;
+  std::vector<int> widths(L + 1);
+  widths[0] = X.rows;
+  for (int l = 1; l <= L; ++l) widths[l] = W[l].rows;
+  const tm::Net net = make_net(widths, act);
+  NetWeights<double> w(net, W);
+  DataPath<double> dp(net, X, Y, nullptr, 0u);
+  const tm::SerialTeam team;
+  bool ok = true;
+  double loss0 = 0;
+  for (int t = 0; t < steps; ++t) {
+    const double loss = tm::data_forward(team, net, w.view, dp.ds, 0u, dp.wk).label;
+    if (t == 0) loss0 = loss;
+    if (!std::isfinite(loss) || (loss0 > 0 && loss > kDivergeFactor * loss0)) {
+      ok = false;
+      break;
+    }
+    tm::data_backward_update(team, net, w.view, dp.ds, 0.0, 0u, lr, dp.wk);
+  }
+  tm::data_refresh_w1(team, net, w.view);
+  W = w.to_matrices(net);
+  return ok;
+}
+
+}  // namespace stsweep

@@ -1,0 +1,547 @@
+// The math of one training step (../shared/MODEL.md), written once as plain
+// __host__ __device__ templates over small row-major matrices (raw pointers,
+// caller-provided workspace, no STL, no allocation), shared by the CPU backend
+// (host/train.cpp) and the CUDA backend.
+//
+// Layout. Inside a step, activations are stored with samples as ROWS: the input
+// is Xs = Xn^T (N x d), hidden activations are N x w_l, labels N x m. With that
+// layout every product of the data path is "C (+)= A.B with B and C row-major
+// and the reduction index outermost", so the contiguous index of the output
+// (a layer width) is the vector index and no activation is ever transposed.
+// Weights are kept in up to two layouts: W[l] (w_l x w_{l-1}) and
+// WT[l] = W[l]^T (w_{l-1} x w_l); each path says which ones it reads and keeps
+// up to date (see data_live_layouts / moment path notes).
+//
+// Arithmetic order. Every output element of a product is a sequential fused
+// multiply-add chain over the reduction index k = 0..K-1, starting from 0 (or
+// from C for kAdd), whatever the tiling. The CPU register tiles and the
+// one-element-per-thread device loop therefore give bit-identical products.
+//
+// Teams. Functions take a Team (rank(), size(), sync(), sum(x)) that splits the
+// work of one trial among cooperating threads. The CPU uses SerialTeam; a CUDA
+// block can pass a team whose sync() is __syncthreads() and whose sum() is a
+// block reduction returning the total to every member.
+#pragma once
+
+#include <math.h>
+#include <stdint.h>
+
+#include "hd.hpp"
+
+#if defined(__CUDA_ARCH__)
+#define STS_UNROLL _Pragma("unroll")
+#elif defined(__clang__)
+#define STS_UNROLL _Pragma("unroll")
+#elif defined(__GNUC__)
+#define STS_UNROLL _Pragma("GCC unroll 64")
+#else
+#define STS_UNROLL
+#endif
+
+namespace stsweep::tm {
+
+constexpr int kMaxLayers = 16;  // depth L (weights W[1..L]); bitmasks of layers fit 32 bits
+
+// Activation codes (mirror stsweep::Activation; this header stays free of host headers).
+enum Act : int { kLinear = 0, kRelu = 1, kTanh = 2 };
+
+struct SerialTeam {
+  STS_HD int rank() const { return 0; }
+  STS_HD int size() const { return 1; }
+  STS_HD void sync() const {}
+  template <class T>
+  STS_HD T sum(T x) const { return x; }
+};
+
+// ---------------------------------------------------------------- scalars --
+
+STS_HD inline float fmadd(float a, float b, float c) {
+#if defined(__CUDA_ARCH__)
+  return fmaf(a, b, c);
+#elif defined(__FMA__)
+  return __builtin_fmaf(a, b, c);
+#else
+  return a * b + c;  // no FMA hardware: plain multiply-add (a different, documented rounding)
+#endif
+}
+STS_HD inline double fmadd(double a, double b, double c) {
+#if defined(__CUDA_ARCH__)
+  return fma(a, b, c);
+#elif defined(__FMA__)
+  return __builtin_fma(a, b, c);
+#else
+  return a * b + c;
+#endif
+}
+STS_HD inline float tanh_(float x) { return tanhf(x); }
+STS_HD inline double tanh_(double x) { return tanh(x); }
+
+template <class Real>
+STS_HD inline Real activate(int act, Real z) {
+  if (act == kRelu) return z > Real(0) ? z : Real(0);
+  if (act == kTanh) return tanh_(z);
+  return z;
+}
+// phi'(z) from the pre-activation z and the activation h = phi(z).
+template <class Real>
+STS_HD inline Real activate_deriv(int act, Real z, Real h) {
+  if (act == kRelu) return z > Real(0) ? Real(1) : Real(0);
+  if (act == kTanh) return Real(1) - h * h;
+  return Real(1);
+}
+
+// ------------------------------------------------------------------ GEMM --
+// C (M x Nc, row-major, ldc) <- mode(C, A.B) with A(i,k) = A[i*sai + k*sak]
+// (so A row-major is sai = lda, sak = 1 and A^T of a row-major K x M matrix is
+// sai = 1, sak = lda) and B row-major K x Nc (ldb).
+enum GemmMode : int {
+  kSet = 0,  // C = A.B
+  kAdd = 1,  // C = C + A.B   (the chain starts from C)
+  kSub = 2,  // C = C - alpha * (A.B)   (gradient-descent update fused into the product)
+};
+
+namespace detail {
+
+// Register tile: MR rows x NC columns of C, all K products. NC and MR are
+// compile-time so the accumulators live in vector registers.
+template <class Real, int MR, int NC, int MODE>
+STS_HD inline void gemm_tile(int K, const Real* __restrict__ A, int sai, int sak,
+                             const Real* __restrict__ B, int ldb, Real* __restrict__ C, int ldc,
+                             Real alpha) {
+  Real c[MR][NC];
+  STS_UNROLL for (int r = 0; r < MR; ++r) {
+    STS_UNROLL for (int j = 0; j < NC; ++j) c[r][j] = MODE == kAdd ? C[r * ldc + j] : Real(0);
+  }
+  for (int k = 0; k < K; ++k) {
+    const Real* __restrict__ b = B + static_cast<long>(k) * ldb;
+    const Real* __restrict__ a = A + static_cast<long>(k) * sak;
+    STS_UNROLL for (int r = 0; r < MR; ++r) {
+      const Real ar = a[r * sai];
+      STS_UNROLL for (int j = 0; j < NC; ++j) c[r][j] = fmadd(ar, b[j], c[r][j]);
+    }
+  }
+  STS_UNROLL for (int r = 0; r < MR; ++r) {
+    STS_UNROLL for (int j = 0; j < NC; ++j) {
+      if (MODE == kSub)
+        C[r * ldc + j] = fmadd(-alpha, c[r][j], C[r * ldc + j]);
+      else
+        C[r * ldc + j] = c[r][j];
+    }
+  }
+}
+
+// Narrow remainder tile: nc (< NCMAX) columns known at run time.
+template <class Real, int MR, int NCMAX, int MODE>
+STS_HD inline void gemm_tile_var(int nc, int K, const Real* __restrict__ A, int sai, int sak,
+                                 const Real* __restrict__ B, int ldb, Real* __restrict__ C,
+                                 int ldc, Real alpha) {
+  Real c[MR][NCMAX];
+  for (int r = 0; r < MR; ++r)
+    for (int j = 0; j < nc; ++j) c[r][j] = MODE == kAdd ? C[r * ldc + j] : Real(0);
+  for (int k = 0; k < K; ++k) {
+    const Real* b = B + static_cast<long>(k) * ldb;
+    const Real* a = A + static_cast<long>(k) * sak;
+    for (int r = 0; r < MR; ++r) {
+      const Real ar = a[r * sai];
+      for (int j = 0; j < nc; ++j) c[r][j] = fmadd(ar, b[j], c[r][j]);
+    }
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int j = 0; j < nc; ++j) {
+      if (MODE == kSub)
+        C[r * ldc + j] = fmadd(-alpha, c[r][j], C[r * ldc + j]);
+      else
+        C[r * ldc + j] = c[r][j];
+    }
+}
+
+// All rows [i, M) of one column block, in tiles of MR, MR/2, ..., 1 rows.
+// `t` numbers the tiles so a team can deal them out.
+template <class Real, int MR, int NC, int MODE, class Team>
+STS_HD inline void gemm_rows(const Team& team, int& t, int i, int M, int nc, int K, const Real* A,
+                             int sai, int sak, const Real* B, int ldb, Real* C, int ldc,
+                             Real alpha) {
+  for (; i + MR <= M; i += MR, ++t) {
+    if (t % team.size() != team.rank()) continue;
+    if (nc == NC)
+      gemm_tile<Real, MR, NC, MODE>(K, A + static_cast<long>(i) * sai, sai, sak, B, ldb,
+                                    C + static_cast<long>(i) * ldc, ldc, alpha);
+    else
+      gemm_tile_var<Real, MR, NC, MODE>(nc, K, A + static_cast<long>(i) * sai, sai, sak, B, ldb,
+                                        C + static_cast<long>(i) * ldc, ldc, alpha);
+  }
+  if constexpr (MR > 1)
+    if (i < M) gemm_rows<Real, MR / 2, NC, MODE>(team, t, i, M, nc, K, A, sai, sak, B, ldb, C, ldc,
+                                                 alpha);
+}
+
+}  // namespace detail
+
+template <int MODE, class Real, class Team>
+STS_HD inline void gemm(const Team& team, int M, int Nc, int K, const Real* A, int sai, int sak,
+                        const Real* B, int ldb, Real* C, int ldc, Real alpha = Real(1)) {
+#if defined(__CUDA_ARCH__)
+  // One output element per thread, the same fma chain as the CPU tiles.
+  for (int e = team.rank(); e < M * Nc; e += team.size()) {
+    const int i = e / Nc, j = e % Nc;
+    Real c = MODE == kAdd ? C[i * ldc + j] : Real(0);
+    for (int k = 0; k < K; ++k) c = fmadd(A[i * sai + k * sak], B[k * ldb + j], c);
+    C[i * ldc + j] = MODE == kSub ? fmadd(-alpha, c, C[i * ldc + j]) : c;
+  }
+#else
+  // Column blocks of 2V, V, V/2 (V = lanes of a 64-byte vector) and a narrow
+  // rest; accumulators = MR x NC / V vector registers (16 for the wide tiles).
+  constexpr int V = 64 / static_cast<int>(sizeof(Real));
+  int t = 0, j = 0;
+  for (; j + 2 * V <= Nc; j += 2 * V)
+    detail::gemm_rows<Real, 8, 2 * V, MODE>(team, t, 0, M, 2 * V, K, A, sai, sak, B + j, ldb,
+                                            C + j, ldc, alpha);
+  if (j + V <= Nc) {
+    detail::gemm_rows<Real, 16, V, MODE>(team, t, 0, M, V, K, A, sai, sak, B + j, ldb, C + j, ldc,
+                                         alpha);
+    j += V;
+  }
+  if (j + V / 2 <= Nc) {
+    detail::gemm_rows<Real, 16, V / 2, MODE>(team, t, 0, M, V / 2, K, A, sai, sak, B + j, ldb,
+                                             C + j, ldc, alpha);
+    j += V / 2;
+  }
+  if (j < Nc)
+    detail::gemm_rows<Real, 8, V / 2, MODE>(team, t, 0, M, Nc - j, K, A, sai, sak, B + j, ldb,
+                                            C + j, ldc, alpha);
+#endif
+}
+
+// dst (cols x rows) = src^T, src rows x cols, both row-major and dense.
+template <class Real, class Team>
+STS_HD inline void transpose(const Team& team, int rows, int cols, const Real* __restrict__ src,
+                             Real* __restrict__ dst) {
+  for (int j = team.rank(); j < cols; j += team.size())
+    for (int i = 0; i < rows; ++i) dst[j * rows + i] = src[i * cols + j];
+}
+
+// ------------------------------------------------------------ reductions --
+// Sums use 16 interleaved partial sums (vectorisable, fixed order), combined
+// pairwise; each team member handles blocks of 16, then team.sum().
+constexpr int kLanes = 16;
+template <class Real>
+STS_HD inline Real combine_lanes(Real (&p)[kLanes]) {
+  STS_UNROLL for (int s = kLanes / 2; s > 0; s /= 2) {
+    STS_UNROLL for (int j = 0; j < s; ++j) p[j] += p[j + s];
+  }
+  return p[0];
+}
+
+// ------------------------------------------------------------- the model --
+
+struct Net {
+  int L = 2;                     // layers
+  int w[kMaxLayers + 1] = {};    // widths w[0] = d .. w[L] = m
+  int act = kLinear;             // hidden activation; the output layer is linear
+};
+
+template <class Real>
+struct Weights {
+  Real* W[kMaxLayers + 1] = {};   // w[l] x w[l-1]
+  Real* WT[kMaxLayers + 1] = {};  // w[l-1] x w[l]
+};
+
+// Losses of one network at one iterate: label = (1/2N)||f - Y||^2,
+// feature = (1/2N) sum_{l matched} ||h^l - H_t^l||^2 (unweighted).
+template <class Real>
+struct Losses {
+  Real label = 0, feature = 0;
+  STS_HD Real total(Real lambda) const { return label + lambda * feature; }
+};
+
+// Flops of one step (multiply-adds counted as 2), for `auto` and benchmarks.
+// Data path: forward N w_l w_{l-1} per layer, deltas for l >= 2, gradients.
+STS_HD inline double data_step_flops(const Net& net, int N) {
+  double f = 0;
+  for (int l = 1; l <= net.L; ++l) f += (l >= 2 ? 3.0 : 2.0) * net.w[l] * net.w[l - 1];
+  return 2.0 * N * f;
+}
+// Moment path: products A_l (l >= 2), A_l Cxx for the output and each matched
+// layer, the backward chain Q_{l-1} = W_l^T Q_l and the gradients Q_l A_{l-1}^T.
+STS_HD inline double moment_step_flops(const Net& net, uint32_t matched) {
+  const double d = net.w[0];
+  double f = net.w[net.L] * d * d;
+  for (int l = 1; l < net.L; ++l)
+    if (matched >> l & 1u) f += net.w[l] * d * d;
+  for (int l = 2; l <= net.L; ++l) f += 3.0 * net.w[l] * net.w[l - 1] * d;
+  return 2.0 * f;
+}
+
+// ------------------------------------------------------------- data path --
+// Reads WT[l] (all l) and W[l] (l >= 2); keeps both up to date. W[1] is NOT
+// kept: after data steps, W[1] = WT[1]^T must be refreshed by the caller
+// (data_refresh_w1) before reading it.
+
+template <class Real>
+struct DataSet {              // constant per trial, samples as rows
+  int N = 0;
+  const Real* X = nullptr;    // N x d  (noisy inputs)
+  const Real* Y = nullptr;    // N x m
+  const Real* Ht[kMaxLayers + 1] = {};  // N x w[l], teacher features (matched l only)
+};
+
+template <class Real>
+struct DataWork {             // sizes for N rows
+  Real* Z[kMaxLayers + 1] = {};  // N x w[l], pre-activations, l = 1..L (Z[L] = output)
+  Real* H[kMaxLayers + 1] = {};  // N x w[l], hidden activations (may alias Z when linear)
+  Real* D[2] = {};               // N x max_l w[l] each: output residual and deltas
+};
+
+// Forward pass at the current weights and the losses. `matched` bit l: layer l
+// enters the feature loss. On return (for data_backward_update): Z, H set and
+// D[L % 2] = (f - Y) / N.
+template <class Real, class Team>
+STS_HD inline Losses<Real> data_forward(const Team& team, const Net& net, const Weights<Real>& wt,
+                                        const DataSet<Real>& ds, uint32_t matched,
+                                        DataWork<Real>& wk) {
+  const int N = ds.N, L = net.L;
+  const Real* Hprev = ds.X;
+  for (int l = 1; l <= L; ++l) {
+    gemm<kSet>(team, N, net.w[l], net.w[l - 1], Hprev, net.w[l - 1], 1, wt.WT[l], net.w[l], wk.Z[l],
+               net.w[l]);
+    team.sync();
+    if (l < L && net.act != kLinear && wk.H[l] != wk.Z[l]) {
+      const int n = N * net.w[l];
+      for (int i = team.rank(); i < n; i += team.size()) wk.H[l][i] = activate(net.act, wk.Z[l][i]);
+      team.sync();
+    }
+    Hprev = l < L ? wk.H[l] : nullptr;
+  }
+  const Real invN = Real(1) / Real(N);
+  Losses<Real> out;
+  {  // output residual
+    const int n = N * net.w[L];
+    const Real* O = wk.Z[L];
+    Real* D = wk.D[L % 2];
+    Real p[kLanes] = {};
+    for (int b = team.rank() * kLanes; b < n; b += team.size() * kLanes) {
+      if (b + kLanes <= n) {
+        STS_UNROLL for (int j = 0; j < kLanes; ++j) {
+          const Real r = O[b + j] - ds.Y[b + j];
+          D[b + j] = r * invN;
+          p[j] = fmadd(r, r, p[j]);
+        }
+      } else {
+        for (int j = 0; b + j < n; ++j) {
+          const Real r = O[b + j] - ds.Y[b + j];
+          D[b + j] = r * invN;
+          p[j] = fmadd(r, r, p[j]);
+        }
+      }
+    }
+    out.label = Real(0.5) * invN * team.sum(combine_lanes(p));
+  }
+  Real fsum = 0;
+  for (int l = 1; l < L; ++l) {
+    if (!(matched >> l & 1u)) continue;
+    const int n = N * net.w[l];
+    const Real* H = wk.H[l];
+    const Real* T = ds.Ht[l];
+    Real p[kLanes] = {};
+    for (int b = team.rank() * kLanes; b < n; b += team.size() * kLanes) {
+      if (b + kLanes <= n) {
+        STS_UNROLL for (int j = 0; j < kLanes; ++j) {
+          const Real r = H[b + j] - T[b + j];
+          p[j] = fmadd(r, r, p[j]);
+        }
+      } else {
+        for (int j = 0; b + j < n; ++j) {
+          const Real r = H[b + j] - T[b + j];
+          p[j] = fmadd(r, r, p[j]);
+        }
+      }
+    }
+    fsum += combine_lanes(p);
+  }
+  out.feature = Real(0.5) * invN * team.sum(fsum);
+  team.sync();
+  return out;
+}
+
+// Backward pass and gradient-descent update W <- W - lr grad, for the loss
+// (1/2N)||f - Y||^2 + (lambda/2N) sum_{l in matched} ||h^l - H_t^l||^2,
+// after data_forward at the same weights.
+template <class Real, class Team>
+STS_HD inline void data_backward_update(const Team& team, const Net& net, Weights<Real>& wt,
+                                        const DataSet<Real>& ds, Real lambda, uint32_t matched,
+                                        Real lr, DataWork<Real>& wk) {
+  const int N = ds.N, L = net.L;
+  const Real cf = lambda / Real(N);
+  for (int l = L; l >= 1; --l) {
+    const Real* Dl = wk.D[l % 2];  // N x w[l]: d loss / d Z[l]
+    const int wl = net.w[l], wp = net.w[l - 1];
+    if (l == 1) {
+      // WT[1] (d x w1) -= lr X^T D1
+      gemm<kSub>(team, wp, wl, N, ds.X, 1, wp, Dl, wl, wt.WT[1], wl, lr);
+      team.sync();
+      break;
+    }
+    // P = D_l W_l (N x w[l-1]) with the old W_l, then the feature term and phi'.
+    Real* P = wk.D[(l - 1) % 2];
+    gemm<kSet>(team, N, wp, wl, Dl, wl, 1, wt.W[l], wp, P, wp);
+    team.sync();
+    const bool m = matched >> (l - 1) & 1u;
+    if (m || net.act != kLinear) {
+      const int n = N * wp;
+      const Real* H = wk.H[l - 1];
+      const Real* Z = wk.Z[l - 1];
+      const Real* T = ds.Ht[l - 1];
+      for (int i = team.rank(); i < n; i += team.size()) {
+        Real v = P[i];
+        if (m) v = fmadd(cf, H[i] - T[i], v);
+        if (net.act != kLinear) v *= activate_deriv(net.act, Z[i], H[i]);
+        P[i] = v;
+      }
+      team.sync();
+    }
+    // W_l (w[l] x w[l-1]) -= lr D_l^T H_{l-1}; then WT_l = W_l^T.
+    gemm<kSub>(team, wl, wp, N, Dl, 1, wl, wk.H[l - 1], wp, wt.W[l], wp, lr);
+    team.sync();
+    transpose(team, wl, wp, wt.W[l], wt.WT[l]);
+    team.sync();
+  }
+}
+
+// W[1] = WT[1]^T (W[1] is not maintained by data steps).
+template <class Real, class Team>
+STS_HD inline void data_refresh_w1(const Team& team, const Net& net, Weights<Real>& wt) {
+  transpose(team, net.w[0], net.w[1], wt.WT[1], wt.W[1]);
+  team.sync();
+}
+
+// ----------------------------------------------------------- moment path --
+// Linear networks only. Reads and keeps W[l] (all l); WT is not used.
+// A_l = W_l ... W_1 (w[l] x d), E_j = A_j Cxx - C_j (C_L = Cyx, C_j = Chx^j),
+// Q_L = E_L, Q_{l-1} = W_l^T Q_l + lambda [l-1 matched] E_{l-1},
+// grad W_l = Q_l A_{l-1}^T (A_0 = I: grad W_1 = Q_1).
+
+template <class Real>
+struct MomentSet {             // constant per trial
+  const Real* Cxx = nullptr;   // d x d  Xn Xn^T / N
+  const Real* Cyx = nullptr;   // m x d  Y Xn^T / N
+  const Real* Chx[kMaxLayers + 1] = {};  // w[l] x d, matched l
+  Real tr_yy = 0;                        // tr(Y Y^T) / N
+  Real tr_hh[kMaxLayers + 1] = {};       // tr(H_l H_l^T) / N
+};
+
+template <class Real>
+struct MomentWork {
+  Real* A[kMaxLayers + 1] = {};  // w[l] x d for l >= 2 (A[1] is W[1])
+  Real* E[kMaxLayers + 1] = {};  // w[l] x d for l = L and matched l
+  Real* Q[2] = {};               // max w x d each
+  Real* AT = nullptr;            // d x max w (A_{l-1}^T)
+};
+
+namespace detail {
+// S <- S - C (so E = A Cxx - C) and returns sum(S o A) - 2 sum(C o A), the
+// moment form of ||A Xn - T||^2 / N less tr(T T^T) / N.
+template <class Real, class Team>
+STS_HD inline Real moment_residual(const Team& team, int n, Real* S, const Real* A, const Real* C) {
+  Real p[kLanes] = {};
+  for (int b = team.rank() * kLanes; b < n; b += team.size() * kLanes) {
+    if (b + kLanes <= n) {
+      STS_UNROLL for (int j = 0; j < kLanes; ++j) {
+        const Real s = S[b + j], c = C[b + j], a = A[b + j];
+        p[j] = fmadd(s - c - c, a, p[j]);
+        S[b + j] = s - c;
+      }
+    } else {
+      for (int j = 0; b + j < n; ++j) {
+        const Real s = S[b + j], c = C[b + j], a = A[b + j];
+        p[j] = fmadd(s - c - c, a, p[j]);
+        S[b + j] = s - c;
+      }
+    }
+  }
+  return team.sum(combine_lanes(p));
+}
+}  // namespace detail
+
+template <class Real, class Team>
+STS_HD inline Losses<Real> moment_forward(const Team& team, const Net& net, const Weights<Real>& wt,
+                                          const MomentSet<Real>& ms, uint32_t matched,
+                                          MomentWork<Real>& wk) {
+  const int L = net.L, d = net.w[0];
+  Losses<Real> out;
+  Real fsum = 0;
+  for (int l = 1; l <= L; ++l) {
+    const Real* Al = l == 1 ? wt.W[1] : wk.A[l];
+    if (l >= 2) {
+      const Real* Ap = l == 2 ? wt.W[1] : wk.A[l - 1];
+      gemm<kSet>(team, net.w[l], d, net.w[l - 1], wt.W[l], net.w[l - 1], 1, Ap, d, wk.A[l], d);
+      team.sync();
+    }
+    const bool m = l < L && (matched >> l & 1u);
+    if (l == L || m) {
+      gemm<kSet>(team, net.w[l], d, d, Al, d, 1, ms.Cxx, d, wk.E[l], d);
+      team.sync();
+      const Real s = detail::moment_residual(team, net.w[l] * d, wk.E[l], Al,
+                                             l == L ? ms.Cyx : ms.Chx[l]);
+      team.sync();
+      if (l == L)
+        out.label = Real(0.5) * (s + ms.tr_yy);
+      else
+        fsum += Real(0.5) * (s + ms.tr_hh[l]);
+    }
+  }
+  out.feature = fsum;
+  return out;
+}
+
+template <class Real, class Team>
+STS_HD inline void moment_backward_update(const Team& team, const Net& net, Weights<Real>& wt,
+                                          const MomentSet<Real>&, Real lambda, uint32_t matched,
+                                          Real lr, MomentWork<Real>& wk) {
+  const int L = net.L, d = net.w[0];
+  const Real* Q = wk.E[L];
+  for (int l = L; l >= 2; --l) {
+    const int wl = net.w[l], wp = net.w[l - 1];
+    // Q_{l-1} = lambda E_{l-1} (matched) + W_l^T Q_l, with the old W_l.
+    Real* Qn = wk.Q[l % 2];
+    const bool m = matched >> (l - 1) & 1u;
+    if (m) {
+      const int n = wp * d;
+      const Real* E = wk.E[l - 1];
+      for (int i = team.rank(); i < n; i += team.size()) Qn[i] = lambda * E[i];
+      team.sync();
+      gemm<kAdd>(team, wp, d, wl, wt.W[l], 1, wp, Q, d, Qn, d);
+    } else {
+      gemm<kSet>(team, wp, d, wl, wt.W[l], 1, wp, Q, d, Qn, d);
+    }
+    // A_{l-1}^T (d x w[l-1]); W_l -= lr Q_l A_{l-1}^T.
+    transpose(team, wp, d, l == 2 ? wt.W[1] : wk.A[l - 1], wk.AT);
+    team.sync();
+    gemm<kSub>(team, wl, wp, d, Q, d, 1, wk.AT, wp, wt.W[l], wp, lr);
+    team.sync();
+    Q = Qn;
+  }
+  // W_1 -= lr Q_1
+  const int n = net.w[1] * d;
+  for (int i = team.rank(); i < n; i += team.size()) wt.W[1][i] = fmadd(-lr, Q[i], wt.W[1][i]);
+  team.sync();
+}
+
+// ----------------------------------------------------------------- risk --
+// Exact risk of a linear end-to-end map We (m x d):
+//   ||(We - W*) Mhalf||_F^2 + sigma^2 ||We||_F^2 + m sigma_y^2,  Mhalf d x k.
+template <class Real>
+STS_HD inline Real linear_risk(int m, int d, int k, const Real* We, const Real* Wstar,
+                               const Real* Mhalf, Real sigma, Real sigma_y) {
+  Real r = 0, n2 = 0;
+  for (int i = 0; i < m; ++i) {
+    for (int j = 0; j < k; ++j) {
+      Real s = 0;
+      for (int p = 0; p < d; ++p) s = fmadd(We[i * d + p] - Wstar[i * d + p], Mhalf[p * k + j], s);
+      r = fmadd(s, s, r);
+    }
+    for (int p = 0; p < d; ++p) n2 = fmadd(We[i * d + p], We[i * d + p], n2);
+  }
+  return r + sigma * sigma * n2 + Real(m) * sigma_y * sigma_y;
+}
+
+}  // namespace stsweep::tm

@@ -1,0 +1,647 @@
+// Training (host/train.cpp, kernels/trial_math.hpp) and the CPU backend.
+// Problems are built by hand here (random data from a local generator), so
+// these tests check the trainer alone, independently of the set-up code.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "backend.hpp"
+#include "problem.hpp"
+#include "train.hpp"
+#include "trial_math.hpp"
+
+namespace stsweep {
+namespace {
+
+// splitmix64 + Box-Muller: enough for test data.
+struct Gen {
+  uint64_t s;
+  explicit Gen(uint64_t seed) : s(seed * 0x9E3779B97F4A7C15ull + 12345) {}
+  uint64_t next() {
+    uint64_t z = (s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+  }
+  double uniform() { return ((next() >> 11) + 0.5) * 0x1.0p-53; }
+  double normal() {
+    const double u = uniform(), v = uniform();
+    return std::sqrt(-2.0 * std::log(u)) * std::cos(6.283185307179586 * v);
+  }
+  Matrix matrix(int r, int c, double scale) {
+    Matrix M(r, c);
+    for (double& x : M.a) x = scale * normal();
+    return M;
+  }
+};
+
+struct Spec {
+  int d = 6, k = 4, m = 3, N = 9;
+  std::vector<int> hidden{5};
+  Activation act = Activation::linear;
+  double lambda = 0.5;
+  bool match = true;  // all hidden layers matched when lambda > 0
+  int steps = 100;
+  double lr = 0.05;
+  double init = 0.5;
+  TrainPath path = TrainPath::data;
+  bool baseline = true;
+  uint64_t seed = 1;
+  int n_test = 40;
+  std::vector<int64_t> checkpoints;  // default: 0, T/4, T/2, T
+};
+
+double act(Activation a, double x) {
+  if (a == Activation::relu) return x > 0 ? x : 0;
+  if (a == Activation::tanh) return std::tanh(x);
+  return x;
+}
+
+TrialProblem make_problem(const Spec& s) {
+  Gen g(s.seed);
+  TrialProblem pr;
+  auto& p = pr.params;
+  p.d = s.d;
+  p.k = s.k;
+  p.m = s.m;
+  p.hidden = s.hidden;
+  p.activation = s.act;
+  p.lambda = s.lambda;
+  p.n_train = s.N;
+  p.steps = s.steps;
+  p.lr = s.lr;
+  p.init_scale = s.init;
+  p.baseline = s.baseline;
+  p.path = s.path;
+  p.n_test = s.n_test;
+  pr.L = static_cast<int>(s.hidden.size()) + 1;
+  pr.w.push_back(s.d);
+  for (int h : s.hidden) pr.w.push_back(h);
+  pr.w.push_back(s.m);
+  if (s.lambda != 0 && s.match)
+    for (int l = 1; l < pr.L; ++l) pr.matched.push_back(l);
+  pr.sigma = 0.5;
+  pr.sigma_y = 0.1;
+  pr.Wstar = g.matrix(s.m, s.d, 1.0 / std::sqrt(s.d));
+  pr.Mhalf = g.matrix(s.d, s.k, 1.0 / std::sqrt(s.k));
+  pr.X = g.matrix(s.d, s.N, 1.0);
+  pr.Xn = pr.X;
+  for (double& x : pr.Xn.a) x += pr.sigma * g.normal();
+  pr.Y = Matrix(s.m, s.N);
+  for (int i = 0; i < s.m; ++i)
+    for (int n = 0; n < s.N; ++n) {
+      double v = 0;
+      for (int j = 0; j < s.d; ++j) v += pr.Wstar(i, j) * pr.X(j, n);
+      pr.Y(i, n) = v;
+    }
+  // Teacher features: a random network of the student's widths on clean X.
+  pr.feature.resize(pr.L);
+  {
+    Matrix H = pr.X;
+    for (int l = 1; l < pr.L; ++l) {
+      const Matrix T = g.matrix(pr.w[l], pr.w[l - 1], 1.0 / std::sqrt(pr.w[l - 1]));
+      Matrix F(pr.w[l], s.N);
+      for (int i = 0; i < F.rows; ++i)
+        for (int n = 0; n < s.N; ++n) {
+          double v = 0;
+          for (int j = 0; j < T.cols; ++j) v += T(i, j) * H(j, n);
+          F(i, n) = act(s.act, v);
+        }
+      H = F;
+      if (std::find(pr.matched.begin(), pr.matched.end(), l) != pr.matched.end()) pr.feature[l] = F;
+    }
+  }
+  pr.W0.resize(pr.L + 1);
+  for (int l = 1; l <= pr.L; ++l)
+    pr.W0[l] = g.matrix(pr.w[l], pr.w[l - 1], s.init / std::sqrt(pr.w[l - 1]));
+  pr.Xtest = g.matrix(s.d, s.n_test, 1.0);
+  pr.Ytest = g.matrix(s.m, s.n_test, 1.0);
+  pr.bayes_risk = 0.25;
+  pr.interp_risk = 0.5;
+  pr.teacher_clean_risk = 0.125;
+  pr.checkpoints = s.checkpoints;
+  if (pr.checkpoints.empty()) {
+    pr.checkpoints = {0, s.steps / 4, s.steps / 2, s.steps};
+    pr.checkpoints.erase(std::unique(pr.checkpoints.begin(), pr.checkpoints.end()),
+                         pr.checkpoints.end());
+  }
+  return pr;
+}
+
+// Independent float64 reference of the MODEL.md loss (samples as columns).
+struct RefLoss {
+  double label = 0, feature = 0;
+};
+RefLoss ref_loss(const TrialProblem& pr, const std::vector<Matrix>& W, const Matrix& X,
+                 const Matrix& Y) {
+  const int N = X.cols;
+  Matrix H = X;
+  RefLoss r;
+  for (int l = 1; l <= pr.L; ++l) {
+    Matrix Z(W[l].rows, N);
+    for (int i = 0; i < Z.rows; ++i)
+      for (int n = 0; n < N; ++n) {
+        double v = 0;
+        for (int j = 0; j < W[l].cols; ++j) v += W[l](i, j) * H(j, n);
+        Z(i, n) = l < pr.L ? act(pr.params.activation, v) : v;
+      }
+    H = Z;
+    if (l < pr.L && std::find(pr.matched.begin(), pr.matched.end(), l) != pr.matched.end())
+      for (size_t i = 0; i < H.a.size(); ++i) {
+        const double e = H.a[i] - pr.feature[l].a[i];
+        r.feature += e * e / (2.0 * N);
+      }
+  }
+  for (size_t i = 0; i < H.a.size(); ++i) {
+    const double e = H.a[i] - Y.a[i];
+    r.label += e * e / (2.0 * N);
+  }
+  return r;
+}
+
+double max_abs(const Matrix& M) {
+  double s = 0;
+  for (double x : M.a) s = std::max(s, std::abs(x));
+  return s;
+}
+
+// The engine's gradient: one GD step with lr = 1 from W0, G = W0 - W1.
+std::vector<Matrix> engine_gradient(TrialProblem pr) {
+  pr.params.steps = 1;
+  pr.params.lr = 1.0;
+  pr.params.baseline = false;
+  pr.checkpoints = {0, 1};
+  std::vector<Matrix> W1;
+  train_trial<double>(pr, &W1, nullptr);
+  std::vector<Matrix> G(pr.L + 1);
+  for (int l = 1; l <= pr.L; ++l) {
+    G[l] = pr.W0[l];
+    for (size_t i = 0; i < G[l].a.size(); ++i) G[l].a[i] -= W1[l].a[i];
+  }
+  return G;
+}
+
+void check_gradient(const Spec& s) {
+  const TrialProblem pr = make_problem(s);
+  const auto G = engine_gradient(pr);
+  const double lambda = s.lambda;
+  std::vector<Matrix> W = pr.W0;
+  for (int l = 1; l <= pr.L; ++l) {
+    const double scale = std::max(max_abs(G[l]), 1e-3);
+    for (size_t i = 0; i < W[l].a.size(); ++i) {
+      const double w0 = W[l].a[i], h = 1e-5 * std::max(1.0, std::abs(w0));
+      W[l].a[i] = w0 + h;
+      const RefLoss up = ref_loss(pr, W, pr.Xn, pr.Y);
+      W[l].a[i] = w0 - h;
+      const RefLoss dn = ref_loss(pr, W, pr.Xn, pr.Y);
+      W[l].a[i] = w0;
+      const double fd = ((up.label + lambda * up.feature) - (dn.label + lambda * dn.feature)) / (2 * h);
+      ASSERT_NEAR(G[l].a[i], fd, 1e-6 * scale) << "layer " << l << " element " << i;
+    }
+  }
+}
+
+// ------------------------------------------------------------- gradients --
+
+TEST(Gradient, MatchesFiniteDifferencesEveryLayer) {
+  for (int depth : {2, 3})
+    for (Activation a : {Activation::linear, Activation::tanh, Activation::relu})
+      for (double lambda : {0.0, 0.8}) {
+        SCOPED_TRACE(::testing::Message() << "depth " << depth << " act " << name(a) << " lambda "
+                                          << lambda);
+        Spec s;
+        s.d = 19;  // odd sizes: wide, narrow and remainder tiles of the products
+        s.m = 3;
+        s.N = 11;
+        s.hidden = depth == 2 ? std::vector<int>{17} : std::vector<int>{17, 9};
+        s.act = a;
+        s.lambda = lambda;
+        s.init = 1.0;
+        s.seed = 7 + depth;
+        check_gradient(s);
+      }
+}
+
+TEST(Gradient, MomentPathMatchesFiniteDifferences) {
+  for (int depth : {2, 3, 4})
+    for (double lambda : {0.0, 0.8}) {
+      SCOPED_TRACE(::testing::Message() << "depth " << depth << " lambda " << lambda);
+      Spec s;
+      s.d = 21;
+      s.m = 4;
+      s.N = 13;
+      s.hidden = depth == 2 ? std::vector<int>{18} : depth == 3 ? std::vector<int>{18, 7}
+                                                                : std::vector<int>{18, 7, 33};
+      s.lambda = lambda;
+      s.init = 1.0;
+      s.path = TrainPath::moment;
+      s.seed = 3 + depth;
+      check_gradient(s);
+    }
+}
+
+TEST(Gradient, PartialMatchedLayers) {
+  for (TrainPath path : {TrainPath::data, TrainPath::moment}) {
+    Spec s;
+    s.hidden = {7, 6, 5};
+    s.init = 1.0;
+    s.path = path;
+    TrialProblem pr = make_problem(s);
+    pr.matched = {2};  // only the middle layer
+    pr.feature = std::vector<Matrix>(pr.L);
+    Gen g(99);
+    pr.feature[2] = g.matrix(6, s.N, 1.0);
+    const auto G = engine_gradient(pr);
+    std::vector<Matrix> W = pr.W0;
+    for (int l = 1; l <= pr.L; ++l)
+      for (size_t i = 0; i < W[l].a.size(); ++i) {
+        const double w0 = W[l].a[i], h = 1e-5;
+        W[l].a[i] = w0 + h;
+        const RefLoss up = ref_loss(pr, W, pr.Xn, pr.Y);
+        W[l].a[i] = w0 - h;
+        const RefLoss dn = ref_loss(pr, W, pr.Xn, pr.Y);
+        W[l].a[i] = w0;
+        const double fd = ((up.label + s.lambda * up.feature) - (dn.label + s.lambda * dn.feature)) /
+                          (2 * h);
+        ASSERT_NEAR(G[l].a[i], fd, 1e-6 * std::max(1.0, max_abs(G[l])));
+      }
+  }
+}
+
+// ---------------------------------------------------------------- losses --
+
+TEST(Metrics, LossesAndRisksAtStepZero) {
+  for (Activation a : {Activation::linear, Activation::tanh}) {
+    Spec s;
+    s.act = a;
+    s.hidden = {5, 4};
+    s.steps = 3;
+    const TrialProblem pr = make_problem(s);
+    const TrialResult r = train_trial<double>(pr);
+    const RefLoss ref = ref_loss(pr, pr.W0, pr.Xn, pr.Y);
+    EXPECT_NEAR(r.curve_label_loss[0], ref.label, 1e-12 * ref.label);
+    EXPECT_NEAR(r.curve_feature_loss[0], ref.feature, 1e-12 * ref.feature);
+    EXPECT_NEAR(r.curve_baseline_label_loss[0], ref.label, 1e-12 * ref.label);
+    // The twin's feature loss is measured on the student's matched layers.
+    EXPECT_NEAR(r.curve_baseline_feature_loss[0], ref.feature, 1e-12 * ref.feature);
+    double risk;
+    if (a == Activation::linear) {
+      Matrix We = pr.W0[1];
+      for (int l = 2; l <= pr.L; ++l) {
+        Matrix B(pr.W0[l].rows, We.cols);
+        for (int i = 0; i < B.rows; ++i)
+          for (int j = 0; j < B.cols; ++j)
+            for (int p = 0; p < We.rows; ++p) B(i, j) += pr.W0[l](i, p) * We(p, j);
+        We = B;
+      }
+      risk = pr.params.m * pr.sigma_y * pr.sigma_y;
+      for (int i = 0; i < pr.params.m; ++i) {
+        for (int j = 0; j < pr.params.k; ++j) {
+          double v = 0;
+          for (int p = 0; p < pr.params.d; ++p) v += (We(i, p) - pr.Wstar(i, p)) * pr.Mhalf(p, j);
+          risk += v * v;
+        }
+        for (int p = 0; p < pr.params.d; ++p) risk += pr.sigma * pr.sigma * We(i, p) * We(i, p);
+      }
+    } else {
+      risk = 2 * ref_loss(pr, pr.W0, pr.Xtest, pr.Ytest).label;  // (1/n_test) sum ||f - y||^2
+    }
+    EXPECT_NEAR(r.curve_test_risk[0], risk, 1e-12 * risk) << name(a);
+    EXPECT_EQ(r.bayes_risk, pr.bayes_risk);
+    EXPECT_EQ(r.interp_risk, pr.interp_risk);
+    EXPECT_EQ(r.teacher_clean_risk, pr.teacher_clean_risk);
+    EXPECT_DOUBLE_EQ(r.excess_risk, r.test_risk - r.bayes_risk);
+    EXPECT_DOUBLE_EQ(r.train_loss, r.label_loss + pr.params.lambda * r.feature_loss);
+  }
+}
+
+// ---------------------------------------------------- data vs moment path --
+
+double rel_diff(const std::vector<Matrix>& A, const std::vector<Matrix>& B) {
+  double num = 0, den = 0;
+  for (size_t l = 1; l < A.size(); ++l)
+    for (size_t i = 0; i < A[l].a.size(); ++i) {
+      num = std::max(num, std::abs(A[l].a[i] - B[l].a[i]));
+      den = std::max(den, std::abs(A[l].a[i]));
+    }
+  return num / den;
+}
+
+template <class Real>
+void paths_agree(double tol) {
+  for (int depth : {2, 3}) {
+    Spec s;
+    s.d = 24;
+    s.k = 6;
+    s.m = 5;
+    s.N = 40;
+    s.hidden = depth == 2 ? std::vector<int>{20} : std::vector<int>{20, 12};
+    s.lambda = 0.7;
+    s.steps = 500;
+    s.lr = 0.01;  // stable: at 0.05 a depth-3 net sits at the edge of stability, where a
+                  // 1e-12 change of W0 grows to 1e-5 in 500 steps (any rounding difference would)
+    s.init = 0.3;
+    s.checkpoints = {0, 10, 100, 500};
+    s.path = TrainPath::data;
+    const TrialProblem pd = make_problem(s);
+    s.path = TrainPath::moment;
+    const TrialProblem pm = make_problem(s);
+    std::vector<Matrix> Wd, Wm, Td, Tm;
+    const TrialResult rd = train_trial<Real>(pd, &Wd, &Td);
+    const TrialResult rm = train_trial<Real>(pm, &Wm, &Tm);
+    ASSERT_EQ(rd.status, Status::done);
+    ASSERT_EQ(rm.status, Status::done);
+    EXPECT_LT(rel_diff(Wd, Wm), tol) << "depth " << depth;
+    EXPECT_LT(rel_diff(Td, Tm), tol) << "depth " << depth;
+    for (size_t c = 0; c < rd.curve_test_risk.size(); ++c) {
+      EXPECT_NEAR(rd.curve_test_risk[c], rm.curve_test_risk[c], tol * rd.curve_test_risk[c]);
+      EXPECT_NEAR(rd.curve_label_loss[c], rm.curve_label_loss[c], tol * rd.curve_label_loss[0]);
+      EXPECT_NEAR(rd.curve_feature_loss[c], rm.curve_feature_loss[c], tol * rd.curve_feature_loss[0]);
+      EXPECT_NEAR(rd.curve_baseline_test_risk[c], rm.curve_baseline_test_risk[c],
+                  tol * rd.curve_baseline_test_risk[c]);
+    }
+    // Trained for real: the loss went down a lot.
+    EXPECT_LT(rd.train_loss, 0.2 * (rd.curve_label_loss[0] + s.lambda * rd.curve_feature_loss[0]));
+  }
+}
+
+TEST(Paths, DataAndMomentSameTrajectoryF64) { paths_agree<double>(1e-5); }
+// float32: the two paths round differently (products over N vs over d); after
+// 500 steps they agree within 1e-4 relative (measured: ~1e-6).
+TEST(Paths, DataAndMomentSameTrajectoryF32) { paths_agree<float>(1e-4); }
+
+TEST(Paths, AutoPicksMomentWhenCheaperAndNeverForNonlinear) {
+  Spec s;
+  s.d = 8;
+  s.hidden = {8};
+  s.N = 200;  // many samples: moment path is cheaper
+  s.path = TrainPath::automatic;
+  s.steps = 20;
+  const TrialProblem pa = make_problem(s);
+  s.path = TrainPath::moment;
+  const TrialProblem pm = make_problem(s);
+  s.path = TrainPath::data;
+  const TrialProblem pd = make_problem(s);
+  std::vector<Matrix> Wa, Wm, Wd;
+  train_trial<double>(pa, &Wa, nullptr);
+  train_trial<double>(pm, &Wm, nullptr);
+  train_trial<double>(pd, &Wd, nullptr);
+  EXPECT_EQ(rel_diff(Wa, Wm), 0.0);   // bit-identical to the moment path
+  EXPECT_GT(rel_diff(Wa, Wd), 0.0);   // and not the data path (rounding differs)
+
+  s.act = Activation::tanh;
+  s.path = TrainPath::moment;
+  EXPECT_THROW(train_trial<double>(make_problem(s)), InputError);
+  s.path = TrainPath::automatic;
+  EXPECT_NO_THROW(train_trial<double>(make_problem(s)));
+}
+
+// ------------------------------------------------------------ divergence --
+
+TEST(Divergence, HugeLearningRateStopsTheTrial) {
+  for (TrainPath path : {TrainPath::data, TrainPath::moment})
+    for (int prec : {32, 64}) {
+      Spec s;
+      s.lr = 1e3;
+      s.steps = 1000;
+      s.path = path;
+      s.checkpoints = {0, 1, 2, 5, 10, 100, 1000};
+      const TrialProblem pr = make_problem(s);
+      TrialResult r;
+      ASSERT_NO_THROW(r = prec == 32 ? train_trial<float>(pr) : train_trial<double>(pr));
+      EXPECT_EQ(r.status, Status::diverged);
+      EXPECT_GT(r.steps_run, 0);
+      EXPECT_LT(r.steps_run, s.steps);
+      EXPECT_FALSE(r.message.empty());
+      for (size_t c = 0; c < pr.checkpoints.size(); ++c)
+        if (pr.checkpoints[c] > r.steps_run) {
+          EXPECT_TRUE(std::isnan(r.curve_test_risk[c]));
+          EXPECT_TRUE(std::isnan(r.curve_label_loss[c]));
+        } else if (pr.checkpoints[c] < r.steps_run) {
+          EXPECT_TRUE(std::isfinite(r.curve_label_loss[c]));
+        }
+      EXPECT_TRUE(std::isfinite(r.curve_test_risk[0]));
+      EXPECT_EQ(r.best_step, 0);  // the start is the best it ever was
+    }
+}
+
+TEST(Divergence, OnlyTheTwinDiverging) {
+  // A feature term that keeps the student's weights small enough while the
+  // twin blows up is hard to arrange; instead check the bookkeeping when both
+  // diverge at the same step (same start, same rate).
+  Spec s;
+  s.lr = 1e3;
+  s.lambda = 0;
+  const TrialResult r = train_trial<double>(make_problem(s));
+  EXPECT_EQ(r.status, Status::diverged);
+  EXPECT_NE(r.message.find("student"), std::string::npos);
+  EXPECT_NE(r.message.find("twin"), std::string::npos);
+}
+
+// ----------------------------------------------------------- checkpoints --
+
+TEST(Checkpoints, CurveValuesAreTheMetricsAtThoseSteps) {
+  for (TrainPath path : {TrainPath::data, TrainPath::moment}) {
+    Spec s;
+    s.steps = 40;
+    s.path = path;
+    s.checkpoints = {0, 1, 5, 17, 40};
+    const TrialProblem pr = make_problem(s);
+    const TrialResult r = train_trial<double>(pr);
+    ASSERT_EQ(r.checkpoint_steps, pr.checkpoints);
+    ASSERT_EQ(r.curve_test_risk.size(), pr.checkpoints.size());
+    for (size_t c = 0; c < pr.checkpoints.size(); ++c) {
+      TrialProblem q = pr;
+      q.params.steps = static_cast<int>(pr.checkpoints[c]);
+      q.checkpoints = {0, pr.checkpoints[c]};
+      const TrialResult rc = train_trial<double>(q);
+      EXPECT_EQ(r.curve_test_risk[c], rc.test_risk) << pr.checkpoints[c];
+      EXPECT_EQ(r.curve_label_loss[c], rc.label_loss);
+      EXPECT_EQ(r.curve_feature_loss[c], rc.feature_loss);
+      EXPECT_EQ(r.curve_baseline_test_risk[c], rc.baseline_test_risk);
+    }
+    EXPECT_EQ(r.test_risk, r.curve_test_risk.back());
+    const auto best = std::min_element(r.curve_test_risk.begin(), r.curve_test_risk.end());
+    EXPECT_EQ(r.best_test_risk, *best);
+    EXPECT_EQ(r.best_step, pr.checkpoints[best - r.curve_test_risk.begin()]);
+    EXPECT_EQ(r.steps_run, s.steps);
+    EXPECT_EQ(r.status, Status::done);
+  }
+}
+
+TEST(Checkpoints, NoTwinGivesNaNBaseline) {
+  Spec s;
+  s.baseline = false;
+  const TrialResult r = train_trial<float>(make_problem(s));
+  EXPECT_TRUE(std::isnan(r.baseline_test_risk));
+  ASSERT_EQ(r.curve_baseline_test_risk.size(), r.curve_test_risk.size());
+  for (double v : r.curve_baseline_test_risk) EXPECT_TRUE(std::isnan(v));
+}
+
+// ------------------------------------------------------ float vs double --
+
+TEST(Precision, FloatFollowsDouble) {
+  for (Activation a : {Activation::linear, Activation::relu, Activation::tanh}) {
+    Spec s;
+    s.act = a;
+    s.hidden = {9, 7};
+    s.steps = 300;
+    s.lr = 0.02;
+    const TrialProblem pr = make_problem(s);
+    const TrialResult rf = train_trial<float>(pr);
+    const TrialResult rd = train_trial<double>(pr);
+    ASSERT_EQ(rf.status, Status::done);
+    EXPECT_NEAR(rf.test_risk, rd.test_risk, 1e-4 * rd.test_risk) << name(a);
+    EXPECT_NEAR(rf.train_loss, rd.train_loss, 1e-4 * rd.train_loss) << name(a);
+    EXPECT_NEAR(rf.baseline_test_risk, rd.baseline_test_risk, 1e-4 * rd.baseline_test_risk);
+  }
+}
+
+TEST(Precision, ZeroLossFlag) {
+  // Over-parameterised linear student without features: interpolates.
+  Spec s;
+  s.d = 12;
+  s.hidden = {12};
+  s.N = 5;
+  s.lambda = 0;
+  s.steps = 4000;
+  s.lr = 0.1;
+  s.init = 0.5;
+  const TrialResult r = train_trial<double>(make_problem(s));
+  EXPECT_EQ(r.zero_loss, 1) << r.train_loss;
+  s.steps = 3;
+  const TrialResult r3 = train_trial<double>(make_problem(s));
+  EXPECT_EQ(r3.zero_loss, 0);
+}
+
+TEST(Plain, TrainPlainReducesTheLoss) {
+  Spec s;
+  s.hidden = {7};
+  s.act = Activation::tanh;
+  s.lambda = 0;
+  const TrialProblem pr = make_problem(s);
+  std::vector<Matrix> W = pr.W0;
+  const double before = ref_loss(pr, W, pr.X, pr.Y).label;
+  EXPECT_TRUE(train_plain_f64(W, Activation::tanh, pr.X, pr.Y, 500, 0.1));
+  EXPECT_LT(ref_loss(pr, W, pr.X, pr.Y).label, 0.5 * before);
+  W = pr.W0;
+  EXPECT_FALSE(train_plain_f64(W, Activation::tanh, pr.X, pr.Y, 200, 1e4));
+}
+
+// --------------------------------------------------------------- kernels --
+
+TEST(TrialMath, GemmMatchesNaiveForAllTileShapes) {
+  Gen g(5);
+  for (int M : {1, 3, 8, 17, 40})
+    for (int Nc : {1, 5, 8, 13, 16, 24, 33, 70})
+      for (int K : {1, 7, 32}) {
+        const Matrix A = g.matrix(M, K, 1), At = g.matrix(K, M, 1), B = g.matrix(K, Nc, 1);
+        const Matrix C0 = g.matrix(M, Nc, 1);
+        for (int mode : {tm::kSet, tm::kAdd, tm::kSub})
+          for (bool trans : {false, true}) {
+            std::vector<double> C = C0.a;
+            const double alpha = 0.3;
+            const tm::SerialTeam team;
+            const double* a = trans ? At.a.data() : A.a.data();
+            const int sai = trans ? 1 : K, sak = trans ? M : 1;
+            if (mode == tm::kSet) tm::gemm<tm::kSet>(team, M, Nc, K, a, sai, sak, B.a.data(), Nc, C.data(), Nc);
+            if (mode == tm::kAdd) tm::gemm<tm::kAdd>(team, M, Nc, K, a, sai, sak, B.a.data(), Nc, C.data(), Nc);
+            if (mode == tm::kSub)
+              tm::gemm<tm::kSub>(team, M, Nc, K, a, sai, sak, B.a.data(), Nc, C.data(), Nc, alpha);
+            for (int i = 0; i < M; ++i)
+              for (int j = 0; j < Nc; ++j) {
+                // the documented order: one fma chain over k
+                double c = mode == tm::kAdd ? C0(i, j) : 0.0;
+                for (int k = 0; k < K; ++k)
+                  c = tm::fmadd(trans ? At(k, i) : A(i, k), B(k, j), c);
+                if (mode == tm::kSub) c = tm::fmadd(-alpha, c, C0(i, j));
+                ASSERT_EQ(C[i * Nc + j], c) << M << " " << Nc << " " << K << " mode " << mode;
+              }
+          }
+      }
+}
+
+// ----------------------------------------------------------- CPU backend --
+
+TEST(CpuBackend, ResultsIndependentOfThreadsAndBatch) {
+  Batch batch;
+  for (int i = 0; i < 6; ++i) {
+    TrialParams p;
+    p.d = 8;
+    p.k = 4;
+    p.m = 2;
+    p.hidden = {8};
+    p.n_train = 6;
+    p.steps = 60;
+    p.checkpoints = 5;
+    p.lambda = 0.25 * i;
+    p.seed = i / 2;
+    batch.ids.push_back(100 + i);
+    batch.trials.push_back(p);
+  }
+  // A decomposition the widths cannot hold (input needs h >= d): fails alone.
+  batch.trials[3].teacher.decomposition = Decomposition::input;
+  batch.trials[3].hidden = {4};
+  RunOptions o1;
+  o1.threads = 1;
+  RunOptions o3;
+  o3.threads = 3;
+  const auto r1 = make_cpu_backend(o1)->run(batch, o1);
+  const auto r3 = make_cpu_backend(o3)->run(batch, o3);
+  Batch sub;  // another composition: reversed subset
+  for (int i : {5, 2, 0}) {
+    sub.ids.push_back(batch.ids[i]);
+    sub.trials.push_back(batch.trials[i]);
+  }
+  const auto rs = make_cpu_backend(o3)->run(sub, o3);
+  ASSERT_EQ(r1.size(), batch.trials.size());
+  auto same = [](const TrialResult& a, const TrialResult& b) {
+    EXPECT_EQ(a.trial, b.trial);
+    EXPECT_EQ(a.status, b.status);
+    EXPECT_EQ(a.steps_run, b.steps_run);
+    EXPECT_EQ(std::memcmp(&a.test_risk, &b.test_risk, sizeof(double)), 0);
+    EXPECT_EQ(std::memcmp(&a.baseline_test_risk, &b.baseline_test_risk, sizeof(double)), 0);
+    EXPECT_EQ(std::memcmp(&a.train_loss, &b.train_loss, sizeof(double)), 0);
+    ASSERT_EQ(a.curve_test_risk.size(), b.curve_test_risk.size());
+    for (size_t c = 0; c < a.curve_test_risk.size(); ++c)
+      EXPECT_EQ(std::memcmp(&a.curve_test_risk[c], &b.curve_test_risk[c], sizeof(double)), 0);
+  };
+  for (size_t i = 0; i < r1.size(); ++i) {
+    EXPECT_EQ(r1[i].trial, batch.ids[i]);
+    same(r1[i], r3[i]);
+    if (i == 3) {
+      EXPECT_EQ(r1[i].status, Status::failed);
+      EXPECT_FALSE(r1[i].message.empty());
+    } else {
+      EXPECT_EQ(r1[i].status, Status::done) << r1[i].message;
+    }
+  }
+  same(rs[0], r1[5]);
+  same(rs[1], r1[2]);
+  same(rs[2], r1[0]);
+}
+
+TEST(CpuBackend, CudaStubSaysWhy) {
+#if !STSWEEP_HAVE_CUDA
+  std::string why;
+  EXPECT_EQ(make_cuda_backend(RunOptions{}, &why), nullptr);
+  EXPECT_EQ(why, "built without CUDA");
+#else
+  GTEST_SKIP() << "built with CUDA";
+#endif
+}
+
+TEST(Names, StatusAndMetricNames) {
+  EXPECT_STREQ(name(Status::diverged), "diverged");
+  EXPECT_STREQ(name(Status::failed), "failed");
+  EXPECT_EQ(scalar_metric_names().front(), "test_risk");
+  EXPECT_EQ(curve_names().size(), 6u);
+}
+
+}  // namespace
+}  // namespace stsweep
