@@ -521,3 +521,51 @@ TEST(Checkpoints, LogSpacedWithEnds) {
       EXPECT_NEAR(double(s[i]) / s[i - 1], std::pow(2000.0, 1.0 / 30), 0.03);
     }
 }
+
+// kernels/linalg.hpp on its own: factorisations checked by their defining identities.
+TEST(Linalg, QrSvdPinvCholesky) {
+  auto random = [](int r, int c, uint32_t sub) {
+    Matrix M(r, c);
+    for (int i = 0; i < r * c; ++i) M.a[i] = rng::normal(5, rng::Stream::G, sub, i);
+    return M;
+  };
+  // QR: Q^T Q = I, Q R = A, R upper triangular with a non-negative diagonal.
+  const Matrix A = random(9, 5, 1);
+  Matrix R;
+  const Matrix Q = qr_orthonormal(A, &R);
+  EXPECT_LT(rel_diff(matmul_tn(Q, Q), identity(5)), 1e-14);
+  EXPECT_LT(rel_diff(matmul(Q, R), A), 1e-14);
+  for (int i = 0; i < 5; ++i) {
+    EXPECT_GE(R(i, i), 0.0);
+    for (int j = 0; j < i; ++j) EXPECT_EQ(R(i, j), 0.0);
+  }
+  // SVD of tall, wide and rank-deficient (rank 3) matrices.
+  const Matrix low = matmul(random(8, 3, 2), random(3, 6, 3));
+  const std::vector<Matrix> cases{A, transpose(A), low};
+  for (size_t t = 0; t < cases.size(); ++t) {
+    const Matrix& M = cases[t];
+    const SVD f = svd(M);
+    const int r = f.rank();
+    EXPECT_EQ(r, t == 2 ? 3 : 5);
+    for (size_t i = 1; i < f.s.size(); ++i) EXPECT_GE(f.s[i - 1], f.s[i]);
+    Matrix Pr(M.rows, r), Qr(M.cols, r);
+    for (int c = 0; c < r; ++c) {
+      for (int i = 0; i < M.rows; ++i) Pr(i, c) = f.P(i, c) * f.s[c];
+      for (int i = 0; i < M.cols; ++i) Qr(i, c) = f.Q(i, c);
+    }
+    EXPECT_LT(rel_diff(matmul_nt(Pr, Qr), M), 1e-13);
+    EXPECT_LT(rel_diff(matmul_tn(Qr, Qr), identity(r)), 1e-13);
+    // Penrose conditions.
+    const Matrix X = pinv(M);
+    EXPECT_LT(rel_diff(matmul(M, matmul(X, M)), M), 1e-12);
+    EXPECT_LT(rel_diff(matmul(X, matmul(M, X)), X), 1e-12);
+    const Matrix MX = matmul(M, X), XM = matmul(X, M);
+    EXPECT_LT(rel_diff(MX, transpose(MX)), 1e-12);
+    EXPECT_LT(rel_diff(XM, transpose(XM)), 1e-12);
+  }
+  // Cholesky solve of an SPD system.
+  const Matrix S = add(matmul_tn(A, A), identity(5));
+  const Matrix B = random(5, 2, 4);
+  EXPECT_LT(rel_diff(matmul(S, solve_spd(S, B)), B), 1e-13);
+  EXPECT_THROW(cholesky(scaled(identity(3), -1.0)), std::runtime_error);
+}
