@@ -37,7 +37,12 @@ std::string errno_text(int e) { return std::strerror(e); }
 
 // --- HDF5 error handling -----------------------------------------------------
 struct H5Quiet {
-  H5Quiet() { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); }
+  H5Quiet() {
+    // No clean-up at exit: after a failed close (disk full) HDF5's atexit
+    // handler crashes on the half-closed file.
+    H5dont_atexit();
+    H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+  }
 };
 void h5_quiet() { static H5Quiet q; }
 
@@ -53,8 +58,16 @@ std::string h5_detail() {
   std::vector<std::string> msgs;
   H5Ewalk2(H5E_DEFAULT, H5E_WALK_UPWARD, collect_error, &msgs);
   H5Eclear2(H5E_DEFAULT);
-  for (const auto& m : msgs)
+  for (const auto& m : msgs) {
+    // The OS error inside HDF5's long write-failure text, e.g. 'No space left on device'.
+    auto a = m.find("error message = '");
+    if (a != std::string::npos) {
+      a += 17;
+      auto b = m.find('\'', a);
+      return m.substr(a, b == std::string::npos ? std::string::npos : b - a);
+    }
     if (m.find("errno") != std::string::npos) return m;
+  }
   return msgs.empty() ? std::string("HDF5 error") : msgs.front();
 }
 [[noreturn]] void h5_fail(const std::string& what) {

@@ -1,0 +1,340 @@
+#!/usr/bin/python3
+"""End-to-end checks of the results file (issue 4), run by ctest:
+
+    test_results.py --stsweep PATH --workdir DIR [--kills N] [--seed S]
+
+Runs small sweeps with the real engine and checks: xarray (h5netcdf) and h5py
+open the file with no options; one dataframe row per trial; parameters equal
+`stsweep list`; dimension scales (h5dump -H); kill -9 at random points then
+--resume equals an uninterrupted run bit for bit; SIGTERM; merge of 3 shards
+equals the unsharded run; refused resumes and merges; bad outputs (directory,
+unwritable, full disk). Exit 77 (skip) when h5py or xarray are missing.
+"""
+import argparse
+import json
+import os
+import random
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+try:
+    import h5py
+    import numpy as np
+    import xarray as xr
+except ImportError as e:  # pragma: no cover
+    print(f"skip: {e}")
+    sys.exit(77)
+
+SWEEP = {
+    "name": "store-e2e",
+    "description": "results store end-to-end test",
+    "seed": 11,
+    "defaults": {"d": 16, "k": 4, "m": 4, "hidden": [16], "n_train": 12, "steps": 1500,
+                 "checkpoints": 12, "n_test": 50},
+    "grid": {"noise": [0.1, 0.5, 1.0], "lambda": [0, 0.3, 1, 3],
+             "teacher.decomposition": ["balanced", "rotated"], "seed": {"range": [0, 6]}},
+}
+
+FAILURES = []
+
+
+def check(cond, what):
+    if cond:
+        print(f"ok   {what}")
+    else:
+        print(f"FAIL {what}")
+        FAILURES.append(what)
+
+
+def run(args, ok=(0,), **kw):
+    p = subprocess.run([STSWEEP] + args, capture_output=True, text=True, **kw)
+    if p.returncode not in ok:
+        print(f"command {args} -> {p.returncode}\nstdout: {p.stdout}\nstderr: {p.stderr}")
+    return p
+
+
+def datasets(path):
+    """All datasets of a results file as numpy arrays (strings decoded)."""
+    out = {}
+    with h5py.File(path, "r") as f:
+        for name, d in f.items():
+            a = d[()]
+            if a.dtype.kind == "O":
+                a = np.array([x.decode() if isinstance(x, bytes) else x for x in a], dtype=object)
+            out[name] = a
+    return out
+
+
+def same_bits(a, b):
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if a.dtype.kind == "O":
+        return list(a) == list(b)
+    return a.tobytes() == b.tobytes()  # bit for bit, NaN payloads included
+
+
+def compare(path, ref, what):
+    got, exp = datasets(path), datasets(ref)
+    check(sorted(got) == sorted(exp), f"{what}: same datasets")
+    bad = [k for k in exp if k in got and not same_bits(got[k], exp[k])]
+    check(not bad, f"{what}: every dataset equal bit for bit" + (f" (differ: {bad})" if bad else ""))
+
+
+def opens(path):
+    try:
+        with h5py.File(path, "r") as f:
+            f["status"][()]
+            f["test_risk"][()]
+        xr.open_dataset(path, engine="h5netcdf").load().close()
+        return True
+    except Exception as e:  # noqa: BLE001
+        print(f"  cannot open {path}: {e}")
+        return False
+
+
+def main():
+    global STSWEEP
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--stsweep", required=True)
+    ap.add_argument("--workdir", required=True)
+    ap.add_argument("--kills", type=int, default=6)
+    ap.add_argument("--seed", type=int, default=None)
+    a = ap.parse_args()
+    STSWEEP = a.stsweep
+    seed = a.seed if a.seed is not None else random.randrange(1 << 30)
+    print(f"random seed {seed} (rerun with --seed {seed})")
+    rng = random.Random(seed)
+    wd = a.workdir
+    shutil.rmtree(wd, ignore_errors=True)
+    os.makedirs(wd)
+    sweep = os.path.join(wd, "sweep.json")
+    with open(sweep, "w") as f:
+        json.dump(SWEEP, f, indent=1)
+    n_trials = 3 * 4 * 2 * 6
+    common = ["--backend", "cpu", "--batch-size", "8", "--progress", "none"]
+
+    # --- an uninterrupted run ---------------------------------------------------------
+    ref = os.path.join(wd, "ref.h5")
+    t0 = time.time()
+    p = run(["run", sweep, "-o", ref] + common)
+    t_ref = time.time() - t0
+    check(p.returncode == 0, "uninterrupted run exits 0")
+    check(not os.path.exists(ref + ".journal"), "journal removed after a complete run")
+    print(f"  uninterrupted run: {t_ref:.2f} s")
+
+    # xarray, no options; one row per trial
+    ds = xr.open_dataset(ref, engine="h5netcdf")
+    check(ds.sizes["trial"] == n_trials, "xarray: trial dimension has every trial")
+    check(list(ds["trial"].values) == list(range(n_trials)), "xarray: trial coordinate = ids")
+    check("checkpoint" in ds.dims and "step" in ds.coords, "xarray: checkpoint dimension, step coordinate")
+    df = ds.drop_dims("checkpoint").to_dataframe()
+    check(len(df) == n_trials and df.index.name == "trial", "to_dataframe without curves: one row per trial")
+    check(set(ds.attrs) >= {"sweep_json", "sweep_hash", "engine_version", "git_commit", "backend", "device",
+                            "host", "precision", "start_time", "end_time", "wall_seconds", "compute_seconds",
+                            "shard"}, "root attributes present")
+    check(json.loads(ds.attrs["sweep_json"]) == SWEEP, "sweep_json is the sweep file")
+    check(ds.attrs["backend"] == "cpu" and ds.attrs["precision"] == "f32", "backend and precision attributes")
+    check(ds["status"].dtype == np.int8 and list(ds["status"].attrs["flag_values"]) == [0, 1, 2, 3]
+          and ds["status"].attrs["flag_meanings"] == "pending done diverged failed", "status flags")
+    check(bool((ds["status"].values == 1).all()), "every trial done")
+
+    # parameters equal `stsweep list`
+    lp = run(["list", sweep, "--format", "json"])
+    rows = [json.loads(line) for line in lp.stdout.splitlines() if line.strip()]
+    check(len(rows) == n_trials, "list shows every trial")
+    mism = []
+    for r in rows:
+        i = r["id"]
+        for k, v in r.items():
+            if k == "id":
+                continue
+            if k not in ds:
+                mism.append(f"missing {k}")
+                continue
+            got = ds[k].values[i]
+            if isinstance(v, str):
+                ok = str(got) == v
+            else:
+                ok = float(got) == float(v)
+            if not ok:
+                mism.append(f"trial {i} {k}: file {got!r} list {v!r}")
+    check(not mism, "every parameter of every trial equals `stsweep list`" + (f": {mism[:5]}" if mism else ""))
+
+    # metrics: consistent with the curves and with each other
+    tr = ds["test_risk"].values
+    last = np.array([c[~np.isnan(c)][-1] for c in ds["curve_test_risk"].values])
+    check(np.allclose(tr, last, rtol=1e-6), "test_risk = last point of curve_test_risk")
+    steps = ds["step"].values
+    check(bool((steps[:, 0] == 0).all()) and bool((steps.max(axis=1) == ds["steps_run"].values).all()),
+          "step runs from 0 to steps_run")
+    check(np.allclose(ds["excess_risk"].values, tr - ds["bayes_risk"].values, rtol=1e-6, atol=1e-12),
+          "excess_risk = test_risk - bayes_risk")
+    ds.close()
+
+    # h5dump -H shows the dimension scales
+    if shutil.which("h5dump"):
+        hd = subprocess.run(["h5dump", "-H", ref], capture_output=True, text=True).stdout
+        check(hd.count('ATTRIBUTE "DIMENSION_LIST"') == hd.count("DATASET ") - 2
+              and hd.count('ATTRIBUTE "CLASS"') == 2 and hd.count('ATTRIBUTE "REFERENCE_LIST"') == 2,
+              "h5dump -H: every variable has a DIMENSION_LIST; trial and checkpoint are scales")
+        hv = subprocess.run(["h5dump", "-a", "/trial/CLASS", ref], capture_output=True, text=True).stdout
+        check('"DIMENSION_SCALE"' in hv, "h5dump: trial's CLASS is DIMENSION_SCALE")
+    with h5py.File(ref, "r") as f:
+        check(f["test_risk"].dims[0][0].name == "/trial" and f["curve_test_risk"].dims[1][0].name == "/checkpoint",
+              "h5py: scales attached to trial and checkpoint dims")
+        check(f["test_risk"].compression == "gzip" and f["test_risk"].shuffle and f["test_risk"].chunks,
+              "chunked, shuffle + deflate")
+
+    # info and summary against the data
+    p = run(["info", ref])
+    check(p.returncode == 0 and f"{n_trials} done" in p.stdout and "store-e2e" in p.stdout, "info: counts, sweep")
+    p = run(["summary", ref, "--by", "noise,lambda", "--format", "csv"])
+    lines = p.stdout.strip().splitlines()
+    check(lines[0] == "noise,lambda,count,mean,std,ci95_low,ci95_high", "summary csv header")
+    df = xr.open_dataset(ref, engine="h5netcdf").drop_dims("checkpoint").to_dataframe()
+    g = df.groupby(["noise", "lambda"])["test_risk"]
+    exp = {(float(k[0]), float(k[1])): (len(v), v.mean(), v.std()) for k, v in g}
+    okk = len(lines) - 1 == len(exp)
+    for line in lines[1:]:
+        nz, lam, cnt, mean, std, lo, hi = line.split(",")
+        e = exp.get((float(nz), float(lam)))
+        okk = okk and e is not None and int(cnt) == e[0] and abs(float(mean) - e[1]) <= 1e-5 * abs(e[1]) \
+            and abs(float(std) - e[2]) <= 1e-5 * abs(e[2]) and float(lo) < float(mean) < float(hi)
+        half = (float(hi) - float(lo)) / 2
+        t975 = {5: 2.571, 11: 2.201}[e[0] - 1]  # Student t quantiles for the counts used here
+        okk = okk and abs(half - t975 * e[2] / np.sqrt(e[0])) <= 1e-4 * half
+    check(okk, "summary: count, mean, std and 95% CI equal pandas' over the other axes")
+
+    # --- kill -9 at random points, then --resume -----------------------------------------
+    out = os.path.join(wd, "killed.h5")
+    kills_done = 0
+    for k in range(a.kills):
+        delay = rng.uniform(0.02, max(0.05, t_ref * 0.9))
+        proc = subprocess.Popen([STSWEEP, "run", sweep, "-o", out, "--resume", "--checkpoint-every", "0"] + common,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        if proc.poll() is None:
+            proc.kill()
+            kills_done += 1
+        proc.wait()
+        if os.path.exists(out):
+            check(opens(out), f"kill -9 #{k} after {delay:.2f} s: the file opens")
+    check(kills_done >= 2, f"at least 2 runs were killed in flight ({kills_done})")
+    p = run(["run", sweep, "-o", out, "--resume"] + common)
+    check(p.returncode == 0, "--resume after kills completes")
+    compare(out, ref, "killed + resumed vs uninterrupted")
+    with h5py.File(out, "r") as f:
+        sess = json.loads(f.attrs["sessions"])
+    check(len(sess) >= 2, f"sessions recorded ({len(sess)})")
+
+    # resume of a complete file does nothing
+    p = run(["run", sweep, "-o", out, "--resume"] + common)
+    check(p.returncode == 0 and "nothing to do" in p.stdout, "resume of a complete file: nothing to do")
+
+    # --- SIGTERM: finish the write, clear message, non-zero ------------------------------------
+    out2 = os.path.join(wd, "term.h5")
+    proc = subprocess.Popen([STSWEEP, "run", sweep, "-o", out2] + common, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(max(0.05, t_ref * 0.4))
+    proc.send_signal(signal.SIGTERM)
+    so, se = proc.communicate()
+    if proc.returncode == 0:
+        print("  (the run finished before SIGTERM)")
+    else:
+        check(proc.returncode == 1 and "interrupted by SIGTERM" in se and "--resume" in se,
+              "SIGTERM: exit 1 with a message naming --resume")
+        with h5py.File(out2, "r") as f:
+            st = f["status"][()]
+            check(int(f.attrs["n_done"]) == int((st == 1).sum()) > 0, "SIGTERM: finished rows are in the file")
+    p = run(["run", sweep, "-o", out2, "--resume"] + common)
+    check(p.returncode == 0, "resume after SIGTERM completes")
+    compare(out2, ref, "SIGTERM + resumed vs uninterrupted")
+
+    # --- shards and merge ------------------------------------------------------------------
+    shards = []
+    for i in range(3):
+        s = os.path.join(wd, f"shard{i}.h5")
+        p = run(["run", sweep, "-o", s, "--shard", f"{i}/3"] + common)
+        check(p.returncode == 0, f"shard {i}/3 runs")
+        shards.append(s)
+    merged = os.path.join(wd, "merged.h5")
+    p = run(["merge", merged] + list(reversed(shards)))
+    check(p.returncode == 0, "merge of 3 shards (given in any order)")
+    compare(merged, ref, "merge of 3 shards vs unsharded")
+    with h5py.File(merged, "r") as f:
+        check(f.attrs["shard"] == "0/1" and int(f.attrs["complete"]) == 1, "merged file is the whole sweep")
+
+    # refusals
+    p = run(["merge", os.path.join(wd, "m2.h5"), shards[0], shards[0]], ok=(2,))
+    check(p.returncode == 2 and "overlap" in p.stderr, "merge refuses overlapping shards")
+    p = run(["merge", os.path.join(wd, "m3.h5"), shards[1], ref], ok=(2,))
+    check(p.returncode == 2 and "overlap" in p.stderr, "merge refuses a shard inside a whole run")
+    other = dict(SWEEP, seed=12)
+    sweep2 = os.path.join(wd, "other.json")
+    with open(sweep2, "w") as f:
+        json.dump(other, f)
+    o0 = os.path.join(wd, "other0.h5")
+    run(["run", sweep2, "-o", o0, "--shard", "0/3"] + common)
+    p = run(["merge", os.path.join(wd, "m4.h5"), o0, shards[1]], ok=(2,))
+    check(p.returncode == 2 and "sweep" in p.stderr and not os.path.exists(os.path.join(wd, "m4.h5")),
+          "merge refuses shards of different sweeps and writes nothing")
+    p = run(["merge", merged, shards[0]], ok=(2,))
+    check(p.returncode == 2 and "exists" in p.stderr, "merge refuses to overwrite without --force")
+
+    part = os.path.join(wd, "part.h5")
+    run(["run", sweep, "-o", part, "--shard", "1/3"] + common)
+    p = run(["run", sweep2, "-o", part, "--shard", "1/3", "--resume"] + common, ok=(2,))
+    check(p.returncode == 2 and "hash" in p.stderr, "resume with a different sweep file refused")
+    p = run(["run", sweep, "-o", part, "--shard", "2/3", "--resume"] + common, ok=(2,))
+    check(p.returncode == 2 and "shard" in p.stderr, "resume with a different shard refused")
+    p = run(["run", sweep, "-o", part, "--shard", "1/3", "--resume", "--precision", "f64"] + common, ok=(2,))
+    check(p.returncode == 2 and "precision" in p.stderr, "resume with a different precision refused")
+    p = run(["run", sweep, "-o", part, "--shard", "1/3"] + common, ok=(2,))
+    check(p.returncode == 2 and "--resume" in p.stderr, "an existing output needs --resume or --force")
+    p = run(["run", sweep2, "-o", part, "--shard", "1/3", "--force"] + common)
+    check(p.returncode == 0, "--force overwrites")
+    with h5py.File(part, "r") as f:
+        check(json.loads(f.attrs["sweep_json"])["seed"] == 12, "--force wrote the new sweep")
+
+    # --- bad outputs -----------------------------------------------------------------------
+    p = run(["run", sweep, "-o", wd] + common, ok=(2,))
+    check(p.returncode == 2 and "directory" in p.stderr, "output that is a directory: exit 2, clear message")
+    p = run(["run", sweep, "-o", "/proc/stsweep-test.h5"] + common, ok=(2,))
+    check(p.returncode == 2 and "/proc/stsweep-test.h5" in p.stderr and not os.path.exists("/proc/stsweep-test.h5"),
+          "unwritable path: exit 2, clear message")
+    p = run(["run", sweep, "-o", os.path.join(wd, "no", "such", "dir.h5")] + common, ok=(2,))
+    check(p.returncode == 2 and "does not exist" in p.stderr, "missing directory: exit 2")
+
+    ref_size = os.path.getsize(ref)
+    for limit, label in [(8 << 10, "at creation"), (ref_size // 2 + 65536, "mid-run")]:
+        full = os.path.join(wd, f"full-{limit}.h5")
+
+        def limit_fsize(limit=limit):
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+        p = subprocess.run([STSWEEP, "run", sweep, "-o", full, "--checkpoint-every", "0"] + common,
+                           capture_output=True, text=True, preexec_fn=limit_fsize)
+        msg = p.stderr.strip().splitlines()[-1] if p.stderr.strip() else ""
+        print(f"  full disk {label}: rc {p.returncode}: {msg}")
+        check(p.returncode == 1 and ("File too large" in p.stderr or "No space" in p.stderr),
+              f"full disk {label}: exit 1 naming the cause")
+        if os.path.exists(full):
+            with h5py.File(full, "r") as f:
+                st = f["status"][()]
+                check(int(f.attrs["complete"]) == 0 and (st == 0).any(),
+                      f"full disk {label}: the file left does not look complete")
+        else:
+            check(True, f"full disk {label}: no file left")
+        check(not os.path.exists(full + ".tmp"), f"full disk {label}: no temporary left")
+
+    print(f"{len(FAILURES)} failure(s)")
+    return 1 if FAILURES else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
