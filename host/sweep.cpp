@@ -595,6 +595,14 @@ class Builder {
       b.axes.push_back(std::move(ax));
     }
 
+    // Mixed radix.
+    b.radix.assign(b.axes.size(), 1);
+    b.raw = 1;
+    for (size_t a = b.axes.size(); a-- > 0;) {
+      b.radix[a] = b.raw;
+      b.raw = checked_mul(b.raw, b.axes[a].size, path.empty() ? "grid" : path);
+    }
+
     // Every value of every axis, checked on its own over the base.
     for (const auto& ax : b.axes) {
       if (!ax.sampled) {
@@ -603,14 +611,6 @@ class Builder {
       }
       for (const auto& m : ax.members) check_sample_bounds(b.base, m);
       for (uint64_t i = 0; i < std::min<uint64_t>(ax.size, 256); ++i) check_axis_point(b.base, ax, i);
-    }
-
-    // Mixed radix.
-    b.radix.assign(b.axes.size(), 1);
-    b.raw = 1;
-    for (size_t a = b.axes.size(); a-- > 0;) {
-      b.radix[a] = b.raw;
-      b.raw = checked_mul(b.raw, b.axes[a].size, path.empty() ? "grid" : path);
     }
 
     // Exclusions: the global entries, then the block's own.
