@@ -1,0 +1,469 @@
+// The results store: round trips, journal and resume bookkeeping, merge and
+// its refusals, bad outputs. Results here come from a deterministic fake, not
+// a backend (tests/python/test_results.py runs the real engine end to end).
+#include <fcntl.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <csignal>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+
+#include <gtest/gtest.h>
+
+#include "store.hpp"
+
+namespace fs = std::filesystem;
+using namespace stsweep;
+
+namespace {
+
+std::string tmpdir() {
+  static std::string d = [] {
+    std::string t = (fs::temp_directory_path() / ("stsweep_store_" + std::to_string(::getpid()))).string();
+    fs::remove_all(t);
+    fs::create_directories(t);
+    return t;
+  }();
+  return d;
+}
+std::string path(const std::string& name) { return tmpdir() + "/" + name; }
+
+uint64_t bits(double x) {
+  uint64_t b;
+  std::memcpy(&b, &x, 8);
+  return b;
+}
+
+// A deterministic result whose every field differs from every other.
+TrialResult fake_result(int64_t id, int C) {
+  TrialResult r;
+  r.trial = id;
+  r.status = id % 7 == 3 ? Status::diverged : Status::done;
+  r.steps_run = 1000 + id;
+  double b = 1.0 + id;
+  r.test_risk = b * 1.01;
+  r.baseline_test_risk = b * 1.02;
+  r.bayes_risk = b * 1.03;
+  r.excess_risk = b * 1.04;
+  r.interp_risk = b * 1.05;
+  r.teacher_clean_risk = b * 1.06;
+  r.train_loss = b * 1.07;
+  r.label_loss = b * 1.08;
+  r.feature_loss = b * 1.09;
+  r.best_test_risk = b * 1.10;
+  r.best_step = 500 + id;
+  r.zero_loss = static_cast<int8_t>(id % 2);
+  for (int j = 0; j < C; ++j) {
+    r.checkpoint_steps.push_back(j * 10);
+    r.curve_test_risk.push_back(b + j * 0.1);
+    r.curve_label_loss.push_back(b + j * 0.2);
+    r.curve_feature_loss.push_back(b + j * 0.3);
+    r.curve_baseline_test_risk.push_back(b + j * 0.4);
+    r.curve_baseline_label_loss.push_back(b + j * 0.5);
+    r.curve_baseline_feature_loss.push_back(b + j * 0.6);
+  }
+  return r;
+}
+
+const char* kSweep = R"({"name": "store-test", "seed": 5,
+  "defaults": {"d": 8, "k": 4, "m": 4, "hidden": [8], "n_train": 8, "steps": 20, "checkpoints": 4},
+  "grid": {"lambda": [0, 1], "seed": {"range": [0, 10]}}})";
+
+RowBlock fake_rows(const Sweep& sw, const std::vector<int64_t>& ids, int C) {
+  Batch b;
+  std::vector<TrialResult> res;
+  for (int64_t id : ids) {
+    b.ids.push_back(id);
+    b.trials.push_back(sw.trial(static_cast<uint64_t>(id)));
+    res.push_back(fake_result(id, C));
+  }
+  return RowBlock::from_batch(b, res);
+}
+
+WriterOptions writer_options(const std::string& out, const Sweep& sw, Shard s = {}) {
+  WriterOptions o;
+  o.path = out;
+  o.shard = std::to_string(s.index) + "/" + std::to_string(s.count);
+  o.range = shard_range(sw.count(), s);
+  o.backend = "fake";
+  o.device = "test";
+  o.precision = "f32";
+  o.checkpoint_every = 1e9;  // checkpoints only when asked
+  return o;
+}
+
+// Every column of a block, with extreme values of its type.
+RowBlock extreme_block(const std::vector<int64_t>& ids, int C, int salt) {
+  const auto& cs = store_columns();
+  RowBlock b = RowBlock::empty(C);
+  b.trial = ids;
+  const size_t n = ids.size();
+  const double specials[] = {std::numeric_limits<double>::quiet_NaN(), -0.0, std::numeric_limits<double>::infinity(),
+                             -std::numeric_limits<double>::infinity(), std::numeric_limits<double>::denorm_min(),
+                             1.0 / 3.0, -1e308};
+  const int64_t ispecial[] = {std::numeric_limits<int64_t>::min(), std::numeric_limits<int64_t>::max(), 0, -1, 42};
+  const std::string sspecial[] = {"", "balanced", "α-β ünïcode ✓", "with,comma \"quoted\"", std::string(300, 'x')};
+  for (size_t k = 0; k < cs.size(); ++k) {
+    auto& d = b.cols[k];
+    size_t len = cs[k].curve ? n * C : n;
+    for (size_t i = 0; i < len; ++i) {
+      size_t v = i + k + salt;
+      switch (cs[k].type) {
+        case ColType::f64: d.f.push_back(specials[v % 7]); break;
+        case ColType::i64: d.i.push_back(ispecial[v % 5]); break;
+        case ColType::i8: d.i.push_back(static_cast<int64_t>(v % 4) - 1 + (cs[k].name == "status" ? 1 : 0)); break;
+        case ColType::str: d.s.push_back(sspecial[v % 5]); break;
+      }
+    }
+  }
+  return b;
+}
+
+void expect_rows_equal(const RowBlock& got, size_t gr, const RowBlock& exp, size_t er, const std::string& what) {
+  const auto& cs = store_columns();
+  ASSERT_EQ(got.trial[gr], exp.trial[er]) << what;
+  for (size_t k = 0; k < cs.size(); ++k) {
+    const auto &g = got.cols[k], &e = exp.cols[k];
+    if (cs[k].curve) {
+      for (int j = 0; j < got.C; ++j) {
+        bool in = j < exp.C;
+        if (cs[k].type == ColType::f64) {
+          double ev = in ? e.f[er * exp.C + j] : std::numeric_limits<double>::quiet_NaN();
+          EXPECT_EQ(bits(g.f[gr * got.C + j]), bits(ev)) << what << " " << cs[k].name << "[" << j << "]";
+        } else {
+          int64_t ev = in ? e.i[er * exp.C + j] : -1;
+          EXPECT_EQ(g.i[gr * got.C + j], ev) << what << " " << cs[k].name << "[" << j << "]";
+        }
+      }
+      continue;
+    }
+    switch (cs[k].type) {
+      case ColType::f64: EXPECT_EQ(bits(g.f[gr]), bits(e.f[er])) << what << " " << cs[k].name; break;
+      case ColType::i8:
+      case ColType::i64: EXPECT_EQ(g.i[gr], e.i[er]) << what << " " << cs[k].name; break;
+      case ColType::str: EXPECT_EQ(g.s[gr], e.s[er]) << what << " " << cs[k].name; break;
+    }
+  }
+}
+
+FileHeader test_header(std::vector<IdRange> ranges) {
+  FileHeader h;
+  h.schema = store_schema_digest();
+  h.sweep_json = "{\"name\": \"x\"}";
+  h.sweep_hash = "abc";
+  h.sweep_name = "x";
+  h.sweep_seed = 77;
+  h.sweep_trials = 100;
+  h.shard = "1/4";
+  h.ranges = std::move(ranges);
+  h.file_id = "id1";
+  Session s;
+  s.start_time = "2025-01-01T00:00:00Z";
+  s.backend = "cpu";
+  s.device = "dev ✓";
+  s.precision = "f64";
+  s.wall_seconds = 1.5;
+  s.compute_seconds = 0.25;
+  s.trials = 3;
+  h.sessions = {s, s};
+  h.sessions[1].backend = "cuda";
+  return h;
+}
+
+}  // namespace
+
+TEST(Store, ColumnsCoverEveryParameterMetricAndCurve) {
+  const auto& cs = store_columns();
+  size_t params = 0;
+  for (const auto& c : cs) params += !c.key.empty();
+  EXPECT_EQ(params, param_specs().size());
+  for (const auto& m : scalar_metric_names()) EXPECT_GE(store_column_index(m), 0) << m;
+  for (const auto& m : curve_names()) EXPECT_GE(store_column_index("curve_" + m), 0) << m;
+  EXPECT_GE(store_column_index("step"), 0);
+  EXPECT_EQ(cs[store_column_index("status")].type, ColType::i8);
+  EXPECT_EQ(store_column_index("trial"), -1);  // the coordinate, not a column
+}
+
+TEST(Store, FromBatchPutsEachFieldInItsColumn) {
+  Sweep sw = Sweep::from_text(kSweep);
+  RowBlock b = fake_rows(sw, {3, 12}, 5);
+  ASSERT_EQ(b.rows(), 2u);
+  ASSERT_EQ(b.C, 5);
+  auto col = [&](const std::string& n) { return b.cols[store_column_index(n)]; };
+  TrialResult r = fake_result(12, 5);
+  EXPECT_EQ(col("test_risk").f[1], r.test_risk);
+  EXPECT_EQ(col("baseline_test_risk").f[1], r.baseline_test_risk);
+  EXPECT_EQ(col("bayes_risk").f[1], r.bayes_risk);
+  EXPECT_EQ(col("excess_risk").f[1], r.excess_risk);
+  EXPECT_EQ(col("interp_risk").f[1], r.interp_risk);
+  EXPECT_EQ(col("teacher_clean_risk").f[1], r.teacher_clean_risk);
+  EXPECT_EQ(col("train_loss").f[1], r.train_loss);
+  EXPECT_EQ(col("label_loss").f[1], r.label_loss);
+  EXPECT_EQ(col("feature_loss").f[1], r.feature_loss);
+  EXPECT_EQ(col("best_test_risk").f[1], r.best_test_risk);
+  EXPECT_EQ(col("best_step").i[1], r.best_step);
+  EXPECT_EQ(col("steps_run").i[1], r.steps_run);
+  EXPECT_EQ(col("zero_loss").i[1], r.zero_loss);
+  EXPECT_EQ(col("status").i[0], static_cast<int64_t>(Status::diverged));  // 3 % 7 == 3
+  EXPECT_EQ(col("status").i[1], static_cast<int64_t>(Status::done));
+  EXPECT_EQ(col("step").i[5 + 4], 40);
+  EXPECT_EQ(col("curve_test_risk").f[5 + 2], r.curve_test_risk[2]);
+  EXPECT_EQ(col("curve_baseline_feature_loss").f[5 + 3], r.curve_baseline_feature_loss[3]);
+  EXPECT_EQ(col("curve_label_loss").f[5 + 1], r.curve_label_loss[1]);
+  // Parameters equal flatten() of the trial.
+  auto pv = flatten(sw.trial(12));
+  const auto& cs = store_columns();
+  for (size_t k = 0, p = 0; k < cs.size(); ++k) {
+    if (cs[k].key.empty()) continue;
+    const ParamValue& v = pv[p++];
+    if (cs[k].type == ColType::str) EXPECT_EQ(b.cols[k].s[1], std::get<std::string>(v)) << cs[k].name;
+    else if (cs[k].type == ColType::f64) EXPECT_EQ(b.cols[k].f[1], std::get<double>(v)) << cs[k].name;
+    else EXPECT_EQ(b.cols[k].i[1], std::get<int64_t>(v)) << cs[k].name;
+  }
+  EXPECT_EQ(b.cols[store_column_index("lambda")].f[1], 1.0);  // id 12: lambda axis first
+  EXPECT_EQ(b.cols[store_column_index("seed")].i[1], 2);
+}
+
+TEST(Store, RoundTripOfEveryTypeWithWideningCurves) {
+  const std::string p = path("roundtrip.h5");
+  FileHeader h = test_header({{10, 20}, {30, 35}});
+  RowBlock a = extreme_block({31, 12, 10, 19}, 3, 0);   // out of order, across ranges
+  RowBlock b = extreme_block({34, 11}, 5, 1);           // wider curves
+  {
+    H5Results f = H5Results::create(p, h, 4);
+    f.write(a);
+    f.write(b);
+    f.recount();
+    f.write_header();
+    f.close();
+  }
+  H5Results f = H5Results::open(p, false);
+  EXPECT_EQ(f.rows(), 15);
+  EXPECT_EQ(f.checkpoints(), 5);
+  const FileHeader& g = f.header();
+  EXPECT_EQ(g.sweep_json, h.sweep_json);
+  EXPECT_EQ(g.sweep_seed, 77u);
+  EXPECT_EQ(g.shard, "1/4");
+  ASSERT_EQ(g.ranges.size(), 2u);
+  EXPECT_EQ(g.ranges[1].begin, 30u);
+  EXPECT_EQ(g.ranges[1].end, 35u);
+  EXPECT_EQ(g.sessions.size(), 2u);
+  EXPECT_EQ(g.backends(), "cpu,cuda");
+  EXPECT_EQ(g.devices(), "dev ✓");
+  EXPECT_DOUBLE_EQ(g.wall_seconds(), 3.0);
+  EXPECT_EQ(g.n_pending + g.n_done + g.n_diverged + g.n_failed, 15);
+  RowBlock all = f.read(0, f.rows());
+  EXPECT_EQ(all.trial.front(), 10);
+  EXPECT_EQ(all.trial.back(), 34);
+  for (size_t r = 0; r < a.rows(); ++r) expect_rows_equal(all, f.row_of(a.trial[r]), a, r, "a");
+  for (size_t r = 0; r < b.rows(); ++r) expect_rows_equal(all, f.row_of(b.trial[r]), b, r, "b");
+  // Rows never written: pending, NaN metrics, -1 steps, empty strings.
+  int64_t row = f.row_of(33);
+  EXPECT_EQ(all.cols[store_column_index("status")].i[row], 0);
+  EXPECT_TRUE(std::isnan(all.cols[store_column_index("test_risk")].f[row]));
+  EXPECT_EQ(all.cols[store_column_index("step")].i[row * 5], -1);
+  EXPECT_EQ(all.cols[store_column_index("teacher_kind")].s[row], "");
+  EXPECT_EQ(f.row_of(25), -1);
+  // A block read of a subset of columns.
+  RowBlock part = f.read(2, 3, {store_column_index("test_risk")});
+  EXPECT_EQ(part.trial[0], 12);
+  EXPECT_EQ(bits(part.cols[store_column_index("test_risk")].f[0]),
+            bits(a.cols[store_column_index("test_risk")].f[1]));
+  EXPECT_TRUE(part.cols[store_column_index("noise")].f.empty());
+}
+
+TEST(Store, WriterJournalsResumesAndDropsTornRecords) {
+  Sweep sw = Sweep::from_text(kSweep);
+  const std::string out = path("resume.h5");
+  auto opt = writer_options(out, sw);
+  {
+    auto w = ResultsWriter::start(sw, opt);
+    EXPECT_EQ(w->remaining(), 20);
+    EXPECT_THROW(ResultsWriter::start(sw, [&] { auto o = opt; o.resume = true; return o; }()),
+                 std::runtime_error);  // locked by w
+    w->append(fake_rows(sw, {0, 1, 2, 3}, 4), 0.5);
+    w->checkpoint();
+    w->append(fake_rows(sw, {4, 5, 6}, 4), 0.25);
+    // "Crash": the writer goes away without finish(); then a torn record.
+  }
+  {
+    std::ofstream j(out + ".journal", std::ios::app | std::ios::binary);
+    j << "TSWR\x01\x02 torn half record";
+  }
+  {  // the file opens and holds the checkpointed rows only
+    H5Results f = H5Results::open(out, false);
+    EXPECT_EQ(f.header().n_done + f.header().n_diverged, 4);
+    auto js = inspect_journal(out + ".journal");
+    EXPECT_EQ(js.rows, 3);
+    EXPECT_GT(js.torn_bytes, 0);
+  }
+  opt.resume = true;
+  auto w = ResultsWriter::start(sw, opt);
+  EXPECT_EQ(w->resumed_rows(), 3);
+  EXPECT_EQ(w->remaining(), 13);
+  for (int64_t id = 0; id < 20; ++id) EXPECT_EQ(w->final(id), id < 7) << id;
+  bool torn_note = false;
+  for (const auto& n : w->notes()) torn_note |= n.find("incomplete journal record") != std::string::npos;
+  EXPECT_TRUE(torn_note);
+  std::vector<int64_t> rest;
+  for (int64_t id = 7; id < 20; ++id) rest.push_back(id);
+  w->append(fake_rows(sw, rest, 4), 1.0);
+  w->finish();
+  EXPECT_FALSE(fs::exists(out + ".journal"));
+  H5Results f = H5Results::open(out, false);
+  EXPECT_TRUE(f.header().complete());
+  EXPECT_EQ(f.header().sessions.size(), 2u);
+  EXPECT_DOUBLE_EQ(f.header().compute_seconds(), 1.75);
+  RowBlock all = f.read(0, 20);
+  RowBlock exp = fake_rows(sw, [] { std::vector<int64_t> v; for (int i = 0; i < 20; ++i) v.push_back(i); return v; }(), 4);
+  for (size_t r = 0; r < 20; ++r) expect_rows_equal(all, r, exp, r, "resumed");
+}
+
+TEST(Store, StaleJournalOfAnEarlierCheckpointIsIgnored) {
+  Sweep sw = Sweep::from_text(kSweep);
+  const std::string out = path("stale.h5");
+  auto opt = writer_options(out, sw);
+  std::string saved;
+  {
+    auto w = ResultsWriter::start(sw, opt);
+    w->append(fake_rows(sw, {0, 1}, 4), 0.1);
+    std::ifstream j(out + ".journal", std::ios::binary);
+    saved.assign(std::istreambuf_iterator<char>(j), {});
+    w->checkpoint();  // folds rows 0, 1; generation + 1
+  }
+  {  // a journal of the previous generation (crash between rename and reset)
+    std::ofstream j(out + ".journal", std::ios::binary | std::ios::trunc);
+    j << saved;
+  }
+  opt.resume = true;
+  auto w = ResultsWriter::start(sw, opt);
+  EXPECT_EQ(w->resumed_rows(), 0);
+  EXPECT_EQ(w->remaining(), 18);
+}
+
+TEST(Store, ResumeRefusesAnotherSweepShardOrPrecision) {
+  Sweep sw = Sweep::from_text(kSweep);
+  std::string other_text = kSweep;
+  other_text.replace(other_text.find("\"seed\": 5"), 9, "\"seed\": 6");
+  Sweep other = Sweep::from_text(other_text);
+  const std::string out = path("refuse.h5");
+  { auto w = ResultsWriter::start(sw, writer_options(out, sw)); }
+  auto o = writer_options(out, sw);
+  EXPECT_THROW(ResultsWriter::start(sw, o), InputError);  // exists, no --resume
+  o.resume = true;
+  try {
+    ResultsWriter::start(other, [&] { auto x = o; x.range = shard_range(other.count(), {}); return x; }());
+    FAIL() << "another sweep was resumed";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("hash"), std::string::npos) << e.what();
+  }
+  auto os = o;
+  os.shard = "0/2";
+  os.range = shard_range(sw.count(), {0, 2});
+  EXPECT_THROW(ResultsWriter::start(sw, os), InputError);
+  auto op = o;
+  op.precision = "f64";
+  EXPECT_THROW(ResultsWriter::start(sw, op), InputError);
+  op.force = true;
+  EXPECT_NO_THROW(ResultsWriter::start(sw, op));
+}
+
+TEST(Store, MergeEqualsOneFileAndRefusesMismatches) {
+  Sweep sw = Sweep::from_text(kSweep);
+  std::vector<std::string> shards;
+  for (uint64_t i = 0; i < 3; ++i) {
+    std::string p = path("m" + std::to_string(i) + ".h5");
+    auto o = writer_options(p, sw, {i, 3});
+    auto w = ResultsWriter::start(sw, o);
+    std::vector<int64_t> ids;
+    for (uint64_t id = o.range.begin; id < o.range.end; ++id) ids.push_back(static_cast<int64_t>(id));
+    w->append(fake_rows(sw, ids, 3 + static_cast<int>(i)), 0.1);  // curve widths differ per shard
+    w->finish();
+    shards.push_back(p);
+  }
+  const std::string merged = path("merged.h5");
+  MergeReport rep = merge_results(merged, {shards[2], shards[0], shards[1]}, false);
+  EXPECT_EQ(rep.rows, 20);
+  H5Results f = H5Results::open(merged, false);
+  EXPECT_EQ(f.header().shard, "0/1");
+  EXPECT_TRUE(f.header().complete());
+  EXPECT_EQ(f.checkpoints(), 5);
+  RowBlock all = f.read(0, 20);
+  for (int64_t id = 0; id < 20; ++id) {
+    int C = 3 + static_cast<int>(shard_range(20, {0, 3}).end <= static_cast<uint64_t>(id)) +
+            static_cast<int>(shard_range(20, {1, 3}).end <= static_cast<uint64_t>(id));
+    RowBlock e = fake_rows(sw, {id}, C);
+    expect_rows_equal(all, static_cast<size_t>(id), e, 0, "merged");
+  }
+  // Refusals: overlap, another sweep, existing output.
+  EXPECT_THROW(merge_results(path("x1.h5"), {shards[0], shards[0]}, false), InputError);
+  EXPECT_THROW(merge_results(path("x2.h5"), {merged, shards[1]}, false), InputError);
+  EXPECT_THROW(merge_results(merged, {shards[0]}, false), InputError);
+  std::string other_text = kSweep;
+  other_text.replace(other_text.find("\"seed\": 5"), 9, "\"seed\": 6");
+  Sweep other = Sweep::from_text(other_text);
+  std::string po = path("other.h5");
+  { auto w = ResultsWriter::start(other, writer_options(po, other, {1, 3})); }
+  try {
+    merge_results(path("x3.h5"), {shards[0], po}, false);
+    FAIL() << "merged two sweeps";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("sweep"), std::string::npos);
+  }
+  EXPECT_FALSE(fs::exists(path("x3.h5")));
+  EXPECT_FALSE(fs::exists(path("x3.h5.tmp")));
+}
+
+TEST(Store, BadOutputsAreInputErrorsAndLeaveNothing) {
+  Sweep sw = Sweep::from_text(kSweep);
+  EXPECT_THROW(ResultsWriter::start(sw, writer_options(tmpdir(), sw)), InputError);  // a directory
+  EXPECT_THROW(ResultsWriter::start(sw, writer_options("/proc/stsweep.h5", sw)), InputError);
+  EXPECT_THROW(ResultsWriter::start(sw, writer_options(path("nodir/x.h5"), sw)), InputError);
+  EXPECT_FALSE(fs::exists(path("nodir")));
+}
+
+TEST(Store, FullDiskFailsClearlyAndLeavesNoCompleteFile) {
+  Sweep sw = Sweep::from_text(kSweep);
+  for (rlim_t limit : {rlim_t{4096}, rlim_t{120000}}) {
+    const std::string out = path("full" + std::to_string(limit) + ".h5");
+    pid_t pid = ::fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {  // child: a small file-size limit is a full disk for us
+      std::signal(SIGXFSZ, SIG_IGN);
+      struct rlimit rl{limit, limit};
+      ::setrlimit(RLIMIT_FSIZE, &rl);
+      int code = 10;
+      try {
+        auto o = writer_options(out, sw);
+        auto w = ResultsWriter::start(sw, o);
+        for (int64_t id = 0; id < 20; ++id) {
+          w->append(fake_rows(sw, {id}, 200), 0.0);  // wide curves: the file outgrows the limit
+          w->checkpoint();
+        }
+        w->finish();
+        code = 11;  // no error: the limit was not hit
+      } catch (const std::exception& e) {
+        std::string m = e.what();
+        code = m.find("File too large") != std::string::npos ? 0 : 12;
+        if (code) fprintf(stderr, "unexpected message: %s\n", e.what());
+      }
+      ::_exit(code);
+    }
+    int st = 0;
+    ::waitpid(pid, &st, 0);
+    ASSERT_TRUE(WIFEXITED(st)) << "child died with signal " << WTERMSIG(st);
+    EXPECT_EQ(WEXITSTATUS(st), 0) << "limit " << limit;
+    EXPECT_FALSE(fs::exists(out + ".tmp"));
+    if (fs::exists(out)) {  // the last good checkpoint: opens, not complete
+      H5Results f = H5Results::open(out, false);
+      EXPECT_FALSE(f.header().complete());
+      EXPECT_GT(f.header().n_pending, 0);
+    }
+  }
+}
