@@ -108,6 +108,18 @@ inline Matrix embed(const Matrix& B, int r, int c) {
   return C;
 }
 
+// M <- (I - 2 v v^T / vn) M on rows [j, n) and columns [c0, cols); v has length
+// n - j. Row-wise loops: M is row-major.
+inline void reflect(Matrix& M, const std::vector<double>& v, double vn, int j, int c0) {
+  std::vector<double> s(M.cols, 0.0);  // s = v^T M
+  for (int i = j; i < M.rows; ++i)
+    for (int c = c0; c < M.cols; ++c) s[c] += v[i - j] * M(i, c);
+  for (int i = j; i < M.rows; ++i) {
+    const double f = 2.0 / vn * v[i - j];
+    for (int c = c0; c < M.cols; ++c) M(i, c) -= f * s[c];
+  }
+}
+
 // Householder QR of A (n x p, n >= p): returns Q (n x p) with orthonormal
 // columns and A = Q R, R upper triangular with a non-negative diagonal. The sign
 // convention makes Q a function of A alone (for a Gaussian A it is Haar
@@ -131,14 +143,7 @@ inline Matrix qr_orthonormal(const Matrix& A, Matrix* R_out = nullptr) {
     v[0] -= alpha;
     double vn = 0;
     for (double x : v) vn += x * x;
-    if (vn > 0) {
-      for (int c = j; c < p; ++c) {  // Rw <- (I - 2 v v^T / v^T v) Rw
-        double s = 0;
-        for (int i = j; i < n; ++i) s += v[i - j] * Rw(i, c);
-        s *= 2.0 / vn;
-        for (int i = j; i < n; ++i) Rw(i, c) -= s * v[i - j];
-      }
-    }
+    if (vn > 0) reflect(Rw, v, vn, j, j);  // Rw <- H_j Rw
     V.push_back(std::move(v));
   }
   // Q = H_0 H_1 ... H_{p-1} applied to the first p columns of I.
@@ -148,13 +153,7 @@ inline Matrix qr_orthonormal(const Matrix& A, Matrix* R_out = nullptr) {
     const std::vector<double>& v = V[j];
     double vn = 0;
     for (double x : v) vn += x * x;
-    if (vn == 0) continue;
-    for (int c = 0; c < p; ++c) {
-      double s = 0;
-      for (int i = j; i < n; ++i) s += v[i - j] * Q(i, c);
-      s *= 2.0 / vn;
-      for (int i = j; i < n; ++i) Q(i, c) -= s * v[i - j];
-    }
+    if (vn > 0) reflect(Q, v, vn, j, 0);
   }
   // Make diag(R) >= 0 by flipping column signs of Q (and rows of R).
   for (int j = 0; j < p; ++j) {
