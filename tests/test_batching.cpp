@@ -1,0 +1,85 @@
+// Batches of equal shape from a sweep, lazily.
+#include <gtest/gtest.h>
+
+#include <set>
+
+#include "batching.hpp"
+
+using namespace stsweep;
+
+namespace {
+
+// Shapes alternate id by id (n_train is the fastest axis), so grouping matters.
+const char* kSweep = R"({"grid": {"seed": {"range": [0, 10]}, "lambda": [0, 1], "n_train": [8, 16, 32]}})";
+
+struct Drained {
+  std::vector<Batch> batches;
+  std::set<int64_t> ids;
+};
+
+Drained drain(const Sweep& s, IdRange r, Batcher::Skip skip, size_t max_batch, size_t chunk = 0) {
+  Batcher b(s, r, std::move(skip), max_batch, chunk);
+  Drained d;
+  Batch batch;
+  while (b.next(batch)) {
+    for (int64_t id : batch.ids) EXPECT_TRUE(d.ids.insert(id).second) << "id " << id << " twice";
+    d.batches.push_back(std::move(batch));
+  }
+  return d;
+}
+
+}  // namespace
+
+TEST(Batching, EveryIdOnceInBatchesOfOneShape) {
+  Sweep s = Sweep::from_text(kSweep);
+  ASSERT_EQ(s.count(), 60u);
+  Drained d = drain(s, {0, s.count()}, nullptr, 4);
+  EXPECT_EQ(d.ids.size(), 60u);
+  for (const auto& b : d.batches) {
+    ASSERT_FALSE(b.ids.empty());
+    ASSERT_LE(b.ids.size(), 4u);
+    ASSERT_EQ(b.ids.size(), b.trials.size());
+    for (size_t i = 0; i < b.ids.size(); ++i) {
+      EXPECT_EQ(shape_key(b.trials[i]), shape_key(b.trials[0]));
+      EXPECT_EQ(to_json(b.trials[i]), to_json(s.trial(static_cast<uint64_t>(b.ids[i]))));
+      if (i) EXPECT_LT(b.ids[i - 1], b.ids[i]);
+    }
+  }
+  // A chunk of 16 ids holds 5-6 of each of 3 shapes: full batches of 4 plus remainders.
+  EXPECT_GE(d.batches.size(), 15u);
+}
+
+TEST(Batching, ChunksBoundTheLookAhead) {
+  Sweep s = Sweep::from_text(kSweep);
+  // With chunk 6, each chunk of ids [6c, 6c + 6) gives one batch per shape.
+  Drained d = drain(s, {0, s.count()}, nullptr, 100, 6);
+  ASSERT_EQ(d.batches.size(), 30u);
+  for (size_t i = 0; i < d.batches.size(); ++i) {
+    const auto& b = d.batches[i];
+    ASSERT_EQ(b.ids.size(), 2u);
+    EXPECT_EQ(b.ids[0] / 6, static_cast<int64_t>(i / 3));
+    EXPECT_EQ(b.ids[1] - b.ids[0], 3);
+  }
+}
+
+TEST(Batching, RangeAndSkip) {
+  Sweep s = Sweep::from_text(kSweep);
+  IdRange r = shard_range(s.count(), Shard{1, 3});  // [20, 40)
+  Drained d = drain(s, r, [](uint64_t id) { return id % 2 == 0; }, 5);
+  std::set<int64_t> expect;
+  for (int64_t id = 20; id < 40; ++id)
+    if (id % 2) expect.insert(id);
+  EXPECT_EQ(d.ids, expect);
+  // Everything skipped: no batches at all.
+  EXPECT_TRUE(drain(s, {0, s.count()}, [](uint64_t) { return true; }, 5).batches.empty());
+  // A range past the end is clipped.
+  EXPECT_EQ(drain(s, {55, 1000}, nullptr, 5).ids.size(), 5u);
+}
+
+TEST(Batching, ShardsTogetherAreTheSweep) {
+  Sweep s = Sweep::from_text(kSweep);
+  std::set<int64_t> all;
+  for (uint64_t i = 0; i < 7; ++i)
+    for (int64_t id : drain(s, shard_range(s.count(), Shard{i, 7}), nullptr, 3).ids) EXPECT_TRUE(all.insert(id).second);
+  EXPECT_EQ(all.size(), s.count());
+}

@@ -1,0 +1,176 @@
+// The stsweep binary: validate, list, --version, exit codes.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "version.hpp"
+
+namespace fs = std::filesystem;
+
+namespace {
+
+struct Outcome {
+  int rc = -1;
+  std::string out, err;
+};
+
+std::string slurp(const fs::path& p) {
+  std::ifstream in(p);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+fs::path scratch() {
+  fs::path dir = fs::temp_directory_path() / ("stsweep_test_cli_" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  return dir;
+}
+
+Outcome run(const std::string& args) {
+  fs::path dir = scratch();
+  std::string cmd = std::string("'") + STSWEEP_BINARY + "' " + args + " >'" + (dir / "out").string() + "' 2>'" +
+                    (dir / "err").string() + "'";
+  int status = std::system(cmd.c_str());
+  Outcome r;
+  r.rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  r.out = slurp(dir / "out");
+  r.err = slurp(dir / "err");
+  return r;
+}
+
+std::string sweep_file(const std::string& name) { return std::string(STSWEEP_SOURCE_DIR) + "/sweeps/" + name; }
+
+std::string write_file(const std::string& name, const std::string& text) {
+  fs::path p = scratch() / name;
+  std::ofstream(p) << text;
+  return p.string();
+}
+
+std::vector<std::string> lines(const std::string& s) {
+  std::vector<std::string> v;
+  std::stringstream ss(s);
+  for (std::string l; std::getline(ss, l);) v.push_back(l);
+  return v;
+}
+
+}  // namespace
+
+TEST(Cli, Version) {
+  Outcome r = run("--version");
+  EXPECT_EQ(r.rc, 0);
+  EXPECT_NE(r.out.find(std::string("stsweep ") + STSWEEP_VERSION), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find(STSWEEP_GIT_COMMIT), std::string::npos) << r.out;
+}
+
+TEST(Cli, ValidateAndListEveryExampleSweep) {
+  int n = 0;
+  for (const auto& e : fs::directory_iterator(std::string(STSWEEP_SOURCE_DIR) + "/sweeps")) {
+    if (e.path().extension() != ".json") continue;
+    ++n;
+    Outcome v = run("validate '" + e.path().string() + "'");
+    EXPECT_EQ(v.rc, 0) << e.path() << "\n" << v.err;
+    EXPECT_NE(v.out.find("trials:"), std::string::npos);
+    Outcome l = run("list '" + e.path().string() + "' --limit 3");
+    EXPECT_EQ(l.rc, 0) << e.path() << "\n" << l.err;
+    EXPECT_EQ(lines(l.out).size(), 4u) << l.out;  // header + 3 rows
+  }
+  EXPECT_GE(n, 4);
+}
+
+TEST(Cli, ValidatePrintsCountAndAxes) {
+  Outcome v = run("validate " + sweep_file("quickstart.json"));
+  ASSERT_EQ(v.rc, 0) << v.err;
+  EXPECT_NE(v.out.find("trials: 36"), std::string::npos) << v.out;
+  EXPECT_NE(v.out.find("teacher.decomposition"), std::string::npos);
+  EXPECT_NE(v.out.find("\"balanced\", \"rotated\""), std::string::npos);
+}
+
+TEST(Cli, ListFormats) {
+  Outcome c = run("list " + sweep_file("quickstart.json") + " --count");
+  EXPECT_EQ(c.rc, 0);
+  EXPECT_EQ(c.out, "36\n");
+
+  Outcome csv = run("list " + sweep_file("quickstart.json") + " --format csv");
+  ASSERT_EQ(csv.rc, 0) << csv.err;
+  auto rows = lines(csv.out);
+  ASSERT_EQ(rows.size(), 37u);
+  EXPECT_EQ(rows[0].rfind("id,d,k,m,hidden,depth,", 0), 0u) << rows[0];
+  EXPECT_EQ(rows[1].rfind("0,16,4,4,16,2,", 0), 0u) << rows[1];
+
+  Outcome js = run("list " + sweep_file("quickstart.json") + " --format json --offset 10 --limit 5");
+  ASSERT_EQ(js.rc, 0) << js.err;
+  auto jl = lines(js.out);
+  ASSERT_EQ(jl.size(), 5u);
+  for (size_t i = 0; i < jl.size(); ++i) {
+    auto row = nlohmann::json::parse(jl[i]);
+    EXPECT_EQ(row["id"], 10 + i);
+    EXPECT_EQ(row["d"], 16);
+    EXPECT_EQ(row["hidden"], "16");
+    EXPECT_TRUE(row.contains("teacher_decomposition"));
+    EXPECT_EQ(row["seed"], (10 + i) % 2);  // seed is the fastest axis
+  }
+
+  Outcome t = run("list " + sweep_file("quickstart.json") + " --columns noise,lambda --limit 2");
+  ASSERT_EQ(t.rc, 0) << t.err;
+  auto tl = lines(t.out);
+  ASSERT_EQ(tl.size(), 3u);
+  EXPECT_NE(tl[0].find("noise"), std::string::npos);
+  EXPECT_EQ(tl[0].find("teacher_kind"), std::string::npos);
+  // Aligned: every line has the same length in this all-numeric table.
+  EXPECT_EQ(tl[0].size(), tl[1].size());
+  EXPECT_EQ(tl[1].size(), tl[2].size());
+}
+
+TEST(Cli, ShardsPartitionTheList) {
+  std::multiset<long> ids;
+  for (int i = 0; i < 5; ++i) {
+    Outcome r = run("list " + sweep_file("quickstart.json") + " --format csv --columns id --shard " + std::to_string(i) + "/5");
+    ASSERT_EQ(r.rc, 0) << r.err;
+    auto l = lines(r.out);
+    ASSERT_GE(l.size(), 1u);
+    EXPECT_EQ(l[0], "id");
+    for (size_t j = 1; j < l.size(); ++j) ids.insert(std::stol(l[j]));
+  }
+  ASSERT_EQ(ids.size(), 36u);
+  for (long id = 0; id < 36; ++id) EXPECT_EQ(ids.count(id), 1u) << id;
+}
+
+TEST(Cli, BadInputExitsTwoWithThePath) {
+  std::string bad = write_file("bad.json", R"({"grid": {"noise": {"logspace": [-2, 0, "five"]}}})");
+  for (const char* cmd : {"validate", "list"}) {
+    Outcome r = run(std::string(cmd) + " '" + bad + "'");
+    EXPECT_EQ(r.rc, 2) << cmd;
+    EXPECT_NE(r.err.find("grid.noise.logspace[2]"), std::string::npos) << r.err;
+  }
+  std::string syntax = write_file("syntax.json", "{\n  \"grid\": {\n    \"d\": [16,, 32]\n  }\n}\n");
+  Outcome s = run("validate '" + syntax + "'");
+  EXPECT_EQ(s.rc, 2);
+  EXPECT_NE(s.err.find("line 3"), std::string::npos) << s.err;
+
+  // A trial whose values combine badly (k = 8 > d = 4) is found by validate.
+  std::string combo = write_file("combo.json", R"({"grid": {"d": [4, 32]}})");
+  Outcome c = run("validate '" + combo + "'");
+  EXPECT_EQ(c.rc, 2);
+  EXPECT_NE(c.err.find("trials[0].k"), std::string::npos) << c.err;
+
+  Outcome m = run("validate /nonexistent/sweep.json");
+  EXPECT_EQ(m.rc, 2);
+  EXPECT_NE(m.err.find("/nonexistent/sweep.json"), std::string::npos) << m.err;
+
+  Outcome sh = run("list " + sweep_file("quickstart.json") + " --shard 5/5");
+  EXPECT_EQ(sh.rc, 2);
+  EXPECT_NE(sh.err.find("--shard"), std::string::npos) << sh.err;
+
+  Outcome f = run("list " + sweep_file("quickstart.json") + " --format xml");
+  EXPECT_EQ(f.rc, 2);
+  Outcome none = run("");
+  EXPECT_EQ(none.rc, 2);
+}
