@@ -658,7 +658,7 @@ H5Results H5Results::create(const std::string& path, const FileHeader& h, int cu
     Hid p = check(H5Pcreate(H5P_DATASET_CREATE), "property list");
     check(H5Pset_chunk(p, rank, chunk), "chunking", path);
     check(H5Pset_shuffle(p), "shuffle", path);
-    check(H5Pset_deflate(p, 4), "deflate", path);
+    check(H5Pset_deflate(p, 1), "deflate", path);
     return p;
   };
   // trial: the row coordinate (ids), a dimension scale.
@@ -1407,7 +1407,7 @@ std::unique_ptr<ResultsWriter> ResultsWriter::start(const Sweep& sweep, const Wr
       h.n_pending = h.rows();
       h.sessions = {me};
       if (opt.range.end > opt.range.begin)
-        im.curve_chunk = std::max(1, sweep.trial(opt.range.begin).checkpoints + 1);
+        im.curve_chunk = std::max(1, sweep.trial(opt.range.begin).checkpoints);  // a chunk-width hint only
       const std::string tmp = tmp_path(opt.path);
       try {
         H5Results f = H5Results::create(tmp, h, im.curve_chunk);
