@@ -28,6 +28,16 @@
 
 #include "hd.hpp"
 
+// CPU micro-kernels with explicit vectors where the host compiler targets
+// AVX-512 or AVX2+FMA (-march=native); nvcc (host and device passes) and other
+// CPUs use the plain loops. Both compute the same fma chain per element.
+#if !defined(__CUDACC__) && defined(__FMA__) && (defined(__AVX512F__) || defined(__AVX2__))
+#include <immintrin.h>
+#define STS_SIMD 1
+#else
+#define STS_SIMD 0
+#endif
+
 #if defined(__CUDA_ARCH__)
 #define STS_UNROLL _Pragma("unroll")
 #elif defined(__clang__)
@@ -120,12 +130,19 @@ STS_HD inline void gemm_tile(int K, const Real* __restrict__ A, int sai, int sak
       STS_UNROLL for (int j = 0; j < NC; ++j) c[r][j] = fmadd(ar, b[j], c[r][j]);
     }
   }
-  STS_UNROLL for (int r = 0; r < MR; ++r) {
-    STS_UNROLL for (int j = 0; j < NC; ++j) {
-      if (MODE == kSub)
-        C[r * ldc + j] = fmadd(-alpha, c[r][j], C[r * ldc + j]);
-      else
-        C[r * ldc + j] = c[r][j];
+  if (MODE == kSub) {
+    // All loads of C before any store: the compiler cannot know that rows
+    // (ldc apart) do not overlap, and interleaving would stop vectorisation.
+    Real old[MR][NC];
+    STS_UNROLL for (int r = 0; r < MR; ++r) {
+      STS_UNROLL for (int j = 0; j < NC; ++j) old[r][j] = C[r * ldc + j];
+    }
+    STS_UNROLL for (int r = 0; r < MR; ++r) {
+      STS_UNROLL for (int j = 0; j < NC; ++j) C[r * ldc + j] = fmadd(-alpha, c[r][j], old[r][j]);
+    }
+  } else {
+    STS_UNROLL for (int r = 0; r < MR; ++r) {
+      STS_UNROLL for (int j = 0; j < NC; ++j) C[r * ldc + j] = c[r][j];
     }
   }
 }
@@ -177,6 +194,100 @@ STS_HD inline void gemm_rows(const Team& team, int& t, int i, int M, int nc, int
 
 }  // namespace detail
 
+#if STS_SIMD
+namespace simd {
+// One vector register of Real: load/store (unaligned), broadcast, fma.
+template <class Real, int Bits>
+struct Vec;
+template <>
+struct Vec<float, 256> {
+  using T = __m256;
+  static constexpr int W = 8;
+  static T load(const float* p) { return _mm256_loadu_ps(p); }
+  static void store(float* p, T v) { _mm256_storeu_ps(p, v); }
+  static T set1(float a) { return _mm256_set1_ps(a); }
+  static T zero() { return _mm256_setzero_ps(); }
+  static T fma(T a, T b, T c) { return _mm256_fmadd_ps(a, b, c); }
+};
+template <>
+struct Vec<double, 256> {
+  using T = __m256d;
+  static constexpr int W = 4;
+  static T load(const double* p) { return _mm256_loadu_pd(p); }
+  static void store(double* p, T v) { _mm256_storeu_pd(p, v); }
+  static T set1(double a) { return _mm256_set1_pd(a); }
+  static T zero() { return _mm256_setzero_pd(); }
+  static T fma(T a, T b, T c) { return _mm256_fmadd_pd(a, b, c); }
+};
+#if defined(__AVX512F__)
+template <>
+struct Vec<float, 512> {
+  using T = __m512;
+  static constexpr int W = 16;
+  static T load(const float* p) { return _mm512_loadu_ps(p); }
+  static void store(float* p, T v) { _mm512_storeu_ps(p, v); }
+  static T set1(float a) { return _mm512_set1_ps(a); }
+  static T zero() { return _mm512_setzero_ps(); }
+  static T fma(T a, T b, T c) { return _mm512_fmadd_ps(a, b, c); }
+};
+template <>
+struct Vec<double, 512> {
+  using T = __m512d;
+  static constexpr int W = 8;
+  static T load(const double* p) { return _mm512_loadu_pd(p); }
+  static void store(double* p, T v) { _mm512_storeu_pd(p, v); }
+  static T set1(double a) { return _mm512_set1_pd(a); }
+  static T zero() { return _mm512_setzero_pd(); }
+  static T fma(T a, T b, T c) { return _mm512_fmadd_pd(a, b, c); }
+};
+constexpr int kWideBits = 512;
+#else
+constexpr int kWideBits = 256;
+#endif
+
+// MR rows x NV vectors of C in registers; the same chain as detail::gemm_tile.
+template <class Real, int Bits, int MR, int NV, int MODE>
+inline void tile(int K, const Real* __restrict__ A, int sai, int sak, const Real* __restrict__ B,
+                 int ldb, Real* __restrict__ C, int ldc, Real alpha) {
+  using S = Vec<Real, Bits>;
+  constexpr int W = S::W;
+  typename S::T c[MR][NV];
+  STS_UNROLL for (int r = 0; r < MR; ++r) {
+    STS_UNROLL for (int v = 0; v < NV; ++v) c[r][v] = MODE == 1 ? S::load(C + r * ldc + v * W) : S::zero();
+  }
+  for (int k = 0; k < K; ++k) {
+    const Real* __restrict__ b = B + static_cast<long>(k) * ldb;
+    const Real* __restrict__ a = A + static_cast<long>(k) * sak;
+    typename S::T bv[NV];
+    STS_UNROLL for (int v = 0; v < NV; ++v) bv[v] = S::load(b + v * W);
+    STS_UNROLL for (int r = 0; r < MR; ++r) {
+      const typename S::T ar = S::set1(a[r * sai]);
+      STS_UNROLL for (int v = 0; v < NV; ++v) c[r][v] = S::fma(ar, bv[v], c[r][v]);
+    }
+  }
+  const typename S::T na = S::set1(-alpha);
+  STS_UNROLL for (int r = 0; r < MR; ++r) {
+    STS_UNROLL for (int v = 0; v < NV; ++v) {
+      Real* p = C + r * ldc + v * W;
+      S::store(p, MODE == 2 ? S::fma(na, c[r][v], S::load(p)) : c[r][v]);
+    }
+  }
+}
+
+// All rows [i, M) of one column block, tiles of MR, MR/2, ..., 1 rows.
+template <class Real, int Bits, int MR, int NV, int MODE, class Team>
+inline void rows(const Team& team, int& t, int i, int M, int K, const Real* A, int sai, int sak,
+                 const Real* B, int ldb, Real* C, int ldc, Real alpha) {
+  for (; i + MR <= M; i += MR, ++t)
+    if (t % team.size() == team.rank())
+      tile<Real, Bits, MR, NV, MODE>(K, A + static_cast<long>(i) * sai, sai, sak, B, ldb,
+                                     C + static_cast<long>(i) * ldc, ldc, alpha);
+  if constexpr (MR > 1)
+    if (i < M) rows<Real, Bits, MR / 2, NV, MODE>(team, t, i, M, K, A, sai, sak, B, ldb, C, ldc, alpha);
+}
+}  // namespace simd
+#endif
+
 template <int MODE, class Real, class Team>
 STS_HD inline void gemm(const Team& team, int M, int Nc, int K, const Real* A, int sai, int sak,
                         const Real* B, int ldb, Real* C, int ldc, Real alpha = Real(1)) {
@@ -188,6 +299,28 @@ STS_HD inline void gemm(const Team& team, int M, int Nc, int K, const Real* A, i
     for (int k = 0; k < K; ++k) c = fmadd(A[i * sai + k * sak], B[k * ldb + j], c);
     C[i * ldc + j] = MODE == kSub ? fmadd(-alpha, c, C[i * ldc + j]) : c;
   }
+#elif STS_SIMD
+  // Column blocks of 2 wide vectors (8 rows: 16 accumulators), 1 wide vector
+  // (16 rows), one 256-bit vector (16 rows), then a narrow scalar rest.
+  constexpr int Wb = simd::kWideBits;
+  constexpr int V = simd::Vec<Real, Wb>::W, V2 = simd::Vec<Real, 256>::W;
+  constexpr int MR = Wb == 512 ? 8 : 4;  // 32 registers with AVX-512, 16 with AVX2
+  int t = 0, j = 0;
+  for (; j + 2 * V <= Nc; j += 2 * V)
+    simd::rows<Real, Wb, MR, 2, MODE>(team, t, 0, M, K, A, sai, sak, B + j, ldb, C + j, ldc, alpha);
+  if (V > V2 && j + V <= Nc) {
+    simd::rows<Real, Wb, 2 * MR, 1, MODE>(team, t, 0, M, K, A, sai, sak, B + j, ldb, C + j, ldc,
+                                          alpha);
+    j += V;
+  }
+  if (j + V2 <= Nc) {
+    simd::rows<Real, 256, 2 * MR, 1, MODE>(team, t, 0, M, K, A, sai, sak, B + j, ldb, C + j, ldc,
+                                           alpha);
+    j += V2;
+  }
+  if (j < Nc)
+    detail::gemm_rows<Real, 8, 8, MODE>(team, t, 0, M, Nc - j, K, A, sai, sak, B + j, ldb, C + j,
+                                        ldc, alpha);
 #else
   // Column blocks of 2V, V, V/2 (V = lanes of a 64-byte vector) and a narrow
   // rest; accumulators = MR x NC / V vector registers (16 for the wide tiles).

@@ -1,0 +1,164 @@
+// The standard CPU grid (issue 3): 2-layer linear students, d = h = 32, m = 8,
+// N = 64, T = 2000, oracle teacher (balanced), lambda = 1, trials plus their
+// twins, float32, on the CPU backend with all cores. Counters:
+//   trial_steps/s  networks x steps per second (a student and its twin count as two)
+//   GFLOP/s        counted flops of the steps (tm::data_step_flops / moment_step_flops)
+// End to end: set-up, training, checkpoint metrics. The step-only benchmark
+// times the step loop of one network (no set-up, no metrics), single thread.
+//
+//   build-train/bench/bench_cpu_train --benchmark_filter=Grid
+//   build-train/bench/bench_cpu_train --benchmark_filter=Step
+#include <benchmark/benchmark.h>
+
+#include <thread>
+#include <vector>
+
+#include "backend.hpp"
+#include "problem.hpp"
+#include "trial_math.hpp"
+
+namespace {
+
+using namespace stsweep;
+
+TrialParams grid_params(TrainPath path, int i) {
+  TrialParams p;
+  p.d = 32;
+  p.k = 32;
+  p.m = 8;
+  p.hidden = {32};
+  p.n_train = 64;
+  p.steps = 2000;
+  p.lr = 0.01;
+  p.lambda = 1.0;
+  p.init_scale = 1e-2;
+  p.path = path;
+  p.seed = i;
+  return p;
+}
+
+tm::Net grid_net() {
+  tm::Net net;
+  net.L = 2;
+  net.w[0] = 32;
+  net.w[1] = 32;
+  net.w[2] = 8;
+  return net;
+}
+
+// Flops of one student step plus one twin step.
+double pair_flops(TrainPath path) {
+  const tm::Net net = grid_net();
+  if (path == TrainPath::moment) return tm::moment_step_flops(net, 2u) + tm::moment_step_flops(net, 0u);
+  return 2 * tm::data_step_flops(net, 64);
+}
+
+void Grid(benchmark::State& state, TrainPath path, Precision prec) {
+  const int trials = static_cast<int>(state.range(0));
+  Batch b;
+  for (int i = 0; i < trials; ++i) {
+    b.ids.push_back(i);
+    b.trials.push_back(grid_params(path, i));
+  }
+  RunOptions opt;
+  opt.precision = prec;
+  opt.threads = 0;
+  auto be = make_cpu_backend(opt);
+  for (auto _ : state) {
+    auto r = be->run(b, opt);
+    benchmark::DoNotOptimize(r.data());
+    if (r[0].status != Status::done) state.SkipWithError(r[0].message.c_str());
+  }
+  const double steps = 2.0 * trials * b.trials[0].steps;
+  state.counters["trial_steps/s"] = benchmark::Counter(steps, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["GFLOP/s"] = benchmark::Counter(steps / 2 * pair_flops(path) * 1e-9,
+                                                 benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["threads"] = std::thread::hardware_concurrency();
+}
+
+// The step loop alone: one network (the student, lambda = 1), one thread.
+template <class Real>
+void Step(benchmark::State& state, TrainPath path) {
+  const TrialProblem pr = setup_trial(grid_params(path, 0), 1);
+  const tm::Net net = grid_net();
+  const int d = 32, h = 32, m = 8, N = 64;
+  std::vector<Real> W1(h * d), W1T(h * d), W2(m * h), W2T(m * h);
+  for (int i = 0; i < h; ++i)
+    for (int j = 0; j < d; ++j) W1[i * d + j] = W1T[j * h + i] = static_cast<Real>(pr.W0[1](i, j));
+  for (int i = 0; i < m; ++i)
+    for (int j = 0; j < h; ++j) W2[i * h + j] = W2T[j * m + i] = static_cast<Real>(pr.W0[2](i, j));
+  tm::Weights<Real> w;
+  w.W[1] = W1.data();
+  w.WT[1] = W1T.data();
+  w.W[2] = W2.data();
+  w.WT[2] = W2T.data();
+  const tm::SerialTeam team;
+  const Real lr = Real(1e-3), lambda = Real(1);
+  auto T = [](const Matrix& M) {
+    std::vector<Real> v(M.a.size());
+    for (int i = 0; i < M.rows; ++i)
+      for (int j = 0; j < M.cols; ++j) v[j * M.rows + i] = static_cast<Real>(M(i, j));
+    return v;
+  };
+  auto C = [](const Matrix& M) { return std::vector<Real>(M.a.begin(), M.a.end()); };
+  if (path == TrainPath::data) {
+    std::vector<Real> X = T(pr.Xn), Y = T(pr.Y), Ht = T(pr.feature[1]), Z1(N * h), Z2(N * m),
+                      D0(N * h), D1(N * h);
+    tm::DataSet<Real> ds;
+    ds.N = N;
+    ds.X = X.data();
+    ds.Y = Y.data();
+    ds.Ht[1] = Ht.data();
+    tm::DataWork<Real> wk;
+    wk.Z[1] = wk.H[1] = Z1.data();
+    wk.Z[2] = Z2.data();
+    wk.D[0] = D0.data();
+    wk.D[1] = D1.data();
+    for (auto _ : state) {
+      auto loss = tm::data_forward(team, net, w, ds, 2u, wk);
+      benchmark::DoNotOptimize(loss);
+      tm::data_backward_update(team, net, w, ds, lambda, 2u, lr, wk);
+    }
+    state.counters["GFLOP/s"] = benchmark::Counter(tm::data_step_flops(net, N) * 1e-9,
+                                                   benchmark::Counter::kIsIterationInvariantRate);
+  } else {
+    std::vector<Real> Cxx = C(pr.Cxx), Cyx = C(pr.Cyx), Chx = C(pr.Chx[1]), A2(m * d), E1(h * d),
+                      E2(m * d), Q0(h * d), Q1(h * d), AT(h * d);
+    tm::MomentSet<Real> ms;
+    ms.Cxx = Cxx.data();
+    ms.Cyx = Cyx.data();
+    ms.Chx[1] = Chx.data();
+    ms.tr_yy = static_cast<Real>(pr.tr_yy);
+    ms.tr_hh[1] = static_cast<Real>(pr.tr_hh[1]);
+    tm::MomentWork<Real> wk;
+    wk.A[2] = A2.data();
+    wk.E[1] = E1.data();
+    wk.E[2] = E2.data();
+    wk.Q[0] = Q0.data();
+    wk.Q[1] = Q1.data();
+    wk.AT = AT.data();
+    for (auto _ : state) {
+      auto loss = tm::moment_forward(team, net, w, ms, 2u, wk);
+      benchmark::DoNotOptimize(loss);
+      tm::moment_backward_update(team, net, w, ms, lambda, 2u, lr, wk);
+    }
+    state.counters["GFLOP/s"] = benchmark::Counter(tm::moment_step_flops(net, 2u) * 1e-9,
+                                                   benchmark::Counter::kIsIterationInvariantRate);
+  }
+  state.counters["trial_steps/s"] = benchmark::Counter(1, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+BENCHMARK_CAPTURE(Grid, data_f32, TrainPath::data, Precision::f32)
+    ->Arg(512)->Iterations(1)->Unit(benchmark::kSecond)->UseRealTime();
+BENCHMARK_CAPTURE(Grid, moment_f32, TrainPath::moment, Precision::f32)
+    ->Arg(512)->Iterations(1)->Unit(benchmark::kSecond)->UseRealTime();
+void StepF32(benchmark::State& s, TrainPath p) { Step<float>(s, p); }
+void StepF64(benchmark::State& s, TrainPath p) { Step<double>(s, p); }
+BENCHMARK_CAPTURE(StepF32, data, TrainPath::data)->Unit(benchmark::kMicrosecond);
+BENCHMARK_CAPTURE(StepF32, moment, TrainPath::moment)->Unit(benchmark::kMicrosecond);
+BENCHMARK_CAPTURE(StepF64, data, TrainPath::data)->Unit(benchmark::kMicrosecond);
+BENCHMARK_CAPTURE(StepF64, moment, TrainPath::moment)->Unit(benchmark::kMicrosecond);
+
+}  // namespace
+
+BENCHMARK_MAIN();
