@@ -53,7 +53,7 @@ int validate(const std::string& file) {
                 << "\n";
     }
     std::string preview;
-    for (const auto& p : a.preview) preview += (preview.empty() ? "" : ", ") + p;
+    for (const auto& p : a.preview) { preview += preview.empty() ? "" : ", "; preview += p; }
     if (a.size > a.preview.size()) preview += ", ...";
     std::printf("  %-*s %10llu  %s\n", static_cast<int>(wname), a.name.c_str(),
                 static_cast<unsigned long long>(a.size), preview.c_str());

@@ -81,7 +81,7 @@ bool get_bool(const json& v, const std::string& path) {
 template <class E, size_t N>
 E get_enum(const json& v, const std::string& path, const char* const (&names)[N]) {
   std::string all;
-  for (size_t i = 0; i < N; ++i) all += (i ? "|" : "") + std::string(names[i]);
+  for (size_t i = 0; i < N; ++i) { all += i ? "|" : ""; all += std::string(names[i]); }
   if (!v.is_string()) throw InputError(path, "expected one of " + all + ", got " + describe(v));
   const auto& s = v.get_ref<const std::string&>();
   for (size_t i = 0; i < N; ++i)
@@ -207,7 +207,7 @@ void field(TrialParams& p, const std::string& key, const json& v, const std::str
 
 std::string int_list_text(const std::vector<int>& v) {
   std::string s;
-  for (size_t i = 0; i < v.size(); ++i) s += (i ? "," : "") + std::to_string(v[i]);
+  for (size_t i = 0; i < v.size(); ++i) { s += i ? "," : ""; s += std::to_string(v[i]); }
   return s;
 }
 

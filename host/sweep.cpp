@@ -179,7 +179,7 @@ void check_keys(const ojson& v, const std::string& path, std::initializer_list<c
     std::string all;
     for (const char* a : allowed) {
       ok = ok || it.key() == a;
-      all += (all.empty() ? "" : ", ") + std::string(a);
+      { all += all.empty() ? "" : ", "; all += std::string(a); }
     }
     if (!ok) throw InputError(path.empty() ? it.key() : path + "." + it.key(), "unknown key (allowed: " + all + ")");
   }
@@ -922,12 +922,12 @@ std::vector<AxisInfo> Sweep::axes() const {
   for (const auto& b : impl_->blocks)
     for (const auto& ax : b.axes) {
       AxisInfo info;
-      for (const auto& m : ax.members) info.name += (info.name.empty() ? "" : "+") + m.key;
+      for (const auto& m : ax.members) { info.name += info.name.empty() ? "" : "+"; info.name += m.key; }
       info.size = ax.size;
       info.subgrid = b.subgrid;
       for (uint64_t i = 0; i < std::min<uint64_t>(ax.size, 4); ++i) {
         std::string v;
-        for (const auto& m : ax.members) v += (v.empty() ? "" : "+") + m.src.at(i).dump();
+        for (const auto& m : ax.members) { v += v.empty() ? "" : "+"; v += m.src.at(i).dump(); }
         info.preview.push_back(v);
       }
       out.push_back(std::move(info));
