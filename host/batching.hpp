@@ -21,7 +21,8 @@ class Batcher {
  public:
   using Skip = std::function<bool(uint64_t id)>;  // true: leave this trial out (e.g. done already)
 
-  // `range` is clipped to the sweep; max_batch >= 1; chunk 0 means 4 * max_batch.
+  // `sweep` must outlive the batcher. `range` is clipped to the sweep; max_batch >= 1
+  // (0 counts as 1); chunk 0 means 4 * max_batch.
   Batcher(const Sweep& sweep, IdRange range, Skip skip, size_t max_batch, size_t chunk = 0);
 
   // The next batch; false when every id of the range has been handed out.
