@@ -33,7 +33,7 @@ SWEEP = {
     "name": "store-e2e",
     "description": "results store end-to-end test",
     "seed": 11,
-    "defaults": {"d": 16, "k": 4, "m": 4, "hidden": [16], "n_train": 12, "steps": 1500,
+    "defaults": {"d": 16, "k": 4, "m": 4, "hidden": [16], "n_train": 12, "steps": 4000,
                  "checkpoints": 12, "n_test": 50},
     "grid": {"noise": [0.1, 0.5, 1.0], "lambda": [0, 0.3, 1, 3],
              "teacher.decomposition": ["balanced", "rotated"], "seed": {"range": [0, 6]}},
@@ -211,18 +211,24 @@ def main():
 
     # --- kill -9 at random points, then --resume -----------------------------------------
     out = os.path.join(wd, "killed.h5")
-    kills_done = 0
-    for k in range(a.kills):
-        delay = rng.uniform(0.02, max(0.05, t_ref * 0.9))
+    kills_done = attempts = 0
+    while kills_done < a.kills and attempts < 3 * a.kills:
+        attempts += 1
+        delay = rng.uniform(0.02, max(0.05, t_ref * 0.6))
         proc = subprocess.Popen([STSWEEP, "run", sweep, "-o", out, "--resume", "--checkpoint-every", "0"] + common,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(delay)
-        if proc.poll() is None:
+        killed = proc.poll() is None
+        if killed:
             proc.kill()
             kills_done += 1
         proc.wait()
         if os.path.exists(out):
-            check(opens(out), f"kill -9 #{k} after {delay:.2f} s: the file opens")
+            check(opens(out), f"kill -9 #{attempts} after {delay:.2f} s: the file opens")
+        if not killed:  # it finished first: start again, so that the kills hit a run
+            for x in (out, out + ".journal"):
+                if os.path.exists(x):
+                    os.remove(x)
     check(kills_done >= 2, f"at least 2 runs were killed in flight ({kills_done})")
     p = run(["run", sweep, "-o", out, "--resume"] + common)
     check(p.returncode == 0, "--resume after kills completes")
