@@ -208,6 +208,8 @@ struct Vec<float, 256> {
   static T set1(float a) { return _mm256_set1_ps(a); }
   static T zero() { return _mm256_setzero_ps(); }
   static T fma(T a, T b, T c) { return _mm256_fmadd_ps(a, b, c); }
+  static T sub(T a, T b) { return _mm256_sub_ps(a, b); }
+  static T mul(T a, T b) { return _mm256_mul_ps(a, b); }
 };
 template <>
 struct Vec<double, 256> {
@@ -218,6 +220,8 @@ struct Vec<double, 256> {
   static T set1(double a) { return _mm256_set1_pd(a); }
   static T zero() { return _mm256_setzero_pd(); }
   static T fma(T a, T b, T c) { return _mm256_fmadd_pd(a, b, c); }
+  static T sub(T a, T b) { return _mm256_sub_pd(a, b); }
+  static T mul(T a, T b) { return _mm256_mul_pd(a, b); }
 };
 #if defined(__AVX512F__)
 template <>
@@ -229,6 +233,8 @@ struct Vec<float, 512> {
   static T set1(float a) { return _mm512_set1_ps(a); }
   static T zero() { return _mm512_setzero_ps(); }
   static T fma(T a, T b, T c) { return _mm512_fmadd_ps(a, b, c); }
+  static T sub(T a, T b) { return _mm512_sub_ps(a, b); }
+  static T mul(T a, T b) { return _mm512_mul_ps(a, b); }
 };
 template <>
 struct Vec<double, 512> {
@@ -239,6 +245,8 @@ struct Vec<double, 512> {
   static T set1(double a) { return _mm512_set1_pd(a); }
   static T zero() { return _mm512_setzero_pd(); }
   static T fma(T a, T b, T c) { return _mm512_fmadd_pd(a, b, c); }
+  static T sub(T a, T b) { return _mm512_sub_pd(a, b); }
+  static T mul(T a, T b) { return _mm512_mul_pd(a, b); }
 };
 constexpr int kWideBits = 512;
 #else
@@ -365,6 +373,101 @@ STS_HD inline Real combine_lanes(Real (&p)[kLanes]) {
   return p[0];
 }
 
+// D = (O - Y) * invN; returns sum (O - Y)^2 over this member's blocks.
+template <class Real, class Team>
+STS_HD inline Real residual_sq(const Team& team, int n, const Real* __restrict__ O,
+                               const Real* __restrict__ Y, Real* __restrict__ D, Real invN) {
+  Real p[kLanes] = {};
+  int b = team.rank() * kLanes;
+  const int step = team.size() * kLanes;
+#if STS_SIMD
+  {
+    using S = simd::Vec<Real, simd::kWideBits>;
+    constexpr int NV = kLanes / S::W;
+    typename S::T acc[NV];
+    for (int v = 0; v < NV; ++v) acc[v] = S::zero();
+    const typename S::T vi = S::set1(invN);
+    for (; b + kLanes <= n; b += step)
+      for (int v = 0; v < NV; ++v) {
+        const int o = b + v * S::W;
+        const typename S::T r = S::sub(S::load(O + o), S::load(Y + o));
+        S::store(D + o, S::mul(r, vi));
+        acc[v] = S::fma(r, r, acc[v]);
+      }
+    for (int v = 0; v < NV; ++v) S::store(p + v * S::W, acc[v]);
+  }
+#endif
+  for (; b < n; b += step)
+    for (int j = 0; j < kLanes && b + j < n; ++j) {
+      const Real r = O[b + j] - Y[b + j];
+      D[b + j] = r * invN;
+      p[j] = fmadd(r, r, p[j]);
+    }
+  return combine_lanes(p);
+}
+
+// sum (H - T)^2 over this member's blocks.
+template <class Real, class Team>
+STS_HD inline Real diff_sq(const Team& team, int n, const Real* __restrict__ H,
+                           const Real* __restrict__ T) {
+  Real p[kLanes] = {};
+  int b = team.rank() * kLanes;
+  const int step = team.size() * kLanes;
+#if STS_SIMD
+  {
+    using S = simd::Vec<Real, simd::kWideBits>;
+    constexpr int NV = kLanes / S::W;
+    typename S::T acc[NV];
+    for (int v = 0; v < NV; ++v) acc[v] = S::zero();
+    for (; b + kLanes <= n; b += step)
+      for (int v = 0; v < NV; ++v) {
+        const int o = b + v * S::W;
+        const typename S::T r = S::sub(S::load(H + o), S::load(T + o));
+        acc[v] = S::fma(r, r, acc[v]);
+      }
+    for (int v = 0; v < NV; ++v) S::store(p + v * S::W, acc[v]);
+  }
+#endif
+  for (; b < n; b += step)
+    for (int j = 0; j < kLanes && b + j < n; ++j) {
+      const Real r = H[b + j] - T[b + j];
+      p[j] = fmadd(r, r, p[j]);
+    }
+  return combine_lanes(p);
+}
+
+// S <- S - C; returns sum (S - 2C) o A (S before the update) over this member's blocks.
+template <class Real, class Team>
+STS_HD inline Real residual_dot(const Team& team, int n, Real* __restrict__ S_,
+                                const Real* __restrict__ A, const Real* __restrict__ C) {
+  Real p[kLanes] = {};
+  int b = team.rank() * kLanes;
+  const int step = team.size() * kLanes;
+#if STS_SIMD
+  {
+    using S = simd::Vec<Real, simd::kWideBits>;
+    constexpr int NV = kLanes / S::W;
+    typename S::T acc[NV];
+    for (int v = 0; v < NV; ++v) acc[v] = S::zero();
+    for (; b + kLanes <= n; b += step)
+      for (int v = 0; v < NV; ++v) {
+        const int o = b + v * S::W;
+        const typename S::T c = S::load(C + o), e = S::sub(S::load(S_ + o), c);
+        acc[v] = S::fma(S::sub(e, c), S::load(A + o), acc[v]);
+        S::store(S_ + o, e);
+      }
+    for (int v = 0; v < NV; ++v) S::store(p + v * S::W, acc[v]);
+  }
+#endif
+  for (; b < n; b += step)
+    for (int j = 0; j < kLanes && b + j < n; ++j) {
+      const Real c = C[b + j], e = S_[b + j] - c;
+      p[j] = fmadd(e - c, A[b + j], p[j]);
+      S_[b + j] = e;
+    }
+  return combine_lanes(p);
+}
+
 // ------------------------------------------------------------- the model --
 
 struct Net {
@@ -447,50 +550,11 @@ STS_HD inline Losses<Real> data_forward(const Team& team, const Net& net, const 
   }
   const Real invN = Real(1) / Real(N);
   Losses<Real> out;
-  {  // output residual
-    const int n = N * net.w[L];
-    const Real* O = wk.Z[L];
-    Real* D = wk.D[L % 2];
-    Real p[kLanes] = {};
-    for (int b = team.rank() * kLanes; b < n; b += team.size() * kLanes) {
-      if (b + kLanes <= n) {
-        STS_UNROLL for (int j = 0; j < kLanes; ++j) {
-          const Real r = O[b + j] - ds.Y[b + j];
-          D[b + j] = r * invN;
-          p[j] = fmadd(r, r, p[j]);
-        }
-      } else {
-        for (int j = 0; b + j < n; ++j) {
-          const Real r = O[b + j] - ds.Y[b + j];
-          D[b + j] = r * invN;
-          p[j] = fmadd(r, r, p[j]);
-        }
-      }
-    }
-    out.label = Real(0.5) * invN * team.sum(combine_lanes(p));
-  }
+  out.label = Real(0.5) * invN *
+              team.sum(residual_sq(team, N * net.w[L], wk.Z[L], ds.Y, wk.D[L % 2], invN));
   Real fsum = 0;
-  for (int l = 1; l < L; ++l) {
-    if (!(matched >> l & 1u)) continue;
-    const int n = N * net.w[l];
-    const Real* H = wk.H[l];
-    const Real* T = ds.Ht[l];
-    Real p[kLanes] = {};
-    for (int b = team.rank() * kLanes; b < n; b += team.size() * kLanes) {
-      if (b + kLanes <= n) {
-        STS_UNROLL for (int j = 0; j < kLanes; ++j) {
-          const Real r = H[b + j] - T[b + j];
-          p[j] = fmadd(r, r, p[j]);
-        }
-      } else {
-        for (int j = 0; b + j < n; ++j) {
-          const Real r = H[b + j] - T[b + j];
-          p[j] = fmadd(r, r, p[j]);
-        }
-      }
-    }
-    fsum += combine_lanes(p);
-  }
+  for (int l = 1; l < L; ++l)
+    if (matched >> l & 1u) fsum += diff_sq(team, N * net.w[l], wk.H[l], ds.Ht[l]);
   out.feature = Real(0.5) * invN * team.sum(fsum);
   team.sync();
   return out;
@@ -524,11 +588,14 @@ STS_HD inline void data_backward_update(const Team& team, const Net& net, Weight
       const Real* H = wk.H[l - 1];
       const Real* Z = wk.Z[l - 1];
       const Real* T = ds.Ht[l - 1];
-      for (int i = team.rank(); i < n; i += team.size()) {
-        Real v = P[i];
-        if (m) v = fmadd(cf, H[i] - T[i], v);
-        if (net.act != kLinear) v *= activate_deriv(net.act, Z[i], H[i]);
-        P[i] = v;
+      if (net.act == kLinear) {  // separate loops: each vectorises
+        for (int i = team.rank(); i < n; i += team.size()) P[i] = fmadd(cf, H[i] - T[i], P[i]);
+      } else {
+        for (int i = team.rank(); i < n; i += team.size()) {
+          Real v = P[i];
+          if (m) v = fmadd(cf, H[i] - T[i], v);
+          P[i] = v * activate_deriv(net.act, Z[i], H[i]);
+        }
       }
       team.sync();
     }
@@ -570,31 +637,6 @@ struct MomentWork {
   Real* AT = nullptr;            // d x max w (A_{l-1}^T)
 };
 
-namespace detail {
-// S <- S - C (so E = A Cxx - C) and returns sum(S o A) - 2 sum(C o A), the
-// moment form of ||A Xn - T||^2 / N less tr(T T^T) / N.
-template <class Real, class Team>
-STS_HD inline Real moment_residual(const Team& team, int n, Real* S, const Real* A, const Real* C) {
-  Real p[kLanes] = {};
-  for (int b = team.rank() * kLanes; b < n; b += team.size() * kLanes) {
-    if (b + kLanes <= n) {
-      STS_UNROLL for (int j = 0; j < kLanes; ++j) {
-        const Real s = S[b + j], c = C[b + j], a = A[b + j];
-        p[j] = fmadd(s - c - c, a, p[j]);
-        S[b + j] = s - c;
-      }
-    } else {
-      for (int j = 0; b + j < n; ++j) {
-        const Real s = S[b + j], c = C[b + j], a = A[b + j];
-        p[j] = fmadd(s - c - c, a, p[j]);
-        S[b + j] = s - c;
-      }
-    }
-  }
-  return team.sum(combine_lanes(p));
-}
-}  // namespace detail
-
 template <class Real, class Team>
 STS_HD inline Losses<Real> moment_forward(const Team& team, const Net& net, const Weights<Real>& wt,
                                           const MomentSet<Real>& ms, uint32_t matched,
@@ -613,8 +655,10 @@ STS_HD inline Losses<Real> moment_forward(const Team& team, const Net& net, cons
     if (l == L || m) {
       gemm<kSet>(team, net.w[l], d, d, Al, d, 1, ms.Cxx, d, wk.E[l], d);
       team.sync();
-      const Real s = detail::moment_residual(team, net.w[l] * d, wk.E[l], Al,
-                                             l == L ? ms.Cyx : ms.Chx[l]);
+      // E = A Cxx - C and sum(A Cxx o A) - 2 sum(C o A): the moment form of
+      // ||A Xn - T||^2 / N less tr(T T^T) / N.
+      const Real s = team.sum(residual_dot(team, net.w[l] * d, wk.E[l], Al,
+                                           l == L ? ms.Cyx : ms.Chx[l]));
       team.sync();
       if (l == L)
         out.label = Real(0.5) * (s + ms.tr_yy);

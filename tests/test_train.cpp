@@ -566,6 +566,43 @@ TEST(TrialMath, GemmMatchesNaiveForAllTileShapes) {
       }
 }
 
+TEST(TrialMath, ReductionsFollowTheDocumentedLaneOrder) {
+  Gen g(6);
+  for (int n : {1, 15, 16, 17, 40, 100, 512}) {
+    const Matrix O = g.matrix(1, n, 1), Y = g.matrix(1, n, 1), A = g.matrix(1, n, 1);
+    // Element i goes to lane i % 16 (one fma chain per lane), lanes combined pairwise.
+    auto lanes = [&](auto term) {
+      double p[tm::kLanes] = {};
+      for (int i = 0; i < n; ++i) p[i % tm::kLanes] = term(i, p[i % tm::kLanes]);
+      return tm::combine_lanes(p);
+    };
+    const tm::SerialTeam team;
+    std::vector<double> D(n), S = O.a;
+    const double inv = 1.0 / 7;
+    const double r = tm::residual_sq(team, n, O.a.data(), Y.a.data(), D.data(), inv);
+    EXPECT_EQ(r, lanes([&](int i, double acc) {
+      const double e = O.a[i] - Y.a[i];
+      return tm::fmadd(e, e, acc);
+    })) << n;
+    for (int i = 0; i < n; ++i) EXPECT_EQ(D[i], (O.a[i] - Y.a[i]) * inv);
+    EXPECT_EQ(tm::diff_sq(team, n, O.a.data(), Y.a.data()), r);
+    const double q = tm::residual_dot(team, n, S.data(), A.a.data(), Y.a.data());
+    EXPECT_EQ(q, lanes([&](int i, double acc) {
+      const double e = O.a[i] - Y.a[i];
+      return tm::fmadd(e - Y.a[i], A.a[i], acc);
+    })) << n;
+    for (int i = 0; i < n; ++i) EXPECT_EQ(S[i], O.a[i] - Y.a[i]);
+    // float too (16 lanes = one 512-bit vector)
+    std::vector<float> Of(O.a.begin(), O.a.end()), Yf(Y.a.begin(), Y.a.end()), Df(n);
+    float pf[tm::kLanes] = {};
+    for (int i = 0; i < n; ++i) {
+      const float e = Of[i] - Yf[i];
+      pf[i % tm::kLanes] = tm::fmadd(e, e, pf[i % tm::kLanes]);
+    }
+    EXPECT_EQ(tm::residual_sq(team, n, Of.data(), Yf.data(), Df.data(), 0.5f), tm::combine_lanes(pf));
+  }
+}
+
 // ----------------------------------------------------------- CPU backend --
 
 TEST(CpuBackend, ResultsIndependentOfThreadsAndBatch) {
