@@ -6,10 +6,16 @@
 // End to end: set-up, training, checkpoint metrics. The step-only benchmark
 // times the step loop of one network (no set-up, no metrics), single thread.
 //
+// The yardstick: a large sgemm (2048^3, float32) from OpenBLAS, loaded at run
+// time (dlopen of libopenblas.so.0; skipped when absent), on all cores.
+//
 //   build-train/bench/bench_cpu_train --benchmark_filter=Grid
 //   build-train/bench/bench_cpu_train --benchmark_filter=Step
+//   build-train/bench/bench_cpu_train --benchmark_filter=Sgemm
 #include <benchmark/benchmark.h>
+#include <dlfcn.h>
 
+#include <random>
 #include <thread>
 #include <vector>
 
@@ -148,6 +154,37 @@ void Step(benchmark::State& state, TrainPath path) {
   state.counters["trial_steps/s"] = benchmark::Counter(1, benchmark::Counter::kIsIterationInvariantRate);
 }
 
+// cblas_sgemm from OpenBLAS, if it can be loaded.
+void Sgemm(benchmark::State& state) {
+  void* lib = dlopen("libopenblas.so.0", RTLD_NOW | RTLD_LOCAL);
+  if (!lib) {
+    state.SkipWithError("libopenblas.so.0 not found");
+    for (auto _ : state) {
+    }
+    return;
+  }
+  using sgemm_t = void (*)(int, int, int, int, int, int, float, const float*, int, const float*,
+                           int, float, float*, int);
+  using threads_t = void (*)(int);
+  auto sgemm = reinterpret_cast<sgemm_t>(dlsym(lib, "cblas_sgemm"));
+  auto set_threads = reinterpret_cast<threads_t>(dlsym(lib, "openblas_set_num_threads"));
+  const int n = static_cast<int>(state.range(0));
+  if (set_threads) set_threads(static_cast<int>(std::thread::hardware_concurrency()));
+  std::vector<float> a(static_cast<size_t>(n) * n), b(a.size()), c(a.size());
+  std::mt19937 gen(1);
+  std::normal_distribution<float> nd;
+  for (auto& x : a) x = nd(gen);
+  for (auto& x : b) x = nd(gen);
+  constexpr int kRowMajor = 101, kNoTrans = 111;
+  sgemm(kRowMajor, kNoTrans, kNoTrans, n, n, n, 1.f, a.data(), n, b.data(), n, 0.f, c.data(), n);
+  for (auto _ : state)
+    sgemm(kRowMajor, kNoTrans, kNoTrans, n, n, n, 1.f, a.data(), n, b.data(), n, 0.f, c.data(), n);
+  state.counters["GFLOP/s"] = benchmark::Counter(2.0 * n * n * n * 1e-9,
+                                                 benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["threads"] = std::thread::hardware_concurrency();
+}
+
+BENCHMARK(Sgemm)->Arg(2048)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(2.0);
 BENCHMARK_CAPTURE(Grid, data_f32, TrainPath::data, Precision::f32)
     ->Arg(512)->Iterations(1)->Unit(benchmark::kSecond)->UseRealTime();
 BENCHMARK_CAPTURE(Grid, moment_f32, TrainPath::moment, Precision::f32)
