@@ -1,0 +1,98 @@
+// The README's two commands cannot silently break: README leads with them,
+// .ci/run calls the test command, and every stsweep command tools/quickstart
+// runs is run here (against this build, into a scratch folder) and must succeed.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <regex>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace fs = std::filesystem;
+
+namespace {
+
+const fs::path kSource = STSWEEP_SOURCE_DIR;
+
+std::string slurp(const fs::path& p) {
+  std::ifstream in(p);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+std::vector<std::string> lines_of(const std::string& text) {
+  std::vector<std::string> v;
+  std::stringstream ss(text);
+  for (std::string l; std::getline(ss, l);) v.push_back(l);
+  return v;
+}
+
+// Runs a shell command in `dir`; returns the exit code, output in *out.
+int shell(const fs::path& dir, const std::string& cmd, std::string* out) {
+  const fs::path log = dir / "cmd.log";
+  const std::string full = "cd '" + dir.string() + "' && (" + cmd + ") >'" + log.string() + "' 2>&1";
+  const int status = std::system(full.c_str());
+  *out = slurp(log);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+TEST(Readme, LeadsWithTheTwoCommands) {
+  const std::string readme = slurp(kSource / "README.md");
+  ASSERT_FALSE(readme.empty());
+  // The first fenced block holds exactly the two commands, quickstart first.
+  const size_t open = readme.find("```");
+  ASSERT_NE(open, std::string::npos);
+  const size_t body = readme.find('\n', open) + 1;
+  const size_t close = readme.find("```", body);
+  std::vector<std::string> cmds;
+  for (const auto& l : lines_of(readme.substr(body, close - body)))
+    if (!l.empty()) cmds.push_back(l.substr(0, l.find(' ')));
+  ASSERT_EQ(cmds.size(), 2u) << readme.substr(body, close - body);
+  EXPECT_EQ(cmds[0], "tools/quickstart");
+  EXPECT_EQ(cmds[1], "tools/test");
+  for (const char* tool : {"tools/quickstart", "tools/test", "tools/install-deps", "tools/build", ".ci/run"})
+    EXPECT_EQ(::access((kSource / tool).c_str(), X_OK), 0) << tool << " is not executable";
+}
+
+TEST(Readme, CiRunsTheTestCommand) {
+  const std::string ci = slurp(kSource / ".ci/run");
+  EXPECT_NE(ci.find("tools/test"), std::string::npos);
+  // tools/test runs the whole ctest suite, not a subset.
+  const std::string test = slurp(kSource / "tools/test");
+  EXPECT_NE(test.find("ctest"), std::string::npos);
+  EXPECT_EQ(test.find("-R "), std::string::npos) << "tools/test must not filter tests";
+  EXPECT_EQ(test.find("-E "), std::string::npos) << "tools/test must not exclude tests";
+}
+
+TEST(Readme, QuickstartCommandsRun) {
+  // Every `build/stsweep ...` line of tools/quickstart, with this build's binary.
+  const std::string script = slurp(kSource / "tools/quickstart");
+  std::vector<std::string> cmds;
+  for (const auto& l : lines_of(script))
+    if (l.rfind("build/stsweep ", 0) == 0) cmds.push_back(l);
+  ASSERT_GE(cmds.size(), 3u) << "tools/quickstart should run, inspect and summarise a sweep";
+  EXPECT_NE(cmds[0].find(" run sweeps/quickstart.json"), std::string::npos) << cmds[0];
+
+  const fs::path dir = fs::temp_directory_path() / ("stsweep_readme_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir / "results");
+  fs::create_directory_symlink(kSource / "sweeps", dir / "sweeps");
+  for (std::string cmd : cmds) {
+    cmd = std::regex_replace(cmd, std::regex("^build/stsweep"), std::string("'") + STSWEEP_BINARY + "'");
+    std::string out;
+    const int rc = shell(dir, cmd + " --help >/dev/null && " + cmd, &out);
+    EXPECT_EQ(rc, 0) << cmd << "\n" << out;
+  }
+  ASSERT_TRUE(fs::exists(dir / "results/quickstart.h5"));
+  std::string info;
+  ASSERT_EQ(shell(dir, std::string("'") + STSWEEP_BINARY + "' info results/quickstart.h5", &info), 0);
+  EXPECT_NE(info.find("[complete]"), std::string::npos) << info;
+  fs::remove_all(dir);
+}
+
+}  // namespace
