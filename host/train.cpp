@@ -1,7 +1,27 @@
 // Training of one set-up trial on the CPU: the reference trainer. The step math
 // is kernels/trial_math.hpp; this file converts the problem to Real, runs the
-// student and its twin, and measures the metrics (always in float64, from the
-// Real weights, so that float32 runs are not measured with float32 round-off).
+// student and its twin, and measures the metrics.
+//
+// Choices MODEL.md leaves to the trainer:
+// - Path: `moment` needs activation linear (InputError otherwise); `auto` takes
+//   the moment path for linear networks when tm::moment_step_flops (student's
+//   matched layers) < tm::data_step_flops, else the data path. Student and twin
+//   use the same path.
+// - Metrics are measured in float64 from the Real weights (so float32 runs are
+//   not measured with float32 round-off, and moment-path runs not with the
+//   cancellation of moment-form losses): label and feature losses by a float64
+//   forward pass on (Xn, Y); test risk exactly (linear_risk of W_L...W_1) when
+//   params.linear(), else (1/n_test) sum_n ||f(x_n) - y_n||^2 on (Xtest, Ytest):
+//   per sample, summed over outputs, like R. The twin's feature loss is measured
+//   on the student's matched layers (it does not train on them).
+// - Divergence: the per-step training loss (Real, at the iterate before its
+//   update) is non-finite or above kDivergeFactor x its value at step 0. The
+//   network stops there: steps_run = that step t (updates taken), final metrics
+//   are those of W_t (possibly inf/NaN), checkpoints after t are NaN. A trial
+//   diverges when its student or twin does; steps_run is then the smaller stop.
+// - zero_loss: final train_loss <= kZeroLossRtol x train_loss at step 0.
+// - best_test_risk / best_step: lowest finite student test risk over the
+//   checkpoints (ties: the earliest); NaN and -1 when none is finite.
 #include "train.hpp"
 
 #include <algorithm>
