@@ -38,7 +38,7 @@
 #define STS_SIMD 0
 #endif
 
-#if defined(__CUDA_ARCH__)
+#if defined(__CUDACC__)  // nvcc, host and device passes
 #define STS_UNROLL _Pragma("unroll")
 #elif defined(__clang__)
 #define STS_UNROLL _Pragma("unroll")
