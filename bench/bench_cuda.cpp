@@ -1,0 +1,128 @@
+// The standard GPU grid of issue 5: 2-layer linear student, d = h = 64, m = 16,
+// N = 128, T = 1000, 16384 trials plus their lambda = 0 twins. Prints, for the
+// fused kernel's data path, trial-steps/s and GFLOP/s against the FP32 FMA rate
+// measured on the same device; the cuBLAS path's time and the ratio; the
+// moment path's trial-steps/s. Times are device time of the training launches
+// (events), set-up and evaluation reported beside them.
+//
+//   bench_cuda [--trials N] [--steps T] [--checkpoints C]
+//
+// A plain main (not Google Benchmark): one timed run per path is already
+// 32768 networks x T steps. Exits 0 with a message when there is no GPU.
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "backend.hpp"
+#include "params.hpp"
+#include "trial_math.hpp"
+
+#if STSWEEP_HAVE_CUDA
+#include "cuda_backend.cuh"
+#endif
+
+namespace {
+
+int arg_int(int argc, char** argv, const char* name, int dflt) {
+  for (int i = 1; i + 1 < argc; ++i)
+    if (std::strcmp(argv[i], name) == 0) return std::atoi(argv[i + 1]);
+  return dflt;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+#if !STSWEEP_HAVE_CUDA
+  (void)argc;
+  (void)argv;
+  std::printf("bench_cuda: built without CUDA, nothing to measure\n");
+  return 0;
+#else
+  using namespace stsweep;
+  const std::string why = cuda::probe();
+  if (!why.empty()) {
+    std::printf("bench_cuda: no usable GPU (%s), nothing to measure\n", why.c_str());
+    return 0;
+  }
+  const int trials = arg_int(argc, argv, "--trials", 16384);
+  const int steps = arg_int(argc, argv, "--steps", 1000);
+  const int checkpoints = arg_int(argc, argv, "--checkpoints", 8);
+
+  TrialParams p;
+  p.d = 64;
+  p.k = 16;
+  p.m = 16;
+  p.hidden = {64};
+  p.n_train = 128;
+  p.steps = steps;
+  p.checkpoints = checkpoints;
+  p.lr = 0.05;
+  p.lambda = 1.0;
+  p.noise = 0.5;
+  p.init_scale = 1e-2;
+  p.baseline = true;
+  p.teacher.kind = TeacherKind::oracle;
+  Batch batch;
+  for (int i = 0; i < trials; ++i) {
+    TrialParams q = p;
+    q.seed = i;
+    batch.ids.push_back(i);
+    batch.trials.push_back(q);
+  }
+  RunOptions opt;
+  opt.sweep_seed = 1;
+  opt.precision = Precision::f32;
+
+  const double peak = cuda::fma_peak_gflops();
+  std::string dev;
+  struct Row {
+    std::string what;
+    cuda::RunStats s;
+    int failed = 0;
+  };
+  std::vector<Row> rows;
+  auto run = [&](const char* what, cuda::Path path, TrainPath tp) {
+    for (auto& t : batch.trials) t.path = tp;
+    std::string w;
+    auto be = cuda::make_backend(opt, path, &w);
+    if (!be) {
+      std::printf("bench_cuda: %s\n", w.c_str());
+      std::exit(1);
+    }
+    dev = be->device();
+    const auto res = be->run(batch, opt);
+    Row r{what, cuda::last_stats(*be), 0};
+    for (const auto& x : res)
+      if (x.status != Status::done) ++r.failed;
+    std::printf("%-16s paths %-8s set-up %7.2f s  train %8.3f s  eval %7.3f s  total %7.2f s  chunks %d  not done %d\n",
+                what, r.s.paths.c_str(), r.s.setup_s, r.s.train_s, r.s.eval_s, r.s.total_s, r.s.chunks,
+                r.failed);
+    std::fflush(stdout);
+    rows.push_back(r);
+  };
+  run("data fused", cuda::Path::fused, TrainPath::data);
+  run("data cublas", cuda::Path::cublas, TrainPath::data);
+  run("moment fused", cuda::Path::fused, TrainPath::moment);
+
+  tm::Net net;
+  net.L = 2;
+  net.w[0] = 64;
+  net.w[1] = 64;
+  net.w[2] = 16;
+  std::printf("\n# standard GPU grid on %s\n", dev.c_str());
+  std::printf("# %d trials + twins, d=h=64, m=16, N=128, T=%d, float32; data step %.3f MFLOP, moment step %.3f MFLOP\n",
+              trials, steps, tm::data_step_flops(net, 128) * 1e-6, tm::moment_step_flops(net, 2u) * 1e-6);
+  std::printf("# FP32 FMA peak (measured, FMA chains): %.0f GFLOP/s\n", peak);
+  std::printf("| path | train s | trial-steps/s | GFLOP/s | %% of FMA peak | vs cuBLAS |\n");
+  std::printf("|---|---|---|---|---|---|\n");
+  const double cublas_s = rows[1].s.train_s;
+  for (const Row& r : rows) {
+    const double gf = r.s.flops / r.s.train_s * 1e-9;
+    std::printf("| %s | %.3f | %.3e | %.0f | %.1f | %.2fx |\n", r.what.c_str(), r.s.train_s,
+                r.s.net_steps / r.s.train_s, gf, 100.0 * gf / peak, cublas_s / r.s.train_s);
+  }
+  return 0;
+#endif
+}
