@@ -401,6 +401,31 @@ TEST(Paths, AutoPicksMomentWhenCheaperAndNeverForNonlinear) {
   EXPECT_NO_THROW(train_trial<double>(make_problem(s)));
 }
 
+TEST(Paths, SetUpMomentsAgreeWithMomentsFromData) {
+  TrialParams p;
+  p.d = 12;
+  p.k = 6;
+  p.m = 3;
+  p.hidden = {10, 8};
+  p.n_train = 20;
+  p.steps = 200;
+  p.lr = 0.02;
+  p.init_scale = 0.3;
+  p.path = TrainPath::moment;
+  const TrialProblem given = setup_trial(p, 5);
+  TrialProblem computed = given;  // moments left out: the trainer forms them from Xn, Y, H_t
+  computed.Cxx = Matrix();
+  computed.Cyx = Matrix();
+  computed.Chx.clear();
+  computed.tr_hh.clear();
+  std::vector<Matrix> Wg, Wc;
+  const TrialResult rg = train_trial<double>(given, &Wg, nullptr);
+  const TrialResult rc = train_trial<double>(computed, &Wc, nullptr);
+  EXPECT_LT(rel_diff(Wg, Wc), 1e-10);
+  EXPECT_NEAR(rg.test_risk, rc.test_risk, 1e-10 * rg.test_risk);
+  EXPECT_EQ(given.matched.size(), 2u);
+}
+
 // ------------------------------------------------------------ divergence --
 
 TEST(Divergence, HugeLearningRateStopsTheTrial) {
