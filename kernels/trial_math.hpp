@@ -9,13 +9,19 @@
 // and the reduction index outermost", so the contiguous index of the output
 // (a layer width) is the vector index and no activation is ever transposed.
 // Weights are kept in up to two layouts: W[l] (w_l x w_{l-1}) and
-// WT[l] = W[l]^T (w_{l-1} x w_l); each path says which ones it reads and keeps
-// up to date (see data_live_layouts / moment path notes).
+// WT[l] = W[l]^T (w_{l-1} x w_l). The data path reads WT[l] (all l) and W[l]
+// (l >= 2) and keeps those up to date, but not W[1] (data_refresh_w1 makes it);
+// the moment path reads and keeps W[l] only.
+//
+// A step is two calls: *_forward (losses at the current weights; the caller
+// checks divergence) then *_backward_update (W <- W - lr grad).
 //
 // Arithmetic order. Every output element of a product is a sequential fused
 // multiply-add chain over the reduction index k = 0..K-1, starting from 0 (or
 // from C for kAdd), whatever the tiling. The CPU register tiles and the
 // one-element-per-thread device loop therefore give bit-identical products.
+// Sums of squares use 16 interleaved lanes (element i to lane i % 16 of its
+// team member) combined pairwise, in vectors or scalars alike.
 //
 // Teams. Functions take a Team (rank(), size(), sync(), sum(x)) that splits the
 // work of one trial among cooperating threads. The CPU uses SerialTeam; a CUDA
