@@ -1645,6 +1645,68 @@ MergeReport merge_results(const std::string& out, const std::vector<std::string>
   return rep;
 }
 
+// --- H5ArrayFile ---------------------------------------------------------------------
+struct H5ArrayFile::Impl {
+  Hid file;
+};
+
+H5ArrayFile::~H5ArrayFile() {
+  if (impl_) {
+    try { close(); } catch (...) {}
+  }
+}
+H5ArrayFile::H5ArrayFile(H5ArrayFile&&) noexcept = default;
+H5ArrayFile& H5ArrayFile::operator=(H5ArrayFile&&) noexcept = default;
+
+H5ArrayFile H5ArrayFile::create(const std::string& path) {
+  h5_quiet();
+  H5ArrayFile out;
+  out.impl_ = std::make_unique<Impl>();
+  out.path_ = path;
+  out.impl_->file = check(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), "cannot create " + path);
+  return out;
+}
+
+void H5ArrayFile::attr(const std::string& name, const std::string& v) { attr_str(impl_->file, name.c_str(), v); }
+void H5ArrayFile::attr(const std::string& name, double v) { attr_f64(impl_->file, name.c_str(), v); }
+void H5ArrayFile::attr(const std::string& name, int64_t v) { attr_i64(impl_->file, name.c_str(), v); }
+void H5ArrayFile::attr(const std::string& name, const std::vector<int64_t>& v) {
+  attr_num<int64_t>(impl_->file, name.c_str(), H5T_STD_I64LE, H5T_NATIVE_INT64, v, false);
+}
+
+namespace {
+// One dataset (intermediate groups created as needed) with its long_name.
+void write_array(hid_t file, const std::string& path, const std::string& name, const std::vector<uint64_t>& dims,
+                 hid_t ftype, hid_t mtype, const void* v, const std::string& doc) {
+  Hid lcpl = check(H5Pcreate(H5P_LINK_CREATE), "property list");
+  check(H5Pset_create_intermediate_group(lcpl, 1), "intermediate groups", path);
+  std::vector<hsize_t> d(dims.begin(), dims.end());
+  Hid sp = check(d.empty() ? H5Screate(H5S_SCALAR) : H5Screate_simple(static_cast<int>(d.size()), d.data(), nullptr),
+                 "dataspace");
+  Hid ds = check(H5Dcreate2(file, name.c_str(), ftype, sp, lcpl, H5P_DEFAULT, H5P_DEFAULT),
+                 "cannot create dataset " + name + " in " + path);
+  hsize_t n = 1;
+  for (hsize_t x : d) n *= x;
+  if (n > 0) check(H5Dwrite(ds, mtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, v), ("writing " + name + " to").c_str(), path);
+  if (!doc.empty()) attr_str(ds, "long_name", doc);
+}
+}  // namespace
+
+void H5ArrayFile::f64(const std::string& name, const std::vector<uint64_t>& dims, const double* v,
+                      const std::string& doc) {
+  write_array(impl_->file, path_, name, dims, H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, v, doc);
+}
+void H5ArrayFile::i64(const std::string& name, const std::vector<uint64_t>& dims, const int64_t* v,
+                      const std::string& doc) {
+  write_array(impl_->file, path_, name, dims, H5T_STD_I64LE, H5T_NATIVE_INT64, v, doc);
+}
+
+void H5ArrayFile::close() {
+  if (!impl_ || !impl_->file.valid()) return;
+  if (H5Fflush(impl_->file, H5F_SCOPE_LOCAL) < 0) h5_fail("cannot write " + path_);
+  if (impl_->file.reset() < 0) h5_fail("cannot close " + path_);
+}
+
 std::string utc_now_iso() {
   std::time_t t = std::time(nullptr);
   std::tm tm{};

@@ -185,6 +185,35 @@ struct MergeReport {
 MergeReport merge_results(const std::string& out, const std::vector<std::string>& shards,
                           bool force);
 
+// --- a plain file of named arrays (`stsweep export`) -------------------------------
+// An HDF5 file of contiguous, uncompressed datasets and root attributes, written
+// in one go. A name with '/' puts the dataset in a group (created on demand).
+// Values are row-major; `dims` = {} is a scalar, {n} a vector, {rows, cols} a matrix.
+class H5ArrayFile {
+ public:
+  static H5ArrayFile create(const std::string& path);  // truncates an existing file
+  ~H5ArrayFile();
+  H5ArrayFile(H5ArrayFile&&) noexcept;
+  H5ArrayFile& operator=(H5ArrayFile&&) noexcept;
+
+  void attr(const std::string& name, const std::string& v);
+  void attr(const std::string& name, double v);
+  void attr(const std::string& name, int64_t v);
+  void attr(const std::string& name, const std::vector<int64_t>& v);
+  // A float64 / int64 dataset; `doc` becomes its `long_name` attribute.
+  void f64(const std::string& name, const std::vector<uint64_t>& dims, const double* v,
+           const std::string& doc);
+  void i64(const std::string& name, const std::vector<uint64_t>& dims, const int64_t* v,
+           const std::string& doc);
+  void close();  // flushes and closes; throws on failure (disk full)
+
+ private:
+  H5ArrayFile() = default;
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+  std::string path_;
+};
+
 // Time stamps and small helpers shared with the CLI.
 std::string utc_now_iso();
 std::string host_name();
