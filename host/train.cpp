@@ -37,12 +37,7 @@ namespace stsweep {
 namespace {
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
-// Divergence: the training loss is non-finite or above this multiple of its start.
-constexpr double kDivergeFactor = 1e6;
-// Zero training loss: final train_loss <= kZeroLossRtol * initial train_loss
-// (both measured in float64). MODEL.md factor 1: interpolating students reach
-// ~1e-10 and below; conflicting teachers stop at 0.4% to 1% of the start.
-constexpr double kZeroLossRtol = 1e-6;
+// kDivergeFactor and kZeroLossRtol: train.hpp (shared with the CUDA backend).
 
 int act_code(Activation a) {
   switch (a) {
@@ -153,16 +148,13 @@ struct DataPath {
   }
 };
 
-struct Moments {
-  Matrix Cxx, Cyx;
-  std::vector<Matrix> Chx;
-  double tr_yy = 0;
-  std::vector<double> tr_hh;
-};
+using Moments = TrialMoments;
+
+}  // namespace
 
 // The problem's moments when set-up filled them, else computed here (float64).
-Moments moments_of(const TrialProblem& pr, uint32_t mask) {
-  Moments mo;
+TrialMoments trial_moments(const TrialProblem& pr, uint32_t mask) {
+  TrialMoments mo;
   const int d = pr.Xn.rows, N = pr.Xn.cols, L = pr.L;
   auto cross = [&](const Matrix& A) {  // A Xn^T / N
     Matrix C(A.rows, d);
@@ -195,6 +187,8 @@ Moments moments_of(const TrialProblem& pr, uint32_t mask) {
   }
   return mo;
 }
+
+namespace {
 
 template <class Real>
 struct MomentPath {
@@ -239,9 +233,7 @@ struct MomentPath {
 };
 
 // Metrics of a network, in float64.
-struct Metrics {
-  double test_risk = kNaN, label = kNaN, feature = kNaN;
-};
+using Metrics = NetMetrics;
 
 class Evaluator {
  public:
@@ -298,12 +290,7 @@ class Evaluator {
   bool exact_ = false;
 };
 
-struct NetRun {
-  std::vector<double> test, label, feature;  // per checkpoint, NaN after a stop
-  Metrics first, last;                       // at step 0 and where training stopped
-  bool diverged = false;
-  int64_t steps_run = 0;
-  double diverged_loss = 0;
+struct NetRun : NetTrace {
   std::vector<Matrix> W;  // final weights
 };
 
@@ -314,7 +301,7 @@ class Trainer {
       : pr_(pr), net_(make_net(pr.w, pr.params.activation)), mask_(mask), moment_(moment),
         eval_(pr, net_, mask) {
     if (moment_)
-      mp_ = std::make_unique<MomentPath<Real>>(net_, moments_of(pr, mask), mask);
+      mp_ = std::make_unique<MomentPath<Real>>(net_, trial_moments(pr, mask), mask);
     else
       dp_ = std::make_unique<DataPath<Real>>(net_, pr.Xn, pr.Y, &pr.feature, mask);
   }
@@ -387,7 +374,9 @@ class Trainer {
   std::unique_ptr<MomentPath<Real>> mp_;
 };
 
-uint32_t mask_of(const TrialProblem& pr) {
+}  // namespace
+
+uint32_t matched_mask(const TrialProblem& pr) {
   uint32_t mask = 0;
   for (int l : pr.matched) {
     if (l < 1 || l >= pr.L) throw InputError("matched_layers", "layer " + std::to_string(l) +
@@ -396,6 +385,8 @@ uint32_t mask_of(const TrialProblem& pr) {
   }
   return mask;
 }
+
+namespace {
 
 // The path a trial trains on (throws InputError for moment with a nonlinear network).
 bool use_moment_path(const TrialProblem& pr, const tm::Net& net, uint32_t mask) {
@@ -413,24 +404,11 @@ bool use_moment_path(const TrialProblem& pr, const tm::Net& net, uint32_t mask) 
 
 }  // namespace
 
-template <typename Real>
-TrialResult train_trial(const TrialProblem& pr, std::vector<Matrix>* W_student,
-                        std::vector<Matrix>* W_twin) {
-  if (static_cast<int>(pr.w.size()) != pr.L + 1)
-    throw std::logic_error("train: widths do not match the depth");
-  const tm::Net net = make_net(pr.w, pr.params.activation);
-  if (static_cast<int>(pr.W0.size()) != pr.L + 1) throw std::logic_error("train: W0 has wrong depth");
-  if (static_cast<int>(pr.feature.size()) < pr.L && !pr.matched.empty())
-    throw std::logic_error("train: teacher features missing");
-  const uint32_t mask = mask_of(pr);
-  const bool moment = use_moment_path(pr, net, mask);
+bool trains_on_moments(const TrialProblem& pr) {
+  return use_moment_path(pr, make_net(pr.w, pr.params.activation), matched_mask(pr));
+}
 
-  Trainer<Real> trainer(pr, moment, mask);
-  const NetRun st = trainer.run(pr.params.lambda, mask);
-  NetRun tw;
-  const bool twin = pr.params.baseline;
-  if (twin) tw = trainer.run(0.0, 0u);
-
+TrialResult assemble_trial_result(const TrialProblem& pr, const NetTrace& st, const NetTrace* tw) {
   TrialResult r;
   const double lambda = pr.params.lambda;
   r.checkpoint_steps = pr.checkpoints;
@@ -455,11 +433,11 @@ TrialResult train_trial(const TrialProblem& pr, std::vector<Matrix>* W_student,
       r.best_step = pr.checkpoints[c];
     }
   const size_t nc = pr.checkpoints.size();
-  if (twin) {
-    r.baseline_test_risk = tw.last.test_risk;
-    r.curve_baseline_test_risk = tw.test;
-    r.curve_baseline_label_loss = tw.label;
-    r.curve_baseline_feature_loss = tw.feature;
+  if (tw) {
+    r.baseline_test_risk = tw->last.test_risk;
+    r.curve_baseline_test_risk = tw->test;
+    r.curve_baseline_label_loss = tw->label;
+    r.curve_baseline_feature_loss = tw->feature;
   } else {
     r.baseline_test_risk = kNaN;
     r.curve_baseline_test_risk.assign(nc, kNaN);
@@ -469,19 +447,41 @@ TrialResult train_trial(const TrialProblem& pr, std::vector<Matrix>* W_student,
   r.steps_run = st.steps_run;
   r.status = Status::done;
   std::string msg;
-  auto note = [&](const char* who, const NetRun& n) {
+  auto note = [&](const char* who, const NetTrace& n) {
     if (!n.diverged) return;
     if (!msg.empty()) msg += "; ";
     msg += std::string(who) + " diverged at step " + std::to_string(n.steps_run) +
            " (loss " + std::to_string(n.diverged_loss) + ")";
   };
   note("student", st);
-  if (twin) {
-    note("twin", tw);
-    r.steps_run = std::min(st.steps_run, tw.steps_run);
+  if (tw) {
+    note("twin", *tw);
+    r.steps_run = std::min(st.steps_run, tw->steps_run);
   }
-  if (st.diverged || (twin && tw.diverged)) r.status = Status::diverged;
+  if (st.diverged || (tw && tw->diverged)) r.status = Status::diverged;
   r.message = msg;
+  return r;
+}
+
+template <typename Real>
+TrialResult train_trial(const TrialProblem& pr, std::vector<Matrix>* W_student,
+                        std::vector<Matrix>* W_twin) {
+  if (static_cast<int>(pr.w.size()) != pr.L + 1)
+    throw std::logic_error("train: widths do not match the depth");
+  const tm::Net net = make_net(pr.w, pr.params.activation);
+  if (static_cast<int>(pr.W0.size()) != pr.L + 1) throw std::logic_error("train: W0 has wrong depth");
+  if (static_cast<int>(pr.feature.size()) < pr.L && !pr.matched.empty())
+    throw std::logic_error("train: teacher features missing");
+  const uint32_t mask = matched_mask(pr);
+  const bool moment = use_moment_path(pr, net, mask);
+
+  Trainer<Real> trainer(pr, moment, mask);
+  const NetRun st = trainer.run(pr.params.lambda, mask);
+  NetRun tw;
+  const bool twin = pr.params.baseline;
+  if (twin) tw = trainer.run(0.0, 0u);
+
+  TrialResult r = assemble_trial_result(pr, st, twin ? &tw : nullptr);
   if (W_student) *W_student = st.W;
   if (W_twin) *W_twin = twin ? tw.W : std::vector<Matrix>{};
   return r;

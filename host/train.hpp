@@ -2,6 +2,10 @@
 // a step lives in kernels/trial_math.hpp (__host__ __device__), shared with CUDA.
 #pragma once
 
+#include <cstdint>
+#include <limits>
+#include <vector>
+
 #include "problem.hpp"
 #include "result.hpp"
 
@@ -18,6 +22,49 @@ TrialResult train_trial(const TrialProblem& pr);
 // is updated in place. Returns false when the loss diverged.
 bool train_plain_f64(std::vector<Matrix>& W, Activation act, const Matrix& X, const Matrix& Y,
                      int steps, double lr);
+
+// ---- The rules and pieces of train_trial that every backend shares (the CUDA
+// backend trains on the device and assembles its results with these).
+
+// Divergence: the training loss is non-finite or above this multiple of its start.
+constexpr double kDivergeFactor = 1e6;
+// Zero training loss: final train_loss <= kZeroLossRtol * initial train_loss
+// (both measured in float64). MODEL.md factor 1: interpolating students reach
+// ~1e-10 and below; conflicting teachers stop at 0.4% to 1% of the start.
+constexpr double kZeroLossRtol = 1e-6;
+
+// Matched layers as a bitmask (bit l); InputError for a layer that is not hidden.
+uint32_t matched_mask(const TrialProblem& pr);
+// Whether the trial trains on the moment path (params.path; `auto` by counted
+// flops); InputError for `moment` with a nonlinear network.
+bool trains_on_moments(const TrialProblem& pr);
+
+// The moments the moment path trains on: set-up's when present, else formed here.
+struct TrialMoments {
+  Matrix Cxx, Cyx;
+  std::vector<Matrix> Chx;  // index 1..L-1, matched layers
+  double tr_yy = 0;
+  std::vector<double> tr_hh;
+};
+TrialMoments trial_moments(const TrialProblem& pr, uint32_t mask);
+
+// Metrics of one network at one iterate, measured in float64.
+struct NetMetrics {
+  double test_risk = std::numeric_limits<double>::quiet_NaN();
+  double label = std::numeric_limits<double>::quiet_NaN();
+  double feature = std::numeric_limits<double>::quiet_NaN();
+};
+// One trained network as the result needs it.
+struct NetTrace {
+  std::vector<double> test, label, feature;  // per checkpoint, NaN after a stop
+  NetMetrics first, last;                    // at step 0 and where training stopped
+  bool diverged = false;
+  int64_t steps_run = 0;
+  double diverged_loss = 0;
+};
+// The trial's result from its student and (when params.baseline) its twin.
+TrialResult assemble_trial_result(const TrialProblem& pr, const NetTrace& student,
+                                  const NetTrace* twin);
 
 // Final student weights (and twin), for export and replay tests.
 template <typename Real>

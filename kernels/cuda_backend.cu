@@ -11,7 +11,7 @@
 // A batch is cut into waves of `capacity` trials sized from free device memory;
 // two waves are in flight (one stream each), so the host sets up wave i+1 while
 // the device trains wave i. Out-of-memory when sizing halves the capacity.
-// Results are assembled exactly as host/train.cpp does (same rules, same names).
+// Results are assembled by host/train.cpp's assemble_trial_result (same rules).
 #include <cuda_runtime.h>
 #include <cublas_v2.h>
 
@@ -44,9 +44,10 @@ namespace {
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 constexpr int kMaxChunkTrials = 32000;  // 2 networks each: grid.y <= 65535 (cuBLAS kernels)
 
-// ------------------------------------------------------ rules of train.cpp --
-// Mirrors of host/train.cpp's private helpers (same rules, same messages).
-constexpr double kZeroLossRtol = 1e-6;
+// ------------------------------------------------------------------- rules --
+// Divergence, zero loss, path choice, matched layers, moments and the result
+// assembly are host/train.hpp's, shared with the CPU reference.
+static_assert(kDivergeFactor == stsweep::kDivergeFactor, "divergence rule as in host/train.cpp");
 
 int act_code(Activation a) {
   switch (a) {
@@ -65,95 +66,6 @@ tm::Net make_net(const std::vector<int>& w, Activation act) {
   for (int l = 0; l <= net.L; ++l) net.w[l] = w[l];
   net.act = act_code(act);
   return net;
-}
-
-uint32_t mask_of(const TrialProblem& pr) {
-  uint32_t mask = 0;
-  for (int l : pr.matched) {
-    if (l < 1 || l >= pr.L) throw InputError("matched_layers", "layer " + std::to_string(l) +
-                                                                   " is not a hidden layer");
-    mask |= 1u << l;
-  }
-  return mask;
-}
-
-bool use_moment_path(const TrialProblem& pr, const tm::Net& net, uint32_t mask) {
-  const bool linear_net = pr.params.activation == Activation::linear;
-  switch (pr.params.path) {
-    case TrainPath::moment:
-      if (!linear_net)
-        throw InputError("path", "the moment path needs a linear network (activation linear)");
-      return true;
-    case TrainPath::data: return false;
-    default:
-      return linear_net && tm::moment_step_flops(net, mask) < tm::data_step_flops(net, pr.Xn.cols);
-  }
-}
-
-struct Metrics {
-  double test_risk = kNaN, label = kNaN, feature = kNaN;
-};
-struct NetTrace {
-  std::vector<double> test, label, feature;
-  Metrics first, last;
-  bool diverged = false;
-  int64_t steps_run = 0;
-  double diverged_loss = 0;
-};
-
-TrialResult assemble(const TrialProblem& pr, const NetTrace& st, const NetTrace* tw) {
-  TrialResult r;
-  const double lambda = pr.params.lambda;
-  r.checkpoint_steps = pr.checkpoints;
-  r.bayes_risk = pr.bayes_risk;
-  r.interp_risk = pr.interp_risk;
-  r.teacher_clean_risk = pr.teacher_clean_risk;
-  r.test_risk = st.last.test_risk;
-  r.excess_risk = r.test_risk - r.bayes_risk;
-  r.label_loss = st.last.label;
-  r.feature_loss = st.last.feature;
-  r.train_loss = st.last.label + lambda * st.last.feature;
-  const double train0 = st.first.label + lambda * st.first.feature;
-  r.zero_loss = std::isfinite(r.train_loss) && r.train_loss <= kZeroLossRtol * train0 ? 1 : 0;
-  r.curve_test_risk = st.test;
-  r.curve_label_loss = st.label;
-  r.curve_feature_loss = st.feature;
-  r.best_test_risk = kNaN;
-  r.best_step = -1;
-  for (size_t c = 0; c < st.test.size(); ++c)
-    if (std::isfinite(st.test[c]) && !(st.test[c] >= r.best_test_risk)) {
-      r.best_test_risk = st.test[c];
-      r.best_step = pr.checkpoints[c];
-    }
-  const size_t nc = pr.checkpoints.size();
-  if (tw) {
-    r.baseline_test_risk = tw->last.test_risk;
-    r.curve_baseline_test_risk = tw->test;
-    r.curve_baseline_label_loss = tw->label;
-    r.curve_baseline_feature_loss = tw->feature;
-  } else {
-    r.baseline_test_risk = kNaN;
-    r.curve_baseline_test_risk.assign(nc, kNaN);
-    r.curve_baseline_label_loss.assign(nc, kNaN);
-    r.curve_baseline_feature_loss.assign(nc, kNaN);
-  }
-  r.steps_run = st.steps_run;
-  r.status = Status::done;
-  std::string msg;
-  auto note = [&](const char* who, const NetTrace& n) {
-    if (!n.diverged) return;
-    if (!msg.empty()) msg += "; ";
-    msg += std::string(who) + " diverged at step " + std::to_string(n.steps_run) + " (loss " +
-           std::to_string(n.diverged_loss) + ")";
-  };
-  note("student", st);
-  if (tw) {
-    note("twin", *tw);
-    r.steps_run = std::min(st.steps_run, tw->steps_run);
-  }
-  if (st.diverged || (tw && tw->diverged)) r.status = Status::diverged;
-  r.message = msg;
-  return r;
 }
 
 // ------------------------------------------------------------------ layout --
@@ -311,6 +223,10 @@ class Pool {
     dcap_ = hcap_ = dtop_ = htop_ = 0;
   }
   void reset() { dtop_ = htop_ = 0; }
+  size_t dev_capacity() const { return dcap_; }
+  bool holds(size_t dev_bytes, size_t host_bytes) const {
+    return dev_ && dcap_ >= dev_bytes && hcap_ >= host_bytes;
+  }
   // Every byte 0xFF (a NaN in float and double): tests poison the buffers so
   // that an element nothing wrote cannot pass for a result.
   void poison(cudaStream_t s) {
@@ -380,48 +296,6 @@ struct Prepared {
   bool moment = false;
 };
 
-// The moments (host/train.cpp moments_of): from set-up, else computed.
-struct Moments {
-  Matrix Cxx, Cyx;
-  std::vector<Matrix> Chx;
-  double tr_yy = 0;
-  std::vector<double> tr_hh;
-};
-Moments moments_of(const TrialProblem& pr, uint32_t mask) {
-  Moments mo;
-  const int d = pr.Xn.rows, N = pr.Xn.cols, L = pr.L;
-  auto cross = [&](const Matrix& A) {
-    Matrix C(A.rows, d);
-    for (int i = 0; i < A.rows; ++i)
-      for (int j = 0; j < d; ++j) {
-        double s = 0;
-        for (int n = 0; n < N; ++n) s += A(i, n) * pr.Xn(j, n);
-        C(i, j) = s / N;
-      }
-    return C;
-  };
-  auto trace = [&](const Matrix& A) {
-    double s = 0;
-    for (double v : A.a) s += v * v;
-    return s / N;
-  };
-  mo.Cxx = pr.Cxx.rows == d && pr.Cxx.cols == d ? pr.Cxx : cross(pr.Xn);
-  const bool given_y = pr.Cyx.rows == pr.Y.rows && pr.Cyx.cols == d;
-  mo.Cyx = given_y ? pr.Cyx : cross(pr.Y);
-  mo.tr_yy = given_y ? pr.tr_yy : trace(pr.Y);
-  mo.Chx.resize(L + 1);
-  mo.tr_hh.assign(L + 1, 0.0);
-  for (int l = 1; l < L; ++l) {
-    if (!(mask >> l & 1u)) continue;
-    const Matrix& F = pr.feature[l];
-    const bool given = static_cast<int>(pr.Chx.size()) > l && pr.Chx[l].rows == F.rows &&
-                       pr.Chx[l].cols == d && static_cast<int>(pr.tr_hh.size()) > l;
-    mo.Chx[l] = given ? pr.Chx[l] : cross(F);
-    mo.tr_hh[l] = given ? pr.tr_hh[l] : trace(F);
-  }
-  return mo;
-}
-
 template <class Real>
 void pack_trial(const Prepared& p, const Shape& s, const Layout& y, Real* arena, double* eval,
                 TrialScalars& ts) {
@@ -437,7 +311,7 @@ void pack_trial(const Prepared& p, const Shape& s, const Layout& y, Real* arena,
   expect(pr.Y, m, N, "labels");
   ts = TrialScalars{};
   if (y.moment) {
-    const Moments mo = moments_of(pr, s.mask);
+    const TrialMoments mo = trial_moments(pr, s.mask);
     put(arena + y.Cxx, mo.Cxx);
     put(arena + y.Cyx, mo.Cyx);
     ts.tr_yy = mo.tr_yy;
@@ -618,6 +492,7 @@ class CudaBackend final : public Backend {
     // for the evaluation workspace.
     size_t free_b = 0, total_b = 0;
     STS_CUDA(cudaMemGetInfo(&free_b, &total_b));
+    for (const auto& w : waves_) free_b += w.pool.dev_capacity();  // kept from the last run
     const size_t budget = free_b / 2 * 8 / 10;
     const int eb = eval_blocks(vwork, budget / 8);
     const size_t fixed = static_cast<size_t>(eb) * vwork + (1 << 20);
@@ -626,7 +501,9 @@ class CudaBackend final : public Backend {
     if (cap == 0) cap = 1;
     for (;;) {
       try {
-        for (auto& w : waves_) w.pool.allocate(cap * tb.dev + fixed, cap * tb.host + (1 << 20));
+        const size_t dev = cap * tb.dev + fixed, host = cap * tb.host + (1 << 20);
+        for (auto& w : waves_)
+          if (!w.pool.holds(dev, host)) w.pool.allocate(dev, host);
         break;
       } catch (const OutOfMemory& e) {
         for (auto& w : waves_) w.pool.release();
@@ -688,8 +565,8 @@ class CudaBackend final : public Backend {
           if (static_cast<int>(p->pr.feature.size()) < p->pr.L && !p->pr.matched.empty())
             throw std::logic_error("train: teacher features missing");
           p->net = make_net(p->pr.w, p->pr.params.activation);
-          p->mask = mask_of(p->pr);
-          p->moment = use_moment_path(p->pr, p->net, p->mask);
+          p->mask = matched_mask(p->pr);
+          p->moment = trains_on_moments(p->pr);
           slot[i - lo] = std::move(p);
         } catch (const InputError& e) {
           r.status = Status::failed;
@@ -902,7 +779,7 @@ class CudaBackend final : public Backend {
         if (g.nets[k].twin) continue;
         const Prepared& p = w.prepared[g.members[g.nets[k].trial]];
         const bool twin = k + 1 < g.nets.size() && g.nets[k + 1].twin && g.nets[k + 1].trial == g.nets[k].trial;
-        TrialResult r = assemble(p.pr, traces[k], twin ? &traces[k + 1] : nullptr);
+        TrialResult r = assemble_trial_result(p.pr, traces[k], twin ? &traces[k + 1] : nullptr);
         r.trial = p.index < batch.ids.size() ? batch.ids[p.index] : static_cast<int64_t>(p.index);
         out[p.index] = std::move(r);
       }
