@@ -359,6 +359,39 @@ STS_HD inline void gemm(const Team& team, int M, int Nc, int K, const Real* A, i
 #endif
 }
 
+// Named forms (row-major, leading dimensions lda, ldb, ldc).
+// C (M x Nc) mode= A.B, A M x K, B K x Nc.
+template <int MODE, class Real, class Team>
+STS_HD inline void gemm_nn(const Team& team, int M, int Nc, int K, const Real* A, int lda,
+                           const Real* B, int ldb, Real* C, int ldc, Real alpha = Real(1)) {
+  gemm<MODE>(team, M, Nc, K, A, lda, 1, B, ldb, C, ldc, alpha);
+}
+// C (M x Nc) mode= A^T.B, A K x M, B K x Nc.
+template <int MODE, class Real, class Team>
+STS_HD inline void gemm_tn(const Team& team, int M, int Nc, int K, const Real* A, int lda,
+                           const Real* B, int ldb, Real* C, int ldc, Real alpha = Real(1)) {
+  gemm<MODE>(team, M, Nc, K, A, 1, lda, B, ldb, C, ldc, alpha);
+}
+// C (M x Nc) mode= A.B^T, A M x K, B Nc x K: dot products over contiguous k, the
+// same fma chain per element; plain loops (the steps never need this form).
+template <int MODE, class Real, class Team>
+STS_HD inline void gemm_nt(const Team& team, int M, int Nc, int K, const Real* A, int lda,
+                           const Real* B, int ldb, Real* C, int ldc, Real alpha = Real(1)) {
+  for (int e = team.rank(); e < M * Nc; e += team.size()) {
+    const int i = e / Nc, j = e % Nc;
+    Real c = MODE == kAdd ? C[i * ldc + j] : Real(0);
+    for (int k = 0; k < K; ++k) c = fmadd(A[i * lda + k], B[j * ldb + k], c);
+    C[i * ldc + j] = MODE == kSub ? fmadd(-alpha, c, C[i * ldc + j]) : c;
+  }
+}
+
+// Gradient-descent update W <- W - lr G over n elements.
+template <class Real, class Team>
+STS_HD inline void gd_update(const Team& team, int n, Real* __restrict__ W,
+                             const Real* __restrict__ G, Real lr) {
+  for (int i = team.rank(); i < n; i += team.size()) W[i] = fmadd(-lr, G[i], W[i]);
+}
+
 // dst (cols x rows) = src^T, src rows x cols, both row-major and dense.
 template <class Real, class Team>
 STS_HD inline void transpose(const Team& team, int rows, int cols, const Real* __restrict__ src,
@@ -703,9 +736,7 @@ STS_HD inline void moment_backward_update(const Team& team, const Net& net, Weig
     team.sync();
     Q = Qn;
   }
-  // W_1 -= lr Q_1
-  const int n = net.w[1] * d;
-  for (int i = team.rank(); i < n; i += team.size()) wt.W[1][i] = fmadd(-lr, Q[i], wt.W[1][i]);
+  gd_update(team, net.w[1] * d, wt.W[1], Q, lr);  // grad W_1 = Q_1
   team.sync();
 }
 

@@ -137,6 +137,7 @@ TrialProblem make_problem(const Spec& s) {
 struct RefLoss {
   double label = 0, feature = 0;
 };
+// Features enter only when X has the student's N columns (not on a test set).
 RefLoss ref_loss(const TrialProblem& pr, const std::vector<Matrix>& W, const Matrix& X,
                  const Matrix& Y) {
   const int N = X.cols;
@@ -151,7 +152,8 @@ RefLoss ref_loss(const TrialProblem& pr, const std::vector<Matrix>& W, const Mat
         Z(i, n) = l < pr.L ? act(pr.params.activation, v) : v;
       }
     H = Z;
-    if (l < pr.L && std::find(pr.matched.begin(), pr.matched.end(), l) != pr.matched.end())
+    if (l < pr.L && X.cols == pr.Xn.cols &&
+        std::find(pr.matched.begin(), pr.matched.end(), l) != pr.matched.end())
       for (size_t i = 0; i < H.a.size(); ++i) {
         const double e = H.a[i] - pr.feature[l].a[i];
         r.feature += e * e / (2.0 * N);
@@ -589,6 +591,30 @@ TEST(TrialMath, GemmMatchesNaiveForAllTileShapes) {
               }
           }
       }
+}
+
+TEST(TrialMath, NamedGemmForms) {
+  Gen g(8);
+  const int M = 13, Nc = 37, K = 9;
+  const Matrix A = g.matrix(M, K, 1), At = g.matrix(K, M, 1), B = g.matrix(K, Nc, 1),
+               Bt = g.matrix(Nc, K, 1);
+  std::vector<double> nn(M * Nc), tn(M * Nc), nt(M * Nc, 1.0);
+  const tm::SerialTeam team;
+  tm::gemm_nn<tm::kSet>(team, M, Nc, K, A.a.data(), K, B.a.data(), Nc, nn.data(), Nc);
+  tm::gemm_tn<tm::kSet>(team, M, Nc, K, At.a.data(), M, B.a.data(), Nc, tn.data(), Nc);
+  tm::gemm_nt<tm::kAdd>(team, M, Nc, K, A.a.data(), K, Bt.a.data(), K, nt.data(), Nc);
+  for (int i = 0; i < M; ++i)
+    for (int j = 0; j < Nc; ++j) {
+      double a = 0, b = 0, c = 1.0;
+      for (int k = 0; k < K; ++k) {
+        a += A(i, k) * B(k, j);
+        b += At(k, i) * B(k, j);
+        c += A(i, k) * Bt(j, k);
+      }
+      EXPECT_NEAR(nn[i * Nc + j], a, 1e-13);
+      EXPECT_NEAR(tn[i * Nc + j], b, 1e-13);
+      EXPECT_NEAR(nt[i * Nc + j], c, 1e-13);
+    }
 }
 
 TEST(TrialMath, ReductionsFollowTheDocumentedLaneOrder) {
