@@ -86,7 +86,7 @@ TEST(Cli, ValidateAndListEveryExampleSweep) {
 }
 
 TEST(Cli, ValidatePrintsCountAndAxes) {
-  Outcome v = run("validate " + sweep_file("quickstart.json"));
+  Outcome v = run("validate " + sweep_file("tiny.json"));
   ASSERT_EQ(v.rc, 0) << v.err;
   EXPECT_NE(v.out.find("trials: 36"), std::string::npos) << v.out;
   EXPECT_NE(v.out.find("teacher.decomposition"), std::string::npos);
@@ -94,18 +94,18 @@ TEST(Cli, ValidatePrintsCountAndAxes) {
 }
 
 TEST(Cli, ListFormats) {
-  Outcome c = run("list " + sweep_file("quickstart.json") + " --count");
+  Outcome c = run("list " + sweep_file("tiny.json") + " --count");
   EXPECT_EQ(c.rc, 0);
   EXPECT_EQ(c.out, "36\n");
 
-  Outcome csv = run("list " + sweep_file("quickstart.json") + " --format csv");
+  Outcome csv = run("list " + sweep_file("tiny.json") + " --format csv");
   ASSERT_EQ(csv.rc, 0) << csv.err;
   auto rows = lines(csv.out);
   ASSERT_EQ(rows.size(), 37u);
   EXPECT_EQ(rows[0].rfind("id,d,k,m,hidden,depth,", 0), 0u) << rows[0];
   EXPECT_EQ(rows[1].rfind("0,16,4,4,16,2,", 0), 0u) << rows[1];
 
-  Outcome js = run("list " + sweep_file("quickstart.json") + " --format json --offset 10 --limit 5");
+  Outcome js = run("list " + sweep_file("tiny.json") + " --format json --offset 10 --limit 5");
   ASSERT_EQ(js.rc, 0) << js.err;
   auto jl = lines(js.out);
   ASSERT_EQ(jl.size(), 5u);
@@ -118,7 +118,7 @@ TEST(Cli, ListFormats) {
     EXPECT_EQ(row["seed"], (10 + i) % 2);  // seed is the fastest axis
   }
 
-  Outcome t = run("list " + sweep_file("quickstart.json") + " --columns noise,lambda --limit 2");
+  Outcome t = run("list " + sweep_file("tiny.json") + " --columns noise,lambda --limit 2");
   ASSERT_EQ(t.rc, 0) << t.err;
   auto tl = lines(t.out);
   ASSERT_EQ(tl.size(), 3u);
@@ -132,7 +132,7 @@ TEST(Cli, ListFormats) {
 TEST(Cli, ShardsPartitionTheList) {
   std::multiset<long> ids;
   for (int i = 0; i < 5; ++i) {
-    Outcome r = run("list " + sweep_file("quickstart.json") + " --format csv --columns id --shard " + std::to_string(i) + "/5");
+    Outcome r = run("list " + sweep_file("tiny.json") + " --format csv --columns id --shard " + std::to_string(i) + "/5");
     ASSERT_EQ(r.rc, 0) << r.err;
     auto l = lines(r.out);
     ASSERT_GE(l.size(), 1u);
@@ -165,11 +165,11 @@ TEST(Cli, BadInputExitsTwoWithThePath) {
   EXPECT_EQ(m.rc, 2);
   EXPECT_NE(m.err.find("/nonexistent/sweep.json"), std::string::npos) << m.err;
 
-  Outcome sh = run("list " + sweep_file("quickstart.json") + " --shard 5/5");
+  Outcome sh = run("list " + sweep_file("tiny.json") + " --shard 5/5");
   EXPECT_EQ(sh.rc, 2);
   EXPECT_NE(sh.err.find("--shard"), std::string::npos) << sh.err;
 
-  Outcome f = run("list " + sweep_file("quickstart.json") + " --format xml");
+  Outcome f = run("list " + sweep_file("tiny.json") + " --format xml");
   EXPECT_EQ(f.rc, 2);
   Outcome none = run("");
   EXPECT_EQ(none.rc, 2);

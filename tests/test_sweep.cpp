@@ -674,13 +674,14 @@ TEST(Sweep, HashFollowsContentNotWhitespace) {
 }
 
 TEST(Sweep, ExampleFilesParse) {
-  for (const char* f : {"quickstart", "demo", "factor1", "teachers"}) {
+  for (const char* f : {"quickstart", "tiny", "demo", "factor1", "teachers"}) {
     Sweep s = Sweep::from_file(std::string(STSWEEP_SOURCE_DIR) + "/sweeps/" + f + ".json");
     EXPECT_EQ(s.name(), f);
     EXPECT_GT(s.count(), 0u);
     s.trial(0);
     s.trial(s.count() - 1);
   }
-  // The quickstart is the 36 trials the docs promise.
-  EXPECT_EQ(Sweep::from_file(std::string(STSWEEP_SOURCE_DIR) + "/sweeps/quickstart.json").count(), 36u);
+  // The counts the docs promise: quickstart 3 x 3 x 3 x 2 x 4, tiny 3 x 3 x 2 x 2.
+  EXPECT_EQ(Sweep::from_file(std::string(STSWEEP_SOURCE_DIR) + "/sweeps/quickstart.json").count(), 216u);
+  EXPECT_EQ(Sweep::from_file(std::string(STSWEEP_SOURCE_DIR) + "/sweeps/tiny.json").count(), 36u);
 }
