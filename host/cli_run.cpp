@@ -118,6 +118,12 @@ int run_main(const RunArgs& a) {
 
   int64_t n_done = 0, n_div = 0, n_fail = 0, n_total = 0;
   double compute = 0;
+  double store_s = 0;  // main-thread time in the results store (journal, checkpoints)
+  auto timed_store = [&store_s](auto&& f) {
+    const auto t = std::chrono::steady_clock::now();
+    f();
+    store_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+  };
   auto launch = [&](std::shared_ptr<Batch> b) {
     return std::async(std::launch::async, [&backend, &ro, b] {
       auto t = std::chrono::steady_clock::now();
@@ -163,7 +169,7 @@ int run_main(const RunArgs& a) {
       Outcome o = fut.get();
       if (have_next) fut = launch(nxt);
       RowBlock block = RowBlock::from_batch(*cur, o.results);
-      writer->append(block, o.seconds);
+      timed_store([&] { writer->append(block, o.seconds); });
       compute += o.seconds;
       for (const auto& r : o.results) {
         ++n_total;
@@ -191,15 +197,15 @@ int run_main(const RunArgs& a) {
     }
     throw;
   }
-  writer->finish();
+  timed_store([&] { writer->finish(); });
   progress.finish();
   const FileHeader& h = writer->header();
   double wall = progress.elapsed();
   std::printf("stsweep: %lld trials on %s (%s), %s: %lld done, %lld diverged, %lld failed in %.1f s "
-              "(%.1f trials/s; backend %.1f s)\n",
+              "(%.1f trials/s; backend %.1f s; store %.3f s = %.1f%% of wall)\n",
               (long long)n_total, backend->name().c_str(), backend->device().c_str(), a.precision.c_str(),
               (long long)n_done, (long long)n_div, (long long)n_fail, wall, wall > 0 ? n_total / wall : 0.0,
-              compute);
+              compute, store_s, wall > 0 ? 100.0 * store_s / wall : 0.0);
   std::printf("results: %s (shard %s: %lld done, %lld diverged, %lld failed, %lld pending of %lld)\n", a.out.c_str(),
               h.shard.c_str(), (long long)h.n_done, (long long)h.n_diverged, (long long)h.n_failed,
               (long long)h.n_pending, (long long)h.rows());
