@@ -39,24 +39,6 @@ namespace {
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 // kDivergeFactor and kZeroLossRtol: train.hpp (shared with the CUDA backend).
 
-int act_code(Activation a) {
-  switch (a) {
-    case Activation::relu: return tm::kRelu;
-    case Activation::tanh: return tm::kTanh;
-    default: return tm::kLinear;
-  }
-}
-
-tm::Net make_net(const std::vector<int>& w, Activation act) {
-  tm::Net net;
-  net.L = static_cast<int>(w.size()) - 1;
-  if (net.L < 1 || net.L > tm::kMaxLayers)
-    throw InputError("hidden", "depth " + std::to_string(net.L) + " outside 1.." +
-                                   std::to_string(tm::kMaxLayers));
-  for (int l = 0; l <= net.L; ++l) net.w[l] = w[l];
-  net.act = act_code(act);
-  return net;
-}
 
 template <class Real>
 std::vector<Real> convert(const Matrix& M) {
@@ -375,6 +357,27 @@ class Trainer {
 };
 
 }  // namespace
+
+namespace {
+int act_code(Activation a) {
+  switch (a) {
+    case Activation::relu: return tm::kRelu;
+    case Activation::tanh: return tm::kTanh;
+    default: return tm::kLinear;
+  }
+}
+}  // namespace
+
+tm::Net make_net(const std::vector<int>& w, Activation act) {
+  tm::Net net;
+  net.L = static_cast<int>(w.size()) - 1;
+  if (net.L < 1 || net.L > tm::kMaxLayers)
+    throw InputError("hidden", "depth " + std::to_string(net.L) + " outside 1.." +
+                                   std::to_string(tm::kMaxLayers));
+  for (int l = 0; l <= net.L; ++l) net.w[l] = w[l];
+  net.act = act_code(act);
+  return net;
+}
 
 uint32_t matched_mask(const TrialProblem& pr) {
   uint32_t mask = 0;

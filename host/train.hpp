@@ -8,6 +8,7 @@
 
 #include "problem.hpp"
 #include "result.hpp"
+#include "trial_math.hpp"
 
 namespace stsweep {
 
@@ -35,6 +36,10 @@ constexpr double kZeroLossRtol = 1e-6;
 
 // Matched layers as a bitmask (bit l); InputError for a layer that is not hidden.
 uint32_t matched_mask(const TrialProblem& pr);
+
+// The step math's view of a network: widths w[0..L] and the activation
+// (InputError "hidden" when the depth is outside 1..tm::kMaxLayers).
+tm::Net make_net(const std::vector<int>& w, Activation act);
 // Whether the trial trains on the moment path (params.path; `auto` by counted
 // flops); InputError for `moment` with a nonlinear network.
 bool trains_on_moments(const TrialProblem& pr);

@@ -49,24 +49,6 @@ constexpr int kMaxChunkTrials = 32000;  // 2 networks each: grid.y <= 65535 (cuB
 // assembly are host/train.hpp's, shared with the CPU reference.
 static_assert(kDivergeFactor == stsweep::kDivergeFactor, "divergence rule as in host/train.cpp");
 
-int act_code(Activation a) {
-  switch (a) {
-    case Activation::relu: return tm::kRelu;
-    case Activation::tanh: return tm::kTanh;
-    default: return tm::kLinear;
-  }
-}
-
-tm::Net make_net(const std::vector<int>& w, Activation act) {
-  tm::Net net;
-  net.L = static_cast<int>(w.size()) - 1;
-  if (net.L < 1 || net.L > tm::kMaxLayers)
-    throw InputError("hidden", "depth " + std::to_string(net.L) + " outside 1.." +
-                                   std::to_string(tm::kMaxLayers));
-  for (int l = 0; l <= net.L; ++l) net.w[l] = w[l];
-  net.act = act_code(act);
-  return net;
-}
 
 // ------------------------------------------------------------------ layout --
 struct Shape {
