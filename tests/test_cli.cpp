@@ -11,40 +11,16 @@
 #include <nlohmann/json.hpp>
 
 #include "version.hpp"
+#include "cli_util.hpp"
 
 namespace fs = std::filesystem;
 
 namespace {
 
-struct Outcome {
-  int rc = -1;
-  std::string out, err;
-};
-
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-fs::path scratch() {
-  fs::path dir = fs::temp_directory_path() / ("stsweep_test_cli_" + std::to_string(::getpid()));
-  fs::create_directories(dir);
-  return dir;
-}
-
-Outcome run(const std::string& args) {
-  fs::path dir = scratch();
-  std::string cmd = std::string("'") + STSWEEP_BINARY + "' " + args + " >'" + (dir / "out").string() + "' 2>'" +
-                    (dir / "err").string() + "'";
-  int status = std::system(cmd.c_str());
-  Outcome r;
-  r.rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  r.out = slurp(dir / "out");
-  r.err = slurp(dir / "err");
-  return r;
-}
+using stsweep::testing::Outcome;
+using stsweep::testing::slurp;
+fs::path scratch() { return stsweep::testing::scratch("test_cli"); }
+Outcome run(const std::string& args) { return stsweep::testing::run_stsweep(args, "test_cli"); }
 
 std::string sweep_file(const std::string& name) { return std::string(STSWEEP_SOURCE_DIR) + "/sweeps/" + name; }
 

@@ -13,41 +13,17 @@
 
 #include "problem.hpp"
 #include "store.hpp"
+#include "cli_util.hpp"
 
 namespace fs = std::filesystem;
 using namespace stsweep;
 
 namespace {
 
-struct Outcome {
-  int rc = -1;
-  std::string out, err;
-};
-
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-fs::path scratch() {
-  fs::path dir = fs::temp_directory_path() / ("stsweep_test_export_" + std::to_string(::getpid()));
-  fs::create_directories(dir);
-  return dir;
-}
-
-Outcome run(const std::string& args) {
-  fs::path dir = scratch();
-  std::string cmd = std::string("'") + STSWEEP_BINARY + "' " + args + " >'" + (dir / "out").string() + "' 2>'" +
-                    (dir / "err").string() + "'";
-  int status = std::system(cmd.c_str());
-  Outcome r;
-  r.rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  r.out = slurp(dir / "out");
-  r.err = slurp(dir / "err");
-  return r;
-}
+using stsweep::testing::Outcome;
+using stsweep::testing::slurp;
+fs::path scratch() { return stsweep::testing::scratch("test_export"); }
+Outcome run(const std::string& args) { return stsweep::testing::run_stsweep(args, "test_export"); }
 
 // Six small trials: 2- and 3-layer linear students, lambda 0 and > 0, label noise.
 const char* kSweep = R"({"name": "export-test", "seed": 3,

@@ -11,6 +11,7 @@
 #include <sstream>
 #include <string>
 #include <vector>
+#include "cli_util.hpp"
 
 namespace fs = std::filesystem;
 
@@ -18,12 +19,7 @@ namespace {
 
 const fs::path kSource = STSWEEP_SOURCE_DIR;
 
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using stsweep::testing::slurp;
 
 std::vector<std::string> lines_of(const std::string& text) {
   std::vector<std::string> v;
