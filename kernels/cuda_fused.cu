@@ -7,10 +7,11 @@
 // snapshot; a second kernel measures every snapshot in float64 with the same
 // functions the CPU evaluator calls (data_forward<double>, linear_risk).
 //
-// Version history: v1 (this) reuses tm::gemm's device branch, one output
-// element per thread with a sequential fma chain, which makes a float32
-// product bit-identical to the CPU's. The lever for speed is a register tile
-// per thread in that branch (same chain per element): see docs/PERFORMANCE.md.
+// Version history: v1 ran tm::gemm's device branch as one output element per
+// thread; v2 (this) runs it as a register tile per thread
+// (tm::detail::gemm_team_tiled), each element still the same sequential fma
+// chain, so a float32 product stays bit-identical to the CPU's. See
+// docs/PERFORMANCE.md (GPU) for the tile shapes and what is still owed.
 #include <cmath>
 
 #include "cuda_common.cuh"
@@ -30,8 +31,10 @@ __device__ void snapshot(const BlockTeam& team, const tm::Net& net, const Layout
   team.sync();  // the weights are updated next
 }
 
+// Min 1 block per SM: the fused block owns most of an SM's shared memory, and
+// without it ptxas capped float at 128 registers and spilled the GEMM tiles.
 template <class Real>
-__global__ void __launch_bounds__(kThreads) fused_train(const TrainArgs<Real> a) {
+__global__ void __launch_bounds__(kThreads, 1) fused_train(const TrainArgs<Real> a) {
   __shared__ double red[32];
   extern __shared__ __align__(16) unsigned char smem[];
   const BlockTeam team{red};

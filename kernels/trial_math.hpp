@@ -19,7 +19,8 @@
 // Arithmetic order. Every output element of a product is a sequential fused
 // multiply-add chain over the reduction index k = 0..K-1, starting from 0 (or
 // from C for kAdd), whatever the tiling. The CPU register tiles and the
-// one-element-per-thread device loop therefore give bit-identical products.
+// device's per-thread register tiles (detail::gemm_team_tiled) therefore give
+// bit-identical products.
 // Sums of squares use 16 interleaved lanes (element i to lane i % 16 of its
 // team member) combined pairwise, in vectors or scalars alike.
 //
@@ -198,6 +199,149 @@ STS_HD inline void gemm_rows(const Team& team, int& t, int i, int M, int nc, int
                                                  alpha);
 }
 
+// ------------------------------------------------- team GEMM (the device) --
+// The GEMM of a team of many threads (a CUDA block: tm::gemm's device branch
+// calls it). Plain C++, no intrinsics and no sync inside, so a host test can
+// run it for every rank of an emulated team in turn.
+//
+// Each member computes tiles of MR x NR elements of C; a tile (gx, gy) holds
+// rows gy + p*GY (p < MR) and columns gx + q*GX (q < NR), GY = ceil(M/MR),
+// GX = ceil(Nc/NR), and tile t is (t % GX, t / GX), dealt out round-robin.
+// Why strided, not contiguous, columns: consecutive ranks take consecutive
+// gx, so each of a thread's NR loads of B(k, .) is a run of consecutive words
+// across the warp (conflict-free shared memory, coalesced global), and all
+// ranks with the same gy (a whole warp when GX >= 32) load the same A(i, k), a
+// broadcast. Strided rows likewise make the A loads of a warp that spans
+// several gy consecutive words when A is transposed (sai = 1). Per k a thread
+// issues MR + NR loads for MR * NR fmas, all from registers. (A row-major A
+// whose rows are a multiple of 32 words apart, such as X and H with width 64,
+// puts a warp's rows in one bank: docs/PERFORMANCE.md, GPU, counts the cost.)
+//
+// Every element is still the one documented chain: c = 0 (kSet, kSub) or C
+// (kAdd), c = fma(A(i,k), B(k,j), c) for k = 0..K-1, then C = c or
+// C = fma(-alpha, c, C) (kSub). Slots past the edge (row >= M or column >= Nc)
+// compute a clamped copy of the last row/column and are never stored, so the
+// k loop carries no predicate.
+template <class Real, int MR, int NR, int MODE, class Team>
+STS_HD inline void gemm_team_tile(const Team& team, int M, int Nc, int K, const Real* A, int sai,
+                                  int sak, const Real* B, int ldb, Real* C, int ldc, Real alpha) {
+  const int GY = (M + MR - 1) / MR, GX = (Nc + NR - 1) / NR;
+  const int tiles = GX * GY;
+  for (int t = team.rank(); t < tiles; t += team.size()) {
+    const int gx = t % GX, gy = t / GX;
+    int ao[MR], co[MR], bo[NR];  // offsets of A(i, 0), C(i, 0), B(0, j)
+    bool rv[MR], cv[NR];         // row / column inside C
+    STS_UNROLL for (int p = 0; p < MR; ++p) {
+      const int i = gy + p * GY;
+      rv[p] = i < M;
+      const int ic = rv[p] ? i : M - 1;
+      ao[p] = ic * sai;
+      co[p] = ic * ldc;
+    }
+    STS_UNROLL for (int q = 0; q < NR; ++q) {
+      const int j = gx + q * GX;
+      cv[q] = j < Nc;
+      bo[q] = cv[q] ? j : Nc - 1;
+    }
+    Real c[MR][NR];
+    STS_UNROLL for (int p = 0; p < MR; ++p) {
+      STS_UNROLL for (int q = 0; q < NR; ++q)
+        c[p][q] = MODE == kAdd && rv[p] && cv[q] ? C[co[p] + bo[q]] : Real(0);
+    }
+    const Real* a = A;
+    const Real* b = B;
+    for (int k = 0; k < K; ++k, a += sak, b += ldb) {
+      Real av[MR], bv[NR];
+      STS_UNROLL for (int p = 0; p < MR; ++p) av[p] = a[ao[p]];
+      STS_UNROLL for (int q = 0; q < NR; ++q) bv[q] = b[bo[q]];
+      STS_UNROLL for (int p = 0; p < MR; ++p) {
+        STS_UNROLL for (int q = 0; q < NR; ++q) c[p][q] = fmadd(av[p], bv[q], c[p][q]);
+      }
+    }
+    STS_UNROLL for (int p = 0; p < MR; ++p) {
+      STS_UNROLL for (int q = 0; q < NR; ++q) {
+        if (!rv[p] || !cv[q]) continue;
+        Real* o = C + co[p] + bo[q];
+        *o = MODE == kSub ? fmadd(-alpha, c[p][q], *o) : c[p][q];
+      }
+    }
+  }
+}
+
+// The tile shapes gemm_team_tiled chooses from, largest first: shape s is
+// gemm_team_tile_mr(s) x gemm_team_tile_nr(s), s = 0..5 (8x4, 4x4, 4x2, 2x2,
+// 2x1, 1x1).
+constexpr int kTeamTiles = 6;
+STS_HD constexpr int gemm_team_tile_mr(int s) {
+  switch (s) {
+    case 0: return 8;
+    case 1: case 2: return 4;
+    case 3: case 4: return 2;
+    default: return 1;
+  }
+}
+STS_HD constexpr int gemm_team_tile_nr(int s) {
+  switch (s) {
+    case 0: case 1: return 4;
+    case 2: case 3: return 2;
+    default: return 1;
+  }
+}
+
+// The shape gemm_team_tiled uses for an M x Nc product on `members` threads:
+// the one whose busiest member computes the fewest elements (rounds of tiles
+// x MR x NR), ties to the larger tile (fewer loads per fma). For a 256-thread
+// block: 8x4 for 128 x 64, 4x4 for 64 x 64, 4x2 for 128 x 16 and 2x2 for
+// 16 x 64, one tile per thread each; products with fewer elements than
+// threads get 1x1 (one element per thread, as before).
+STS_HD inline int gemm_team_tile_shape(int M, int Nc, int members) {
+  int best = 0;
+  long best_cost = -1;
+  for (int s = 0; s < kTeamTiles; ++s) {
+    const int mr = gemm_team_tile_mr(s), nr = gemm_team_tile_nr(s);
+    const long tiles = static_cast<long>((M + mr - 1) / mr) * ((Nc + nr - 1) / nr);
+    const long cost = (tiles + members - 1) / members * (mr * nr);
+    if (best_cost < 0 || cost < best_cost) {
+      best = s;
+      best_cost = cost;
+    }
+  }
+  return best;
+}
+
+// C (M x Nc) <- mode(C, A.B) by a team, each member its share of the tiles;
+// the same arguments as tm::gemm. All members must pass the same arguments.
+template <int MODE, class Real, class Team>
+STS_HD inline void gemm_team_tiled(const Team& team, int M, int Nc, int K, const Real* A, int sai,
+                                   int sak, const Real* B, int ldb, Real* C, int ldc,
+                                   Real alpha = Real(1)) {
+  if (M <= 0 || Nc <= 0) return;
+  static_assert(gemm_team_tile_mr(0) == 8 && gemm_team_tile_nr(0) == 4 &&
+                gemm_team_tile_mr(2) == 4 && gemm_team_tile_nr(2) == 2 &&
+                gemm_team_tile_mr(4) == 2 && gemm_team_tile_nr(4) == 1,
+                "the cases below follow gemm_team_tile_mr/nr");
+  switch (gemm_team_tile_shape(M, Nc, team.size())) {
+    case 0:
+      gemm_team_tile<Real, 8, 4, MODE>(team, M, Nc, K, A, sai, sak, B, ldb, C, ldc, alpha);
+      break;
+    case 1:
+      gemm_team_tile<Real, 4, 4, MODE>(team, M, Nc, K, A, sai, sak, B, ldb, C, ldc, alpha);
+      break;
+    case 2:
+      gemm_team_tile<Real, 4, 2, MODE>(team, M, Nc, K, A, sai, sak, B, ldb, C, ldc, alpha);
+      break;
+    case 3:
+      gemm_team_tile<Real, 2, 2, MODE>(team, M, Nc, K, A, sai, sak, B, ldb, C, ldc, alpha);
+      break;
+    case 4:
+      gemm_team_tile<Real, 2, 1, MODE>(team, M, Nc, K, A, sai, sak, B, ldb, C, ldc, alpha);
+      break;
+    default:
+      gemm_team_tile<Real, 1, 1, MODE>(team, M, Nc, K, A, sai, sak, B, ldb, C, ldc, alpha);
+      break;
+  }
+}
+
 }  // namespace detail
 
 #if STS_SIMD
@@ -306,13 +450,9 @@ template <int MODE, class Real, class Team>
 STS_HD inline void gemm(const Team& team, int M, int Nc, int K, const Real* A, int sai, int sak,
                         const Real* B, int ldb, Real* C, int ldc, Real alpha = Real(1)) {
 #if defined(__CUDA_ARCH__)
-  // One output element per thread, the same fma chain as the CPU tiles.
-  for (int e = team.rank(); e < M * Nc; e += team.size()) {
-    const int i = e / Nc, j = e % Nc;
-    Real c = MODE == kAdd ? C[i * ldc + j] : Real(0);
-    for (int k = 0; k < K; ++k) c = fmadd(A[i * sai + k * sak], B[k * ldb + j], c);
-    C[i * ldc + j] = MODE == kSub ? fmadd(-alpha, c, C[i * ldc + j]) : c;
-  }
+  // Register tiles per thread (detail::gemm_team_tiled), the same fma chain
+  // per element as the CPU tiles.
+  detail::gemm_team_tiled<MODE>(team, M, Nc, K, A, sai, sak, B, ldb, C, ldc, alpha);
 #elif STS_SIMD
   // Column blocks of 2 wide vectors (8 rows: 16 accumulators), 1 wide vector
   // (16 rows), one 256-bit vector (16 rows), then a narrow scalar rest.
