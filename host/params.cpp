@@ -201,7 +201,7 @@ void field(TrialParams& p, const std::string& key, const json& v, const std::str
   } else if (key == "depth") {
     throw InputError(path, "depth is derived from hidden (L = len(hidden) + 1); set hidden instead");
   } else {
-    throw InputError(path, "unknown parameter \"" + key + "\" (see docs/SWEEPS.md)");
+    throw InputError(path, unknown_parameter_message(key));
   }
 }
 
@@ -346,7 +346,7 @@ TrialParams parse_trial_fields(const json& obj, const std::string& where) {
     auto dot = key.find('.');
     if (dot != std::string::npos) {  // dotted key, e.g. "teacher.kind"
       if (key.compare(0, dot, "teacher") != 0)
-        throw InputError(path, "unknown parameter \"" + key + "\" (only teacher.* parameters are nested)");
+        throw InputError(path, unknown_parameter_message(key) + "; only teacher.* parameters are nested");
       teacher_field(p.teacher, key.substr(dot + 1), it.value(), path);
     } else {
       field(p, key, it.value(), path);
@@ -433,6 +433,38 @@ TrialKeys trial_keys(uint64_t sweep_seed, const TrialParams& p) {
   KeyChain teacher(kTagTeacher);
   teacher.add(data.h).add(p.hidden).add(p.teacher.n_train);
   return TrialKeys{data.h, init.h, teacher.h};
+}
+
+namespace {
+// Edit distance (insertions, deletions, substitutions), for suggestions.
+size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<size_t> row(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    size_t diag = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      const size_t up = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      diag = up;
+    }
+  }
+  return row[b.size()];
+}
+}  // namespace
+
+std::string unknown_parameter_message(const std::string& key) {
+  std::string best;
+  size_t best_d = std::string::npos;
+  for (const auto& spec : param_specs()) {
+    if (spec.key == "depth") continue;  // derived, not settable
+    const size_t d = edit_distance(key, spec.key);
+    if (d < best_d) best_d = d, best = spec.key;
+  }
+  std::string msg = "unknown parameter \"" + key + "\"";
+  // Close enough to be a typo: at most 2 edits, and fewer than half the name.
+  if (!best.empty() && best_d <= 2 && 2 * best_d < key.size()) msg += " (did you mean \"" + best + "\"?)";
+  return msg + "; the parameters are listed in docs/SWEEPS.md";
 }
 
 }  // namespace stsweep

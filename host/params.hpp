@@ -97,6 +97,10 @@ void check_trial(const TrialParams& p, const std::string& where);
 // Parameters back to JSON (round trip of parse_trial_params).
 nlohmann::json to_json(const TrialParams& p);
 
+// "unknown parameter "lamda" (did you mean "lambda"? ...)": the message for a key
+// that is no parameter, with the closest parameter name when one is close.
+std::string unknown_parameter_message(const std::string& key);
+
 // Names of enums, as used in JSON and in the results.
 const char* name(Activation);
 const char* name(SpectrumKind);

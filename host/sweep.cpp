@@ -497,7 +497,7 @@ std::vector<std::vector<ExcludeItem>> parse_exclude(const ojson& v, const std::s
     auto items = flatten_exclude(v[i], "", ep);
     if (items.empty()) throw InputError(ep, "empty entry (it would exclude every trial)");
     for (const auto& it : items) {
-      if (!known_key(it.key)) throw InputError(it.path, "unknown parameter \"" + it.key + "\"");
+      if (!known_key(it.key)) throw InputError(it.path, unknown_parameter_message(it.key));
       json obj = default_params_json();
       set_dotted(obj, it.key, it.value);
       try {
@@ -531,7 +531,7 @@ class Builder {
     auto at = [&](const std::string& k) { return path.empty() ? k : path + "." + k; };
     std::vector<std::pair<std::string, std::string>> seen;  // key, path
     auto claim = [&](const std::string& key, const std::string& kpath) {
-      if (!known_key(key)) throw InputError(kpath, "unknown parameter \"" + key + "\" (see docs/SWEEPS.md)");
+      if (!known_key(key)) throw InputError(kpath, unknown_parameter_message(key));
       for (const auto& [k, p] : seen)
         if (key_covers(k, key) || key_covers(key, k))
           throw InputError(kpath, "duplicate axis: \"" + key + "\" is also varied by " + p);

@@ -531,6 +531,14 @@ TEST(SweepErrors, TopLevel) {
   EXPECT_EQ(err(R"({"defaults": []})"), "defaults");
   EXPECT_EQ(err(R"({"defaults": {"foo": 1}})", &msg), "defaults.foo");
   EXPECT_NE(msg.find("unknown parameter"), std::string::npos);
+  EXPECT_EQ(msg.find("did you mean"), std::string::npos) << "foo is close to no parameter: " << msg;
+  // A typo gets the closest name; a dotted typo outside teacher.* too.
+  EXPECT_EQ(err(R"({"grid": {"lamda": [1, 2]}})", &msg), "grid.lamda");
+  EXPECT_NE(msg.find("did you mean \"lambda\"?"), std::string::npos) << msg;
+  EXPECT_EQ(err(R"({"defaults": {"init_scal": 0.1}})", &msg), "defaults.init_scal");
+  EXPECT_NE(msg.find("did you mean \"init_scale\"?"), std::string::npos) << msg;
+  EXPECT_EQ(err(R"({"grid": {"teachr.kind": ["oracle"]}})", &msg), "grid.teachr.kind");
+  EXPECT_NE(msg.find("did you mean \"teacher.kind\"?"), std::string::npos) << msg;
   EXPECT_EQ(err(R"({"defaults": {"d": "big"}})"), "defaults.d");
   EXPECT_EQ(err(R"({"defaults": {"teacher.kind": "wise"}})"), "defaults.teacher.kind");
   EXPECT_EQ(err(R"({"grid": []})"), "grid");
