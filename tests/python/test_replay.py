@@ -28,6 +28,8 @@ import subprocess
 import sys
 import time
 
+from stsweep_testlib import FAILURES, check
+
 try:
     import h5py
     import numpy as np
@@ -64,16 +66,7 @@ SWEEP = {
 }
 N_TRIALS = 2 * 3 * 2 + 3 + 2 + 2
 
-FAILURES = []
 STATS = {}  # name -> largest value seen
-
-
-def check(cond, what):
-    if cond:
-        print(f"ok   {what}")
-    else:
-        print(f"FAIL {what}")
-        FAILURES.append(what)
 
 
 def note(name, value):

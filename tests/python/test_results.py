@@ -21,6 +21,8 @@ import subprocess
 import sys
 import time
 
+from stsweep_testlib import FAILURES, check, datasets, same_bits
+
 try:
     import h5py
     import numpy as np
@@ -39,42 +41,11 @@ SWEEP = {
              "teacher.decomposition": ["balanced", "rotated"], "seed": {"range": [0, 6]}},
 }
 
-FAILURES = []
-
-
-def check(cond, what):
-    if cond:
-        print(f"ok   {what}")
-    else:
-        print(f"FAIL {what}")
-        FAILURES.append(what)
-
-
 def run(args, ok=(0,), **kw):
     p = subprocess.run([STSWEEP] + args, capture_output=True, text=True, **kw)
     if p.returncode not in ok:
         print(f"command {args} -> {p.returncode}\nstdout: {p.stdout}\nstderr: {p.stderr}")
     return p
-
-
-def datasets(path):
-    """All datasets of a results file as numpy arrays (strings decoded)."""
-    out = {}
-    with h5py.File(path, "r") as f:
-        for name, d in f.items():
-            a = d[()]
-            if a.dtype.kind == "O":
-                a = np.array([x.decode() if isinstance(x, bytes) else x for x in a], dtype=object)
-            out[name] = a
-    return out
-
-
-def same_bits(a, b):
-    if a.shape != b.shape or a.dtype != b.dtype:
-        return False
-    if a.dtype.kind == "O":
-        return list(a) == list(b)
-    return a.tobytes() == b.tobytes()  # bit for bit, NaN payloads included
 
 
 def compare(path, ref, what):

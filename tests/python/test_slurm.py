@@ -29,6 +29,8 @@ import sys
 import tempfile
 import time
 
+from stsweep_testlib import FAILURES, check, datasets, same_bits
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOOL = os.path.join(REPO, "tools", "slurm-sweep")
 
@@ -44,19 +46,11 @@ SWEEP = {
 N_TRIALS = 24
 SHARDS = 3
 
-FAILURES = []
 T0 = time.time()
 
 
 def log(msg):
     print(f"[{time.time() - T0:6.1f} s] {msg}", flush=True)
-
-
-def check(cond, what):
-    print(f"{'ok  ' if cond else 'FAIL'} {what}", flush=True)
-    if not cond:
-        FAILURES.append(what)
-    return cond
 
 
 def sh(cmd, env=None, timeout=60, ok=(0,)):
@@ -97,27 +91,6 @@ def clean_env(conf=None):
     if conf:
         env["SLURM_CONF"] = conf
     return env
-
-
-def datasets(path):
-    import h5py
-    import numpy as np
-    out = {}
-    with h5py.File(path, "r") as f:
-        for name, d in f.items():
-            a = d[()]
-            if a.dtype.kind == "O":
-                a = np.array([x.decode() if isinstance(x, bytes) else x for x in a], dtype=object)
-            out[name] = a
-    return out
-
-
-def same_values(a, b):
-    if a.shape != b.shape or a.dtype != b.dtype:
-        return False
-    if a.dtype.kind == "O":
-        return list(a) == list(b)
-    return a.tobytes() == b.tobytes()  # value for value, NaN payloads included
 
 
 # --- without a cluster ---------------------------------------------------------------------
@@ -549,7 +522,7 @@ def main():
         if os.path.exists(merged) and ref_proc.returncode == 0:
             got, exp = datasets(merged), datasets(ref)
             check(sorted(got) == sorted(exp), "merged vs unsharded: same columns")
-            bad = [k for k in exp if k in got and not same_values(got[k], exp[k])]
+            bad = [k for k in exp if k in got and not same_bits(got[k], exp[k])]
             check(not bad, f"merged vs unsharded: all {len(exp)} columns equal value for value"
                   + (f" (differ: {bad})" if bad else ""))
             info = sh([stsweep, "info", merged])
@@ -567,7 +540,7 @@ def main():
                       and "nothing to do" in read(os.path.join(logs, f"shard-2-of-{SHARDS}.log")),
                       f"resubmitted: the shards had nothing to do, the merge ran again ({state})")
                 got = datasets(merged)
-                check(all(same_values(got[k], exp[k]) for k in exp if k in got) and sorted(got) == sorted(exp),
+                check(all(same_bits(got[k], exp[k]) for k in exp if k in got) and sorted(got) == sorted(exp),
                       "the merge redone equals the unsharded run")
         else:
             print(ref_out)

@@ -1,0 +1,34 @@
+"""Helpers shared by the Python tests (run with Debian's /usr/bin/python3 by ctest)."""
+
+FAILURES = []
+
+
+def check(cond, what):
+    """Records a check: prints ok/FAIL and remembers failures (the test exits 1 if any)."""
+    print(f"{'ok  ' if cond else 'FAIL'} {what}", flush=True)
+    if not cond:
+        FAILURES.append(what)
+    return cond
+
+
+def datasets(path):
+    """All datasets of a results file as numpy arrays (strings decoded)."""
+    import h5py
+    import numpy as np
+    out = {}
+    with h5py.File(path, "r") as f:
+        for name, d in f.items():
+            a = d[()]
+            if a.dtype.kind == "O":
+                a = np.array([x.decode() if isinstance(x, bytes) else x for x in a], dtype=object)
+            out[name] = a
+    return out
+
+
+def same_bits(a, b):
+    """Equal shape, type and bits (NaN payloads included); strings compared as values."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if a.dtype.kind == "O":
+        return list(a) == list(b)
+    return a.tobytes() == b.tobytes()
