@@ -150,3 +150,26 @@ TEST(Cli, BadInputExitsTwoWithThePath) {
   Outcome none = run("");
   EXPECT_EQ(none.rc, 2);
 }
+
+// Without a usable GPU (this machine, CI): --backend cuda is a clear run-time
+// error that leaves no results file; auto falls back to the CPU and says so.
+// On a machine with a GPU, auto must say it ran on cuda.
+TEST(Cli, BackendChoiceIsExplicit) {
+  const fs::path out = scratch() / "backend.h5";
+  fs::remove(out);
+  Outcome cuda = run("run " + sweep_file("tiny.json") + " -o '" + out.string() + "' --backend cuda --progress none");
+  Outcome probe = run("run " + sweep_file("tiny.json") + " -o '" + out.string() + "' --backend auto --progress none");
+  ASSERT_EQ(probe.rc, 0) << probe.err;
+  const bool gpu = probe.err.find("stsweep: backend cuda") != std::string::npos;
+  if (gpu) {
+    EXPECT_EQ(cuda.rc, 0) << cuda.err;
+    GTEST_SKIP() << "a GPU is present: the no-GPU error path cannot be checked here";
+  }
+  EXPECT_EQ(cuda.rc, 1);
+  EXPECT_NE(cuda.err.find("--backend cuda: no usable GPU"), std::string::npos) << cuda.err;
+  EXPECT_NE(probe.err.find("stsweep: backend cpu"), std::string::npos) << probe.err;
+  EXPECT_NE(probe.err.find("no GPU"), std::string::npos) << "auto must say why it is not on the GPU: " << probe.err;
+  // The failed cuda run left nothing: the auto run started a fresh file (no --resume needed).
+  EXPECT_EQ(probe.err.find("exists"), std::string::npos) << probe.err;
+  fs::remove(out);
+}
