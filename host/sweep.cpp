@@ -815,8 +815,49 @@ Sweep Sweep::from_text(const std::string& text, const std::string& source) {
   impl->text = text;
   impl->source = source;
   ojson root;
+  // JSON keeps the last of two equal keys in one object without a word; in a
+  // sweep file that is almost always a mistake (two "grid" blocks, say), so it
+  // is an error naming where.
+  struct Frame {
+    bool object;
+    std::string name;               // how the path names this level
+    std::vector<std::string> keys;  // keys seen so far (objects)
+  };
+  std::vector<Frame> stack;
+  auto path_of = [&stack](const std::string& key) {
+    std::string p;
+    for (size_t i = 1; i < stack.size(); ++i) p += (stack[i].name.rfind('[', 0) == 0 || p.empty()) ? stack[i].name : "." + stack[i].name;
+    return p.empty() ? key : p + "." + key;
+  };
+  std::string pending;  // the key whose value comes next
+  ojson::parser_callback_t no_duplicate_keys = [&](int, ojson::parse_event_t ev, ojson& parsed) {
+    using E = ojson::parse_event_t;
+    const bool in_array = !stack.empty() && !stack.back().object;
+    switch (ev) {
+      case E::object_start:
+      case E::array_start:
+        stack.push_back({ev == E::object_start, stack.empty() ? "" : in_array ? "[]" : pending, {}});
+        break;
+      case E::object_end:
+      case E::array_end:
+        stack.pop_back();
+        break;
+      case E::key: {
+        pending = parsed.get<std::string>();
+        auto& keys = stack.back().keys;
+        if (std::find(keys.begin(), keys.end(), pending) != keys.end())
+          throw InputError(path_of(pending), "the key \"" + pending +
+                                                 "\" appears twice in one object (JSON would keep only the last)");
+        keys.push_back(pending);
+        break;
+      }
+      default:
+        break;
+    }
+    return true;
+  };
   try {
-    root = ojson::parse(text);
+    root = ojson::parse(text, no_duplicate_keys);
   } catch (const ojson::parse_error& e) {
     // e.byte is 1-based: the last character read, where the parser stopped.
     auto [line, col] = line_col(text, e.byte > 0 ? e.byte - 1 : 0);

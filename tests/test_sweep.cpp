@@ -540,6 +540,14 @@ TEST(SweepErrors, TopLevel) {
   EXPECT_EQ(err(R"({"grid": {"teachr.kind": ["oracle"]}})", &msg), "grid.teachr.kind");
   EXPECT_NE(msg.find("did you mean \"teacher.kind\"?"), std::string::npos) << msg;
   EXPECT_EQ(err(R"({"defaults": {"d": "big"}})"), "defaults.d");
+  // A key twice in one object (JSON would silently keep the last) names where.
+  EXPECT_EQ(err(R"({"name": "a", "name": "b"})", &msg), "name");
+  EXPECT_NE(msg.find("appears twice"), std::string::npos) << msg;
+  EXPECT_EQ(err(R"({"grid": {"noise": [1], "lambda": [0], "noise": [2]}})"), "grid.noise");
+  EXPECT_EQ(err(R"({"zip": [{"d": [16], "hidden": [[16]]}, {"k": [1], "k": [2]}]})"), "zip[].k");
+  EXPECT_EQ(err(R"({"defaults": {"teacher": {"kind": "oracle", "kind": "trained"}}})"), "defaults.teacher.kind");
+  // Equal keys in different objects are fine.
+  EXPECT_EQ(err(R"({"defaults": {"d": 8, "k": 2, "hidden": [8]}, "grid": {"d": [8, 16]}})"), "<none>");
   EXPECT_EQ(err(R"({"defaults": {"teacher.kind": "wise"}})"), "defaults.teacher.kind");
   EXPECT_EQ(err(R"({"grid": []})"), "grid");
   EXPECT_EQ(err(R"({"zip": {"d": [1]}})"), "zip");
