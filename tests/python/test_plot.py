@@ -1,0 +1,74 @@
+#!/usr/bin/python3
+"""tools/plot-risks on a real results file: it draws, and bad input gets a clear
+message and exit 2. Run by ctest: test_plot.py --stsweep PATH --workdir DIR."""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+from stsweep_testlib import FAILURES, check
+
+try:
+    import matplotlib  # noqa: F401
+    import xarray  # noqa: F401
+except ImportError as e:
+    print(f"skip: {e} (install python3-matplotlib python3-xarray)")
+    sys.exit(77)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PLOT = os.path.join(ROOT, "tools", "plot-risks")
+
+SWEEP = {
+    "name": "plotcheck", "seed": 4,
+    "defaults": {"d": 8, "k": 4, "m": 2, "hidden": [8], "n_train": 6, "steps": 300, "lr": 0.05,
+                 "checkpoints": 4, "teacher": {"kind": "perturbed", "delta": 0.5}},
+    "grid": {"noise": [0.2, 1.0], "lambda": [0, 1, 10], "teacher.decomposition": ["balanced", "latent"],
+             "seed": {"range": [0, 2]}},
+}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--stsweep", required=True)
+    ap.add_argument("--workdir", required=True)
+    a = ap.parse_args()
+    shutil.rmtree(a.workdir, ignore_errors=True)
+    os.makedirs(a.workdir)
+    sweep = os.path.join(a.workdir, "plot.json")
+    with open(sweep, "w") as f:
+        json.dump(SWEEP, f)
+    res = os.path.join(a.workdir, "plot.h5")
+    p = subprocess.run([a.stsweep, "run", sweep, "-o", res, "--progress", "none"], capture_output=True, text=True)
+    check(p.returncode == 0, f"the sweep runs ({p.stderr.strip()[-200:]})")
+
+    def plot(*args):
+        return subprocess.run([PLOT, *args], capture_output=True, text=True, timeout=120)
+
+    import h5py
+    with h5py.File(res, "r") as f:
+        status = f["status"][()]
+    n_done = int((status == 1).sum())
+    check(0 < n_done <= 24, f"{n_done} of 24 trials done (lambda = 10 may diverge: a result, not a crash)")
+    png = os.path.join(a.workdir, "risks.png")
+    p = plot(res, "-o", png, "--x", "lambda", "--hue", "noise", "--facet", "teacher_decomposition", "--baseline")
+    check(p.returncode == 0 and f"({n_done} trials, 2 panel(s))" in p.stdout,
+          f"plot-risks draws the done trials only ({p.stdout}{p.stderr})")
+    with open(png, "rb") as f:
+        head = f.read(8)
+    check(head == b"\x89PNG\r\n\x1a\n" and os.path.getsize(png) > 10_000, "a real PNG image")
+
+    p = plot(res, "-o", png, "--x", "lamda")
+    check(p.returncode == 2 and "no column lamda" in p.stderr, f"unknown column: exit 2, named ({p.stderr.strip()})")
+    p = plot(os.path.join(a.workdir, "missing.h5"), "-o", png)
+    check(p.returncode == 2 and "cannot open" in p.stderr, f"missing file: exit 2 ({p.stderr.strip()})")
+    p = plot(res, "-o", os.path.join(a.workdir, "no", "such", "dir", "x.png"))
+    check(p.returncode == 2 and "cannot write" in p.stderr, f"unwritable output: exit 2 ({p.stderr.strip()})")
+
+    print(f"{len(FAILURES)} failed" if FAILURES else "all checks passed")
+    return 1 if FAILURES else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
