@@ -92,8 +92,11 @@ std::vector<std::string> split(const std::string& s) {
   return out;
 }
 
+// --paired COL: summarise metric - COL per trial (or metric / COL - 1 with
+// --relative), so that the CI is that of the paired difference: the seeds make
+// a trial and its twin (or any two columns of one row) share data and init.
 int summary_main(const std::string& path, const std::string& by_text, const std::string& metric,
-                 const std::string& format) {
+                 const std::string& paired, bool relative, const std::string& format) {
   H5Results f = H5Results::open(path, false);
   const auto& cs = store_columns();
   auto column = [&](const std::string& name0, const char* opt) {
@@ -113,10 +116,17 @@ int summary_main(const std::string& path, const std::string& by_text, const std:
   for (const auto& b : by) byk.push_back(column(b, "--by"));
   int mk = column(metric, "--metric");
   if (cs[mk].type == ColType::str) throw InputError("--metric", "'" + metric + "' is text, not a number");
+  if (relative && paired.empty()) throw InputError("--relative", "needs --paired COLUMN (metric / COLUMN - 1)");
+  const int pk = paired.empty() ? -1 : column(paired, "--paired");
+  if (pk >= 0 && cs[pk].type == ColType::str) throw InputError("--paired", "'" + paired + "' is text, not a number");
   int sk = store_column_index("status");
   std::vector<int> which = byk;
   which.push_back(mk);
+  if (pk >= 0) which.push_back(pk);
   which.push_back(sk);
+  auto number = [&](const RowBlock& b, int k, size_t r) {
+    return cs[k].type == ColType::f64 ? b.cols[k].f[r] : static_cast<double>(b.cols[k].i[r]);
+  };
 
   std::map<std::vector<KeyPart>, Acc> groups;
   int64_t used = 0, skipped_nan = 0;
@@ -125,7 +135,8 @@ int summary_main(const std::string& path, const std::string& by_text, const std:
     RowBlock b = f.read(r0, std::min(block, N - r0), which);
     for (size_t r = 0; r < b.rows(); ++r) {
       if (b.cols[sk].i[r] != static_cast<int64_t>(Status::done)) continue;
-      double x = cs[mk].type == ColType::f64 ? b.cols[mk].f[r] : static_cast<double>(b.cols[mk].i[r]);
+      double x = number(b, mk, r);
+      if (pk >= 0) x = relative ? x / number(b, pk, r) - 1 : x - number(b, pk, r);
       if (std::isnan(x)) {
         ++skipped_nan;
         continue;
@@ -184,7 +195,10 @@ int summary_main(const std::string& path, const std::string& by_text, const std:
       }
       std::cout << "\n";
     };
-    std::cout << metric << " over done trials (mean, sample std, 95% CI of the mean)\n";
+    const std::string what = pk < 0 ? metric
+                             : relative ? metric + " / " + paired + " - 1, per trial"
+                                        : metric + " - " + paired + ", per trial";
+    std::cout << what << " over done trials (mean, sample std, 95% CI of the mean)\n";
     line(head);
     for (const auto& r : rows) line(r);
     if (skipped_nan) std::cout << "(" << skipped_nan << " done trials with NaN " << metric << " left out)\n";
@@ -222,7 +236,8 @@ void add_results_commands(CLI::App& app, Registry& r) {
   }
   {
     struct A {
-      std::string file, by, metric = "test_risk", format = "table";
+      std::string file, by, metric = "test_risk", paired, format = "table";
+      bool relative = false;
     };
     auto a = std::make_shared<A>();
     CLI::App* sub =
@@ -230,8 +245,12 @@ void add_results_commands(CLI::App& app, Registry& r) {
     sub->add_option("file", a->file, "results file (HDF5)")->required();
     sub->add_option("--by", a->by, "comma-separated columns to group by, e.g. noise,lambda");
     sub->add_option("--metric", a->metric, "numeric column to summarise (default test_risk)");
+    sub->add_option("--paired", a->paired,
+                    "summarise metric - COLUMN per trial (paired), e.g. --paired baseline_test_risk: the "
+                    "teacher's effect against each row's own lambda = 0 twin");
+    sub->add_flag("--relative", a->relative, "with --paired: metric / COLUMN - 1 per trial");
     sub->add_option("--format", a->format, "table or csv")->check(CLI::IsMember({"table", "csv"}));
-    r.add(sub, [a] { return summary_main(a->file, a->by, a->metric, a->format); });
+    r.add(sub, [a] { return summary_main(a->file, a->by, a->metric, a->paired, a->relative, a->format); });
   }
 }
 

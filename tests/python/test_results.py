@@ -179,6 +179,21 @@ def main():
         t975 = {5: 2.571, 11: 2.201}[e[0] - 1]  # Student t quantiles for the counts used here
         okk = okk and abs(half - t975 * e[2] / np.sqrt(e[0])) <= 1e-4 * half
     check(okk, "summary: count, mean, std and 95% CI equal pandas' over the other axes")
+    # --paired: the per-row difference (and ratio - 1), summarised like a metric
+    for rel in (False, True):
+        p = run(["summary", ref, "--by", "noise", "--paired", "baseline_test_risk", "--format", "csv"]
+                + (["--relative"] if rel else []))
+        lines = p.stdout.strip().splitlines()
+        x = df["test_risk"] / df["baseline_test_risk"] - 1 if rel else df["test_risk"] - df["baseline_test_risk"]
+        g = x.groupby(df["noise"])
+        okk = p.returncode == 0 and len(lines) - 1 == g.ngroups
+        for line in lines[1:]:
+            nz, cnt, mean, std = line.split(",")[:4]
+            v = g.get_group(float(nz))
+            okk = okk and int(cnt) == len(v) and abs(float(mean) - v.mean()) <= 1e-9 + 1e-5 * abs(v.mean()) \
+                and abs(float(std) - v.std()) <= 1e-9 + 1e-5 * abs(v.std())
+        check(okk and x.abs().max() > 0, f"summary --paired baseline_test_risk{' --relative' if rel else ''} "
+              "equals pandas on the per-row difference")
 
     # --- kill -9 at random points, then --resume -----------------------------------------
     out = os.path.join(wd, "killed.h5")
