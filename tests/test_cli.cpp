@@ -30,12 +30,7 @@ std::string write_file(const std::string& name, const std::string& text) {
   return p.string();
 }
 
-std::vector<std::string> lines(const std::string& s) {
-  std::vector<std::string> v;
-  std::stringstream ss(s);
-  for (std::string l; std::getline(ss, l);) v.push_back(l);
-  return v;
-}
+using stsweep::testing::lines;
 
 }  // namespace
 

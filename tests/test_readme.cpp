@@ -19,14 +19,8 @@ namespace {
 
 const fs::path kSource = STSWEEP_SOURCE_DIR;
 
+using stsweep::testing::lines;
 using stsweep::testing::slurp;
-
-std::vector<std::string> lines_of(const std::string& text) {
-  std::vector<std::string> v;
-  std::stringstream ss(text);
-  for (std::string l; std::getline(ss, l);) v.push_back(l);
-  return v;
-}
 
 // Runs a shell command in `dir`; returns the exit code, output in *out.
 int shell(const fs::path& dir, const std::string& cmd, std::string* out) {
@@ -46,7 +40,7 @@ TEST(Readme, LeadsWithTheTwoCommands) {
   const size_t body = readme.find('\n', open) + 1;
   const size_t close = readme.find("```", body);
   std::vector<std::string> cmds;
-  for (const auto& l : lines_of(readme.substr(body, close - body)))
+  for (const auto& l : lines(readme.substr(body, close - body)))
     if (!l.empty()) cmds.push_back(l.substr(0, l.find(' ')));
   ASSERT_EQ(cmds.size(), 2u) << readme.substr(body, close - body);
   EXPECT_EQ(cmds[0], "tools/quickstart");
@@ -69,7 +63,7 @@ TEST(Readme, QuickstartCommandsRun) {
   // Every `build/stsweep ...` line of tools/quickstart, with this build's binary.
   const std::string script = slurp(kSource / "tools/quickstart");
   std::vector<std::string> cmds;
-  for (const auto& l : lines_of(script))
+  for (const auto& l : lines(script))
     if (l.rfind("build/stsweep ", 0) == 0) cmds.push_back(l);
   ASSERT_GE(cmds.size(), 3u) << "tools/quickstart should run, inspect and summarise a sweep";
   EXPECT_NE(cmds[0].find(" run sweeps/quickstart.json"), std::string::npos) << cmds[0];
