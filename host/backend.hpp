@@ -33,7 +33,10 @@ class Backend {
 };
 
 std::unique_ptr<Backend> make_cpu_backend(const RunOptions& opt);
-// nullptr with `why` set when no usable GPU (or built without CUDA).
-std::unique_ptr<Backend> make_cuda_backend(const RunOptions& opt, std::string* why);
+// nullptr with `why` set when no usable GPU (or built without CUDA). `device`:
+// the CUDA device ordinal (0 .. cuda_device_count() - 1).
+std::unique_ptr<Backend> make_cuda_backend(const RunOptions& opt, std::string* why, int device = 0);
+// Usable CUDA devices (0 without CUDA or without a GPU; never throws).
+int cuda_device_count();
 
 }  // namespace stsweep

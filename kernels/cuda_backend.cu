@@ -838,14 +838,23 @@ std::string probe() {
   }
 }
 
-std::unique_ptr<Backend> make_backend(const RunOptions& opt, Path path, std::string* why) {
+std::unique_ptr<Backend> make_backend(const RunOptions& opt, Path path, std::string* why,
+                                      int device) {
   const std::string no = probe();
   if (!no.empty()) {
     if (why) *why = no;
     return nullptr;
   }
+  int count = 0;
+  (void)probe_impl(&count);
+  if (device < 0 || device >= count) {
+    if (why)
+      *why = "CUDA device " + std::to_string(device) + " does not exist (" + std::to_string(count) +
+             " device" + (count == 1 ? "" : "s") + ": 0.." + std::to_string(count - 1) + ")";
+    return nullptr;
+  }
   try {
-    return std::make_unique<CudaBackend>(opt, path, 0);
+    return std::make_unique<CudaBackend>(opt, path, device);
   } catch (const std::exception& e) {
     if (why) *why = e.what();
     return nullptr;
@@ -888,7 +897,7 @@ double fma_peak_gflops() {
 }  // namespace stsweep::cuda
 
 namespace stsweep {
-std::unique_ptr<Backend> make_cuda_backend(const RunOptions& opt, std::string* why) {
+std::unique_ptr<Backend> make_cuda_backend(const RunOptions& opt, std::string* why, int device) {
   cuda::Path path = cuda::Path::automatic;
   try {
     path = cuda::path_from_env(path);
@@ -896,6 +905,15 @@ std::unique_ptr<Backend> make_cuda_backend(const RunOptions& opt, std::string* w
     if (why) *why = e.what();
     return nullptr;
   }
-  return cuda::make_backend(opt, path, why);
+  return cuda::make_backend(opt, path, why, device);
+}
+
+int cuda_device_count() {
+  try {
+    int count = 0;
+    return cuda::probe_impl(&count).empty() ? count : 0;
+  } catch (...) {
+    return 0;
+  }
 }
 }  // namespace stsweep

@@ -29,7 +29,8 @@ const char* name(Path);
 std::string probe();
 
 // A backend with a fixed path (tests, benchmarks); nullptr + why without a GPU.
-std::unique_ptr<Backend> make_backend(const RunOptions& opt, Path path, std::string* why);
+std::unique_ptr<Backend> make_backend(const RunOptions& opt, Path path, std::string* why,
+                                      int device = 0);
 
 // Timings and counts of the backend's last run() (all of it, every chunk).
 struct RunStats {
