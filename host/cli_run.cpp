@@ -6,16 +6,19 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <future>
 #include <iostream>
 #include <memory>
+#include <thread>
 
 #include "backend.hpp"
 #include "batching.hpp"
 #include "cli.hpp"
+#include "multi_backend.hpp"
 #include "progress.hpp"
 #include "store.hpp"
 #include "sweep.hpp"
@@ -25,6 +28,8 @@ namespace {
 
 struct RunArgs {
   std::string file, out, backend = "auto", shard = "0/1", precision = "f32", progress = "auto";
+  std::string devices;  // --devices LIST, when devices_given (else one GPU, device 0)
+  bool devices_given = false;
   bool resume = false, force = false;
   int threads = 0;
   size_t batch_size = 0;
@@ -61,6 +66,51 @@ struct Outcome {
   double seconds = 0;
 };
 
+// The backend for `--devices LIST` (not with --backend cpu): one CUDA backend
+// per listed device, several as a MultiBackend. No GPU at all with --backend
+// auto: the CPU backend, `why` set. A listed device that does not exist or
+// cannot be used is a failure (exit 1), as a missing GPU is for --backend cuda:
+// the same command may work on another machine.
+std::unique_ptr<Backend> make_device_backends(const RunArgs& a, const RunOptions& ro, const DeviceList& list,
+                                              std::string* why, size_t* n_devices) {
+  const int count = cuda_device_count();
+  if (count == 0) {
+    // No GPU: a device-0 attempt says why ("built without CUDA", the driver's error).
+    if (make_cuda_backend(ro, why, 0) != nullptr || why->empty()) *why = "no CUDA device";
+    if (a.backend == "cuda")
+      throw std::runtime_error("--backend cuda --devices " + a.devices + ": no usable GPU (" + *why + ")");
+    *n_devices = 1;
+    return make_cpu_backend(ro);
+  }
+  std::vector<int> ordinals = list.ordinals;
+  if (list.all)
+    for (int d = 0; d < count; ++d) ordinals.push_back(d);
+  for (int d : ordinals)
+    if (d >= count)
+      throw std::runtime_error("--devices " + a.devices + ": CUDA device " + std::to_string(d) +
+                               " does not exist (this machine has " + std::to_string(count) + " device" +
+                               (count == 1 ? "" : "s") + ": 0.." + std::to_string(count - 1) + ")");
+  // Host threads (set-up) are shared among the devices when --threads is 0.
+  RunOptions per = ro;
+  if (ordinals.size() > 1 && per.threads == 0) {
+    const unsigned hw = std::thread::hardware_concurrency();
+    per.threads = std::max(1, static_cast<int>(hw / ordinals.size()));
+  }
+  std::vector<std::unique_ptr<Backend>> parts;
+  std::vector<std::string> labels;
+  for (int d : ordinals) {
+    std::string w;
+    auto b = make_cuda_backend(ordinals.size() > 1 ? per : ro, &w, d);
+    if (!b) throw std::runtime_error("--devices " + a.devices + ": CUDA device " + std::to_string(d) + ": " + w);
+    parts.push_back(std::move(b));
+    labels.push_back(std::to_string(d));
+  }
+  why->clear();
+  *n_devices = parts.size();
+  if (parts.size() == 1) return std::move(parts[0]);
+  return std::make_unique<MultiBackend>(std::move(parts), std::move(labels));
+}
+
 int run_main(const RunArgs& a) {
   Sweep sweep = Sweep::from_file(a.file);
   Shard shard = parse_shard(a.shard);
@@ -74,7 +124,13 @@ int run_main(const RunArgs& a) {
   // The backend first: a missing GPU must not leave a results file behind.
   std::unique_ptr<Backend> backend;
   std::string why;
-  if (a.backend == "cpu") {
+  size_t n_devices = 1;
+  if (a.devices_given) {
+    if (a.backend == "cpu")
+      throw InputError("--devices", "selects CUDA devices; it cannot be used with --backend cpu");
+    const DeviceList list = parse_device_list(a.devices);
+    backend = make_device_backends(a, ro, list, &why, &n_devices);
+  } else if (a.backend == "cpu") {
     backend = make_cpu_backend(ro);
   } else {
     backend = make_cuda_backend(ro, &why);
@@ -84,7 +140,11 @@ int run_main(const RunArgs& a) {
     }
   }
   std::cerr << "stsweep: backend " << backend->name() << ": " << backend->device();
-  if (a.backend == "auto" && backend->name() == "cpu" && !why.empty()) std::cerr << " (no GPU: " << why << ")";
+  if (a.backend == "auto" && backend->name() == "cpu" && !why.empty()) {
+    std::cerr << " (no GPU: " << why;
+    if (a.devices_given) std::cerr << "; --devices " << a.devices << " ignored";
+    std::cerr << ")";
+  }
   std::cerr << "\n";
 
   WriterOptions wo;
@@ -111,7 +171,10 @@ int run_main(const RunArgs& a) {
   std::cerr << "stsweep: sweep '" << sweep.name() << "': " << todo << " of " << rows << " trials to run (shard "
             << wo.shard << ", ids " << range.begin << ".." << (range.end > range.begin ? range.end - 1 : range.end) << ")\n";
 
-  const size_t batch_size = a.batch_size > 0 ? a.batch_size : backend->name() == "cuda" ? 1024 : 64;
+  // Default: a full batch (1024 trials) for each GPU, which then gets its share.
+  const size_t batch_size = a.batch_size > 0                ? a.batch_size
+                            : backend->name() == "cuda" ? 1024 * n_devices
+                                                        : 64;
   Batcher batcher(sweep, range, [&](uint64_t id) { return writer->final(static_cast<int64_t>(id)); }, batch_size);
   Progress progress(progress_mode(a.progress), todo, rows - todo);
   install_handlers();
@@ -232,14 +295,21 @@ void add_run_command(CLI::App& app, Registry& r) {
                 "overwrite an existing OUT.h5 (without --resume); with --resume, accept a different --precision");
   sub->add_option("--threads", a->threads, "CPU threads (0: all cores)")->check(CLI::NonNegativeNumber);
   sub->add_option("--precision", a->precision, "f32 or f64")->check(CLI::IsMember({"f32", "f64"}));
-  sub->add_option("--batch-size", a->batch_size, "trials per batch (default: 64 on CPU, 1024 on CUDA)")
+  CLI::Option* devices = sub->add_option("--devices", a->devices,
+                  "CUDA devices: a comma list of ordinals (e.g. 0,1,3) or all; the trials of each batch are "
+                  "shared among them (default: 0, one GPU; not with --backend cpu)");
+  sub->add_option("--batch-size", a->batch_size,
+                  "trials per batch (default: 64 on CPU, 1024 per device on CUDA)")
       ->check(CLI::PositiveNumber);
   sub->add_option("--progress", a->progress, "auto (bar on a terminal, else JSON lines), bar, jsonl or none")
       ->check(CLI::IsMember({"auto", "bar", "jsonl", "none"}));
   sub->add_option("--checkpoint-every", a->checkpoint_every,
                   "seconds between updates of OUT.h5 (at least; finished batches are journaled at once)")
       ->check(CLI::NonNegativeNumber);
-  r.add(sub, [a] { return run_main(*a); });
+  r.add(sub, [a, devices] {
+    a->devices_given = devices->count() > 0;
+    return run_main(*a);
+  });
 }
 
 }  // namespace stsweep::cli

@@ -64,7 +64,15 @@ TrialProblem setup_trial(const TrialParams& p, uint64_t sweep_seed);
 // min(count, T + 1) distinct steps: 0, T and log-spaced between.
 std::vector<int64_t> checkpoint_steps(int64_t T, int count);
 
-// Exact risk of a linear end-to-end map (see above).
+// End-to-end map W_L ... W_1 of layers W[1..L] (index 0 unused), multiplied in the
+// order the trainer measures its test risk in.
+Matrix end_to_end(const std::vector<Matrix>& W);
+
+// Risk of a linear end-to-end map W_e: the exact formula above when there is a W*
+// (tm::linear_risk, kernels/trial_math.hpp: the one implementation, which the CPU
+// trainer and the CUDA backend call too), else the Monte Carlo risk on (Xtest, Ytest).
+// linear_risk(pr, end_to_end(W)) of a linear student's layers W is its test_risk
+// bit for bit.
 double linear_risk(const TrialProblem& pr, const Matrix& We);
 
 }  // namespace stsweep

@@ -13,6 +13,7 @@
 #include "problem.hpp"
 #include "rng.hpp"
 #include "train.hpp"
+#include "trial_math.hpp"
 
 namespace stsweep {
 namespace {
@@ -260,15 +261,35 @@ std::vector<int64_t> checkpoint_steps(int64_t T, int count) {
   return steps;
 }
 
+Matrix end_to_end(const std::vector<Matrix>& W) {
+  if (W.size() < 2) throw std::logic_error("end_to_end: no layers");
+  Matrix A = W[1];
+  for (size_t l = 2; l < W.size(); ++l) {
+    if (W[l].cols != A.rows) throw std::logic_error("end_to_end: layer widths do not chain");
+    Matrix B(W[l].rows, A.cols);
+    for (int i = 0; i < W[l].rows; ++i)
+      for (int p = 0; p < W[l].cols; ++p) {
+        const double a = W[l](i, p);
+        for (int j = 0; j < A.cols; ++j) B(i, j) += a * A(p, j);
+      }
+    A = std::move(B);
+  }
+  return A;
+}
+
 double linear_risk(const TrialProblem& pr, const Matrix& We) {
-  const double label = pr.Wstar.rows > 0 ? pr.Wstar.rows * pr.sigma_y * pr.sigma_y
-                                         : pr.Ytest.rows * pr.sigma_y * pr.sigma_y;
   if (pr.Wstar.rows > 0) {
-    return frob2(matmul(sub(We, pr.Wstar), pr.Mhalf)) + pr.sigma * pr.sigma * frob2(We) + label;
+    // The exact formula is written once, in tm::linear_risk: the trainer's evaluator
+    // (host/train.cpp) and the CUDA backend call it too, so a risk computed here equals
+    // the stored test_risk of the same map bit for bit (same summation order).
+    if (We.rows != pr.Wstar.rows || We.cols != pr.Wstar.cols || pr.Mhalf.rows != pr.Wstar.cols)
+      throw std::logic_error("linear_risk: shapes of We, W* and Mhalf do not agree");
+    return tm::linear_risk(We.rows, We.cols, pr.Mhalf.cols, We.a.data(), pr.Wstar.a.data(), pr.Mhalf.a.data(),
+                           pr.sigma, pr.sigma_y);
   }
   // Nonlinear target: Monte Carlo over the test set (clean targets; label noise added exactly).
   if (pr.Xtest.cols == 0) throw std::logic_error("linear_risk: nonlinear target without a test set");
-  return frob2(sub(matmul(We, pr.Xtest), pr.Ytest)) / pr.Xtest.cols + label;
+  return frob2(sub(matmul(We, pr.Xtest), pr.Ytest)) / pr.Xtest.cols + pr.Ytest.rows * pr.sigma_y * pr.sigma_y;
 }
 
 TrialProblem setup_trial(const TrialParams& p, uint64_t sweep_seed) {

@@ -238,29 +238,15 @@ class Evaluator {
     m.label = loss.label;
     m.feature = loss.feature;
     if (exact_) {
-      const Matrix We = end_to_end(W);
-      m.test_risk = tm::linear_risk(We.rows, We.cols, pr_.Mhalf.cols, We.a.data(), pr_.Wstar.a.data(),
-                                    pr_.Mhalf.a.data(), pr_.sigma, pr_.sigma_y);
+      // Both from host/setup.cpp (problem.hpp): anyone holding the layers gets this
+      // test_risk bit for bit with linear_risk(pr, end_to_end(W)).
+      m.test_risk = linear_risk(pr_, end_to_end(W));
     } else if (test_) {
       // (1/n_test) sum_n ||f(x_n) - y_n||^2: per sample, summed over outputs (as R).
       const auto t = tm::data_forward(team, net_, w.view, test_->ds, 0u, test_->wk);
       m.test_risk = 2.0 * t.label;
     }
     return m;
-  }
-
-  static Matrix end_to_end(const std::vector<Matrix>& W) {
-    Matrix A = W[1];
-    for (size_t l = 2; l < W.size(); ++l) {
-      Matrix B(W[l].rows, A.cols);
-      for (int i = 0; i < W[l].rows; ++i)
-        for (int p = 0; p < W[l].cols; ++p) {
-          const double a = W[l](i, p);
-          for (int j = 0; j < A.cols; ++j) B(i, j) += a * A(p, j);
-        }
-      A = std::move(B);
-    }
-    return A;
   }
 
  private:

@@ -10,6 +10,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "backend.hpp"
 #include "version.hpp"
 #include "cli_util.hpp"
 
@@ -167,4 +168,68 @@ TEST(Cli, BackendChoiceIsExplicit) {
   // The failed cuda run left nothing: the auto run started a fresh file (no --resume needed).
   EXPECT_EQ(probe.err.find("exists"), std::string::npos) << probe.err;
   fs::remove(out);
+}
+
+// --devices (several GPUs in one process). Bad lists are input errors (exit 2)
+// naming the option, and are refused before any results file is created.
+namespace {
+// An empty folder for one run's output; what is in it afterwards is what the run left.
+fs::path empty_dir(const std::string& name) {
+  const fs::path d = scratch() / name;
+  fs::remove_all(d);
+  fs::create_directories(d);
+  return d;
+}
+}  // namespace
+
+TEST(Cli, DevicesRejectsBadLists) {
+  struct Case {
+    const char* args;
+    const char* says;
+  };
+  for (const Case& c : {Case{"--devices 0,0", "device 0 is listed twice"},
+                        Case{"--devices 1,0,1 --backend cuda", "device 1 is listed twice"},
+                        Case{"--devices x", "\"x\" is not a device ordinal"},
+                        Case{"--devices 0,,1", "is not a device ordinal"},
+                        Case{"--devices=-1", "0 or more"},
+                        Case{"--devices ''", "empty"},
+                        Case{"--devices 1 --backend cpu", "cannot be used with --backend cpu"},
+                        Case{"--devices all --backend cpu", "cannot be used with --backend cpu"}}) {
+    const fs::path dir = empty_dir("devices_bad");
+    Outcome r = run("run " + sweep_file("tiny.json") + " -o '" + (dir / "out.h5").string() + "' --progress none " +
+                    c.args);
+    EXPECT_EQ(r.rc, 2) << c.args << "\n" << r.err;
+    EXPECT_NE(r.err.find("--devices"), std::string::npos) << c.args << ": the message must name the option\n"
+                                                           << r.err;
+    EXPECT_NE(r.err.find(c.says), std::string::npos) << c.args << "\n" << r.err;
+    EXPECT_TRUE(fs::is_empty(dir)) << c.args << " left a file behind";
+  }
+}
+
+// Without a GPU: --backend cuda --devices is a run-time failure (exit 1) with
+// the reason and no results file; --backend auto falls back to the CPU and says
+// that the list was ignored.
+TEST(Cli, DevicesWithoutAGpu) {
+  if (stsweep::cuda_device_count() > 0) GTEST_SKIP() << "a GPU is present: the no-GPU paths cannot be checked here";
+  for (const char* list : {"0", "0,1", "all"}) {
+    const fs::path dir = empty_dir("devices_nogpu");
+    Outcome r = run("run " + sweep_file("tiny.json") + " -o '" + (dir / "out.h5").string() +
+                    "' --backend cuda --progress none --devices " + list);
+    EXPECT_EQ(r.rc, 1) << list << "\n" << r.err;
+    EXPECT_NE(r.err.find(std::string("--backend cuda --devices ") + list + ": no usable GPU ("), std::string::npos)
+        << r.err;
+#if !STSWEEP_HAVE_CUDA
+    EXPECT_NE(r.err.find("built without CUDA"), std::string::npos) << "the reason: " << r.err;
+#endif
+    EXPECT_TRUE(fs::is_empty(dir)) << list << ": a failed run left a file behind";
+  }
+  const fs::path dir = empty_dir("devices_auto");
+  const fs::path out = dir / "out.h5";
+  Outcome a = run("run " + sweep_file("tiny.json") + " -o '" + out.string() + "' --progress none --devices 0,1");
+  ASSERT_EQ(a.rc, 0) << a.err;
+  EXPECT_NE(a.err.find("stsweep: backend cpu"), std::string::npos) << a.err;
+  EXPECT_NE(a.err.find("no GPU"), std::string::npos) << a.err;
+  EXPECT_NE(a.err.find("--devices 0,1 ignored"), std::string::npos) << a.err;
+  EXPECT_TRUE(fs::exists(out));
+  EXPECT_NE(a.out.find("36 done"), std::string::npos) << a.out;
 }

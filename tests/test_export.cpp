@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -86,17 +87,16 @@ struct H5File {
   }
 };
 
+// Bitwise equality of two doubles (what the risks must satisfy, not a tolerance).
+bool same_bits(double a, double b) { return std::memcmp(&a, &b, sizeof a) == 0; }
+
+// W_L ... W_1 of the exported layers PREFIX1..PREFIXL, by the library's end_to_end
+// (the product the trainer measures its risks with: no copy here, whose rounding could
+// differ, e.g. by the compiler fusing multiply-adds under other flags).
 Matrix product(const H5File& f, const std::string& prefix, int L) {
-  Matrix A = f.matrix(prefix + "1");
-  for (int l = 2; l <= L; ++l) {
-    const Matrix W = f.matrix(prefix + std::to_string(l));
-    Matrix B(W.rows, A.cols);
-    for (int i = 0; i < W.rows; ++i)
-      for (int p = 0; p < W.cols; ++p)
-        for (int j = 0; j < A.cols; ++j) B(i, j) += W(i, p) * A(p, j);
-    A = std::move(B);
-  }
-  return A;
+  std::vector<Matrix> W(L + 1);
+  for (int l = 1; l <= L; ++l) W[l] = f.matrix(prefix + std::to_string(l));
+  return end_to_end(W);
 }
 
 }  // namespace
@@ -151,7 +151,8 @@ TEST(Export, MissingOrUnreadableInputIsAnInputError) {
 }
 
 // The exported final weights give the run's test_risk and baseline_test_risk through
-// linear_risk (host/setup.cpp), with W*, Mhalf and sigma taken from the export.
+// linear_risk (host/setup.cpp), with W*, Mhalf and sigma taken from the export: bit for
+// bit, since the run's risks come from the same function.
 TEST(Export, FinalWeightsReproduceTheRunsRisks) {
   for (const std::string prec : {"f64", "f32"}) {
     const std::string in = results(prec);
@@ -178,12 +179,14 @@ TEST(Export, FinalWeightsReproduceTheRunsRisks) {
       const size_t row = static_cast<size_t>(res.row_of(id));
       const double R = linear_risk(pr, product(f, "student_W", L));
       const double Rb = linear_risk(pr, product(f, "twin_W", L));
-      // Bit for bit would need the trainer's summation order; 1e-13 is rounding only
-      // (an f32 weight perturbed by one ulp moves R by ~1e-7 relative).
-      EXPECT_NEAR(R, risk[row], 1e-13 * risk[row]);
-      EXPECT_NEAR(Rb, base[row], 1e-13 * base[row]);
-      EXPECT_DOUBLE_EQ(f.scalar("metrics/test_risk"), risk[row]);
-      EXPECT_DOUBLE_EQ(f.scalar("run_metrics/test_risk"), risk[row]);
+      // Bit for bit: linear_risk is the trainer's own formula (tm::linear_risk, one
+      // summation order) and product() multiplies the layers in the trainer's order.
+      EXPECT_TRUE(same_bits(R, risk[row])) << R << " vs " << risk[row];
+      EXPECT_TRUE(same_bits(Rb, base[row])) << Rb << " vs " << base[row];
+      EXPECT_TRUE(same_bits(f.scalar("metrics/test_risk"), risk[row]));
+      EXPECT_TRUE(same_bits(f.scalar("run_metrics/test_risk"), risk[row]));
+      EXPECT_TRUE(same_bits(f.scalar("metrics/baseline_test_risk"), base[row]));
+      EXPECT_TRUE(same_bits(f.scalar("run_metrics/baseline_test_risk"), base[row]));
       // Training moved the student: the risks of init and final weights differ.
       EXPECT_GT(std::abs(linear_risk(pr, product(f, "init_W", L)) - R), 1e-3 * R);
     }

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -335,6 +336,33 @@ TEST(Setup, BayesRiskIsTheMinimumAtTheClosedForm) {
         for (int j = 0; j < p.d; ++j) want += DK(i, j) * D(i, j);
       EXPECT_GT(gain, 0.0);
       EXPECT_NEAR(gain, want, 1e-8 * want + 1e-13);
+    }
+  }
+}
+
+// linear_risk is MODEL.md's formula, and it is the trainer's: the test risks a run
+// stores equal linear_risk of the returned layers bit for bit (one implementation,
+// tm::linear_risk; end_to_end multiplies the layers in the trainer's order).
+TEST(Setup, LinearRiskIsTheFormulaAndTheTrainersTestRiskBitForBit) {
+  for (const std::vector<int>& hidden : {std::vector<int>{12}, std::vector<int>{12, 7}}) {
+    TrialParams p = base_params();
+    p.hidden = hidden;
+    p.label_noise = 0.2;
+    p.lambda = 0.5;
+    p.init_scale = 0.3;
+    const TrialProblem pr = setup_trial(p, 8);
+    for (int prec : {64, 32}) {
+      std::vector<Matrix> Ws, Wt;
+      const TrialResult r = prec == 64 ? train_trial<double>(pr, &Ws, &Wt) : train_trial<float>(pr, &Ws, &Wt);
+      const Matrix We = end_to_end(Ws);
+      EXPECT_LT(rel_diff(We, layer_product(Ws)), 1e-13);
+      const double R = linear_risk(pr, We), Rb = linear_risk(pr, end_to_end(Wt));
+      const double formula = frob2(matmul(sub(We, pr.Wstar), pr.Mhalf)) + p.noise * p.noise * frob2(We) +
+                             p.m * p.label_noise * p.label_noise;
+      EXPECT_NEAR(R, formula, 1e-13 * formula);
+      EXPECT_EQ(std::memcmp(&R, &r.test_risk, sizeof R), 0) << prec << ": " << R << " vs " << r.test_risk;
+      EXPECT_EQ(std::memcmp(&Rb, &r.baseline_test_risk, sizeof Rb), 0)
+          << prec << ": " << Rb << " vs " << r.baseline_test_risk;
     }
   }
 }

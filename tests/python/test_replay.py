@@ -250,6 +250,12 @@ def replay(tr, tid, tol, tag, risks):
         e = max(rel(tr.a[f"{prefix}{l}"], W[l - 1].numpy()) for l in range(1, tr.L + 1))
         note(f"{tag} weights", e)
         check(e < tol, f"{tag} trial {tid}: {who} final weights vs torch float64 ({e:.2e} < {tol:g})")
+        # The export's risks are the run's, bit for bit (not to a tolerance): the same
+        # trainer and the one linear_risk (metrics_reproduced says so for every column).
+        same = np.float64(risks[key]).tobytes() == np.float64(tr.run_metrics[key]).tobytes() \
+            == np.float64(tr.metrics[key]).tobytes()
+        check(same, f"{tag} trial {tid}: {who} {key} equal bit for bit in the results file, run_metrics "
+                    f"and the export's metrics ({risks[key]!r}, {tr.run_metrics[key]!r}, {tr.metrics[key]!r})")
         R = risk(tr, W)
         for src, val in (("results file", risks[key]), ("export run_metrics", tr.run_metrics[key]),
                          ("export metrics", tr.metrics[key])):
