@@ -2,8 +2,10 @@
 // N = 128, T = 1000, 16384 trials plus their lambda = 0 twins. Prints, for the
 // fused kernel's data path, trial-steps/s and GFLOP/s against the FP32 FMA rate
 // measured on the same device; the cuBLAS path's time and the ratio; the
-// moment path's trial-steps/s. Times are device time of the training launches
-// (events), set-up and evaluation reported beside them.
+// moment path's trial-steps/s. Then a small-width grid (d = h = 16, m = 4,
+// N = 64): a block per network (fused) against a warp per network (warp).
+// Times are device time of the training launches (events), set-up and
+// evaluation reported beside them.
 //
 //   bench_cuda [--trials N] [--steps T] [--checkpoints C]
 //
@@ -25,7 +27,7 @@
 
 namespace {
 
-int arg_int(int argc, char** argv, const char* name, int dflt) {
+[[maybe_unused]] int arg_int(int argc, char** argv, const char* name, int dflt) {
   for (int i = 1; i + 1 < argc; ++i)
     if (std::strcmp(argv[i], name) == 0) return std::atoi(argv[i + 1]);
   return dflt;
@@ -105,6 +107,17 @@ int main(int argc, char** argv) {
   run("data fused", cuda::Path::fused, TrainPath::data);
   run("data cublas", cuda::Path::cublas, TrainPath::data);
   run("moment fused", cuda::Path::fused, TrainPath::moment);
+  const Batch standard = batch;
+  for (auto& t : batch.trials) {
+    t.d = t.hidden[0] = 16;
+    t.k = 8;
+    t.m = 4;
+    t.n_train = 64;
+  }
+  run("small fused", cuda::Path::fused, TrainPath::data);
+  run("small warp", cuda::Path::warp, TrainPath::data);
+  run("small moment warp", cuda::Path::warp, TrainPath::moment);
+  batch = standard;
 
   tm::Net net;
   net.L = 2;
@@ -119,9 +132,22 @@ int main(int argc, char** argv) {
   std::printf("|---|---|---|---|---|---|\n");
   const double cublas_s = rows[1].s.train_s;
   for (const Row& r : rows) {
+    if (r.what.rfind("small", 0) == 0) continue;
     const double gf = r.s.flops / r.s.train_s * 1e-9;
     std::printf("| %s | %.3f | %.3e | %.0f | %.1f | %.2fx |\n", r.what.c_str(), r.s.train_s,
                 r.s.net_steps / r.s.train_s, gf, 100.0 * gf / peak, cublas_s / r.s.train_s);
+  }
+  net.w[0] = net.w[1] = 16;
+  net.w[2] = 4;
+  std::printf("\n# small widths: d=h=16, m=4, N=64; data step %.3f MFLOP\n", tm::data_step_flops(net, 64) * 1e-6);
+  std::printf("| path | train s | trial-steps/s | GFLOP/s | %% of FMA peak | vs fused |\n");
+  std::printf("|---|---|---|---|---|---|\n");
+  const double fused_s = rows[3].s.train_s;
+  for (const Row& r : rows) {
+    if (r.what.rfind("small", 0) != 0) continue;
+    const double gf = r.s.flops / r.s.train_s * 1e-9;
+    std::printf("| %s | %.3f | %.3e | %.0f | %.1f | %.2fx |\n", r.what.c_str(), r.s.train_s,
+                r.s.net_steps / r.s.train_s, gf, 100.0 * gf / peak, fused_s / r.s.train_s);
   }
   return 0;
 #endif

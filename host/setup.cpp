@@ -270,7 +270,9 @@ Matrix end_to_end(const std::vector<Matrix>& W) {
     for (int i = 0; i < W[l].rows; ++i)
       for (int p = 0; p < W[l].cols; ++p) {
         const double a = W[l](i, p);
-        for (int j = 0; j < A.cols; ++j) B(i, j) += a * A(p, j);
+        // One fma chain per element over p = 0.. from 0: the order of tm::gemm,
+        // which the CUDA backend's evaluation forms the same product with.
+        for (int j = 0; j < A.cols; ++j) B(i, j) = tm::fmadd(a, A(p, j), B(i, j));
       }
     A = std::move(B);
   }

@@ -1,35 +1,28 @@
-// The fused trainer: one thread block trains one network (a trial's student or
-// its lambda = 0 twin) for all its steps in one launch, on the step math that
-// the CPU reference runs (kernels/trial_math.hpp), with the block as the team.
-// The trial's data sit in dynamic shared memory when they fit ("fused"), in
-// global memory otherwise ("general"); the weights and the workspace follow
-// them. At checkpoints the block writes the weights (as double) to a
-// snapshot; a second kernel measures every snapshot in float64 with the same
-// functions the CPU evaluator calls (data_forward<double>, linear_risk).
+// The trainers that run the step math of kernels/trial_math.hpp inside one
+// launch, all steps, and the float64 evaluation of their snapshots. The
+// bodies are kernels/device_body.hpp's (shared with the host emulation in
+// kernels/device_emu.cpp); these kernels only pick the team and the memory.
+//
+//   fused_train: one 256-thread block per network (BlockTeam); the trial's
+//     data and the network's work in dynamic shared memory ("fused") or in
+//     global memory ("general").
+//   warp_train: one warp per network (WarpTeam), `warps` networks per block,
+//     each with its own slice of dynamic shared memory (the warp path, for
+//     small widths: __syncwarp instead of __syncthreads, bigger tiles per
+//     thread).
+//   eval_snapshots: one block per (network, snapshot) item, grid-strided over
+//     the items the device compacted (cuda_select.cu) or all of them.
 //
 // Version history: v1 ran tm::gemm's device branch as one output element per
-// thread; v2 (this) runs it as a register tile per thread
-// (tm::detail::gemm_team_tiled), each element still the same sequential fma
-// chain, so a float32 product stays bit-identical to the CPU's. See
-// docs/PERFORMANCE.md (GPU) for the tile shapes and what is still owed.
-#include <cmath>
-
+// thread; v2 runs it as a register tile per thread (tm::detail::
+// gemm_team_tiled), each element still the same sequential fma chain, so a
+// float32 product stays bit-identical to the CPU's; v3 moved the bodies to
+// device_body.hpp and added the warp path. See docs/PERFORMANCE.md (GPU).
 #include "cuda_common.cuh"
+#include "device_body.hpp"
 
 namespace stsweep::cuda {
 namespace {
-
-template <class Real>
-__device__ void snapshot(const BlockTeam& team, const tm::Net& net, const Layout& lay,
-                         const tm::Weights<Real>& wt, double* dst) {
-  for (int l = 1; l <= net.L; ++l) {
-    const int n = net.w[l] * net.w[l - 1];
-    const Real* W = wt.W[l];
-    double* o = dst + lay.wofs[l];
-    for (int i = team.rank(); i < n; i += team.size()) o[i] = static_cast<double>(W[i]);
-  }
-  team.sync();  // the weights are updated next
-}
 
 // Min 1 block per SM: the fused block owns most of an SM's shared memory, and
 // without it ptxas capped float at 128 registers and spilled the GEMM tiles.
@@ -38,190 +31,27 @@ __global__ void __launch_bounds__(kThreads, 1) fused_train(const TrainArgs<Real>
   __shared__ double red[32];
   extern __shared__ __align__(16) unsigned char smem[];
   const BlockTeam team{red};
-  const int net_id = blockIdx.x;
-  const NetRef nr = a.nets[net_id];
-  const TrialScalars& ts = a.trials[nr.trial];
-  const Layout& lay = a.lay;
-  const tm::Net& net = a.net;
-  const int L = net.L;
-  const Real* arena = a.arena + static_cast<size_t>(nr.trial) * lay.arena;
-
-  const Real* data;
-  Real* mut;
-  if (a.shared) {
-    Real* s = reinterpret_cast<Real*>(smem);
-    for (int i = team.rank(); i < lay.data; i += team.size()) s[i] = arena[i];
-    data = s;
-    mut = s + lay.data;
-  } else {
-    data = arena;
-    mut = a.work + static_cast<size_t>(net_id) * lay.work;
-  }
-  tm::Weights<Real> wt;
-  for (int l = 1; l <= L; ++l) {
-    const int n = net.w[l] * net.w[l - 1];
-    wt.W[l] = mut + lay.W[l];
-    for (int i = team.rank(); i < n; i += team.size()) wt.W[l][i] = arena[lay.W0[l] + i];
-    if (!lay.moment) {
-      wt.WT[l] = mut + lay.WT[l];
-      for (int i = team.rank(); i < n; i += team.size()) wt.WT[l][i] = arena[lay.WT0[l] + i];
-    }
-  }
-  team.sync();
-
-  const uint32_t tmask = nr.twin ? 0u : a.mask;
-  const Real lam = static_cast<Real>(nr.twin ? 0.0 : ts.lambda);
-  const Real lr = static_cast<Real>(ts.lr);
-  tm::DataSet<Real> ds;
-  tm::DataWork<Real> dw;
-  tm::MomentSet<Real> ms;
-  tm::MomentWork<Real> mw;
-  if (lay.moment) {
-    ms.Cxx = data + lay.Cxx;
-    ms.Cyx = data + lay.Cyx;
-    ms.tr_yy = static_cast<Real>(ts.tr_yy);
-    for (int l = 1; l <= L; ++l) {
-      ms.Chx[l] = at(data, lay.Chx[l]);
-      ms.tr_hh[l] = static_cast<Real>(ts.tr_hh[l]);
-      mw.A[l] = at(mut, lay.A[l]);
-      mw.E[l] = at(mut, lay.E[l]);
-    }
-    mw.Q[0] = mut + lay.Q[0];
-    mw.Q[1] = mut + lay.Q[1];
-    mw.AT = mut + lay.AT;
-  } else {
-    ds.N = a.N;
-    ds.X = data + lay.X;
-    ds.Y = data + lay.Y;
-    for (int l = 1; l <= L; ++l) {
-      ds.Ht[l] = at(data, lay.Ht[l]);
-      dw.Z[l] = mut + lay.Z[l];
-      dw.H[l] = lay.H[l] == kNone ? dw.Z[l] : mut + lay.H[l];
-    }
-    dw.D[0] = mut + lay.D[0];
-    dw.D[1] = mut + lay.D[1];
-  }
-
-  // The loop of host/train.cpp (Trainer::run), step for step.
-  double* snap = a.snap + static_cast<size_t>(net_id) * a.slots * lay.wsize;
-  const long long* ck = a.ck + ts.ck_offset;
-  const long long T = ts.T;
-  int c = 0;
-  double loss0 = 0, total = 0;
-  bool diverged = false;
-  long long t = 0;
-  for (;; ++t) {
-    const tm::Losses<Real> loss = lay.moment ? tm::moment_forward(team, net, wt, ms, tmask, mw)
-                                             : tm::data_forward(team, net, wt, ds, tmask, dw);
-    const bool at_ck = c < ts.nck && ck[c] == t;
-    if (at_ck || t == 0) {
-      if (!lay.moment) tm::data_refresh_w1(team, net, wt);
-      if (at_ck) snapshot(team, net, lay, wt, snap + static_cast<size_t>(c++) * lay.wsize);
-      if (t == 0) snapshot(team, net, lay, wt, snap + static_cast<size_t>(a.slots - 2) * lay.wsize);
-    }
-    total = static_cast<double>(loss.total(lam));
-    if (t == 0) loss0 = total;
-    if (!isfinite(total) || (loss0 > 0 && total > kDivergeFactor * loss0)) {
-      diverged = true;
-      break;
-    }
-    if (t >= T) break;
-    if (lay.moment)
-      tm::moment_backward_update(team, net, wt, ms, lam, tmask, lr, mw);
-    else
-      tm::data_backward_update(team, net, wt, ds, lam, tmask, lr, dw);
-  }
-  if (!lay.moment) tm::data_refresh_w1(team, net, wt);
-  snapshot(team, net, lay, wt, snap + static_cast<size_t>(a.slots - 1) * lay.wsize);
-  if (team.rank() == 0) {
-    NetState st;
-    st.steps_run = t;
-    st.loss0 = loss0;
-    st.diverged_loss = diverged ? total : 0.0;
-    st.diverged = diverged ? 1 : 0;
-    st.written = c;
-    a.state[net_id] = st;
-  }
+  train_network(team, a, static_cast<int>(blockIdx.x), reinterpret_cast<Real*>(smem));
 }
 
-// One block per (network, snapshot) work item, grid-strided; each block has
-// its own float64 workspace. Metrics as host/train.cpp's Evaluator: losses of
-// the trial's mask on the training set, then the exact risk (linear student and
-// target) or 2 x the label loss on the Monte Carlo test set.
+template <class Real>
+__global__ void __launch_bounds__(kThreads) warp_train(const TrainArgs<Real> a, int warps,
+                                                       int net_shared_reals) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int w = static_cast<int>(threadIdx.x >> 5);
+  const int net = static_cast<int>(blockIdx.x) * warps + w;
+  if (w >= warps || net >= a.nnets) return;  // whole warps only: no block-wide sync below
+  const WarpTeam team;
+  train_network(team, a, net, reinterpret_cast<Real*>(smem) + static_cast<size_t>(w) * net_shared_reals);
+}
+
 __global__ void __launch_bounds__(kThreads) eval_snapshots(const EvalArgs a) {
   __shared__ double red[32];
   const BlockTeam team{red};
-  const Layout& lay = a.lay;
-  const tm::Net& net = a.net;
-  const int L = net.L;
-  double* ws = a.work + static_cast<size_t>(blockIdx.x) * lay.vwork;
-  tm::Weights<double> wt;
-  tm::DataWork<double> dw;
-  for (int l = 1; l <= L; ++l) {
-    wt.W[l] = ws + lay.vW[l];
-    wt.WT[l] = ws + lay.vWT[l];
-    dw.Z[l] = ws + lay.vZ[l];
-    dw.H[l] = lay.vH[l] == kNone ? dw.Z[l] : ws + lay.vH[l];
-  }
-  dw.D[0] = ws + lay.vD[0];
-  dw.D[1] = ws + lay.vD[1];
-  const double nan = __longlong_as_double(0x7ff8000000000000ll);
-  const long long items = static_cast<long long>(a.nnets) * a.slots;
-  for (long long it = blockIdx.x; it < items; it += gridDim.x) {
-    const int net_id = static_cast<int>(it / a.slots), s = static_cast<int>(it % a.slots);
-    double* out = a.metrics + it * 3;
-    const NetState st = a.state[net_id];
-    if (s < a.maxck && s >= st.written) {  // checkpoint after a stop
-      if (team.rank() == 0) out[0] = out[1] = out[2] = nan;
-      continue;
-    }
-    const NetRef nr = a.nets[net_id];
-    const TrialScalars& ts = a.trials[nr.trial];
-    const double* ar = a.arena + static_cast<size_t>(nr.trial) * lay.eval;
-    const double* snap = a.snap + static_cast<size_t>(it) * lay.wsize;
-    for (int l = 1; l <= L; ++l) {
-      const int r = net.w[l], cc = net.w[l - 1];
-      for (int i = team.rank(); i < r * cc; i += team.size()) {
-        const double v = snap[lay.wofs[l] + i];
-        wt.W[l][i] = v;
-        wt.WT[l][(i % cc) * r + i / cc] = v;
-      }
-    }
-    team.sync();
-    tm::DataSet<double> ds;
-    ds.N = a.N;
-    ds.X = ar + lay.eX;
-    ds.Y = ar + lay.eY;
-    for (int l = 1; l < L; ++l) ds.Ht[l] = at(ar, lay.eHt[l]);
-    const tm::Losses<double> loss = tm::data_forward(team, net, wt, ds, a.mask, dw);
-    double risk = nan;
-    if (a.exact) {
-      // End-to-end map A_L = W_L ... W_1 (m x d), ping-pong in vA.
-      const int d = net.w[0];
-      const double* Ap = wt.W[1];
-      for (int l = 2; l <= L; ++l) {
-        double* An = ws + lay.vA[l % 2];
-        tm::gemm<tm::kSet>(team, net.w[l], d, net.w[l - 1], wt.W[l], net.w[l - 1], 1, Ap, d, An, d);
-        team.sync();
-        Ap = An;
-      }
-      if (team.rank() == 0)
-        risk = tm::linear_risk(net.w[L], d, a.k, Ap, ar + lay.eWstar, ar + lay.eMhalf, ts.sigma,
-                               ts.sigma_y);
-    } else if (a.n_test > 0) {
-      tm::DataSet<double> te;
-      te.N = a.n_test;
-      te.X = ar + lay.eXt;
-      te.Y = ar + lay.eYt;
-      risk = 2.0 * tm::data_forward(team, net, wt, te, 0u, dw).label;
-    }
-    if (team.rank() == 0) {
-      out[0] = risk;
-      out[1] = loss.label;
-      out[2] = loss.feature;
-    }
-    team.sync();  // the workspace is reused by the next item
-  }
+  double* ws = a.work + static_cast<size_t>(blockIdx.x) * a.lay.vwork;
+  const long long n = a.items ? *a.nitems : static_cast<long long>(a.nnets) * a.slots;
+  for (long long i = blockIdx.x; i < n; i += gridDim.x)
+    eval_item(team, a, a.items ? a.items[i] : i, ws);
 }
 
 }  // namespace
@@ -247,6 +77,23 @@ void launch_fused(const TrainArgs<Real>& a, size_t shared_bytes, cudaStream_t s)
   STS_CUDA_LAUNCHED("fused_train");
 }
 
+template <class Real>
+void warp_prepare(size_t shared_bytes) {
+  STS_CUDA(cudaFuncSetAttribute(warp_train<Real>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                static_cast<int>(shared_bytes)));
+}
+
+template <class Real>
+void launch_warp(const TrainArgs<Real>& a, int warps, size_t net_shared, cudaStream_t s) {
+  if (a.nnets == 0) return;
+  if (warps < 1 || warps > kThreads / 32 || net_shared % 16 != 0)
+    throw std::logic_error("launch_warp: bad warps or slice size");
+  const int blocks = (a.nnets + warps - 1) / warps;
+  warp_train<Real><<<blocks, warps * 32, warps * net_shared, s>>>(
+      a, warps, static_cast<int>(net_shared / sizeof(Real)));
+  STS_CUDA_LAUNCHED("warp_train");
+}
+
 void launch_eval(const EvalArgs& a, int blocks, cudaStream_t s) {
   if (a.nnets == 0) return;
   eval_snapshots<<<blocks, kThreads, 0, s>>>(a);
@@ -257,5 +104,9 @@ template void fused_prepare<float>(size_t);
 template void fused_prepare<double>(size_t);
 template void launch_fused<float>(const TrainArgs<float>&, size_t, cudaStream_t);
 template void launch_fused<double>(const TrainArgs<double>&, size_t, cudaStream_t);
+template void warp_prepare<float>(size_t);
+template void warp_prepare<double>(size_t);
+template void launch_warp<float>(const TrainArgs<float>&, int, size_t, cudaStream_t);
+template void launch_warp<double>(const TrainArgs<double>&, int, size_t, cudaStream_t);
 
 }  // namespace stsweep::cuda

@@ -78,7 +78,7 @@ STS_HD inline float fmadd(float a, float b, float c) {
 #elif defined(__FMA__)
   return __builtin_fmaf(a, b, c);
 #else
-  return a * b + c;  // no FMA hardware: plain multiply-add (a different, documented rounding)
+  return fmaf(a, b, c);  // no FMA instruction: libm's, correctly rounded (slow, same bits)
 #endif
 }
 STS_HD inline double fmadd(double a, double b, double c) {
@@ -87,7 +87,7 @@ STS_HD inline double fmadd(double a, double b, double c) {
 #elif defined(__FMA__)
   return __builtin_fma(a, b, c);
 #else
-  return a * b + c;
+  return fma(a, b, c);
 #endif
 }
 STS_HD inline float tanh_(float x) { return tanhf(x); }
@@ -453,6 +453,17 @@ STS_HD inline void gemm(const Team& team, int M, int Nc, int K, const Real* A, i
   // Register tiles per thread (detail::gemm_team_tiled), the same fma chain
   // per element as the CPU tiles.
   detail::gemm_team_tiled<MODE>(team, M, Nc, K, A, sai, sak, B, ldb, C, ldc, alpha);
+#else
+  // A host team that emulates device threads (kernels/device_emu.cpp) says so
+  // with `static constexpr bool kDeviceTiles = true` and runs the device's tiles.
+  if constexpr (requires { Team::kDeviceTiles; }) {
+    if constexpr (Team::kDeviceTiles) {
+      detail::gemm_team_tiled<MODE>(team, M, Nc, K, A, sai, sak, B, ldb, C, ldc, alpha);
+      return;
+    }
+  }
+#endif
+#if defined(__CUDA_ARCH__)
 #elif STS_SIMD
   // Column blocks of 2 wide vectors (8 rows: 16 accumulators), 1 wide vector
   // (16 rows), one 256-bit vector (16 rows), then a narrow scalar rest.

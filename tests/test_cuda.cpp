@@ -17,11 +17,13 @@
 #include "backend.hpp"
 #include "params.hpp"
 #include "result.hpp"
+#include "trial_compare.hpp"
 
 #if STSWEEP_HAVE_CUDA
 #include <cuda_runtime.h>
 
 #include "cuda_backend.cuh"
+#include "device_emu.hpp"
 #endif
 
 namespace stsweep {
@@ -39,90 +41,7 @@ std::string no_gpu() { return cuda::probe(); }
 #define NEED_GPU() GTEST_SKIP() << "built without CUDA"
 #endif
 
-// ---------------------------------------------------------------- helpers --
-bool close(double a, double b, double rtol, double atol) {
-  if (std::isnan(a) || std::isnan(b)) return std::isnan(a) && std::isnan(b);
-  if (std::isinf(a) || std::isinf(b)) return a == b;
-  return std::abs(a - b) <= atol + rtol * std::abs(b);
-}
-
-// Every metric and curve of `got` within tolerance of `ref` (status, steps and
-// flags exactly). `what` names the case in failure messages.
-void expect_close(const TrialResult& got, const TrialResult& ref, double rtol, double atol,
-                  const std::string& what) {
-  SCOPED_TRACE(what);
-  EXPECT_EQ(got.trial, ref.trial);
-  ASSERT_EQ(got.status, ref.status) << got.message << " | cpu: " << ref.message;
-  if (ref.status == Status::failed) {
-    EXPECT_EQ(got.message, ref.message);
-    return;
-  }
-  EXPECT_EQ(got.steps_run, ref.steps_run);
-  EXPECT_EQ(got.zero_loss, ref.zero_loss);
-  const std::pair<const char*, std::pair<double, double>> scalars[] = {
-      {"test_risk", {got.test_risk, ref.test_risk}},
-      {"baseline_test_risk", {got.baseline_test_risk, ref.baseline_test_risk}},
-      {"bayes_risk", {got.bayes_risk, ref.bayes_risk}},
-      {"excess_risk", {got.excess_risk, ref.excess_risk}},
-      {"interp_risk", {got.interp_risk, ref.interp_risk}},
-      {"teacher_clean_risk", {got.teacher_clean_risk, ref.teacher_clean_risk}},
-      {"train_loss", {got.train_loss, ref.train_loss}},
-      {"label_loss", {got.label_loss, ref.label_loss}},
-      {"feature_loss", {got.feature_loss, ref.feature_loss}},
-      {"best_test_risk", {got.best_test_risk, ref.best_test_risk}},
-  };
-  for (const auto& [name, v] : scalars)
-    EXPECT_TRUE(close(v.first, v.second, rtol, atol)) << name << ": cuda " << v.first << " cpu " << v.second;
-  EXPECT_EQ(got.checkpoint_steps, ref.checkpoint_steps);
-  const std::pair<const char*, std::pair<const std::vector<double>*, const std::vector<double>*>> curves[] = {
-      {"curve_test_risk", {&got.curve_test_risk, &ref.curve_test_risk}},
-      {"curve_label_loss", {&got.curve_label_loss, &ref.curve_label_loss}},
-      {"curve_feature_loss", {&got.curve_feature_loss, &ref.curve_feature_loss}},
-      {"curve_baseline_test_risk", {&got.curve_baseline_test_risk, &ref.curve_baseline_test_risk}},
-      {"curve_baseline_label_loss", {&got.curve_baseline_label_loss, &ref.curve_baseline_label_loss}},
-      {"curve_baseline_feature_loss", {&got.curve_baseline_feature_loss, &ref.curve_baseline_feature_loss}},
-  };
-  for (const auto& [name, v] : curves) {
-    ASSERT_EQ(v.first->size(), v.second->size()) << name;
-    for (size_t c = 0; c < v.first->size(); ++c)
-      EXPECT_TRUE(close((*v.first)[c], (*v.second)[c], rtol, atol))
-          << name << "[" << c << "]: cuda " << (*v.first)[c] << " cpu " << (*v.second)[c];
-  }
-}
-
-// Bit-for-bit equality of two results (NaN equals NaN).
-void expect_same(const TrialResult& a, const TrialResult& b, const std::string& what) {
-  expect_close(a, b, 0.0, 0.0, what);
-}
-
-Batch make_batch(const std::vector<TrialParams>& ps, int64_t first_id = 100) {
-  Batch b;
-  for (size_t i = 0; i < ps.size(); ++i) {
-    b.ids.push_back(first_id + static_cast<int64_t>(i));
-    b.trials.push_back(ps[i]);
-  }
-  return b;
-}
-
-// Batches of equal shape from a list of trials (what the batcher does).
-std::vector<Batch> by_shape(const std::vector<TrialParams>& ps) {
-  std::map<ShapeKey, std::vector<TrialParams>> m;
-  for (const auto& p : ps) m[shape_key(p)].push_back(p);
-  std::vector<Batch> out;
-  int64_t id = 0;
-  for (auto& [k, v] : m) {
-    out.push_back(make_batch(v, id));
-    id += static_cast<int64_t>(v.size());
-  }
-  return out;
-}
-
-std::vector<TrialResult> run_cpu(const Batch& b, Precision prec) {
-  RunOptions o;
-  o.sweep_seed = 7;
-  o.precision = prec;
-  return make_cpu_backend(o)->run(b, o);
-}
+using namespace stsweep::testing;
 
 #if STSWEEP_HAVE_CUDA
 struct Poisoned {  // NaN-filled device and staging buffers for the test's runs
@@ -143,25 +62,6 @@ std::vector<TrialResult> run_gpu(const Batch& b, Precision prec, cuda::Path path
   return r;
 }
 #endif
-
-TrialParams base_params() {
-  TrialParams p;
-  p.d = 12;
-  p.k = 6;
-  p.m = 3;
-  p.hidden = {10};
-  p.n_train = 20;
-  p.noise = 0.5;
-  p.lambda = 0.5;
-  p.steps = 200;
-  p.lr = 0.05;
-  p.init_scale = 0.3;
-  p.checkpoints = 8;
-  p.n_test = 200;
-  p.teacher.kind = TeacherKind::perturbed;
-  p.teacher.delta = 0.2;
-  return p;
-}
 
 // ------------------------------------------------------------------ tests --
 
@@ -229,13 +129,15 @@ TEST(CudaFused, MatchesCpuOnFreshRandomProblems) {
     }
     const Batch b = make_batch(ps);
     const auto ref = run_cpu(b, Precision::f32);
-    std::string paths;
-    const auto got = run_gpu(b, Precision::f32, cuda::Path::fused, &paths);
-    ASSERT_EQ(got.size(), ref.size());
-    for (size_t i = 0; i < ref.size(); ++i)
-      expect_close(got[i], ref[i], 2e-3, 1e-6,
-                   "shape " + std::to_string(shape) + " trial " + std::to_string(i) + " (" + paths +
-                       ", " + name(ps[i].activation) + ", " + name(ps[i].path) + ")");
+    for (cuda::Path want : {cuda::Path::fused, cuda::Path::warp}) {
+      std::string paths;
+      const auto got = run_gpu(b, Precision::f32, want, &paths);
+      ASSERT_EQ(got.size(), ref.size());
+      for (size_t i = 0; i < ref.size(); ++i)
+        expect_close(got[i], ref[i], 2e-3, 1e-6,
+                     "shape " + std::to_string(shape) + " trial " + std::to_string(i) + " (" + paths +
+                         ", " + name(ps[i].activation) + ", " + name(ps[i].path) + ")");
+    }
   }
 }
 
@@ -295,7 +197,7 @@ TEST(CudaDivergence, LeavesBatchMatesUntouched) {
   std::vector<TrialParams> bad = ps, without = ps;
   bad[2].lr = 1e3;
   without.erase(without.begin() + 2);
-  for (cuda::Path path : {cuda::Path::fused, cuda::Path::general, cuda::Path::cublas}) {
+  for (cuda::Path path : {cuda::Path::fused, cuda::Path::warp, cuda::Path::general, cuda::Path::cublas}) {
     SCOPED_TRACE(cuda::name(path));
     const auto good_r = run_gpu(make_batch(ps), Precision::f32, path);
     const auto bad_r = run_gpu(make_batch(bad), Precision::f32, path);
@@ -356,6 +258,48 @@ TEST(CudaCublas, MatchesFused) {
   }
 }
 
+// The device equals its host emulation (kernels/device_emu.cpp, which the CPU
+// suite checks against the CPU backend) BIT FOR BIT: same teams (256-thread
+// blocks, 32-lane warps), same reduction order, every FMA explicit on both
+// sides (-ffp-contract=off, --fmad=false). Linear and ReLU networks: tanh
+// comes from two different libraries (CUDA's tanhf/tanh and glibc's).
+TEST(CudaEmulation, DeviceEqualsEmulationBitForBit) {
+  NEED_GPU();
+  const Poisoned poison;
+  std::vector<TrialParams> ps;
+  for (Activation act : {Activation::linear, Activation::relu})
+    for (TrainPath tp : {TrainPath::data, TrainPath::moment}) {
+      if (act != Activation::linear && tp == TrainPath::moment) continue;
+      for (int i = 0; i < 2; ++i) {
+        TrialParams p = base_params();
+        p.hidden = {10, 8};
+        p.activation = act;
+        p.path = tp;
+        p.seed = i;
+        p.lambda = 0.4 * i;
+        p.steps = 30 + 5 * i;
+        p.checkpoints = 4;
+        p.n_test = 50;
+        p.baseline = i == 0;
+        ps.push_back(p);
+      }
+    }
+  for (const Batch& b : by_shape(ps))
+    for (Precision prec : {Precision::f32, Precision::f64})
+      for (cuda::Path path : {cuda::Path::fused, cuda::Path::warp, cuda::Path::general}) {
+        RunOptions o;
+        o.sweep_seed = 7;
+        o.precision = prec;
+        cuda::EmuOptions eo;
+        eo.path = path;
+        const auto emu = cuda::make_emulated_backend(eo)->run(b, o);
+        const auto got = run_gpu(b, prec, path);
+        for (size_t i = 0; i < got.size(); ++i)
+          expect_same(got[i], emu[i], std::string(cuda::name(path)) + (prec == Precision::f32 ? " f32 " : " f64 ") +
+                                          name(b.trials[i].activation) + " trial " + std::to_string(i));
+      }
+}
+
 // Small and quick: every path once, for compute-sanitizer (memcheck, racecheck).
 TEST(CudaSmall, EveryPathOnce) {
   NEED_GPU();
@@ -377,7 +321,7 @@ TEST(CudaSmall, EveryPathOnce) {
   }
   const Batch b = make_batch(ps);
   const auto ref = run_cpu(b, Precision::f32);
-  for (cuda::Path path : {cuda::Path::fused, cuda::Path::general, cuda::Path::cublas}) {
+  for (cuda::Path path : {cuda::Path::fused, cuda::Path::warp, cuda::Path::general, cuda::Path::cublas}) {
     const auto got = run_gpu(b, Precision::f32, path);
     for (size_t i = 0; i < ref.size(); ++i)
       expect_close(got[i], ref[i], 2e-3, 1e-6, std::string(cuda::name(path)) + " " + std::to_string(i));

@@ -1,0 +1,235 @@
+// The CUDA backend emulated on the host (kernels/device_emu.hpp).
+#include "device_emu.hpp"
+
+#include <barrier>
+#include <chrono>
+#include <cstring>
+#include <exception>
+#include <iostream>
+#include <mutex>
+#include <set>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "device_body.hpp"
+
+namespace stsweep::cuda {
+
+class EmuGroup {
+ public:
+  EmuGroup(int n, bool warp) : n_(n), warp_(warp), bar_(n), slots_(static_cast<size_t>(n)) {}
+  void sync() { bar_.arrive_and_wait(); }
+  template <class T>
+  T sum(int r, T x) {
+    if (n_ == 1) return x;
+    slots_[r] = static_cast<double>(x);  // exact for float and double
+    sync();
+    T s;
+    if (warp_) {
+      // WarpTeam::sum: x += __shfl_xor_sync(x, o) for o = 16, 8, 4, 2, 1;
+      // every lane ends with the same total (addition commutes exactly).
+      T a[kWarp], b[kWarp];
+      for (int i = 0; i < kWarp; ++i) a[i] = static_cast<T>(slots_[i]);
+      for (int o = kWarp / 2; o > 0; o >>= 1) {
+        for (int i = 0; i < kWarp; ++i) b[i] = a[i] + a[i ^ o];
+        for (int i = 0; i < kWarp; ++i) a[i] = b[i];
+      }
+      s = a[r];
+    } else {
+      // BlockTeam::sum: x += __shfl_down_sync(x, o) for o = 16 .. 1 in each
+      // warp (lane 0 holds a tree of its warp), then every thread adds the
+      // warps' totals in order, starting from 0.
+      s = 0;
+      for (int w = 0; w < n_ / kWarp; ++w) {
+        T a[kWarp];
+        for (int i = 0; i < kWarp; ++i) a[i] = static_cast<T>(slots_[w * kWarp + i]);
+        for (int o = kWarp / 2; o > 0; o >>= 1)
+          for (int i = 0; i < o; ++i) a[i] += a[i + o];
+        s += a[0];
+      }
+    }
+    sync();  // the slots are reused by the next sum
+    return s;
+  }
+
+ private:
+  int n_;
+  bool warp_;
+  std::barrier<> bar_;
+  std::vector<double> slots_;
+};
+
+void EmuTeam::sync() const {
+  if (n > 1) g->sync();
+}
+float EmuTeam::sum(float x) const { return g->sum(r, x); }
+double EmuTeam::sum(double x) const { return g->sum(r, x); }
+
+void run_emulated_team(int n, bool warp, const std::function<void(const EmuTeam&)>& body) {
+  if (n < 1 || (n > 1 && n % kWarp != 0) || (warp && n != kWarp))
+    throw std::logic_error("emulated team of " + std::to_string(n) +
+                           " threads: 1 or a multiple of 32 (a warp: 32)");
+  EmuGroup g(n, warp);
+  std::exception_ptr err;
+  std::mutex mu;
+  auto run = [&](int r) {
+    try {
+      body(EmuTeam{&g, r, n});
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(mu);
+      if (!err) err = std::current_exception();
+      // A rank that leaves early would deadlock the others at the barrier:
+      // the bodies throw only on logic errors, so stop the process loudly.
+      std::cerr << "stsweep: emulated team: a rank threw; aborting\n";
+      std::terminate();
+    }
+  };
+  std::vector<std::thread> th;
+  th.reserve(n - 1);
+  for (int r = 1; r < n; ++r) th.emplace_back(run, r);
+  run(0);
+  for (auto& t : th) t.join();
+  if (err) std::rethrow_exception(err);
+}
+
+namespace {
+
+template <class T>
+void poison(std::vector<T>& v) {
+  std::memset(static_cast<void*>(v.data()), 0xFF, v.size() * sizeof(T));
+}
+
+class EmuBackend final : public Backend {
+ public:
+  explicit EmuBackend(const EmuOptions& eo) : eo_(eo) {
+    if (eo_.path == Path::cublas) throw std::invalid_argument("the emulator has no cuBLAS path");
+  }
+  std::string name() const override { return "cuda-emulated"; }
+  std::string device() const override {
+    return "host emulation (" + std::to_string(eo_.block_threads) + "-thread blocks)";
+  }
+  RunStats stats() const { return stats_; }
+
+  std::vector<TrialResult> run(const Batch& batch, const RunOptions& opt) override {
+    const auto t0 = std::chrono::steady_clock::now();
+    stats_ = RunStats{};
+    std::set<std::string> paths;
+    std::vector<TrialResult> out(batch.trials.size());
+    if (batch.trials.empty()) return out;
+    const std::vector<Prepared> wave =
+        prepare_trials(batch, 0, batch.trials.size(), opt, 1, out, &stats_.setup_s);
+    const size_t real = opt.precision == Precision::f64 ? 8 : 4;
+    DeviceLimits lim;
+    lim.shared_per_block = eo_.shared_per_block;
+    const auto log = [](const std::string& m) { std::cerr << "stsweep: cuda-emulated: " << m << "\n"; };
+    for (const GroupPlan& g : plan_groups(wave, eo_.path, real, lim, log)) {
+      paths.insert(cuda::name(g.path));
+      if (g.path == Path::cublas) throw std::logic_error("the emulator has no cuBLAS path");
+      if (opt.precision == Precision::f64)
+        run_group<double>(g, wave, batch, out);
+      else
+        run_group<float>(g, wave, batch, out);
+      ++stats_.chunks;
+    }
+    for (const auto& p : paths) stats_.paths += (stats_.paths.empty() ? "" : ", ") + p;
+    stats_.total_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    return out;
+  }
+
+ private:
+  template <class Real>
+  void run_group(const GroupPlan& g, const std::vector<Prepared>& wave, const Batch& batch,
+                 std::vector<TrialResult>& out) {
+    const Layout& y = g.y;
+    const size_t nt = g.members.size(), nn = g.nets.size();
+    // The device buffers, poisoned as STSWEEP_CUDA_POISON does.
+    std::vector<Real> arena(nt * y.arena), work, smem;
+    std::vector<double> eval(nt * y.eval), snap(nn * g.slots * y.wsize), metrics(nn * g.slots * 3),
+        ws(y.vwork);
+    std::vector<TrialScalars> ts(nt);
+    std::vector<long long> ck(std::max(g.ck_total, 1));
+    std::vector<NetState> state(nn);
+    poison(arena);
+    poison(eval);
+    poison(snap);
+    poison(metrics);
+    poison(state);
+    pack_group<Real>(g, wave, arena.data(), eval.data(), ts.data(), ck.data());
+    TrainArgs<Real> a;
+    a.net = g.s.net;
+    a.mask = g.s.mask;
+    a.N = g.s.N;
+    a.lay = y;
+    a.arena = arena.data();
+    a.nets = g.nets.data();
+    a.nnets = static_cast<int>(nn);
+    a.trials = ts.data();
+    a.ck = ck.data();
+    a.snap = snap.data();
+    a.slots = g.slots;
+    a.state = state.data();
+    a.shared = g.path == Path::fused || g.path == Path::warp ? 1 : 0;
+    if (a.shared) {
+      smem.resize(static_cast<size_t>(y.data) + y.work);
+      poison(smem);
+    } else {
+      work.resize(nn * y.work);
+      poison(work);
+      a.work = work.data();
+    }
+    const auto t0 = std::chrono::steady_clock::now();
+    const bool warp = g.path == Path::warp;
+    run_emulated_team(warp ? kWarp : eo_.block_threads, warp, [&](const EmuTeam& team) {
+      for (int k = 0; k < a.nnets; ++k) train_network(team, a, k, smem.empty() ? nullptr : smem.data());
+    });
+    const auto t1 = std::chrono::steady_clock::now();
+    EvalArgs e;
+    e.net = g.s.net;
+    e.mask = g.s.mask;
+    e.N = g.s.N;
+    e.n_test = g.s.n_test;
+    e.k = g.s.k;
+    e.exact = g.s.exact ? 1 : 0;
+    e.lay = y;
+    e.arena = eval.data();
+    e.work = ws.data();
+    e.nets = g.nets.data();
+    e.nnets = static_cast<int>(nn);
+    e.trials = ts.data();
+    e.snap = snap.data();
+    e.slots = g.slots;
+    e.maxck = g.maxck;
+    e.state = state.data();
+    e.metrics = metrics.data();
+    // The items: compacted as the device's cub::DeviceSelect::If does, or all.
+    std::vector<long long> items;
+    for (long long it = 0; it < static_cast<long long>(nn) * g.slots; ++it)
+      if (!eo_.compact_eval || eval_needed(state[it / g.slots], static_cast<int>(it % g.slots), g.maxck))
+        items.push_back(it);
+    run_emulated_team(eo_.block_threads, false, [&](const EmuTeam& team) {
+      for (long long it : items) eval_item(team, e, it, ws.data());
+    });
+    const auto t2 = std::chrono::steady_clock::now();
+    stats_.train_s += std::chrono::duration<double>(t1 - t0).count();
+    stats_.eval_s += std::chrono::duration<double>(t2 - t1).count();
+    collect_group(g, wave, batch, state.data(), metrics.data(), out, stats_);
+  }
+
+  EmuOptions eo_;
+  RunStats stats_;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_emulated_backend(const EmuOptions& eo) {
+  return std::make_unique<EmuBackend>(eo);
+}
+
+RunStats emulated_stats(const Backend& b) {
+  const auto* e = dynamic_cast<const EmuBackend*>(&b);
+  return e ? e->stats() : RunStats{};
+}
+
+}  // namespace stsweep::cuda

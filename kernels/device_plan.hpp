@@ -1,0 +1,127 @@
+// The host side of the CUDA backend that needs no CUDA: how a batch becomes
+// launches (set-up, groups, arena layouts, packing) and how the launches'
+// outputs become TrialResults. kernels/cuda_backend.cu moves these buffers to
+// and from the device; kernels/device_emu.cpp runs the same kernel bodies on
+// the host over the same buffers, so the CPU test suite checks all of it.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "backend.hpp"
+#include "device_records.hpp"
+#include "problem.hpp"
+
+namespace stsweep::cuda {
+
+// How a group of trials trains on the device.
+//   fused:   one thread block (256 threads) per network, the trial's data and
+//            the network's work in dynamic shared memory, all steps in one
+//            launch (needs the arena to fit a block).
+//   warp:    one warp (32 threads) per network, several networks per block,
+//            each with its own slice of shared memory (small widths).
+//   general: the block-per-network kernel on global memory (any shape).
+//   cublas:  strided-batched SGEMM/DGEMM per layer and step (data path only;
+//            the yardstick). Moment-path groups run `general` instead.
+//   automatic: warp for widths <= kWarpMaxWidth when two networks fit a
+//            block, else fused when one fits, else cublas (data path) or
+//            general (moment path).
+// The environment variable STSWEEP_CUDA_PATH (auto|fused|warp|general|cublas)
+// overrides the default for backends made by make_cuda_backend.
+enum class Path { automatic, fused, warp, general, cublas };
+const char* name(Path);
+// Parses STSWEEP_CUDA_PATH's values; std::runtime_error naming the variable.
+Path parse_path(const std::string& v);
+
+constexpr int kWarpMaxWidth = 32;  // automatic picks warp teams up to this layer width
+constexpr int kWarpsPerBlock = kThreads / kWarp;
+
+// Timings and counts of a backend's last run() (all of it, every chunk).
+struct RunStats {
+  double setup_s = 0;      // host set-up (wall, all threads)
+  double train_s = 0;      // device training (events around the trainer launches)
+  double eval_s = 0;       // device evaluation
+  double total_s = 0;      // the whole run() call
+  double net_steps = 0;    // sum over networks of steps run
+  double flops = 0;        // counted training flops (tm::*_step_flops)
+  std::string paths;       // paths taken, e.g. "fused" or "fused, cublas"
+  int chunks = 0;
+};
+
+struct Shape {
+  tm::Net net;
+  int N = 0, n_test = 0, k = 0;
+  uint32_t mask = 0;
+  bool moment = false, exact = false;
+};
+Layout make_layout(const Shape& s);
+
+// Device and pinned-host bytes one trial needs (two networks), for a layout.
+struct TrialBytes {
+  size_t dev = 0, host = 0;
+};
+TrialBytes trial_bytes(const Layout& y, size_t real, int maxck);
+// Checkpoint slots of the batch (at least 2), and the worst case over paths
+// and matched layers of its shape (and the eval workspace of one block).
+int batch_maxck(const Batch& b);
+TrialBytes worst_trial_bytes(const Batch& b, size_t real, int maxck, size_t* eval_work_bytes);
+
+// A set-up trial and how it trains.
+struct Prepared {
+  size_t index = 0;  // in the batch
+  TrialProblem pr;
+  tm::Net net;
+  uint32_t mask = 0;
+  bool moment = false;
+};
+// Sets up trials [lo, hi) of the batch on `nthreads` host threads (float64,
+// the CPU backend's problems); a trial that fails gets Status::failed in
+// out[i] and no Prepared. Adds the wall time to *setup_s.
+std::vector<Prepared> prepare_trials(const Batch& batch, size_t lo, size_t hi,
+                                     const RunOptions& opt, int nthreads,
+                                     std::vector<TrialResult>& out, double* setup_s);
+
+// What the device offers a group.
+struct DeviceLimits {
+  size_t shared_per_block = 0;  // dynamic shared memory one block may use (bytes)
+};
+
+// One group of a wave: trials of one (path, matched layers), one layout.
+struct GroupPlan {
+  Shape s;
+  Layout y;
+  Path path = Path::general;       // resolved (never automatic)
+  std::vector<size_t> members;     // indices into the wave's prepared trials, most steps first
+  std::vector<NetRef> nets;        // per member: the student, then its twin when it has one
+  int maxck = 0, slots = 0;        // slots = maxck + 2 (checkpoints, first, final)
+  int ck_total = 0;                // checkpoint steps over all members
+  long long maxT = 0;              // most steps of a member
+  double step_flops = 0;           // sum over members of counted flops per step
+  size_t net_shared = 0;           // shared bytes of one network (data + work)
+  int warps_per_block = 0;         // warp path: networks per block
+  size_t nets_n() const { return nets.size(); }
+};
+// Groups a wave's prepared trials and picks each group's path from `want` and
+// the device's limits; `log` gets one line per fallback (e.g. an arena too big
+// for shared memory).
+std::vector<GroupPlan> plan_groups(const std::vector<Prepared>& wave, Path want, size_t real,
+                                   const DeviceLimits& lim,
+                                   const std::function<void(const std::string&)>& log);
+
+// Fills a group's staging buffers: arena (members x y.arena), eval
+// (members x y.eval), ts (members), ck (ck_total).
+template <class Real>
+void pack_group(const GroupPlan& g, const std::vector<Prepared>& wave, Real* arena, double* eval,
+                TrialScalars* ts, long long* ck);
+
+// From the trainer's states and the metrics of every slot (nets x slots x 3)
+// to one TrialResult per member, at out[member's batch index]; adds the steps
+// and counted flops to `stats`.
+void collect_group(const GroupPlan& g, const std::vector<Prepared>& wave, const Batch& batch,
+                   const NetState* state, const double* metrics, std::vector<TrialResult>& out,
+                   RunStats& stats);
+
+}  // namespace stsweep::cuda

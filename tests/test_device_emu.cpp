@@ -1,0 +1,455 @@
+// The CUDA backend's host side and kernel bodies, run on the host: its plan
+// (kernels/device_plan.cpp) and the bodies of its kernels (kernels/
+// device_body.hpp) with thread blocks and warps emulated by std::threads
+// (kernels/device_emu.cpp), against the CPU backend. This is the CPU suite's
+// proof of the GPU code; tests/test_cuda.cpp, on a GPU, then demands that the
+// device equal this emulation bit for bit.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <array>
+#include <cstdio>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "device_emu.hpp"
+#include "device_plan.hpp"
+#include "trial_compare.hpp"
+#include "train.hpp"
+
+namespace stsweep {
+namespace {
+
+using namespace stsweep::testing;
+using cuda::kNone;
+
+std::vector<TrialResult> run_emu(const Batch& b, Precision prec, cuda::Path path, int threads,
+                                 std::string* paths = nullptr, bool compact = true) {
+  RunOptions o;
+  o.sweep_seed = 7;
+  o.precision = prec;
+  cuda::EmuOptions eo;
+  eo.path = path;
+  eo.block_threads = threads;
+  eo.compact_eval = compact;
+  auto be = cuda::make_emulated_backend(eo);
+  auto r = be->run(b, o);
+  if (paths) *paths = cuda::emulated_stats(*be).paths;
+  return r;
+}
+
+TrialParams small(int seed) {
+  TrialParams p = base_params();
+  p.d = 8;
+  p.k = 4;
+  p.m = 3;
+  p.hidden = {6};
+  p.n_train = 12;
+  p.n_test = 40;
+  p.steps = 30;
+  p.checkpoints = 4;
+  p.seed = seed;
+  return p;
+}
+
+// ------------------------------------------------------------ the teams --
+
+// Every rank of an emulated team gets the same sum, bit for bit (the kernels
+// rely on it: every thread takes the same branch on a loss), and the sum of
+// small integers is exact whatever the order.
+TEST(EmuTeam, EveryRankGetsTheSameSum) {
+  for (const auto& [n, warp] : std::vector<std::pair<int, bool>>{{32, true}, {32, false}, {96, false}}) {
+    std::vector<double> got(n), exact(n);
+    std::vector<float> gotf(n);
+    cuda::run_emulated_team(n, warp, [&](const cuda::EmuTeam& t) {
+      const double x = 1.0 / (1 + t.rank()) * (t.rank() % 3 == 0 ? 1e8 : 1.0);
+      got[t.rank()] = t.sum(x);
+      gotf[t.rank()] = t.sum(static_cast<float>(x));
+      exact[t.rank()] = t.sum(static_cast<double>(t.rank()));
+    });
+    for (int r = 0; r < n; ++r) {
+      EXPECT_EQ(got[r], got[0]) << "rank " << r << " of " << n;
+      EXPECT_EQ(gotf[r], gotf[0]) << "rank " << r << " of " << n;
+      EXPECT_EQ(exact[r], n * (n - 1) / 2.0);
+    }
+  }
+  EXPECT_THROW(cuda::run_emulated_team(48, false, [](const cuda::EmuTeam&) {}), std::logic_error);
+  EXPECT_THROW(cuda::run_emulated_team(64, true, [](const cuda::EmuTeam&) {}), std::logic_error);
+}
+
+// The block reduction sums in the device's order: a shuffle-down tree inside
+// each warp, then the warps' totals in order. Worked by hand for a 64-thread
+// block of floats: v[0] = 1e8, v[32] = -1e8, every other v = 1 (float spacing
+// near 1e8 is 8, ties round to even):
+//   warp 0: 1e8+1 -> 1e8, 1e8+2 -> 1e8, 1e8+4 -> 1e8 (tie), +8 -> 1e8+8,
+//           +16 -> 1e8+24;   warp 1 likewise -1e8+24;   total 48.
+// A left-to-right sum gives 31 (every 1 before v[32] is lost).
+TEST(EmuTeam, BlockSumFollowsTheDeviceOrder) {
+  std::vector<float> v(64, 1.0f);
+  v[0] = 1e8f;
+  v[32] = -1e8f;
+  float serial = 0;
+  for (float x : v) serial += x;
+  EXPECT_EQ(serial, 31.0f);
+  std::vector<float> got(64);
+  cuda::run_emulated_team(64, false, [&](const cuda::EmuTeam& t) { got[t.rank()] = t.sum(v[t.rank()]); });
+  for (int r = 0; r < 64; ++r) EXPECT_EQ(got[r], 48.0f) << "rank " << r;
+  // A warp's butterfly: lane i adds lane i^o; by hand for v[0] = 1e8 and 31
+  // ones: after o = 16 lane 0 holds 1e8 (+1 lost), lanes 1..15 hold 2, lanes
+  // 16..31 hold 1e8 (lane 16: 1 + 1e8) or 2 — the same pattern as the tree, so
+  // every lane ends at 1e8 + 24.
+  std::vector<float> w(32, 1.0f), gw(32);
+  w[0] = 1e8f;
+  cuda::run_emulated_team(32, true, [&](const cuda::EmuTeam& t) { gw[t.rank()] = t.sum(w[t.rank()]); });
+  for (int r = 0; r < 32; ++r) EXPECT_EQ(gw[r], 1e8f + 24.0f) << "lane " << r;
+}
+
+// --------------------------------------------------------------- layouts --
+
+// Every region of every arena lies inside its arena and overlaps no other,
+// for random shapes, both paths and any matched layers.
+TEST(DeviceLayout, RegionsAreDisjointAndInside) {
+  std::mt19937 g(12345);
+  auto uni = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(g); };
+  for (int rep = 0; rep < 300; ++rep) {
+    cuda::Shape s;
+    s.net.L = uni(1, 4);
+    for (int l = 0; l <= s.net.L; ++l) s.net.w[l] = uni(1, 40);
+    s.net.act = uni(0, 2);
+    s.N = uni(1, 64);
+    s.n_test = uni(0, 50);
+    s.k = uni(1, s.net.w[0]);
+    s.mask = static_cast<uint32_t>(uni(0, 15)) << 1 & ((1u << s.net.L) - 2);
+    s.moment = s.net.act == tm::kLinear && uni(0, 1);
+    s.exact = s.net.act == tm::kLinear && uni(0, 1);
+    const cuda::Layout y = cuda::make_layout(s);
+    const tm::Net& n = s.net;
+    const int L = n.L, d = n.w[0], m = n.w[L];
+    int maxw = 0;
+    for (int l = 1; l <= L; ++l) maxw = std::max(maxw, n.w[l]);
+    struct R {
+      int off;
+      long size;
+      const char* what;
+    };
+    auto check = [&](std::vector<R> rs, int total, const char* arena) {
+      SCOPED_TRACE(std::string(arena) + " rep " + std::to_string(rep));
+      std::vector<R> in;
+      for (const R& r : rs)
+        if (r.off != kNone && r.size > 0) in.push_back(r);
+      std::sort(in.begin(), in.end(), [](const R& a, const R& b) { return a.off < b.off; });
+      for (size_t i = 0; i < in.size(); ++i) {
+        EXPECT_GE(in[i].off, 0) << in[i].what;
+        EXPECT_LE(in[i].off + in[i].size, total) << in[i].what;
+        if (i + 1 < in.size()) EXPECT_LE(in[i].off + in[i].size, in[i + 1].off) << in[i].what << " overlaps " << in[i + 1].what;
+      }
+    };
+    std::vector<R> arena, work, ev, vw;
+    if (s.moment) {
+      arena = {{y.Cxx, long(d) * d, "Cxx"}, {y.Cyx, long(m) * d, "Cyx"}};
+      for (int l = 1; l < L; ++l) arena.push_back({y.Chx[l], long(n.w[l]) * d, "Chx"});
+      for (int l = 2; l <= L; ++l) work.push_back({y.A[l], long(n.w[l]) * d, "A"});
+      for (int l = 1; l <= L; ++l) work.push_back({y.E[l], long(n.w[l]) * d, "E"});
+      work.push_back({y.Q[0], long(maxw) * d, "Q0"});
+      work.push_back({y.Q[1], long(maxw) * d, "Q1"});
+      work.push_back({y.AT, long(maxw) * d, "AT"});
+      for (int l = 1; l < L; ++l) EXPECT_EQ(y.Chx[l] != kNone, (s.mask >> l & 1u) != 0);
+    } else {
+      arena = {{y.X, long(s.N) * d, "X"}, {y.Y, long(s.N) * m, "Y"}};
+      for (int l = 1; l < L; ++l) arena.push_back({y.Ht[l], long(s.N) * n.w[l], "Ht"});
+      for (int l = 1; l <= L; ++l) {
+        work.push_back({y.Z[l], long(s.N) * n.w[l], "Z"});
+        work.push_back({y.H[l], long(s.N) * n.w[l], "H"});
+      }
+      work.push_back({y.D[0], long(s.N) * maxw, "D0"});
+      work.push_back({y.D[1], long(s.N) * maxw, "D1"});
+      for (int l = 1; l < L; ++l) EXPECT_EQ(y.Ht[l] != kNone, (s.mask >> l & 1u) != 0);
+    }
+    for (const R& r : arena) EXPECT_TRUE(r.off == kNone || r.off + r.size <= y.data) << r.what << " outside the data part";
+    for (int l = 1; l <= L; ++l) {
+      arena.push_back({y.W0[l], long(n.w[l]) * n.w[l - 1], "W0"});
+      arena.push_back({y.WT0[l], long(n.w[l]) * n.w[l - 1], "WT0"});
+      work.push_back({y.W[l], long(n.w[l]) * n.w[l - 1], "W"});
+      work.push_back({y.WT[l], long(n.w[l]) * n.w[l - 1], "WT"});
+      EXPECT_EQ(y.W0[l] % 4, 0);
+    }
+    check(arena, y.arena, "arena");
+    check(work, y.work, "work");
+    ev = {{y.eX, long(s.N) * d, "eX"}, {y.eY, long(s.N) * m, "eY"}, {y.eWstar, long(m) * d, "eWstar"},
+          {y.eMhalf, long(d) * s.k, "eMhalf"}, {y.eXt, long(s.n_test) * d, "eXt"}, {y.eYt, long(s.n_test) * m, "eYt"}};
+    for (int l = 1; l < L; ++l) ev.push_back({y.eHt[l], long(s.N) * n.w[l], "eHt"});
+    check(ev, y.eval, "eval");
+    EXPECT_EQ(y.eWstar != kNone, s.exact);
+    const int rows = std::max(s.N, s.exact ? 0 : s.n_test);
+    for (int l = 1; l <= L; ++l) {
+      vw.push_back({y.vW[l], long(n.w[l]) * n.w[l - 1], "vW"});
+      vw.push_back({y.vWT[l], long(n.w[l]) * n.w[l - 1], "vWT"});
+      vw.push_back({y.vZ[l], long(rows) * n.w[l], "vZ"});
+      vw.push_back({y.vH[l], long(rows) * n.w[l], "vH"});
+    }
+    vw.push_back({y.vD[0], long(rows) * maxw, "vD0"});
+    vw.push_back({y.vD[1], long(rows) * maxw, "vD1"});
+    vw.push_back({y.vA[0], long(maxw) * d, "vA0"});
+    vw.push_back({y.vA[1], long(maxw) * d, "vA1"});
+    check(vw, y.vwork, "eval work");
+    long snap = 0;
+    for (int l = 1; l <= L; ++l) {
+      EXPECT_EQ(y.wofs[l], snap);
+      snap += long(n.w[l]) * n.w[l - 1];
+    }
+    EXPECT_EQ(y.wsize, snap);
+  }
+}
+
+// ------------------------------------------------------------ path choice --
+
+std::vector<cuda::Prepared> prepare(const std::vector<TrialParams>& ps) {
+  const Batch b = make_batch(ps);
+  std::vector<TrialResult> out(ps.size());
+  RunOptions o;
+  o.sweep_seed = 7;
+  return cuda::prepare_trials(b, 0, ps.size(), o, 1, out, nullptr);
+}
+
+TEST(DevicePlan, AutomaticPathsAndFallbacks) {
+  std::vector<std::string> logs;
+  const auto log = [&](const std::string& m) { logs.push_back(m); };
+  cuda::DeviceLimits big;
+  big.shared_per_block = 227 * 1024;
+  // Small widths: a warp per network.
+  auto w = prepare({small(1), small(2)});
+  auto g = cuda::plan_groups(w, cuda::Path::automatic, 4, big, log);
+  ASSERT_EQ(g.size(), 1u);
+  EXPECT_EQ(g[0].path, cuda::Path::warp);
+  EXPECT_EQ(g[0].warps_per_block, cuda::kWarpsPerBlock);
+  EXPECT_EQ(g[0].nets.size(), 4u);  // students and twins
+  // Width 64 (the standard grid): a block per network.
+  TrialParams wide = small(3);
+  wide.d = 64;
+  wide.k = 16;
+  wide.hidden = {64};
+  wide.m = 16;
+  wide.n_train = 128;
+  wide.path = TrainPath::data;
+  w = prepare({wide});
+  g = cuda::plan_groups(w, cuda::Path::automatic, 4, big, log);
+  ASSERT_EQ(g.size(), 1u);
+  EXPECT_EQ(g[0].path, cuda::Path::fused);
+  EXPECT_TRUE(logs.empty());
+  // An arena too big for a block: cuBLAS (data path) or general (moment path, logged).
+  cuda::DeviceLimits tiny;
+  tiny.shared_per_block = 1024;
+  g = cuda::plan_groups(w, cuda::Path::automatic, 4, tiny, log);
+  EXPECT_EQ(g[0].path, cuda::Path::cublas);
+  g = cuda::plan_groups(w, cuda::Path::fused, 4, tiny, log);
+  EXPECT_EQ(g[0].path, cuda::Path::general);
+  ASSERT_EQ(logs.size(), 1u);
+  EXPECT_NE(logs[0].find("does not fit"), std::string::npos) << logs[0];
+  wide.path = TrainPath::moment;
+  w = prepare({wide});
+  g = cuda::plan_groups(w, cuda::Path::cublas, 4, big, log);
+  EXPECT_EQ(g[0].path, cuda::Path::general);
+  EXPECT_NE(logs.back().find("no moment path"), std::string::npos) << logs.back();
+  // Mixed matched layers and paths: one group each; members most steps first.
+  std::vector<TrialParams> mixed{small(1), small(2), small(3), small(4)};
+  mixed[1].path = TrainPath::moment;
+  mixed[2].steps = 50;
+  mixed[3].steps = 70;
+  mixed[0].path = mixed[2].path = mixed[3].path = TrainPath::data;
+  w = prepare(mixed);
+  g = cuda::plan_groups(w, cuda::Path::automatic, 4, big, log);
+  ASSERT_EQ(g.size(), 2u);
+  EXPECT_EQ(g[0].members, (std::vector<size_t>{3, 2, 0}));
+  EXPECT_EQ(g[0].maxT, 70);
+  EXPECT_EQ(g[1].members, (std::vector<size_t>{1}));
+  EXPECT_THROW(cuda::parse_path("fast"), std::runtime_error);
+  EXPECT_EQ(cuda::parse_path("warp"), cuda::Path::warp);
+}
+
+// ------------------------------------------- the kernels against the CPU --
+
+std::vector<TrialParams> variety() {
+  std::vector<TrialParams> ps;
+  int seed = 0;
+  for (std::vector<int> hidden : {std::vector<int>{6}, std::vector<int>{7, 5}})
+    for (Activation act : {Activation::linear, Activation::relu, Activation::tanh})
+      for (TrainPath path : {TrainPath::data, TrainPath::moment}) {
+        if (act != Activation::linear && path == TrainPath::moment) continue;
+        for (double lambda : {0.0, 0.7}) {
+          TrialParams p = small(seed++);
+          p.hidden = hidden;
+          p.activation = act;
+          p.path = path;
+          p.lambda = lambda;
+          p.steps = 20 + 7 * (seed % 4);  // several lengths per launch
+          p.checkpoints = 2 + seed % 4;
+          p.baseline = seed % 3 != 0;
+          p.teacher.kind = seed % 2 ? TeacherKind::perturbed : TeacherKind::oracle;
+          ps.push_back(p);
+        }
+      }
+  return ps;
+}
+
+// A team of one thread runs each product and sum in the CPU's order, so the
+// emulated device equals the CPU backend BIT FOR BIT: the layouts, packing,
+// loop, snapshots, evaluation and result assembly of the device code add
+// nothing of their own. Every path the emulator has, float32 and float64.
+TEST(DeviceEmu, OneThreadTeamsEqualTheCpuBitForBit) {
+  for (const Batch& b : by_shape(variety()))
+    for (Precision prec : {Precision::f32, Precision::f64}) {
+      const auto ref = run_cpu(b, prec);
+      for (cuda::Path path : {cuda::Path::fused, cuda::Path::general}) {
+        std::string paths;
+        const auto got = run_emu(b, prec, path, 1, &paths);
+        ASSERT_EQ(got.size(), ref.size());
+        for (size_t i = 0; i < ref.size(); ++i) {
+          ASSERT_EQ(ref[i].status, Status::done) << ref[i].message;
+          EXPECT_TRUE(std::isfinite(got[i].test_risk) && got[i].train_loss > 0);
+          expect_same(got[i], ref[i], paths + (prec == Precision::f32 ? " f32 " : " f64 ") +
+                                          name(b.trials[i].activation) + " " + name(b.trials[i].path) +
+                                          " trial " + std::to_string(i));
+        }
+      }
+    }
+}
+
+// Real team sizes (a 32-lane warp, 64- and 256-thread blocks) split every
+// product and sum as the device does: the CPU's metrics to float32 rounding
+// in float32 and to 1e-9 in float64.
+TEST(DeviceEmu, TeamsMatchTheCpu) {
+  std::vector<TrialParams> ps = variety();
+  for (TrialParams& p : ps) p.steps = std::min<int64_t>(p.steps, 25);
+  const std::vector<Batch> batches = by_shape(ps);
+  for (const Batch& b : batches) {
+    const auto ref32 = run_cpu(b, Precision::f32);
+    const auto ref64 = run_cpu(b, Precision::f64);
+    std::vector<std::pair<cuda::Path, int>> teams{{cuda::Path::warp, 32}, {cuda::Path::fused, 64}};
+    if (&b == &batches.front()) teams.push_back({cuda::Path::general, 256});  // slow to emulate
+    for (const auto& [path, threads] : teams) {
+      std::string paths;
+      const auto got32 = run_emu(b, Precision::f32, path, threads, &paths);
+      EXPECT_EQ(paths, cuda::name(path));
+      const auto got64 = run_emu(b, Precision::f64, path, threads);
+      for (size_t i = 0; i < ref32.size(); ++i) {
+        const std::string what = paths + " x" + std::to_string(threads) + " " +
+                                 name(b.trials[i].activation) + " " + name(b.trials[i].path) +
+                                 " trial " + std::to_string(i);
+        expect_close(got32[i], ref32[i], 2e-3, 1e-6, "f32 " + what);
+        expect_close(got64[i], ref64[i], 1e-9, 1e-13, "f64 " + what);
+      }
+    }
+  }
+}
+
+// The general path is the fused kernel on global memory: bit-identical.
+// Compacting the evaluation's items changes nothing a result holds.
+TEST(DeviceEmu, GeneralEqualsFusedAndCompactionIsInvisible) {
+  std::vector<TrialParams> ps;
+  for (int i = 0; i < 4; ++i) {
+    TrialParams p = small(i);
+    p.hidden = {7, 5};
+    p.path = TrainPath::data;
+    p.lambda = 0.3 * i;
+    p.steps = 15 + 4 * i;
+    ps.push_back(p);
+  }
+  ps[2].lr = 1e3;  // diverges: its later checkpoints are never measured
+  const Batch b = make_batch(ps);
+  const auto fused = run_emu(b, Precision::f32, cuda::Path::fused, 64);
+  const auto general = run_emu(b, Precision::f32, cuda::Path::general, 64);
+  const auto all_items = run_emu(b, Precision::f32, cuda::Path::fused, 64, nullptr, false);
+  ASSERT_EQ(fused[2].status, Status::diverged);
+  for (size_t i = 0; i < ps.size(); ++i) {
+    expect_same(general[i], fused[i], "general vs fused " + std::to_string(i));
+    expect_same(all_items[i], fused[i], "all items vs compacted " + std::to_string(i));
+  }
+}
+
+// One trial diverges: it is a result (status diverged, at the CPU's step),
+// and its batch-mates are bit for bit what they are in a batch without it.
+TEST(DeviceEmu, DivergenceLeavesBatchMatesUntouched) {
+  std::vector<TrialParams> ps;
+  for (int i = 0; i < 4; ++i) {
+    TrialParams p = small(i);
+    p.lambda = 0.25 * i;
+    p.path = TrainPath::data;
+    ps.push_back(p);
+  }
+  std::vector<TrialParams> bad = ps, without = ps;
+  bad[2].lr = 1e3;
+  without.erase(without.begin() + 2);
+  for (cuda::Path path : {cuda::Path::warp, cuda::Path::fused}) {
+    SCOPED_TRACE(cuda::name(path));
+    const int threads = path == cuda::Path::warp ? 32 : 64;
+    const auto good_r = run_emu(make_batch(ps), Precision::f32, path, threads);
+    const auto bad_r = run_emu(make_batch(bad), Precision::f32, path, threads);
+    auto wo = make_batch(without);
+    wo.ids = {100, 101, 103};
+    const auto wo_r = run_emu(wo, Precision::f32, path, threads);
+    ASSERT_EQ(bad_r[2].status, Status::diverged) << bad_r[2].message;
+    EXPECT_LT(bad_r[2].steps_run, bad[2].steps);
+    const auto cpu = run_cpu(make_batch(bad), Precision::f32);
+    EXPECT_EQ(cpu[2].status, Status::diverged);
+    EXPECT_EQ(cpu[2].steps_run, bad_r[2].steps_run);
+    for (int i : {0, 1, 3}) {
+      EXPECT_EQ(bad_r[i].status, Status::done);
+      expect_same(bad_r[i], good_r[i], "batch-mate " + std::to_string(i));
+    }
+    expect_same(bad_r[0], wo_r[0], "without, 0");
+    expect_same(bad_r[1], wo_r[1], "without, 1");
+    expect_same(bad_r[3], wo_r[2], "without, 3");
+  }
+}
+
+// Fresh random shapes and settings on every run (the seed is printed), as
+// tests/test_cuda.cpp's CudaFused test does on the GPU, here on the emulator
+// with warps and 64-thread blocks.
+TEST(DeviceEmu, MatchesCpuOnFreshRandomProblems) {
+  const unsigned seed = std::random_device{}();
+  std::printf("seed %u\n", seed);
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937 g(seed);
+  auto uni = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(g); };
+  for (int shape = 0; shape < 3; ++shape) {
+    TrialParams p = base_params();
+    p.d = uni(4, 20);
+    p.k = uni(1, p.d);
+    p.m = uni(1, 5);
+    p.hidden.assign(uni(1, 2), 0);
+    for (int& h : p.hidden) h = uni(std::max(p.m, 3), 16);
+    p.n_train = uni(4, 24);
+    p.n_test = uni(20, 60);
+    p.activation = std::array<Activation, 3>{Activation::linear, Activation::relu, Activation::tanh}[uni(0, 2)];
+    std::vector<TrialParams> ps;
+    for (int j = 0; j < 3; ++j) {
+      TrialParams q = p;
+      q.lambda = std::array<double, 3>{0.0, 0.3, 1.0}[uni(0, 2)];
+      q.lr = 0.02 + 0.01 * uni(0, 6);
+      q.steps = uni(5, 30);
+      q.checkpoints = uni(2, 6);
+      q.baseline = uni(0, 3) != 0;
+      q.seed = uni(0, 1000);
+      q.teacher.kind = uni(0, 1) ? TeacherKind::oracle : TeacherKind::perturbed;
+      q.path = q.activation == Activation::linear
+                   ? std::array<TrainPath, 3>{TrainPath::automatic, TrainPath::data, TrainPath::moment}[uni(0, 2)]
+                   : TrainPath::data;
+      ps.push_back(q);
+    }
+    const Batch b = make_batch(ps);
+    const auto ref = run_cpu(b, Precision::f32);
+    for (const auto& [path, threads] : std::vector<std::pair<cuda::Path, int>>{
+             {cuda::Path::warp, 32}, {cuda::Path::fused, 64}}) {
+      const auto got = run_emu(b, Precision::f32, path, threads);
+      for (size_t i = 0; i < ref.size(); ++i)
+        expect_close(got[i], ref[i], 2e-3, 1e-6,
+                     "shape " + std::to_string(shape) + " " + cuda::name(path) + " trial " +
+                         std::to_string(i) + " (" + name(ps[i].activation) + ")");
+    }
+  }
+}
+
+}  // namespace
+}  // namespace stsweep

@@ -1,0 +1,123 @@
+// Shared by the tests that compare one backend's TrialResults with another's
+// (tests/test_cuda.cpp on a GPU, tests/test_device_emu.cpp on the host).
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "backend.hpp"
+#include "params.hpp"
+#include "result.hpp"
+
+namespace stsweep::testing {
+
+inline bool close(double a, double b, double rtol, double atol) {
+  if (std::isnan(a) || std::isnan(b)) return std::isnan(a) && std::isnan(b);
+  if (std::isinf(a) || std::isinf(b)) return a == b;
+  return std::abs(a - b) <= atol + rtol * std::abs(b);
+}
+
+// Every metric and curve of `got` within tolerance of `ref` (status, steps and
+// flags exactly). `what` names the case in failure messages.
+inline void expect_close(const TrialResult& got, const TrialResult& ref, double rtol, double atol,
+                  const std::string& what) {
+  SCOPED_TRACE(what);
+  EXPECT_EQ(got.trial, ref.trial);
+  ASSERT_EQ(got.status, ref.status) << got.message << " | ref: " << ref.message;
+  if (ref.status == Status::failed) {
+    EXPECT_EQ(got.message, ref.message);
+    return;
+  }
+  EXPECT_EQ(got.steps_run, ref.steps_run);
+  EXPECT_EQ(got.zero_loss, ref.zero_loss);
+  const std::pair<const char*, std::pair<double, double>> scalars[] = {
+      {"test_risk", {got.test_risk, ref.test_risk}},
+      {"baseline_test_risk", {got.baseline_test_risk, ref.baseline_test_risk}},
+      {"bayes_risk", {got.bayes_risk, ref.bayes_risk}},
+      {"excess_risk", {got.excess_risk, ref.excess_risk}},
+      {"interp_risk", {got.interp_risk, ref.interp_risk}},
+      {"teacher_clean_risk", {got.teacher_clean_risk, ref.teacher_clean_risk}},
+      {"train_loss", {got.train_loss, ref.train_loss}},
+      {"label_loss", {got.label_loss, ref.label_loss}},
+      {"feature_loss", {got.feature_loss, ref.feature_loss}},
+      {"best_test_risk", {got.best_test_risk, ref.best_test_risk}},
+  };
+  for (const auto& [name, v] : scalars)
+    EXPECT_TRUE(close(v.first, v.second, rtol, atol)) << name << ": got " << v.first << " ref " << v.second;
+  EXPECT_EQ(got.checkpoint_steps, ref.checkpoint_steps);
+  const std::pair<const char*, std::pair<const std::vector<double>*, const std::vector<double>*>> curves[] = {
+      {"curve_test_risk", {&got.curve_test_risk, &ref.curve_test_risk}},
+      {"curve_label_loss", {&got.curve_label_loss, &ref.curve_label_loss}},
+      {"curve_feature_loss", {&got.curve_feature_loss, &ref.curve_feature_loss}},
+      {"curve_baseline_test_risk", {&got.curve_baseline_test_risk, &ref.curve_baseline_test_risk}},
+      {"curve_baseline_label_loss", {&got.curve_baseline_label_loss, &ref.curve_baseline_label_loss}},
+      {"curve_baseline_feature_loss", {&got.curve_baseline_feature_loss, &ref.curve_baseline_feature_loss}},
+  };
+  for (const auto& [name, v] : curves) {
+    ASSERT_EQ(v.first->size(), v.second->size()) << name;
+    for (size_t c = 0; c < v.first->size(); ++c)
+      EXPECT_TRUE(close((*v.first)[c], (*v.second)[c], rtol, atol))
+          << name << "[" << c << "]: got " << (*v.first)[c] << " ref " << (*v.second)[c];
+  }
+}
+
+// Bit-for-bit equality of two results (NaN equals NaN).
+inline void expect_same(const TrialResult& a, const TrialResult& b, const std::string& what) {
+  expect_close(a, b, 0.0, 0.0, what);
+}
+
+inline Batch make_batch(const std::vector<TrialParams>& ps, int64_t first_id = 100) {
+  Batch b;
+  for (size_t i = 0; i < ps.size(); ++i) {
+    b.ids.push_back(first_id + static_cast<int64_t>(i));
+    b.trials.push_back(ps[i]);
+  }
+  return b;
+}
+
+// Batches of equal shape from a list of trials (what the batcher does).
+inline std::vector<Batch> by_shape(const std::vector<TrialParams>& ps) {
+  std::map<ShapeKey, std::vector<TrialParams>> m;
+  for (const auto& p : ps) m[shape_key(p)].push_back(p);
+  std::vector<Batch> out;
+  int64_t id = 0;
+  for (auto& [k, v] : m) {
+    out.push_back(make_batch(v, id));
+    id += static_cast<int64_t>(v.size());
+  }
+  return out;
+}
+
+inline std::vector<TrialResult> run_cpu(const Batch& b, Precision prec) {
+  RunOptions o;
+  o.sweep_seed = 7;
+  o.precision = prec;
+  return make_cpu_backend(o)->run(b, o);
+}
+
+// A small linear trial the tests vary.
+inline TrialParams base_params() {
+  TrialParams p;
+  p.d = 12;
+  p.k = 6;
+  p.m = 3;
+  p.hidden = {10};
+  p.n_train = 20;
+  p.noise = 0.5;
+  p.lambda = 0.5;
+  p.steps = 200;
+  p.lr = 0.05;
+  p.init_scale = 0.3;
+  p.checkpoints = 8;
+  p.n_test = 200;
+  p.teacher.kind = TeacherKind::perturbed;
+  p.teacher.delta = 0.2;
+  return p;
+}
+
+}  // namespace stsweep::testing
