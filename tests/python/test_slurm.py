@@ -95,6 +95,11 @@ def clean_env(conf=None):
 
 # --- without a cluster ---------------------------------------------------------------------
 
+def read_text(path):
+    with open(path) as f:
+        return f.read()
+
+
 def offline_checks(stsweep, wd, sweep):
     def tool(args):
         return subprocess.run(["bash", TOOL] + args, capture_output=True, text=True, timeout=120)
@@ -135,6 +140,13 @@ def offline_checks(stsweep, wd, sweep):
           "--dry-run writes the scripts to OUTDIR/slurm/ and runs nothing")
     check(sh(["bash", "-n", os.path.join(dry, "shards.sbatch")]).returncode == 0
           and sh(["bash", "-n", os.path.join(dry, "merge.sbatch")]).returncode == 0, "generated scripts parse (bash -n)")
+    shards_script = read_text(os.path.join(dry, "shards.sbatch"))
+    check("--devices" not in shards_script and "--backend cpu" in shards_script,
+          "no --gpus: tasks run --backend cpu, no --devices")
+    for g, want in [("1", "--backend cuda --progress"), ("2", "--backend cuda --devices all --progress")]:
+        p = tool(base + ["--shards", "2", "--gpus", g, "--dry-run"])
+        check(p.returncode == 0 and f"#SBATCH --gpus={g}" in p.stdout and want in p.stdout,
+              f"--gpus {g}: the tasks run '{want.replace(' --progress', '')}'")
 
 
 # --- the cluster ---------------------------------------------------------------------------
