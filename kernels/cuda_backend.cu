@@ -148,6 +148,8 @@ class CudaBackend final : public Backend {
     if (cs != CUBLAS_STATUS_SUCCESS)
       throw std::runtime_error(std::string("cublasCreate: ") + cublasGetStatusString(cs));
     static_shared_ = fused_static_shared_bytes();
+    const char* va = std::getenv("STSWEEP_CUDA_VECTOR_A");
+    vector_a_ = !(va && std::string(va) == "0");
   }
   ~CudaBackend() override {
     for (auto& w : waves_) {
@@ -271,7 +273,9 @@ class CudaBackend final : public Backend {
     void* select_tmp = nullptr;
     for (GroupPlan& plan : plans) {
       const Layout& y = plan.y;
-      paths_.insert(cuda::name(plan.path));
+      const bool scalar_a = !vector_a_ && sizeof(Real) == 4 &&
+                            (plan.path == Path::fused || plan.path == Path::warp || plan.path == Path::general);
+      paths_.insert(std::string(cuda::name(plan.path)) + (scalar_a ? " (scalar A)" : ""));
       Launched g;
       const size_t nt = plan.members.size(), nn = plan.nets.size();
       const size_t items = nn * plan.slots;
@@ -329,12 +333,12 @@ class CudaBackend final : public Backend {
         a.shared = 1;
         const size_t dyn = plan.warps_per_block * plan.net_shared;
         if (dyn > 48 * 1024) warp_prepare<Real>(dyn);
-        launch_warp<Real>(a, plan.warps_per_block, plan.net_shared, st.s);
+        launch_warp<Real>(a, plan.warps_per_block, plan.net_shared, vector_a_, st.s);
       } else {
         a.shared = plan.path == Path::fused ? 1 : 0;
         const size_t dyn = a.shared ? plan.net_shared : 0;
         if (dyn > 48 * 1024) fused_prepare<Real>(dyn);
-        launch_fused<Real>(a, dyn, st.s);
+        launch_fused<Real>(a, dyn, vector_a_, st.s);
       }
       STS_CUDA(cudaEventRecord(g.t1->e, st.s));
       // Only the snapshots the networks wrote are measured.
@@ -399,6 +403,7 @@ class CudaBackend final : public Backend {
   Wave waves_[2];
   RunStats stats_;
   bool poison_ = false;
+  bool vector_a_ = true;  // STSWEEP_CUDA_VECTOR_A=0: the scalar-A (v2) tiles, float only
   size_t select_temp_ = 0;
   std::set<std::string> paths_, logged_;
 };

@@ -41,10 +41,14 @@ inline void check(cudaError_t e, const char* what, const char* file, int line) {
 #define STS_CUDA_LAUNCHED(name) ::stsweep::cuda::check(cudaGetLastError(), name, __FILE__, __LINE__)
 
 // ------------------------------------------------------------------- team --
-// One thread block working on one network: sync = __syncthreads, sum = a
+// One thread block working on one network. VA: the GEMM tiles load A four k
+// at a time (tm::detail::gemm_team_tile); BlockTeamT<false> is the scalar-A
+// variant bench_cuda compares against (STSWEEP_CUDA_VECTOR_A=0).: sync = __syncthreads, sum = a
 // block reduction in a fixed order, returning the total to every thread (so
 // every thread takes the same branch on losses).
-struct BlockTeam {
+template <bool VA = true>
+struct BlockTeamT {
+  static constexpr bool kVectorA = VA;
   double* red;  // >= 32 doubles of shared memory
   STS_HD int rank() const {
 #ifdef __CUDA_ARCH__
@@ -86,7 +90,9 @@ struct BlockTeam {
 // One warp working on one network (the warp path: several networks per
 // block): sync = __syncwarp, sum = a butterfly of xor shuffles, so every lane
 // holds the same total (x + y == y + x exactly).
-struct WarpTeam {
+template <bool VA = true>
+struct WarpTeamT {
+  static constexpr bool kVectorA = VA;
   STS_HD int rank() const {
 #ifdef __CUDA_ARCH__
     return static_cast<int>(threadIdx.x & 31);
@@ -114,6 +120,8 @@ struct WarpTeam {
     return x;
   }
 };
+using BlockTeam = BlockTeamT<true>;
+using WarpTeam = WarpTeamT<true>;
 
 }  // namespace stsweep::cuda
 
@@ -124,14 +132,16 @@ namespace stsweep::cuda {
 // and the float64 evaluation of the snapshots.
 template <class Real>
 void fused_prepare(size_t shared_bytes);  // opt in to > 48 KB of dynamic shared memory
+// vector_a: the tiles' A loads (BlockTeamT<VA>); scalar A exists for float only
+// (double always loads A by four).
 template <class Real>
-void launch_fused(const TrainArgs<Real>& a, size_t shared_bytes, cudaStream_t s);
+void launch_fused(const TrainArgs<Real>& a, size_t shared_bytes, bool vector_a, cudaStream_t s);
 // The warp path: `warps` networks per block, each `net_shared` bytes of
 // dynamic shared memory (a multiple of 16).
 template <class Real>
 void warp_prepare(size_t shared_bytes);
 template <class Real>
-void launch_warp(const TrainArgs<Real>& a, int warps, size_t net_shared, cudaStream_t s);
+void launch_warp(const TrainArgs<Real>& a, int warps, size_t net_shared, bool vector_a, cudaStream_t s);
 void launch_eval(const EvalArgs& a, int blocks, cudaStream_t s);
 size_t fused_static_shared_bytes();
 

@@ -17,7 +17,10 @@
 // thread; v2 runs it as a register tile per thread (tm::detail::
 // gemm_team_tiled), each element still the same sequential fma chain, so a
 // float32 product stays bit-identical to the CPU's; v3 moved the bodies to
-// device_body.hpp and added the warp path. See docs/PERFORMANCE.md (GPU).
+// device_body.hpp, added the warp path and loads row-major A four k at a time
+// (BlockTeamT<true>; the scalar-A v2 tiles stay compiled for float so that
+// bench_cuda can compare them, STSWEEP_CUDA_VECTOR_A=0). See
+// docs/PERFORMANCE.md (GPU).
 #include "cuda_common.cuh"
 #include "device_body.hpp"
 
@@ -26,22 +29,22 @@ namespace {
 
 // Min 1 block per SM: the fused block owns most of an SM's shared memory, and
 // without it ptxas capped float at 128 registers and spilled the GEMM tiles.
-template <class Real>
+template <class Real, bool VA>
 __global__ void __launch_bounds__(kThreads, 1) fused_train(const TrainArgs<Real> a) {
   __shared__ double red[32];
   extern __shared__ __align__(16) unsigned char smem[];
-  const BlockTeam team{red};
+  const BlockTeamT<VA> team{red};
   train_network(team, a, static_cast<int>(blockIdx.x), reinterpret_cast<Real*>(smem));
 }
 
-template <class Real>
-__global__ void __launch_bounds__(kThreads) warp_train(const TrainArgs<Real> a, int warps,
+template <class Real, bool VA>
+__global__ void __launch_bounds__(kThreads, 1) warp_train(const TrainArgs<Real> a, int warps,
                                                        int net_shared_reals) {
   extern __shared__ __align__(16) unsigned char smem[];
   const int w = static_cast<int>(threadIdx.x >> 5);
   const int net = static_cast<int>(blockIdx.x) * warps + w;
   if (w >= warps || net >= a.nnets) return;  // whole warps only: no block-wide sync below
-  const WarpTeam team;
+  const WarpTeamT<VA> team;
   train_network(team, a, net, reinterpret_cast<Real*>(smem) + static_cast<size_t>(w) * net_shared_reals);
 }
 
@@ -57,40 +60,74 @@ __global__ void __launch_bounds__(kThreads) eval_snapshots(const EvalArgs a) {
 }  // namespace
 
 size_t fused_static_shared_bytes() {
+  size_t b = 0;
   cudaFuncAttributes fa{};
-  STS_CUDA(cudaFuncGetAttributes(&fa, fused_train<float>));
-  size_t b = fa.sharedSizeBytes;
-  STS_CUDA(cudaFuncGetAttributes(&fa, fused_train<double>));
-  return b > fa.sharedSizeBytes ? b : fa.sharedSizeBytes;
+  STS_CUDA(cudaFuncGetAttributes(&fa, fused_train<float, true>));
+  b = fa.sharedSizeBytes > b ? fa.sharedSizeBytes : b;
+  STS_CUDA(cudaFuncGetAttributes(&fa, fused_train<float, false>));
+  b = fa.sharedSizeBytes > b ? fa.sharedSizeBytes : b;
+  STS_CUDA(cudaFuncGetAttributes(&fa, fused_train<double, true>));
+  b = fa.sharedSizeBytes > b ? fa.sharedSizeBytes : b;
+  return b;
+}
+
+// Scalar-A variants are compiled for float only (the comparison bench_cuda
+// makes); double always loads A by four.
+template <class Real>
+constexpr bool has_scalar_a() {
+  return sizeof(Real) == 4;
 }
 
 template <class Real>
 void fused_prepare(size_t shared_bytes) {
-  STS_CUDA(cudaFuncSetAttribute(fused_train<Real>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+  STS_CUDA(cudaFuncSetAttribute(fused_train<Real, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                 static_cast<int>(shared_bytes)));
+  if constexpr (has_scalar_a<Real>())
+    STS_CUDA(cudaFuncSetAttribute(fused_train<Real, false>,
+                                  cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  static_cast<int>(shared_bytes)));
 }
 
 template <class Real>
-void launch_fused(const TrainArgs<Real>& a, size_t shared_bytes, cudaStream_t s) {
+void launch_fused(const TrainArgs<Real>& a, size_t shared_bytes, bool vector_a, cudaStream_t s) {
   if (a.nnets == 0) return;
-  fused_train<Real><<<a.nnets, kThreads, shared_bytes, s>>>(a);
+  if constexpr (has_scalar_a<Real>()) {
+    if (!vector_a) {
+      fused_train<Real, false><<<a.nnets, kThreads, shared_bytes, s>>>(a);
+      STS_CUDA_LAUNCHED("fused_train (scalar A)");
+      return;
+    }
+  }
+  fused_train<Real, true><<<a.nnets, kThreads, shared_bytes, s>>>(a);
   STS_CUDA_LAUNCHED("fused_train");
 }
 
 template <class Real>
 void warp_prepare(size_t shared_bytes) {
-  STS_CUDA(cudaFuncSetAttribute(warp_train<Real>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+  STS_CUDA(cudaFuncSetAttribute(warp_train<Real, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                 static_cast<int>(shared_bytes)));
+  if constexpr (has_scalar_a<Real>())
+    STS_CUDA(cudaFuncSetAttribute(warp_train<Real, false>,
+                                  cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  static_cast<int>(shared_bytes)));
 }
 
 template <class Real>
-void launch_warp(const TrainArgs<Real>& a, int warps, size_t net_shared, cudaStream_t s) {
+void launch_warp(const TrainArgs<Real>& a, int warps, size_t net_shared, bool vector_a,
+                 cudaStream_t s) {
   if (a.nnets == 0) return;
   if (warps < 1 || warps > kThreads / 32 || net_shared % 16 != 0)
     throw std::logic_error("launch_warp: bad warps or slice size");
   const int blocks = (a.nnets + warps - 1) / warps;
-  warp_train<Real><<<blocks, warps * 32, warps * net_shared, s>>>(
-      a, warps, static_cast<int>(net_shared / sizeof(Real)));
+  const int reals = static_cast<int>(net_shared / sizeof(Real));
+  if constexpr (has_scalar_a<Real>()) {
+    if (!vector_a) {
+      warp_train<Real, false><<<blocks, warps * 32, warps * net_shared, s>>>(a, warps, reals);
+      STS_CUDA_LAUNCHED("warp_train (scalar A)");
+      return;
+    }
+  }
+  warp_train<Real, true><<<blocks, warps * 32, warps * net_shared, s>>>(a, warps, reals);
   STS_CUDA_LAUNCHED("warp_train");
 }
 
@@ -102,11 +139,11 @@ void launch_eval(const EvalArgs& a, int blocks, cudaStream_t s) {
 
 template void fused_prepare<float>(size_t);
 template void fused_prepare<double>(size_t);
-template void launch_fused<float>(const TrainArgs<float>&, size_t, cudaStream_t);
-template void launch_fused<double>(const TrainArgs<double>&, size_t, cudaStream_t);
+template void launch_fused<float>(const TrainArgs<float>&, size_t, bool, cudaStream_t);
+template void launch_fused<double>(const TrainArgs<double>&, size_t, bool, cudaStream_t);
 template void warp_prepare<float>(size_t);
 template void warp_prepare<double>(size_t);
-template void launch_warp<float>(const TrainArgs<float>&, int, size_t, cudaStream_t);
-template void launch_warp<double>(const TrainArgs<double>&, int, size_t, cudaStream_t);
+template void launch_warp<float>(const TrainArgs<float>&, int, size_t, bool, cudaStream_t);
+template void launch_warp<double>(const TrainArgs<double>&, int, size_t, bool, cudaStream_t);
 
 }  // namespace stsweep::cuda

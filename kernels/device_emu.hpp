@@ -19,6 +19,7 @@ namespace stsweep::cuda {
 class EmuGroup;
 struct EmuTeam {
   static constexpr bool kDeviceTiles = true;  // tm::gemm runs the device's register tiles
+  static constexpr bool kVectorA = true;      // with the device's default A loads (BlockTeam)
   EmuGroup* g = nullptr;
   int r = 0, n = 1;
   int rank() const { return r; }

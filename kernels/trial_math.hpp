@@ -222,11 +222,36 @@ STS_HD inline void gemm_rows(const Team& team, int& t, int i, int M, int nc, int
 // C = fma(-alpha, c, C) (kSub). Slots past the edge (row >= M or column >= Nc)
 // compute a clamped copy of the last row/column and are never stored, so the
 // k loop carries no predicate.
-template <class Real, int MR, int NR, int MODE, class Team>
+// Four consecutive elements p[0..3] (p 16-byte aligned): one 128-bit load for
+// float on the device (two for double), plain loads on the host. Only the loads change; the fma chain each
+// element of C follows does not.
+template <class Real>
+STS_HD inline void load4(const Real* p, Real (&v)[4]) {
+#if defined(__CUDA_ARCH__)
+  if constexpr (sizeof(Real) == 4) {
+    const float4 x = *reinterpret_cast<const float4*>(p);
+    v[0] = x.x, v[1] = x.y, v[2] = x.z, v[3] = x.w;
+  } else {
+    const double2 x = *reinterpret_cast<const double2*>(p);
+    const double2 y = *reinterpret_cast<const double2*>(p + 2);
+    v[0] = x.x, v[1] = x.y, v[2] = y.x, v[3] = y.y;
+  }
+#else
+  v[0] = p[0], v[1] = p[1], v[2] = p[2], v[3] = p[3];
+#endif
+}
+
+// VA (vector A): when A is row-major along k (sak == 1) with rows and base
+// aligned to 4 elements, a thread loads A(i, k..k+3) at once (load4): per four
+// k, MR wide loads of A instead of 4 MR scalar ones. A warp's A loads are
+// broadcasts or few distinct rows, so this cuts the shared-memory wavefronts
+// of the forward products (docs/PERFORMANCE.md, GPU). K % 4 is done scalar.
+template <class Real, int MR, int NR, int MODE, bool VA, class Team>
 STS_HD inline void gemm_team_tile(const Team& team, int M, int Nc, int K, const Real* A, int sai,
                                   int sak, const Real* B, int ldb, Real* C, int ldc, Real alpha) {
   const int GY = (M + MR - 1) / MR, GX = (Nc + NR - 1) / NR;
   const int tiles = GX * GY;
+  const bool va = VA && sak == 1 && sai % 4 == 0 && reinterpret_cast<uintptr_t>(A) % 16 == 0;
   for (int t = team.rank(); t < tiles; t += team.size()) {
     const int gx = t % GX, gy = t / GX;
     int ao[MR], co[MR], bo[NR];  // offsets of A(i, 0), C(i, 0), B(0, j)
@@ -248,9 +273,23 @@ STS_HD inline void gemm_team_tile(const Team& team, int M, int Nc, int K, const 
       STS_UNROLL for (int q = 0; q < NR; ++q)
         c[p][q] = MODE == kAdd && rv[p] && cv[q] ? C[co[p] + bo[q]] : Real(0);
     }
-    const Real* a = A;
+    int k = 0;
     const Real* b = B;
-    for (int k = 0; k < K; ++k, a += sak, b += ldb) {
+    if (VA && va) {
+      for (; k + 4 <= K; k += 4) {
+        Real av[MR][4];
+        STS_UNROLL for (int p = 0; p < MR; ++p) load4(A + ao[p] + k, av[p]);
+        STS_UNROLL for (int kk = 0; kk < 4; ++kk, b += ldb) {
+          Real bv[NR];
+          STS_UNROLL for (int q = 0; q < NR; ++q) bv[q] = b[bo[q]];
+          STS_UNROLL for (int p = 0; p < MR; ++p) {
+            STS_UNROLL for (int q = 0; q < NR; ++q) c[p][q] = fmadd(av[p][kk], bv[q], c[p][q]);
+          }
+        }
+      }
+    }
+    const Real* a = A + static_cast<long>(k) * sak;
+    for (; k < K; ++k, a += sak, b += ldb) {
       Real av[MR], bv[NR];
       STS_UNROLL for (int p = 0; p < MR; ++p) av[p] = a[ao[p]];
       STS_UNROLL for (int q = 0; q < NR; ++q) bv[q] = b[bo[q]];
@@ -311,7 +350,7 @@ STS_HD inline int gemm_team_tile_shape(int M, int Nc, int members) {
 
 // C (M x Nc) <- mode(C, A.B) by a team, each member its share of the tiles;
 // the same arguments as tm::gemm. All members must pass the same arguments.
-template <int MODE, class Real, class Team>
+template <int MODE, bool VA = false, class Real, class Team>
 STS_HD inline void gemm_team_tiled(const Team& team, int M, int Nc, int K, const Real* A, int sai,
                                    int sak, const Real* B, int ldb, Real* C, int ldc,
                                    Real alpha = Real(1)) {
@@ -322,22 +361,22 @@ STS_HD inline void gemm_team_tiled(const Team& team, int M, int Nc, int K, const
                 "the cases below follow gemm_team_tile_mr/nr");
   switch (gemm_team_tile_shape(M, Nc, team.size())) {
     case 0:
-      gemm_team_tile<Real, 8, 4, MODE>(team, M, Nc, K, A, sai, sak, B, ldb, C, ldc, alpha);
+      gemm_team_tile<Real, 8, 4, MODE, VA>(team, M, Nc, K, A, sai, sak, B, ldb, C, ldc, alpha);
       break;
     case 1:
-      gemm_team_tile<Real, 4, 4, MODE>(team, M, Nc, K, A, sai, sak, B, ldb, C, ldc, alpha);
+      gemm_team_tile<Real, 4, 4, MODE, VA>(team, M, Nc, K, A, sai, sak, B, ldb, C, ldc, alpha);
       break;
     case 2:
-      gemm_team_tile<Real, 4, 2, MODE>(team, M, Nc, K, A, sai, sak, B, ldb, C, ldc, alpha);
+      gemm_team_tile<Real, 4, 2, MODE, VA>(team, M, Nc, K, A, sai, sak, B, ldb, C, ldc, alpha);
       break;
     case 3:
-      gemm_team_tile<Real, 2, 2, MODE>(team, M, Nc, K, A, sai, sak, B, ldb, C, ldc, alpha);
+      gemm_team_tile<Real, 2, 2, MODE, VA>(team, M, Nc, K, A, sai, sak, B, ldb, C, ldc, alpha);
       break;
     case 4:
-      gemm_team_tile<Real, 2, 1, MODE>(team, M, Nc, K, A, sai, sak, B, ldb, C, ldc, alpha);
+      gemm_team_tile<Real, 2, 1, MODE, VA>(team, M, Nc, K, A, sai, sak, B, ldb, C, ldc, alpha);
       break;
     default:
-      gemm_team_tile<Real, 1, 1, MODE>(team, M, Nc, K, A, sai, sak, B, ldb, C, ldc, alpha);
+      gemm_team_tile<Real, 1, 1, MODE, VA>(team, M, Nc, K, A, sai, sak, B, ldb, C, ldc, alpha);
       break;
   }
 }
@@ -446,19 +485,31 @@ inline void rows(const Team& team, int& t, int i, int M, int K, const Real* A, i
 }  // namespace simd
 #endif
 
+// Whether a team's tiles load A four k at a time (detail::gemm_team_tile's
+// VA): `static constexpr bool kVectorA` in the team, false when absent.
+template <class Team>
+STS_HD constexpr bool team_vector_a() {
+  if constexpr (requires { Team::kVectorA; })
+    return Team::kVectorA;
+  else
+    return false;
+}
+
 template <int MODE, class Real, class Team>
 STS_HD inline void gemm(const Team& team, int M, int Nc, int K, const Real* A, int sai, int sak,
                         const Real* B, int ldb, Real* C, int ldc, Real alpha = Real(1)) {
 #if defined(__CUDA_ARCH__)
   // Register tiles per thread (detail::gemm_team_tiled), the same fma chain
   // per element as the CPU tiles.
-  detail::gemm_team_tiled<MODE>(team, M, Nc, K, A, sai, sak, B, ldb, C, ldc, alpha);
+  detail::gemm_team_tiled<MODE, team_vector_a<Team>()>(team, M, Nc, K, A, sai, sak, B, ldb, C, ldc,
+                                                       alpha);
 #else
   // A host team that emulates device threads (kernels/device_emu.cpp) says so
   // with `static constexpr bool kDeviceTiles = true` and runs the device's tiles.
   if constexpr (requires { Team::kDeviceTiles; }) {
     if constexpr (Team::kDeviceTiles) {
-      detail::gemm_team_tiled<MODE>(team, M, Nc, K, A, sai, sak, B, ldb, C, ldc, alpha);
+      detail::gemm_team_tiled<MODE, team_vector_a<Team>()>(team, M, Nc, K, A, sai, sak, B, ldb, C,
+                                                           ldc, alpha);
       return;
     }
   }

@@ -300,6 +300,34 @@ TEST(CudaEmulation, DeviceEqualsEmulationBitForBit) {
       }
 }
 
+// The tiles that load A four k at a time (the default) and v2's scalar-A
+// tiles run the same fma chains: the same bits.
+TEST(CudaFused, VectorAndScalarALoadsAgree) {
+  NEED_GPU();
+  const Poisoned poison;
+  std::vector<TrialParams> ps;
+  for (int i = 0; i < 3; ++i) {
+    TrialParams p = base_params();
+    p.d = 16;
+    p.k = 8;
+    p.hidden = {12, 8};  // rows 16, 12 and 8 floats apart: the vector loads apply
+    p.path = TrainPath::data;
+    p.seed = i;
+    p.lambda = 0.5 * i;
+    ps.push_back(p);
+  }
+  const Batch b = make_batch(ps);
+  for (cuda::Path path : {cuda::Path::fused, cuda::Path::warp}) {
+    const auto vec = run_gpu(b, Precision::f32, path);
+    setenv("STSWEEP_CUDA_VECTOR_A", "0", 1);
+    std::string paths;
+    const auto scalar = run_gpu(b, Precision::f32, path, &paths);
+    unsetenv("STSWEEP_CUDA_VECTOR_A");
+    EXPECT_NE(paths.find("scalar A"), std::string::npos) << paths;
+    for (size_t i = 0; i < ps.size(); ++i) expect_same(scalar[i], vec[i], paths + " " + std::to_string(i));
+  }
+}
+
 // Small and quick: every path once, for compute-sanitizer (memcheck, racecheck).
 TEST(CudaSmall, EveryPathOnce) {
   NEED_GPU();

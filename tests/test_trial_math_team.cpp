@@ -103,22 +103,31 @@ void check_shape(Gen& g, int M, int Nc, int K, int pad) {
           << "CPU gemm vs naive: M " << M << " Nc " << Nc << " K " << K << " mode " << mode
           << " trans " << trans;
 
-      for (int T : {1, 32, 96, 256}) {
-        std::vector<Real> team = start;
-        for (int r = 0; r < T; ++r) {
-          const EmuTeam t{r, T};
-          if (mode == tm::kSet)
-            tm::detail::gemm_team_tiled<tm::kSet>(t, M, Nc, K, A, sai, sak, B.data(), ldb, team.data(), ldc, alpha);
-          if (mode == tm::kAdd)
-            tm::detail::gemm_team_tiled<tm::kAdd>(t, M, Nc, K, A, sai, sak, B.data(), ldb, team.data(), ldc, alpha);
-          if (mode == tm::kSub)
-            tm::detail::gemm_team_tiled<tm::kSub>(t, M, Nc, K, A, sai, sak, B.data(), ldb, team.data(), ldc, alpha);
+      // va: the tiles load A four k at a time where its layout allows
+      // (row-major, rows and base 4-aligned: pad 0 or 4 here), else scalar.
+      for (bool va : {false, true})
+        for (int T : {1, 32, 96, 256}) {
+          std::vector<Real> team = start;
+          for (int r = 0; r < T; ++r) {
+            const EmuTeam t{r, T};
+            if (mode == tm::kSet && !va)
+              tm::detail::gemm_team_tiled<tm::kSet, false>(t, M, Nc, K, A, sai, sak, B.data(), ldb, team.data(), ldc, alpha);
+            if (mode == tm::kAdd && !va)
+              tm::detail::gemm_team_tiled<tm::kAdd, false>(t, M, Nc, K, A, sai, sak, B.data(), ldb, team.data(), ldc, alpha);
+            if (mode == tm::kSub && !va)
+              tm::detail::gemm_team_tiled<tm::kSub, false>(t, M, Nc, K, A, sai, sak, B.data(), ldb, team.data(), ldc, alpha);
+            if (mode == tm::kSet && va)
+              tm::detail::gemm_team_tiled<tm::kSet, true>(t, M, Nc, K, A, sai, sak, B.data(), ldb, team.data(), ldc, alpha);
+            if (mode == tm::kAdd && va)
+              tm::detail::gemm_team_tiled<tm::kAdd, true>(t, M, Nc, K, A, sai, sak, B.data(), ldb, team.data(), ldc, alpha);
+            if (mode == tm::kSub && va)
+              tm::detail::gemm_team_tiled<tm::kSub, true>(t, M, Nc, K, A, sai, sak, B.data(), ldb, team.data(), ldc, alpha);
+          }
+          ASSERT_TRUE(same_bits(team, naive))
+              << "team of " << T << (va ? " (vector A)" : "") << " vs naive: M " << M << " Nc " << Nc
+              << " K " << K << " mode " << mode << " trans " << trans << " pad " << pad
+              << " tile shape " << tm::detail::gemm_team_tile_shape(M, Nc, T);
         }
-        ASSERT_TRUE(same_bits(team, naive))
-            << "team of " << T << " vs naive: M " << M << " Nc " << Nc << " K " << K << " mode "
-            << mode << " trans " << trans << " pad " << pad << " tile shape "
-            << tm::detail::gemm_team_tile_shape(M, Nc, T);
-      }
     }
 }
 
@@ -131,7 +140,9 @@ void check_many_shapes(uint64_t seed) {
                              {64, 64, 128}, {16, 64, 64},  {64, 64, 16},  {64, 32, 32},
                              {64, 8, 32},   {8, 32, 64},   {32, 32, 64},  {160, 128, 160}};
   for (const auto& s : standard)
-    for (int pad : {0, 3}) check_shape<Real>(g, s[0], s[1], s[2], pad);
+    for (int pad : {0, 3, 4}) check_shape<Real>(g, s[0], s[1], s[2], pad);
+  // K not a multiple of 4 on 4-aligned rows (the vector loop and its scalar rest).
+  for (int K : {5, 7, 13, 66}) check_shape<Real>(g, 37, 21, K, (4 - K % 4) % 4);
   // Edges: every M, Nc in 1..12 with small K.
   for (int M = 1; M <= 12; ++M)
     for (int Nc = 1; Nc <= 12; ++Nc) check_shape<Real>(g, M, Nc, 1 + (M + Nc) % 3, (M * Nc) % 2);
