@@ -290,11 +290,6 @@ class CudaBackend final : public Backend {
       pack_group<Real>(plan, w.prepared, h_arena, h_eval, h_ts, h_ck);
       std::copy(plan.nets.begin(), plan.nets.end(), h_nets);
       // Device buffers and copies.
-      TrainArgs<Real> a;
-      a.net = plan.s.net;
-      a.mask = plan.s.mask;
-      a.N = plan.s.N;
-      a.lay = y;
       Real* d_arena = w.pool.dev<Real>(nt * y.arena);
       double* d_eval = w.pool.dev<double>(nt * y.eval);
       TrialScalars* d_ts = w.pool.dev<TrialScalars>(nt);
@@ -314,15 +309,17 @@ class CudaBackend final : public Backend {
       STS_CUDA(cudaMemcpyAsync(d_ts, h_ts, nt * sizeof(TrialScalars), cudaMemcpyHostToDevice, st.s));
       STS_CUDA(cudaMemcpyAsync(d_ck, h_ck, plan.ck_total * sizeof(long long), cudaMemcpyHostToDevice, st.s));
       STS_CUDA(cudaMemcpyAsync(d_nets, h_nets, nn * sizeof(NetRef), cudaMemcpyHostToDevice, st.s));
-      a.arena = d_arena;
-      a.work = d_work;
-      a.nets = d_nets;
-      a.nnets = static_cast<int>(nn);
-      a.trials = d_ts;
-      a.ck = d_ck;
-      a.snap = d_snap;
-      a.slots = plan.slots;
-      a.state = d_state;
+      GroupBuffers<Real> buf;
+      buf.arena = d_arena;
+      buf.work = d_work;
+      buf.eval = d_eval;
+      buf.ts = d_ts;
+      buf.ck = d_ck;
+      buf.nets = d_nets;
+      buf.state = d_state;
+      buf.snap = d_snap;
+      buf.metrics = d_metrics;
+      const TrainArgs<Real> a = train_args(plan, buf);
       g.t0 = std::make_unique<Event>();
       g.t1 = std::make_unique<Event>();
       g.t2 = std::make_unique<Event>();
@@ -330,12 +327,10 @@ class CudaBackend final : public Backend {
       if (plan.path == Path::cublas) {
         train_cublas<Real>(cublas_, a, plan.maxT, st.s);
       } else if (plan.path == Path::warp) {
-        a.shared = 1;
         const size_t dyn = plan.warps_per_block * plan.net_shared;
         if (dyn > 48 * 1024) warp_prepare<Real>(dyn);
         launch_warp<Real>(a, plan.warps_per_block, plan.net_shared, vector_a_, st.s);
       } else {
-        a.shared = plan.path == Path::fused ? 1 : 0;
         const size_t dyn = a.shared ? plan.net_shared : 0;
         if (dyn > 48 * 1024) fused_prepare<Real>(dyn);
         launch_fused<Real>(a, dyn, vector_a_, st.s);
@@ -344,24 +339,7 @@ class CudaBackend final : public Backend {
       // Only the snapshots the networks wrote are measured.
       launch_eval_select(select_tmp, select_temp_, d_state, plan.slots, plan.maxck,
                          static_cast<long long>(items), d_items, d_items + items, st.s);
-      EvalArgs e;
-      e.net = plan.s.net;
-      e.mask = plan.s.mask;
-      e.N = plan.s.N;
-      e.n_test = plan.s.n_test;
-      e.k = plan.s.k;
-      e.exact = plan.s.exact ? 1 : 0;
-      e.lay = y;
-      e.arena = d_eval;
-      e.work = eval_ws;
-      e.nets = d_nets;
-      e.nnets = static_cast<int>(nn);
-      e.trials = d_ts;
-      e.snap = d_snap;
-      e.slots = plan.slots;
-      e.maxck = plan.maxck;
-      e.state = d_state;
-      e.metrics = d_metrics;
+      EvalArgs e = eval_args(plan, buf, eval_ws);
       e.items = d_items;
       e.nitems = d_items + items;
       launch_eval(e, static_cast<int>(std::min<long long>(eb, static_cast<long long>(items))), st.s);

@@ -4,9 +4,7 @@
 #include <barrier>
 #include <chrono>
 #include <cstring>
-#include <exception>
 #include <iostream>
-#include <mutex>
 #include <set>
 #include <stdexcept>
 #include <string>
@@ -72,18 +70,14 @@ void run_emulated_team(int n, bool warp, const std::function<void(const EmuTeam&
     throw std::logic_error("emulated team of " + std::to_string(n) +
                            " threads: 1 or a multiple of 32 (a warp: 32)");
   EmuGroup g(n, warp);
-  std::exception_ptr err;
-  std::mutex mu;
   auto run = [&](int r) {
     try {
       body(EmuTeam{&g, r, n});
-    } catch (...) {
-      std::lock_guard<std::mutex> lock(mu);
-      if (!err) err = std::current_exception();
-      // A rank that leaves early would deadlock the others at the barrier:
-      // the bodies throw only on logic errors, so stop the process loudly.
-      std::cerr << "stsweep: emulated team: a rank threw; aborting\n";
-      std::terminate();
+    } catch (const std::exception& e) {
+      // The other ranks would wait at the barrier forever; the bodies throw
+      // only on logic errors, so stop loudly.
+      std::cerr << "stsweep: emulated team: rank " << r << " threw: " << e.what() << "\n";
+      std::abort();
     }
   };
   std::vector<std::thread> th;
@@ -91,7 +85,6 @@ void run_emulated_team(int n, bool warp, const std::function<void(const EmuTeam&
   for (int r = 1; r < n; ++r) th.emplace_back(run, r);
   run(0);
   for (auto& t : th) t.join();
-  if (err) std::rethrow_exception(err);
 }
 
 namespace {
@@ -157,52 +150,31 @@ class EmuBackend final : public Backend {
     poison(metrics);
     poison(state);
     pack_group<Real>(g, wave, arena.data(), eval.data(), ts.data(), ck.data());
-    TrainArgs<Real> a;
-    a.net = g.s.net;
-    a.mask = g.s.mask;
-    a.N = g.s.N;
-    a.lay = y;
-    a.arena = arena.data();
-    a.nets = g.nets.data();
-    a.nnets = static_cast<int>(nn);
-    a.trials = ts.data();
-    a.ck = ck.data();
-    a.snap = snap.data();
-    a.slots = g.slots;
-    a.state = state.data();
-    a.shared = g.path == Path::fused || g.path == Path::warp ? 1 : 0;
-    if (a.shared) {
-      smem.resize(static_cast<size_t>(y.data) + y.work);
-      poison(smem);
-    } else {
+    if (g.path == Path::general) {
       work.resize(nn * y.work);
       poison(work);
-      a.work = work.data();
+    } else {
+      smem.resize(static_cast<size_t>(y.data) + y.work);
+      poison(smem);
     }
+    GroupBuffers<Real> buf;
+    buf.arena = arena.data();
+    buf.work = work.empty() ? nullptr : work.data();
+    buf.eval = eval.data();
+    buf.ts = ts.data();
+    buf.ck = ck.data();
+    buf.nets = g.nets.data();
+    buf.state = state.data();
+    buf.snap = snap.data();
+    buf.metrics = metrics.data();
+    const TrainArgs<Real> a = train_args(g, buf);
     const auto t0 = std::chrono::steady_clock::now();
     const bool warp = g.path == Path::warp;
     run_emulated_team(warp ? kWarp : eo_.block_threads, warp, [&](const EmuTeam& team) {
       for (int k = 0; k < a.nnets; ++k) train_network(team, a, k, smem.empty() ? nullptr : smem.data());
     });
     const auto t1 = std::chrono::steady_clock::now();
-    EvalArgs e;
-    e.net = g.s.net;
-    e.mask = g.s.mask;
-    e.N = g.s.N;
-    e.n_test = g.s.n_test;
-    e.k = g.s.k;
-    e.exact = g.s.exact ? 1 : 0;
-    e.lay = y;
-    e.arena = eval.data();
-    e.work = ws.data();
-    e.nets = g.nets.data();
-    e.nnets = static_cast<int>(nn);
-    e.trials = ts.data();
-    e.snap = snap.data();
-    e.slots = g.slots;
-    e.maxck = g.maxck;
-    e.state = state.data();
-    e.metrics = metrics.data();
+    const EvalArgs e = eval_args(g, buf, ws.data());
     // The items: compacted as the device's cub::DeviceSelect::If does, or all.
     std::vector<long long> items;
     for (long long it = 0; it < static_cast<long long>(nn) * g.slots; ++it)

@@ -31,8 +31,8 @@ struct EmuTeam {
 
 // Runs body(team) on n threads, one per rank, sharing a barrier; `warp`: the
 // sums are warp butterflies (WarpTeam), else block reductions (BlockTeam).
-// n must be 1 or a multiple of 32 (as on the device). Rethrows the first
-// exception a rank threw.
+// n must be 1 or a multiple of 32 (as on the device), else std::logic_error.
+// A rank that throws aborts the process (the others would wait at the barrier).
 void run_emulated_team(int n, bool warp, const std::function<void(const EmuTeam&)>& body);
 
 struct EmuOptions {

@@ -117,6 +117,63 @@ template <class Real>
 void pack_group(const GroupPlan& g, const std::vector<Prepared>& wave, Real* arena, double* eval,
                 TrialScalars* ts, long long* ck);
 
+// Where a group's buffers are (device memory on the GPU, host vectors in the
+// emulation), and the launch arguments they make.
+template <class Real>
+struct GroupBuffers {
+  const Real* arena = nullptr;     // members x y.arena
+  Real* work = nullptr;            // general: nets x y.work; cublas: nets x y.cwork; else unused
+  const double* eval = nullptr;    // members x y.eval
+  const TrialScalars* ts = nullptr;
+  const long long* ck = nullptr;
+  const NetRef* nets = nullptr;
+  NetState* state = nullptr;
+  double* snap = nullptr;          // nets x slots x y.wsize
+  double* metrics = nullptr;       // nets x slots x 3
+};
+template <class Real>
+TrainArgs<Real> train_args(const GroupPlan& g, const GroupBuffers<Real>& b) {
+  TrainArgs<Real> a;
+  a.net = g.s.net;
+  a.mask = g.s.mask;
+  a.N = g.s.N;
+  a.shared = g.path == Path::fused || g.path == Path::warp ? 1 : 0;
+  a.lay = g.y;
+  a.arena = b.arena;
+  a.work = b.work;
+  a.nets = b.nets;
+  a.nnets = static_cast<int>(g.nets.size());
+  a.trials = b.ts;
+  a.ck = b.ck;
+  a.snap = b.snap;
+  a.slots = g.slots;
+  a.state = b.state;
+  return a;
+}
+// `work`: the eval blocks' workspace (blocks x y.vwork doubles).
+template <class Real>
+EvalArgs eval_args(const GroupPlan& g, const GroupBuffers<Real>& b, double* work) {
+  EvalArgs e;
+  e.net = g.s.net;
+  e.mask = g.s.mask;
+  e.N = g.s.N;
+  e.n_test = g.s.n_test;
+  e.k = g.s.k;
+  e.exact = g.s.exact ? 1 : 0;
+  e.lay = g.y;
+  e.arena = b.eval;
+  e.work = work;
+  e.nets = b.nets;
+  e.nnets = static_cast<int>(g.nets.size());
+  e.trials = b.ts;
+  e.snap = b.snap;
+  e.slots = g.slots;
+  e.maxck = g.maxck;
+  e.state = b.state;
+  e.metrics = b.metrics;
+  return e;
+}
+
 // From the trainer's states and the metrics of every slot (nets x slots x 3)
 // to one TrialResult per member, at out[member's batch index]; adds the steps
 // and counted flops to `stats`.

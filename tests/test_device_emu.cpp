@@ -412,32 +412,19 @@ TEST(DeviceEmu, MatchesCpuOnFreshRandomProblems) {
   std::printf("seed %u\n", seed);
   SCOPED_TRACE("seed " + std::to_string(seed));
   std::mt19937 g(seed);
-  auto uni = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(g); };
+  RandomLimits lim;  // smaller than the GPU test's: 32 threads per emulated block
+  lim.max_d = 20;
+  lim.max_m = 5;
+  lim.max_h = 16;
+  lim.max_n = 24;
+  lim.min_test = 20;
+  lim.max_test = 60;
+  lim.min_steps = 5;
+  lim.max_steps = 30;
+  lim.max_ck = 6;
+  lim.trials = 3;
   for (int shape = 0; shape < 3; ++shape) {
-    TrialParams p = base_params();
-    p.d = uni(4, 20);
-    p.k = uni(1, p.d);
-    p.m = uni(1, 5);
-    p.hidden.assign(uni(1, 2), 0);
-    for (int& h : p.hidden) h = uni(std::max(p.m, 3), 16);
-    p.n_train = uni(4, 24);
-    p.n_test = uni(20, 60);
-    p.activation = std::array<Activation, 3>{Activation::linear, Activation::relu, Activation::tanh}[uni(0, 2)];
-    std::vector<TrialParams> ps;
-    for (int j = 0; j < 3; ++j) {
-      TrialParams q = p;
-      q.lambda = std::array<double, 3>{0.0, 0.3, 1.0}[uni(0, 2)];
-      q.lr = 0.02 + 0.01 * uni(0, 6);
-      q.steps = uni(5, 30);
-      q.checkpoints = uni(2, 6);
-      q.baseline = uni(0, 3) != 0;
-      q.seed = uni(0, 1000);
-      q.teacher.kind = uni(0, 1) ? TeacherKind::oracle : TeacherKind::perturbed;
-      q.path = q.activation == Activation::linear
-                   ? std::array<TrainPath, 3>{TrainPath::automatic, TrainPath::data, TrainPath::moment}[uni(0, 2)]
-                   : TrainPath::data;
-      ps.push_back(q);
-    }
+    const std::vector<TrialParams> ps = random_trials(g, lim);
     const Batch b = make_batch(ps);
     const auto ref = run_cpu(b, Precision::f32);
     for (const auto& [path, threads] : std::vector<std::pair<cuda::Path, int>>{

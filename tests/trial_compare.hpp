@@ -5,7 +5,10 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <algorithm>
+#include <array>
 #include <map>
+#include <random>
 #include <string>
 #include <utility>
 #include <vector>
@@ -118,6 +121,41 @@ inline TrialParams base_params() {
   p.teacher.kind = TeacherKind::perturbed;
   p.teacher.delta = 0.2;
   return p;
+}
+
+// One random shape and `trials` trials of it (random lambda, lr, steps,
+// checkpoints, twins, seeds, teacher kinds and paths), within `lim`.
+struct RandomLimits {
+  int max_d = 24, max_m = 6, max_h = 20, min_n = 4, max_n = 40;
+  int min_test = 50, max_test = 200, min_steps = 20, max_steps = 150, max_ck = 10, trials = 4;
+};
+inline std::vector<TrialParams> random_trials(std::mt19937& g, const RandomLimits& lim) {
+  auto uni = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(g); };
+  TrialParams p = base_params();
+  p.d = uni(4, lim.max_d);
+  p.k = uni(1, p.d);
+  p.m = uni(1, lim.max_m);
+  p.hidden.assign(uni(1, 2), 0);
+  for (int& h : p.hidden) h = uni(std::max(p.m, 3), lim.max_h);
+  p.n_train = uni(lim.min_n, lim.max_n);
+  p.n_test = uni(lim.min_test, lim.max_test);
+  p.activation = std::array<Activation, 3>{Activation::linear, Activation::relu, Activation::tanh}[uni(0, 2)];
+  std::vector<TrialParams> ps;
+  for (int j = 0; j < lim.trials; ++j) {
+    TrialParams q = p;
+    q.lambda = std::array<double, 3>{0.0, 0.3, 1.0}[uni(0, 2)];
+    q.lr = 0.02 + 0.01 * uni(0, 6);
+    q.steps = uni(lim.min_steps, lim.max_steps);
+    q.checkpoints = uni(2, lim.max_ck);
+    q.baseline = uni(0, 3) != 0;
+    q.seed = uni(0, 1000);
+    q.teacher.kind = uni(0, 1) ? TeacherKind::oracle : TeacherKind::perturbed;
+    q.path = q.activation == Activation::linear
+                 ? std::array<TrainPath, 3>{TrainPath::automatic, TrainPath::data, TrainPath::moment}[uni(0, 2)]
+                 : TrainPath::data;
+    ps.push_back(q);
+  }
+  return ps;
 }
 
 }  // namespace stsweep::testing
