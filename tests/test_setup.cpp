@@ -494,8 +494,9 @@ TEST(Setup, NonlinearTarget) {
   // Not linear: the best linear fit of the targets on z leaves a residual.
   const Matrix Wls = matmul(pr.Ytest, pinv(Z));
   EXPECT_GT(frob2(sub(matmul(Wls, Z), pr.Ytest)), 1e-3 * frob2(pr.Ytest));
-  // interp_risk is the Monte Carlo risk of Y Xn^+.
+  // interp_risk is the Monte Carlo risk of Y Xn^+ (by QR; the SVD's pinv agrees).
   EXPECT_NEAR(pr.interp_risk, linear_risk(pr, matmul(pr.Y, pinv(pr.Xn))), 1e-12 * pr.interp_risk);
+  EXPECT_EQ(pr.interp_risk, linear_risk(pr, times_pinv(pr.Y, pr.Xn)));
   EXPECT_TRUE(std::isfinite(pr.teacher_clean_risk));
 }
 
@@ -591,6 +592,22 @@ TEST(Linalg, QrSvdPinvCholesky) {
     EXPECT_LT(rel_diff(MX, transpose(MX)), 1e-12);
     EXPECT_LT(rel_diff(XM, transpose(XM)), 1e-12);
   }
+  // Y X^+ by QR (interp_risk's product) equals Y pinv(X) from the SVD, for wide,
+  // square and tall X; near rank-deficient X takes pinv itself (the same bits).
+  for (const auto& [r, n] : std::vector<std::pair<int, int>>{{64, 128}, {16, 16}, {12, 7}, {7, 12}, {3, 40}}) {
+    SCOPED_TRACE(std::to_string(r) + " x " + std::to_string(n));
+    const Matrix X = random(r, n, 10 + r), Y = random(4, n, 20 + n);
+    const Matrix W = times_pinv(Y, X);
+    EXPECT_LT(rel_diff(W, matmul(Y, pinv(X))), 1e-12);
+    if (n > r)  // least squares: the residual is orthogonal to the rows of X
+      EXPECT_LT(frob2(matmul_nt(sub(matmul(W, X), Y), X)), 1e-20 * frob2(Y) * frob2(X));
+    else        // interpolation: W X = Y
+      EXPECT_LT(rel_diff(matmul(W, X), Y), 1e-12);
+  }
+  const Matrix deficient = matmul(random(6, 2, 30), random(2, 9, 31));  // rank 2
+  const Matrix Yd = random(3, 9, 32);
+  const Matrix Wd = times_pinv(Yd, deficient), Wp = matmul(Yd, pinv(deficient));
+  EXPECT_EQ(Wd.a, Wp.a);
   // Cholesky solve of an SPD system.
   const Matrix S = add(matmul_tn(A, A), identity(5));
   const Matrix B = random(5, 2, 4);
