@@ -12,6 +12,11 @@
 //   build-train/bench/bench_cpu_train --benchmark_filter=Grid
 //   build-train/bench/bench_cpu_train --benchmark_filter=Step
 //   build-train/bench/bench_cpu_train --benchmark_filter=Sgemm
+//   build-train/bench/bench_cpu_train --benchmark_filter=Setup
+//
+// Setup/gpu_grid: setup_trial alone (data, teacher, closed-form risks) for a
+// trial of the standard GPU grid (d = h = 64, k = m = 16, N = 128), one
+// thread: the host work the CUDA backend does per trial.
 #include <benchmark/benchmark.h>
 #include <dlfcn.h>
 
@@ -184,6 +189,30 @@ void Sgemm(benchmark::State& state) {
   state.counters["threads"] = std::thread::hardware_concurrency();
 }
 
+void Setup(benchmark::State& state) {
+  TrialParams p;
+  p.d = 64;
+  p.k = 16;
+  p.m = 16;
+  p.hidden = {64};
+  p.n_train = 128;
+  p.steps = 1000;
+  p.lr = 0.02;
+  p.init_scale = 0.01;
+  p.checkpoints = 8;
+  p.lambda = 1.0;
+  p.noise = 0.5;
+  p.path = TrainPath::data;
+  int i = 0;
+  for (auto _ : state) {
+    p.seed = i++;
+    TrialProblem pr = setup_trial(p, 5);
+    benchmark::DoNotOptimize(pr.interp_risk);
+  }
+  state.counters["trials/s"] = benchmark::Counter(1, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+BENCHMARK(Setup)->Name("Setup/gpu_grid")->Unit(benchmark::kMillisecond);
 BENCHMARK(Sgemm)->Arg(2048)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(2.0);
 BENCHMARK_CAPTURE(Grid, data_f32, TrainPath::data, Precision::f32)
     ->Arg(512)->Iterations(1)->Unit(benchmark::kSecond)->UseRealTime();
