@@ -276,6 +276,16 @@ class CudaBackend final : public Backend {
       const bool scalar_a = !vector_a_ && sizeof(Real) == 4 &&
                             (plan.path == Path::fused || plan.path == Path::warp || plan.path == Path::general);
       paths_.insert(std::string(cuda::name(plan.path)) + (scalar_a ? " (scalar A)" : ""));
+      {  // Once per shape and trainer: which one runs it (a researcher's first question when slow).
+        std::string widths;
+        for (int l = 0; l <= plan.s.net.L; ++l) widths += (l ? "-" : "") + std::to_string(plan.s.net.w[l]);
+        std::string how = cuda::name(plan.path);
+        if (plan.path == Path::fused) how += " (a block per network, " + std::to_string(plan.net_shared >> 10) + " KB of shared memory)";
+        if (plan.path == Path::warp)
+          how += " (a warp per network, " + std::to_string(plan.warps_per_block) + " per block)";
+        log_once("widths " + widths + ", N " + std::to_string(plan.s.N) + ", " +
+                 (plan.s.moment ? "moment" : "data") + " path: trainer " + how);
+      }
       Launched g;
       const size_t nt = plan.members.size(), nn = plan.nets.size();
       const size_t items = nn * plan.slots;
