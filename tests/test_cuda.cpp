@@ -25,6 +25,7 @@
 #include "cuda_backend.cuh"
 #include "device_emu.hpp"
 #endif
+#include "multi_backend.hpp"
 
 namespace stsweep {
 namespace {
@@ -306,6 +307,40 @@ TEST(CudaFused, VectorAndScalarALoadsAgree) {
     unsetenv("STSWEEP_CUDA_VECTOR_A");
     EXPECT_NE(paths.find("scalar A"), std::string::npos) << paths;
     for (size_t i = 0; i < ps.size(); ++i) expect_same(scalar[i], vec[i], paths + " " + std::to_string(i));
+  }
+}
+
+// --devices: a batch shared by two CUDA backends (here both on device 0, two
+// host threads and four streams on one GPU) gives what one backend gives, bit
+// for bit, on the fused and warp paths.
+TEST(CudaDevices, TwoBackendsEqualOne) {
+  NEED_GPU();
+  std::vector<TrialParams> ps;
+  for (int i = 0; i < 7; ++i) {
+    TrialParams p = base_params();
+    p.seed = i;
+    p.lambda = 0.2 * i;
+    p.path = i % 2 ? TrainPath::moment : TrainPath::data;
+    ps.push_back(p);
+  }
+  const Batch b = make_batch(ps);
+  RunOptions o;
+  o.sweep_seed = 7;
+  for (cuda::Path path : {cuda::Path::fused, cuda::Path::warp}) {
+    std::string why;
+    auto one = cuda::make_backend(o, path, &why);
+    ASSERT_NE(one, nullptr) << why;
+    const auto ref = one->run(b, o);
+    std::vector<std::unique_ptr<Backend>> parts;
+    for (int i = 0; i < 2; ++i) {
+      parts.push_back(cuda::make_backend(o, path, &why));
+      ASSERT_NE(parts.back(), nullptr) << why;
+    }
+    MultiBackend two(std::move(parts), {"0", "0"});
+    const auto got = two.run(b, o);
+    ASSERT_EQ(got.size(), ref.size());
+    for (size_t i = 0; i < ref.size(); ++i)
+      expect_same(got[i], ref[i], std::string(cuda::name(path)) + " trial " + std::to_string(i));
   }
 }
 
