@@ -110,7 +110,6 @@ int main(int argc, char** argv) {
   setenv("STSWEEP_CUDA_VECTOR_A", "0", 1);  // v2's tiles: A loaded one k at a time
   run("data fused, scalar A", cuda::Path::fused, TrainPath::data);
   unsetenv("STSWEEP_CUDA_VECTOR_A");
-  const Batch standard = batch;
   for (auto& t : batch.trials) {
     t.d = t.hidden[0] = 16;
     t.k = 8;
@@ -120,7 +119,6 @@ int main(int argc, char** argv) {
   run("small fused", cuda::Path::fused, TrainPath::data);
   run("small warp", cuda::Path::warp, TrainPath::data);
   run("small moment warp", cuda::Path::warp, TrainPath::moment);
-  batch = standard;
 
   tm::Net net;
   net.L = 2;

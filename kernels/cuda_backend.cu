@@ -17,14 +17,10 @@
 #include <cublas_v2.h>
 
 #include <algorithm>
-#include <atomic>
 #include <chrono>
-#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <iostream>
-#include <limits>
-#include <map>
 #include <memory>
 #include <mutex>
 #include <set>
@@ -37,8 +33,6 @@
 #include "cuda_backend.cuh"
 #include "cuda_common.cuh"
 #include "device_plan.hpp"
-#include "problem.hpp"
-#include "train.hpp"
 
 namespace stsweep::cuda {
 namespace {

@@ -41,7 +41,7 @@ template <class Real, bool VA>
 __global__ void __launch_bounds__(kThreads, 1) warp_train(const TrainArgs<Real> a, int warps,
                                                        int net_shared_reals) {
   extern __shared__ __align__(16) unsigned char smem[];
-  const int w = static_cast<int>(threadIdx.x >> 5);
+  const int w = static_cast<int>(threadIdx.x) / kWarp;
   const int net = static_cast<int>(blockIdx.x) * warps + w;
   if (w >= warps || net >= a.nnets) return;  // whole warps only: no block-wide sync below
   const WarpTeamT<VA> team;
@@ -116,18 +116,18 @@ template <class Real>
 void launch_warp(const TrainArgs<Real>& a, int warps, size_t net_shared, bool vector_a,
                  cudaStream_t s) {
   if (a.nnets == 0) return;
-  if (warps < 1 || warps > kThreads / 32 || net_shared % 16 != 0)
+  if (warps < 1 || warps > kWarpsPerBlock || net_shared % 16 != 0)
     throw std::logic_error("launch_warp: bad warps or slice size");
   const int blocks = (a.nnets + warps - 1) / warps;
   const int reals = static_cast<int>(net_shared / sizeof(Real));
   if constexpr (has_scalar_a<Real>()) {
     if (!vector_a) {
-      warp_train<Real, false><<<blocks, warps * 32, warps * net_shared, s>>>(a, warps, reals);
+      warp_train<Real, false><<<blocks, warps * kWarp, warps * net_shared, s>>>(a, warps, reals);
       STS_CUDA_LAUNCHED("warp_train (scalar A)");
       return;
     }
   }
-  warp_train<Real, true><<<blocks, warps * 32, warps * net_shared, s>>>(a, warps, reals);
+  warp_train<Real, true><<<blocks, warps * kWarp, warps * net_shared, s>>>(a, warps, reals);
   STS_CUDA_LAUNCHED("warp_train");
 }
 

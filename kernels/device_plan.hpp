@@ -37,7 +37,6 @@ const char* name(Path);
 Path parse_path(const std::string& v);
 
 constexpr int kWarpMaxWidth = 32;  // automatic picks warp teams up to this layer width
-constexpr int kWarpsPerBlock = kThreads / kWarp;
 
 // Timings and counts of a backend's last run() (all of it, every chunk).
 struct RunStats {
@@ -102,7 +101,6 @@ struct GroupPlan {
   double step_flops = 0;           // sum over members of counted flops per step
   size_t net_shared = 0;           // shared bytes of one network (data + work)
   int warps_per_block = 0;         // warp path: networks per block
-  size_t nets_n() const { return nets.size(); }
 };
 // Groups a wave's prepared trials and picks each group's path from `want` and
 // the device's limits; `log` gets one line per fallback (e.g. an arena too big

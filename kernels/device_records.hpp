@@ -20,6 +20,7 @@ namespace stsweep::cuda {
 
 constexpr int kThreads = 256;  // threads per block (a multiple of 32)
 constexpr int kWarp = 32;      // threads per warp team
+constexpr int kWarpsPerBlock = kThreads / kWarp;  // networks per block on the warp path
 constexpr int kNone = -1;      // absent offset
 
 struct TrialScalars {             // per trial, read by the kernels
