@@ -312,13 +312,17 @@ def main():
 
     # --- f64: every trial, data invariants and the replay at 1e-6 --------------------------
     noise_pair = {}
+    def exported(prec, tid):
+        """`stsweep export` of one trial of the `prec` run, or None when it failed."""
+        path = os.path.join(wd, f"t{tid}_{prec}.h5")
+        p = run(["export", out[prec], "--trial", str(tid), "-o", path])
+        check(p.returncode == 0 and "warning" not in p.stderr, f"export trial {tid} ({prec}) exits 0, no warning")
+        return Trial(path) if p.returncode == 0 else None
+
     for tid in range(N_TRIALS):
-        path = os.path.join(wd, f"t{tid}_f64.h5")
-        p = run(["export", out["f64"], "--trial", str(tid), "-o", path])
-        check(p.returncode == 0 and "warning" not in p.stderr, f"export trial {tid} (f64) exits 0, no warning")
-        if p.returncode != 0:
+        tr = exported("f64", tid)
+        if tr is None:
             continue
-        tr = Trial(path)
         check(tr.attrs["precision"] == "f64", f"trial {tid}: export ran in the file's precision (f64)")
         check(tr.attrs["metrics_reproduced"] == 1, f"trial {tid}: export reproduces the run's metrics bit for bit")
         check_data(tr, tid)
@@ -337,12 +341,9 @@ def main():
 
     # --- f32: the engine in float32 against torch float64 at 1e-4 ---------------------------
     for tid in range(N_TRIALS):
-        path = os.path.join(wd, f"t{tid}_f32.h5")
-        p = run(["export", out["f32"], "--trial", str(tid), "-o", path])
-        check(p.returncode == 0 and "warning" not in p.stderr, f"export trial {tid} (f32) exits 0, no warning")
-        if p.returncode != 0:
+        tr = exported("f32", tid)
+        if tr is None:
             continue
-        tr = Trial(path)
         check(tr.attrs["precision"] == "f32" and tr.attrs["metrics_reproduced"] == 1,
               f"trial {tid}: f32 export reproduces the f32 run bit for bit")
         replay(tr, tid, 1e-4, "f32", results_row(out["f32"], tid))
