@@ -1,8 +1,10 @@
 // stsweep run FILE -o OUT.h5: sweep -> batches -> backend -> results file.
 //
 // The main thread owns the sweep, the batcher and the results file (HDF5 is
-// not thread-safe here); one worker thread runs the backend on a batch while
-// the main thread stores the previous one and prepares the next.
+// not thread-safe here); the loop itself (one worker thread runs the backend
+// on a batch while the main thread stores the previous one and prepares the
+// next) is run_pipeline (pipeline.hpp). This file adds the options, the
+// backend choice, signals and the closing report.
 #include <signal.h>
 #include <unistd.h>
 
@@ -10,7 +12,6 @@
 #include <chrono>
 #include <csignal>
 #include <cstdio>
-#include <future>
 #include <iostream>
 #include <memory>
 #include <thread>
@@ -19,6 +20,7 @@
 #include "batching.hpp"
 #include "cli.hpp"
 #include "multi_backend.hpp"
+#include "pipeline.hpp"
 #include "progress.hpp"
 #include "store.hpp"
 #include "sweep.hpp"
@@ -60,11 +62,6 @@ std::string resume_command(const RunArgs& a) {
   if (a.precision != "f32") c += " --precision " + a.precision;
   return c + " --resume";
 }
-
-struct Outcome {
-  std::vector<TrialResult> results;
-  double seconds = 0;
-};
 
 // The backend for `--devices LIST` (not with --backend cpu): one CUDA backend
 // per listed device, several as a MultiBackend. No GPU at all with --backend
@@ -112,6 +109,8 @@ std::unique_ptr<Backend> make_device_backends(const RunArgs& a, const RunOptions
 }
 
 int run_main(const RunArgs& a) {
+  // From the start: SLURM may preempt (SIGTERM) a job that is still starting.
+  install_handlers();
   Sweep sweep = Sweep::from_file(a.file);
   Shard shard = parse_shard(a.shard);
   IdRange range = shard_range(sweep.count(), shard);
@@ -157,7 +156,14 @@ int run_main(const RunArgs& a) {
   wo.device = backend->device();
   wo.precision = a.precision;
   wo.checkpoint_every = a.checkpoint_every;
+  if (g_signal) {  // nothing written yet
+    std::fprintf(stderr, "stsweep: interrupted by %s before the run started; nothing was written\n",
+                 g_signal == SIGINT ? "SIGINT" : "SIGTERM");
+    return kExitFailure;
+  }
+  const auto open_t = std::chrono::steady_clock::now();
   auto writer = ResultsWriter::start(sweep, wo);
+  const double open_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - open_t).count();
   for (const auto& n : writer->notes()) std::cerr << "stsweep: " << n << "\n";
 
   const int64_t rows = writer->header().rows();
@@ -177,25 +183,7 @@ int run_main(const RunArgs& a) {
                                                         : 64;
   Batcher batcher(sweep, range, [&](uint64_t id) { return writer->final(static_cast<int64_t>(id)); }, batch_size);
   Progress progress(progress_mode(a.progress), todo, rows - todo);
-  install_handlers();
 
-  int64_t n_done = 0, n_div = 0, n_fail = 0, n_total = 0;
-  double compute = 0;
-  double store_s = 0;  // main-thread time in the results store (journal, checkpoints)
-  auto timed_store = [&store_s](auto&& f) {
-    const auto t = std::chrono::steady_clock::now();
-    f();
-    store_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
-  };
-  auto launch = [&](std::shared_ptr<Batch> b) {
-    return std::async(std::launch::async, [&backend, &ro, b] {
-      auto t = std::chrono::steady_clock::now();
-      Outcome o;
-      o.results = backend->run(*b, ro);
-      o.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
-      return o;
-    });
-  };
   auto interrupted = [&](int64_t in_flight) {
     progress.clear();
     const char* sig = g_signal == SIGINT ? "SIGINT" : "SIGTERM";
@@ -216,39 +204,22 @@ int run_main(const RunArgs& a) {
     std::fflush(stdout);
     std::_Exit(kExitFailure);  // the worker may still be computing: do not wait for it
   };
+  if (g_signal) interrupted(0);  // a signal while the file was being opened
 
+  PipelineHooks hooks;
+  hooks.stop_requested = [] { return g_signal != 0; };
+  hooks.on_stop = interrupted;
+  hooks.tick = [&progress] { progress.tick(); };
+  hooks.progress = [&progress](int64_t n) { progress.update(n); };
+  hooks.on_failed = [&](const TrialResult& r) {
+    progress.clear();
+    std::cerr << "stsweep: trial " << r.trial << " failed" << (r.message.empty() ? "" : ": " + r.message) << "\n";
+  };
+  PipelineOptions po;
+  po.fold_while_training = backend->name() != "cpu";  // a GPU leaves the host's cores free
+  PipelineStats ps;
   try {
-    auto cur = std::make_shared<Batch>();
-    bool have = batcher.next(*cur);
-    std::future<Outcome> fut;
-    if (have) fut = launch(cur);
-    while (have) {
-      auto nxt = std::make_shared<Batch>();
-      bool have_next = batcher.next(*nxt);  // decode the next batch while the backend works
-      while (fut.wait_for(std::chrono::milliseconds(100)) != std::future_status::ready) {
-        if (g_signal) interrupted(static_cast<int64_t>(cur->ids.size()));
-        progress.tick();
-      }
-      Outcome o = fut.get();
-      if (have_next) fut = launch(nxt);
-      RowBlock block = RowBlock::from_batch(*cur, o.results);
-      timed_store([&] { writer->append(block, o.seconds); });
-      compute += o.seconds;
-      for (const auto& r : o.results) {
-        ++n_total;
-        if (r.status == Status::done) ++n_done;
-        else if (r.status == Status::diverged) ++n_div;
-        else {
-          ++n_fail;
-          progress.clear();
-          std::cerr << "stsweep: trial " << r.trial << " failed" << (r.message.empty() ? "" : ": " + r.message) << "\n";
-        }
-      }
-      progress.update(n_total);
-      if (g_signal) interrupted(have_next ? static_cast<int64_t>(nxt->ids.size()) : 0);
-      cur = nxt;
-      have = have_next;
-    }
+    ps = run_pipeline(batcher, *backend, ro, *writer, hooks, po);
   } catch (...) {
     // Keep what is finished: fold the journal into the file, then report.
     progress.clear();
@@ -260,15 +231,17 @@ int run_main(const RunArgs& a) {
     }
     throw;
   }
-  timed_store([&] { writer->finish(); });
   progress.finish();
   const FileHeader& h = writer->header();
-  double wall = progress.elapsed();
+  const double wall = progress.elapsed();
+  // Opening the file ran before anything was training: all of it is exposed.
+  const double store = ps.store + open_s, exposed = ps.store_exposed + open_s;
   std::printf("stsweep: %lld trials on %s (%s), %s: %lld done, %lld diverged, %lld failed in %.1f s "
-              "(%.1f trials/s; backend %.1f s; store %.3f s = %.1f%% of wall)\n",
-              (long long)n_total, backend->name().c_str(), backend->device().c_str(), a.precision.c_str(),
-              (long long)n_done, (long long)n_div, (long long)n_fail, wall, wall > 0 ? n_total / wall : 0.0,
-              compute, store_s, wall > 0 ? 100.0 * store_s / wall : 0.0);
+              "(%.1f trials/s; backend %.1f s; store %.3f s, %.3f s of it not overlapped with training = "
+              "%.1f%% of wall)\n",
+              (long long)ps.total, backend->name().c_str(), backend->device().c_str(), a.precision.c_str(),
+              (long long)ps.done, (long long)ps.diverged, (long long)ps.failed, wall,
+              wall > 0 ? ps.total / wall : 0.0, ps.compute, store, exposed, wall > 0 ? 100.0 * exposed / wall : 0.0);
   std::printf("results: %s (shard %s: %lld done, %lld diverged, %lld failed, %lld pending of %lld)\n", a.out.c_str(),
               h.shard.c_str(), (long long)h.n_done, (long long)h.n_diverged, (long long)h.n_failed,
               (long long)h.n_pending, (long long)h.rows());

@@ -1521,6 +1521,13 @@ void ResultsWriter::checkpoint() {
   im.fold(true);
 }
 
+bool ResultsWriter::checkpoint_within(double budget_seconds) {
+  Impl& im = *impl_;
+  if (im.journal_rows == 0 || im.ckpt_seconds > budget_seconds) return false;
+  im.fold(true);
+  return true;
+}
+
 void ResultsWriter::finish() {
   Impl& im = *impl_;
   im.fold(true);

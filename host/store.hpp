@@ -159,6 +159,10 @@ class ResultsWriter {
   // when one is due. `compute_seconds` is the backend's time for it.
   void append(const RowBlock& rows, double compute_seconds);
   void checkpoint();  // folds the journal into OUT.h5 (atomic replace)
+  // Checkpoints when the journal holds rows and the last checkpoint took at
+  // most `budget_seconds` (the first one is always tried); true when it did.
+  // For folding in the shadow of a GPU batch, so that finish() has little left.
+  bool checkpoint_within(double budget_seconds);
   // Final checkpoint; removes the journal when every row is final.
   void finish();
 

@@ -216,12 +216,17 @@ def main():
                 if os.path.exists(x):
                     os.remove(x)
     check(kills_done >= 2, f"at least 2 runs were killed in flight ({kills_done})")
+    # Sessions the killed runs left (those killed before their first checkpoint leave none).
+    sess_before = 0
+    if os.path.exists(out):
+        with h5py.File(out, "r") as f:
+            sess_before = len(json.loads(f.attrs["sessions"]))
     p = run(["run", sweep, "-o", out, "--resume"] + common)
     check(p.returncode == 0, "--resume after kills completes")
     compare(out, ref, "killed + resumed vs uninterrupted")
     with h5py.File(out, "r") as f:
         sess = json.loads(f.attrs["sessions"])
-    check(len(sess) >= 2, f"sessions recorded ({len(sess)})")
+    check(len(sess) == sess_before + 1, f"the resume adds one session to the {sess_before} before it ({len(sess)})")
 
     # resume of a complete file does nothing
     p = run(["run", sweep, "-o", out, "--resume"] + common)
@@ -229,11 +234,19 @@ def main():
 
     # --- SIGTERM: finish the write, clear message, non-zero ------------------------------------
     out2 = os.path.join(wd, "term.h5")
-    proc = subprocess.Popen([STSWEEP, "run", sweep, "-o", out2] + common, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    time.sleep(max(0.05, t_ref * 0.4))
+    # SIGTERM once the first batch is stored: progress as JSON lines after every batch.
+    term_args = [x for x in common if x not in ("--progress", "none")] + ["--progress", "jsonl"]
+    proc = subprocess.Popen([STSWEEP, "run", sweep, "-o", out2] + term_args, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, STSWEEP_PROGRESS_INTERVAL="0"))
+    first = []
+    for line in proc.stderr:
+        first.append(line)
+        if line.startswith("{") and json.loads(line).get("done", 0) > 0:
+            break
     proc.send_signal(signal.SIGTERM)
     so, se = proc.communicate()
+    se = "".join(first) + se
     if proc.returncode == 0:
         print("  (the run finished before SIGTERM)")
     else:

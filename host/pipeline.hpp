@@ -1,0 +1,59 @@
+// The run loop of `stsweep run`: batches -> backend -> results writer, with
+// the store overlapped with training.
+//
+// One worker thread runs the backend on batch i+1 while the calling thread
+// (which owns the writer: HDF5 is not thread-safe here) stores batch i and
+// decodes batch i+2. The store therefore costs wall time only where it is not
+// hidden behind training: `store_exposed` measures exactly that part, and is
+// what the store's "share of wall" means (issue 4).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+
+#include "backend.hpp"
+#include "batching.hpp"
+#include "result.hpp"
+#include "store.hpp"
+
+namespace stsweep {
+
+struct PipelineStats {
+  int64_t total = 0, done = 0, diverged = 0, failed = 0;  // trials run, by status
+  double compute = 0;        // seconds inside backend.run, summed over batches
+  double store = 0;          // seconds the calling thread spent in the writer (append, finish)
+  double store_exposed = 0;  // of `store`, seconds with no batch running on the backend
+  bool stopped = false;      // `stop_requested` ended the run early
+  int64_t dropped = 0;       // trials in flight when it stopped (not stored)
+};
+
+struct PipelineOptions {
+  // After storing a batch, while the next one is still training, also fold the
+  // journal into the file when the last fold took at most half the last
+  // batch's training time (ResultsWriter::checkpoint_within). finish() then
+  // has about one batch left to fold. Worth it when training does not use the
+  // host's cores (a GPU); on the CPU backend the fold would take a core from
+  // training, so `run` leaves it off there.
+  bool fold_while_training = false;
+};
+
+struct PipelineHooks {
+  // Polled about every 100 ms while a batch runs and after each stored batch.
+  // When it returns true the run stops: `stopped` calls `on_stop` with the
+  // trials in flight (it may exit the process; if it returns, the pipeline
+  // waits for the batch in flight, drops it and returns).
+  std::function<bool()> stop_requested;
+  std::function<void(int64_t in_flight)> on_stop;
+  std::function<void()> tick;                          // about every 100 ms while waiting
+  std::function<void(int64_t trials_run)> progress;    // after each stored batch
+  std::function<void(const TrialResult&)> on_failed;  // each failed trial
+};
+
+// Runs every batch the batcher hands out and stores each in `writer`; calls
+// writer.finish() at the end (timed into `store` and `store_exposed`).
+// Exceptions from the backend, batcher or writer propagate (the caller
+// checkpoints what is finished).
+PipelineStats run_pipeline(Batcher& batcher, Backend& backend, const RunOptions& ro, ResultsWriter& writer,
+                           const PipelineHooks& hooks = {}, const PipelineOptions& opt = {});
+
+}  // namespace stsweep

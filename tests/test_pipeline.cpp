@@ -1,0 +1,224 @@
+// run_pipeline (host/pipeline.hpp): `run`'s loop between the batcher, a
+// backend and the results writer. A deterministic fake backend stands in for
+// training, so the files can be compared bit for bit.
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <filesystem>
+#include <stdexcept>
+#include <thread>
+
+#include <gtest/gtest.h>
+
+#include "batching.hpp"
+#include "pipeline.hpp"
+#include "store.hpp"
+#include "store_fakes.hpp"
+
+namespace fs = std::filesystem;
+using namespace stsweep;
+using namespace stsweep::fakes;
+
+namespace {
+
+std::string path(const std::string& name) {
+  static std::string d = [] {
+    std::string t = (fs::temp_directory_path() / ("stsweep_pipeline_" + std::to_string(::getpid()))).string();
+    fs::remove_all(t);
+    fs::create_directories(t);
+    return t;
+  }();
+  return d + "/" + name;
+}
+
+const char* kSweep = R"({"name": "pipeline-test", "seed": 9,
+  "defaults": {"d": 8, "k": 4, "m": 4, "hidden": [8], "n_train": 8, "steps": 20, "checkpoints": 3},
+  "grid": {"lambda": [0, 1, 2], "seed": {"range": [0, 10]}}})";
+
+// fake_result of each trial, after `sleep_ms`; trial `fail_id` fails.
+class FakeBackend : public Backend {
+ public:
+  explicit FakeBackend(int sleep_ms = 0, int64_t fail_id = -1) : sleep_ms_(sleep_ms), fail_id_(fail_id) {}
+  std::string name() const override { return "fake"; }
+  std::string device() const override { return "test"; }
+  std::vector<TrialResult> run(const Batch& b, const RunOptions&) override {
+    ++batches;
+    if (sleep_ms_ > 0) std::this_thread::sleep_for(std::chrono::milliseconds(sleep_ms_));
+    std::vector<TrialResult> out;
+    for (int64_t id : b.ids) {
+      out.push_back(fake_result(id, 3));
+      if (id == fail_id_) {
+        out.back().status = Status::failed;
+        out.back().message = "the fake fails it";
+      }
+    }
+    return out;
+  }
+  std::atomic<int> batches{0};
+
+ private:
+  int sleep_ms_;
+  int64_t fail_id_;
+};
+
+WriterOptions options(const std::string& out, const Sweep& sw) {
+  WriterOptions o;
+  o.path = out;
+  o.shard = "0/1";
+  o.range = {0, sw.count()};
+  o.backend = "fake";
+  o.precision = "f32";
+  o.checkpoint_every = 1e9;  // no timed checkpoints: only the pipeline's and finish()
+  return o;
+}
+
+struct RunResult {
+  PipelineStats stats;
+  int64_t generation = 0;  // checkpoints written
+};
+
+RunResult run_to(const std::string& out, const Sweep& sw, Backend& be, size_t batch, const PipelineOptions& po,
+                 const PipelineHooks& hooks = {}) {
+  fs::remove(out);
+  auto w = ResultsWriter::start(sw, options(out, sw));
+  Batcher batcher(sw, {0, sw.count()}, [&](uint64_t id) { return w->final(static_cast<int64_t>(id)); }, batch);
+  RunResult r;
+  r.stats = run_pipeline(batcher, be, RunOptions{}, *w, hooks, po);
+  if (r.stats.stopped) w->checkpoint();
+  r.generation = w->header().generation;
+  return r;
+}
+
+void expect_files_equal(const std::string& a, const std::string& b) {
+  H5Results fa = H5Results::open(a, false), fb = H5Results::open(b, false);
+  ASSERT_EQ(fa.rows(), fb.rows());
+  RowBlock ra = fa.read(0, fa.rows()), rb = fb.read(0, fb.rows());
+  for (size_t r = 0; r < ra.rows(); ++r) expect_rows_equal(ra, r, rb, r, a + " row " + std::to_string(r));
+}
+
+}  // namespace
+
+TEST(Pipeline, StoresEveryTrialAndCountsByStatus) {
+  Sweep sw = Sweep::from_text(kSweep);
+  FakeBackend be;
+  const RunResult r = run_to(path("all.h5"), sw, be, 4, {});
+  EXPECT_EQ(r.stats.total, 30);
+  // fake_result: ids with id % 7 == 3 diverge (3, 10, 17, 24).
+  EXPECT_EQ(r.stats.diverged, 4);
+  EXPECT_EQ(r.stats.done, 26);
+  EXPECT_EQ(r.stats.failed, 0);
+  EXPECT_EQ(be.batches.load(), 8);  // ceil(30 / 4)
+  EXPECT_FALSE(r.stats.stopped);
+  EXPECT_GT(r.stats.store, 0);
+  EXPECT_LE(r.stats.store_exposed, r.stats.store);
+  EXPECT_EQ(r.generation, 1) << "without fold_while_training only finish() checkpoints";
+
+  H5Results f = H5Results::open(path("all.h5"), false);
+  EXPECT_EQ(f.header().n_done, 26);
+  EXPECT_EQ(f.header().n_diverged, 4);
+  EXPECT_EQ(f.header().n_pending, 0);
+  RowBlock got = f.read(0, f.rows());
+  Batch b;
+  std::vector<TrialResult> res;
+  for (int64_t id = 0; id < 30; ++id) {
+    b.ids.push_back(id);
+    b.trials.push_back(sw.trial(static_cast<uint64_t>(id)));
+    res.push_back(fake_result(id, 3));
+  }
+  const RowBlock want = RowBlock::from_batch(b, res);
+  for (size_t r2 = 0; r2 < want.rows(); ++r2) expect_rows_equal(got, r2, want, r2, "row " + std::to_string(r2));
+}
+
+// Folding while a batch trains checkpoints several times (so finish() has one
+// batch left) and gives the same file as folding once at the end.
+TEST(Pipeline, FoldingWhileTrainingGivesTheSameFile) {
+  Sweep sw = Sweep::from_text(kSweep);
+  // The fake sleeps 300 ms a batch: each fold (a few ms here) fits in its shadow.
+  FakeBackend slow(300);
+  PipelineOptions fold;
+  fold.fold_while_training = true;
+  const RunResult a = run_to(path("fold.h5"), sw, slow, 8, fold);
+  EXPECT_EQ(a.stats.total, 30);
+  // 4 batches: folds after storing batches 1..3 (each while the next trains), then finish().
+  EXPECT_GE(a.generation, 3) << "folds happened while batches trained";
+  EXPECT_LE(a.stats.store_exposed, a.stats.store);
+
+  FakeBackend fast;
+  const RunResult b = run_to(path("nofold.h5"), sw, fast, 8, {});
+  EXPECT_EQ(b.generation, 1);
+  expect_files_equal(path("fold.h5"), path("nofold.h5"));
+}
+
+TEST(Pipeline, FailedTrialsReachTheHookAndTheFile) {
+  Sweep sw = Sweep::from_text(kSweep);
+  FakeBackend be(0, 12);
+  std::vector<int64_t> failed;
+  int64_t last_progress = -1;
+  PipelineHooks h;
+  h.on_failed = [&](const TrialResult& r) { failed.push_back(r.trial); };
+  h.progress = [&](int64_t n) {
+    EXPECT_GT(n, last_progress);
+    last_progress = n;
+  };
+  const RunResult r = run_to(path("failed.h5"), sw, be, 5, {}, h);
+  ASSERT_EQ(failed.size(), 1u);
+  EXPECT_EQ(failed[0], 12);
+  EXPECT_EQ(r.stats.failed, 1);
+  EXPECT_EQ(last_progress, 30);
+  H5Results f = H5Results::open(path("failed.h5"), false);
+  EXPECT_EQ(f.header().n_failed, 1);
+}
+
+// A stop request after the first stored batch: on_stop hears of the batch in
+// flight, which is dropped; what was stored is in the file after a checkpoint.
+TEST(Pipeline, StopDropsTheBatchInFlightAndKeepsTheStoredOnes) {
+  Sweep sw = Sweep::from_text(kSweep);
+  FakeBackend be(20);
+  bool stop = false;
+  int64_t heard = -1;
+  int stops = 0;
+  PipelineHooks h;
+  h.stop_requested = [&] { return stop; };
+  h.progress = [&](int64_t) { stop = true; };
+  h.on_stop = [&](int64_t in_flight) {
+    ++stops;
+    heard = in_flight;
+  };
+  const RunResult r = run_to(path("stop.h5"), sw, be, 7, {}, h);
+  EXPECT_TRUE(r.stats.stopped);
+  EXPECT_EQ(stops, 1);
+  EXPECT_EQ(heard, 7);
+  EXPECT_EQ(r.stats.dropped, 7);
+  EXPECT_EQ(r.stats.total, 7);
+  EXPECT_EQ(be.batches.load(), 2) << "no batch starts after the stop";
+  H5Results f = H5Results::open(path("stop.h5"), false);
+  EXPECT_EQ(f.header().n_done + f.header().n_diverged, 7);
+  EXPECT_EQ(f.header().n_pending, 23);
+}
+
+TEST(Pipeline, BackendErrorsPropagateAndStoredBatchesSurvive) {
+  Sweep sw = Sweep::from_text(kSweep);
+  struct Throwing : FakeBackend {
+    std::vector<TrialResult> run(const Batch& b, const RunOptions& o) override {
+      if (b.ids.front() >= 10) throw std::runtime_error("device lost");
+      return FakeBackend::run(b, o);
+    }
+  } be;
+  const std::string out = path("throw.h5");
+  fs::remove(out);
+  auto w = ResultsWriter::start(sw, options(out, sw));
+  Batcher batcher(sw, {0, sw.count()}, [&](uint64_t id) { return w->final(static_cast<int64_t>(id)); }, 5);
+  EXPECT_THROW(
+      {
+        try {
+          run_pipeline(batcher, be, RunOptions{}, *w);
+        } catch (const std::runtime_error& e) {
+          EXPECT_STREQ(e.what(), "device lost");
+          throw;
+        }
+      },
+      std::runtime_error);
+  w->checkpoint();
+  EXPECT_EQ(w->header().n_done + w->header().n_diverged, 10);
+}
