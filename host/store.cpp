@@ -620,6 +620,25 @@ struct H5Results::Impl {
   Hid file, trial_ds, ckpt_ds;
   std::vector<Hid> ds;  // per store_columns()
   bool writable = false;
+
+  // Transfer property list with our own type-conversion buffers. By default
+  // HDF5 callocs a fresh 1 MiB buffer for every H5Dwrite/H5Dread that converts
+  // (the string columns): on the 512-row standard CPU grid that zeroing and
+  // its page faults were most of the final checkpoint's time.
+  hid_t xfer() const {
+    if (!dxpl_.valid()) {
+      tconv_.assign(kXferBuffer, 0);
+      bkg_.assign(kXferBuffer, 0);
+      dxpl_ = Hid(check(H5Pcreate(H5P_DATASET_XFER), "transfer property list"));
+      check(H5Pset_buffer(dxpl_, kXferBuffer, tconv_.data(), bkg_.data()), "setting the transfer buffer of", "a results file");
+    }
+    return dxpl_;
+  }
+
+ private:
+  static constexpr size_t kXferBuffer = 1 << 20;
+  mutable Hid dxpl_;
+  mutable std::vector<unsigned char> tconv_, bkg_;
 };
 
 H5Results::~H5Results() {
@@ -679,7 +698,7 @@ H5Results H5Results::create(const std::string& path, const FileHeader& h, int cu
         hsize_t cnt = n;
         H5Sselect_hyperslab(fs, H5S_SELECT_SET, &row, nullptr, &cnt, nullptr);
         Hid ms = check(H5Screate_simple(1, &cnt, nullptr), "dataspace");
-        check(H5Dwrite(im.trial_ds, H5T_NATIVE_INT64, ms, fs, H5P_DEFAULT, ids.data()), "writing trial ids to", path);
+        check(H5Dwrite(im.trial_ds, H5T_NATIVE_INT64, ms, fs, im.xfer(), ids.data()), "writing trial ids to", path);
         row += n;
         id += n;
       }
@@ -876,7 +895,7 @@ void H5Results::write(const RowBlock& b) {
     hsize_t start = C_, cnt = idx.size();
     H5Sselect_hyperslab(fs, H5S_SELECT_SET, &start, nullptr, &cnt, nullptr);
     Hid ms = check(H5Screate_simple(1, &cnt, nullptr), "dataspace");
-    check(H5Dwrite(im.ckpt_ds, H5T_NATIVE_INT64, ms, fs, H5P_DEFAULT, idx.data()), "writing checkpoint in", path_);
+    check(H5Dwrite(im.ckpt_ds, H5T_NATIVE_INT64, ms, fs, im.xfer(), idx.data()), "writing checkpoint in", path_);
     for (size_t k = 0; k < cs.size(); ++k) {
       if (!cs[k].curve) continue;
       hsize_t dims[2] = {static_cast<hsize_t>(rows()), newC};
@@ -914,29 +933,29 @@ void H5Results::write(const RowBlock& b) {
         f64.assign(m * C, kNaN);
         for (size_t r = 0; r < m; ++r)
           for (int j = 0; j < bc; ++j) f64[r * C + j] = d.f[keep[r] * bc + j];
-        rc = H5Dwrite(ds, H5T_NATIVE_DOUBLE, ms2, fs2, H5P_DEFAULT, f64.data());
+        rc = H5Dwrite(ds, H5T_NATIVE_DOUBLE, ms2, fs2, im.xfer(), f64.data());
       } else {
         i64.assign(m * C, -1);
         for (size_t r = 0; r < m; ++r)
           for (int j = 0; j < bc; ++j) i64[r * C + j] = d.i[keep[r] * bc + j];
-        rc = H5Dwrite(ds, H5T_NATIVE_INT64, ms2, fs2, H5P_DEFAULT, i64.data());
+        rc = H5Dwrite(ds, H5T_NATIVE_INT64, ms2, fs2, im.xfer(), i64.data());
       }
     } else if (c.type == ColType::str) {
       str.resize(m);
       for (size_t r = 0; r < m; ++r) str[r] = d.s[keep[r]].c_str();
-      rc = H5Dwrite(ds, strtype, ms1, fs1, H5P_DEFAULT, str.data());
+      rc = H5Dwrite(ds, strtype, ms1, fs1, im.xfer(), str.data());
     } else if (c.type == ColType::f64) {
       f64.resize(m);
       for (size_t r = 0; r < m; ++r) f64[r] = d.f[keep[r]];
-      rc = H5Dwrite(ds, H5T_NATIVE_DOUBLE, ms1, fs1, H5P_DEFAULT, f64.data());
+      rc = H5Dwrite(ds, H5T_NATIVE_DOUBLE, ms1, fs1, im.xfer(), f64.data());
     } else if (c.type == ColType::i8) {
       i8.resize(m);
       for (size_t r = 0; r < m; ++r) i8[r] = static_cast<int8_t>(d.i[keep[r]]);
-      rc = H5Dwrite(ds, H5T_NATIVE_INT8, ms1, fs1, H5P_DEFAULT, i8.data());
+      rc = H5Dwrite(ds, H5T_NATIVE_INT8, ms1, fs1, im.xfer(), i8.data());
     } else {
       i64.resize(m);
       for (size_t r = 0; r < m; ++r) i64[r] = d.i[keep[r]];
-      rc = H5Dwrite(ds, H5T_NATIVE_INT64, ms1, fs1, H5P_DEFAULT, i64.data());
+      rc = H5Dwrite(ds, H5T_NATIVE_INT64, ms1, fs1, im.xfer(), i64.data());
     }
     check(rc, ("writing " + c.name + " to").c_str(), path_);
   }
@@ -954,7 +973,7 @@ RowBlock H5Results::read(int64_t row0, int64_t n, const std::vector<int>& which)
   Hid fs1 = check(H5Dget_space(im.trial_ds), "dataspace");
   H5Sselect_hyperslab(fs1, H5S_SELECT_SET, start, nullptr, count, nullptr);
   Hid ms1 = check(H5Screate_simple(1, &m, nullptr), "dataspace");
-  check(H5Dread(im.trial_ds, H5T_NATIVE_INT64, ms1, fs1, H5P_DEFAULT, b.trial.data()), "reading trial from", path_);
+  check(H5Dread(im.trial_ds, H5T_NATIVE_INT64, ms1, fs1, im.xfer(), b.trial.data()), "reading trial from", path_);
   Hid fs2, ms2;
   if (C > 0) {
     hsize_t dims[2] = {static_cast<hsize_t>(rows()), C};
@@ -974,14 +993,14 @@ RowBlock H5Results::read(int64_t row0, int64_t n, const std::vector<int>& which)
       if (C == 0) continue;
       if (c.type == ColType::f64) {
         d.f.resize(m * C);
-        rc = H5Dread(ds, H5T_NATIVE_DOUBLE, ms2, fs2, H5P_DEFAULT, d.f.data());
+        rc = H5Dread(ds, H5T_NATIVE_DOUBLE, ms2, fs2, im.xfer(), d.f.data());
       } else {
         d.i.resize(m * C);
-        rc = H5Dread(ds, H5T_NATIVE_INT64, ms2, fs2, H5P_DEFAULT, d.i.data());
+        rc = H5Dread(ds, H5T_NATIVE_INT64, ms2, fs2, im.xfer(), d.i.data());
       }
     } else if (c.type == ColType::str) {
       std::vector<char*> p(m, nullptr);
-      rc = H5Dread(ds, strtype, ms1, fs1, H5P_DEFAULT, p.data());
+      rc = H5Dread(ds, strtype, ms1, fs1, im.xfer(), p.data());
       if (rc >= 0) {
         d.s.resize(m);
         for (size_t r = 0; r < m; ++r) d.s[r] = p[r] ? p[r] : "";
@@ -989,14 +1008,14 @@ RowBlock H5Results::read(int64_t row0, int64_t n, const std::vector<int>& which)
       }
     } else if (c.type == ColType::f64) {
       d.f.resize(m);
-      rc = H5Dread(ds, H5T_NATIVE_DOUBLE, ms1, fs1, H5P_DEFAULT, d.f.data());
+      rc = H5Dread(ds, H5T_NATIVE_DOUBLE, ms1, fs1, im.xfer(), d.f.data());
     } else if (c.type == ColType::i8) {
       i8.resize(m);
-      rc = H5Dread(ds, H5T_NATIVE_INT8, ms1, fs1, H5P_DEFAULT, i8.data());
+      rc = H5Dread(ds, H5T_NATIVE_INT8, ms1, fs1, im.xfer(), i8.data());
       d.i.assign(i8.begin(), i8.end());
     } else {
       d.i.resize(m);
-      rc = H5Dread(ds, H5T_NATIVE_INT64, ms1, fs1, H5P_DEFAULT, d.i.data());
+      rc = H5Dread(ds, H5T_NATIVE_INT64, ms1, fs1, im.xfer(), d.i.data());
     }
     check(rc, ("reading " + c.name + " from").c_str(), path_);
   }
@@ -1012,7 +1031,7 @@ std::vector<int8_t> H5Results::read_status(int64_t row0, int64_t n) const {
   Hid fs = check(H5Dget_space(ds), "dataspace");
   H5Sselect_hyperslab(fs, H5S_SELECT_SET, &start, nullptr, &cnt, nullptr);
   Hid ms = check(H5Screate_simple(1, &cnt, nullptr), "dataspace");
-  check(H5Dread(ds, H5T_NATIVE_INT8, ms, fs, H5P_DEFAULT, out.data()), "reading status from", path_);
+  check(H5Dread(ds, H5T_NATIVE_INT8, ms, fs, im.xfer(), out.data()), "reading status from", path_);
   return out;
 }
 
@@ -1034,18 +1053,26 @@ void H5Results::recount() {
 void H5Results::close() {
   if (!impl_) return;
   Impl& im = *impl_;
-  for (auto& d : im.ds) d.reset();
-  im.trial_ds.reset();
-  im.ckpt_ds.reset();
-  herr_t rc = 0;
+  // Closing a dataset flushes its chunks: a full disk can fail any of these.
+  // Keep the first failure's detail before another HDF5 call clears the stack.
+  bool failed = false;
+  std::string detail;
+  auto note = [&](herr_t rc) {
+    if (rc < 0 && !failed) {
+      failed = true;
+      detail = h5_detail();
+    }
+  };
+  for (auto& d : im.ds) note(d.reset());
+  note(im.trial_ds.reset());
+  note(im.ckpt_ds.reset());
   if (im.file.valid()) {
-    if (im.writable) rc = H5Fflush(im.file, H5F_SCOPE_GLOBAL);
-    herr_t rc2 = im.file.reset();
-    if (rc >= 0) rc = rc2;
+    if (im.writable) note(H5Fflush(im.file, H5F_SCOPE_GLOBAL));
+    note(im.file.reset());
   }
-  bool writable = im.writable;
+  const bool writable = im.writable;
   impl_.reset();
-  if (rc < 0 && writable) h5_fail("cannot finish writing " + path_);
+  if (failed && writable) throw std::runtime_error("cannot finish writing " + path_ + " (" + detail + ")");
 }
 
 // --- journal ------------------------------------------------------------------------
