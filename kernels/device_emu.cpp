@@ -1,6 +1,7 @@
 // The CUDA backend emulated on the host (kernels/device_emu.hpp).
 #include "device_emu.hpp"
 
+#include <algorithm>
 #include <barrier>
 #include <chrono>
 #include <cstring>
@@ -60,19 +61,21 @@ class EmuGroup {
 };
 
 void EmuTeam::sync() const {
+  if (trace) trace->rank[r].push_back({0, 0, SmemAccess::barrier});
   if (n > 1) g->sync();
 }
 float EmuTeam::sum(float x) const { return g->sum(r, x); }
 double EmuTeam::sum(double x) const { return g->sum(r, x); }
 
-void run_emulated_team(int n, bool warp, const std::function<void(const EmuTeam&)>& body) {
+void run_emulated_team(int n, bool warp, const std::function<void(const EmuTeam&)>& body, SmemTrace* trace) {
   if (n < 1 || (n > 1 && n % kWarp != 0) || (warp && n != kWarp))
     throw std::logic_error("emulated team of " + std::to_string(n) +
                            " threads: 1 or a multiple of 32 (a warp: 32)");
   EmuGroup g(n, warp);
+  if (trace) trace->rank.assign(static_cast<size_t>(n), {});
   auto run = [&](int r) {
     try {
-      body(EmuTeam{&g, r, n});
+      body(EmuTeam{&g, r, n, trace});
     } catch (const std::exception& e) {
       // The other ranks would wait at the barrier forever; the bodies throw
       // only on logic errors, so stop loudly.
@@ -85,6 +88,109 @@ void run_emulated_team(int n, bool warp, const std::function<void(const EmuTeam&
   for (int r = 1; r < n; ++r) th.emplace_back(run, r);
   run(0);
   for (auto& t : th) t.join();
+}
+
+double SmemReport::fma_bound(bool merged) const {
+  const double smem = static_cast<double>(merged ? wavefronts_merged : wavefronts_quarter);
+  const double fma_clk = static_cast<double>(fma_instr) / 4;
+  return smem <= fma_clk ? 1.0 : fma_clk / smem;
+}
+
+SmemReport& SmemReport::operator+=(const SmemReport& o) {
+  load_instr += o.load_instr;
+  store_instr += o.store_instr;
+  vector_instr += o.vector_instr;
+  wavefronts_quarter += o.wavefronts_quarter;
+  wavefronts_merged += o.wavefronts_merged;
+  fma_instr += o.fma_instr;
+  return *this;
+}
+SmemReport& SmemReport::operator-=(const SmemReport& o) {
+  load_instr -= o.load_instr;
+  store_instr -= o.store_instr;
+  vector_instr -= o.vector_instr;
+  wavefronts_quarter -= o.wavefronts_quarter;
+  wavefronts_merged -= o.wavefronts_merged;
+  fma_instr -= o.fma_instr;
+  return *this;
+}
+
+namespace {
+
+// Wavefronts of one warp instruction: the most distinct 4-byte words that
+// any bank serves, over the accesses given (each covers bytes / 4 words).
+long long bank_wavefronts(const std::vector<const SmemAccess*>& acc) {
+  std::set<uintptr_t> words[32];
+  for (const SmemAccess* a : acc)
+    for (int w = 0; w < std::max(1, a->bytes / 4); ++w) {
+      const uintptr_t word = a->addr / 4 + static_cast<uintptr_t>(w);
+      words[word % 32].insert(word);
+    }
+  size_t m = 0;
+  for (const auto& s : words) m = std::max(m, s.size());
+  return static_cast<long long>(std::max<size_t>(m, 1));
+}
+
+}  // namespace
+
+SmemReport smem_report(const SmemTrace& t, int warp, std::vector<SmemReport>* segments) {
+  SmemReport total;
+  if (segments) segments->clear();
+  const size_t n = t.rank.size();
+  for (size_t w0 = 0; w0 < n; w0 += static_cast<size_t>(warp)) {
+    const size_t w1 = std::min(n, w0 + static_cast<size_t>(warp));
+    std::vector<size_t> pos(w1 - w0, 0);
+    for (size_t sno = 0;; ++sno) {
+      SmemReport r;
+      // One segment (up to the next barrier) of every thread of the warp.
+      std::vector<std::vector<const SmemAccess*>> seg(w1 - w0);
+      std::vector<long long> fmas(w1 - w0, 0);
+      bool any = false;
+      for (size_t i = 0; i < seg.size(); ++i) {
+        const auto& v = t.rank[w0 + i];
+        size_t& p = pos[i];
+        if (p < v.size()) any = true;
+        for (; p < v.size() && v[p].kind != SmemAccess::barrier; ++p) {
+          if (v[p].kind == SmemAccess::fma) fmas[i] += static_cast<long long>(v[p].addr);
+          else seg[i].push_back(&v[p]);
+        }
+        if (p < v.size()) ++p;  // past the barrier
+      }
+      if (!any) break;
+      r.fma_instr += *std::max_element(fmas.begin(), fmas.end());
+      size_t len = 0;
+      for (const auto& s : seg) len = std::max(len, s.size());
+      for (size_t k = 0; k < len; ++k) {
+        std::vector<const SmemAccess*> all;
+        std::vector<std::vector<const SmemAccess*>> quarter(4);
+        bool vec = false, store = false;
+        for (size_t i = 0; i < seg.size(); ++i) {
+          if (k >= seg[i].size()) continue;
+          const SmemAccess* a = seg[i][k];
+          all.push_back(a);
+          quarter[(i % 32) / 8].push_back(a);
+          vec = vec || a->bytes == 16;
+          store = store || a->kind == SmemAccess::store;
+        }
+        (store ? r.store_instr : r.load_instr) += 1;
+        const long long merged = bank_wavefronts(all);
+        r.wavefronts_merged += merged;
+        if (vec) {
+          ++r.vector_instr;
+          for (const auto& q : quarter)
+            if (!q.empty()) r.wavefronts_quarter += bank_wavefronts(q);
+        } else {
+          r.wavefronts_quarter += merged;
+        }
+      }
+      total += r;
+      if (segments) {
+        if (segments->size() <= sno) segments->resize(sno + 1);
+        (*segments)[sno] += r;
+      }
+    }
+  }
+  return total;
 }
 
 namespace {
@@ -170,9 +276,18 @@ class EmuBackend final : public Backend {
     const TrainArgs<Real> a = train_args(g, buf);
     const auto t0 = std::chrono::steady_clock::now();
     const bool warp = g.path == Path::warp;
-    run_emulated_team(warp ? kWarp : eo_.block_threads, warp, [&](const EmuTeam& team) {
-      for (int k = 0; k < a.nnets; ++k) train_network(team, a, k, smem.empty() ? nullptr : smem.data());
-    });
+    run_emulated_team(
+        warp ? kWarp : eo_.block_threads, warp,
+        [&](const EmuTeam& team) {
+          Real* sm = smem.empty() ? nullptr : smem.data();
+          if (eo_.vector_a) {
+            for (int k = 0; k < a.nnets; ++k) train_network(team, a, k, sm);
+          } else {
+            const EmuTeamScalarA st{team};
+            for (int k = 0; k < a.nnets; ++k) train_network(st, a, k, sm);
+          }
+        },
+        eo_.trace);
     const auto t1 = std::chrono::steady_clock::now();
     const EvalArgs e = eval_args(g, buf, ws.data());
     // The items: compacted as the device's cub::DeviceSelect::If does, or all.

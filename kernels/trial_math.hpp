@@ -246,6 +246,18 @@ STS_HD inline void load4(const Real* p, Real (&v)[4]) {
 // k, MR wide loads of A instead of 4 MR scalar ones. A warp's A loads are
 // broadcasts or few distinct rows, so this cuts the shared-memory wavefronts
 // of the forward products (docs/PERFORMANCE.md, GPU). K % 4 is done scalar.
+// Shared-memory tracing for the host emulation's bank model (SmemTrace in
+// kernels/device_emu.hpp): a team with `static constexpr bool kTraceShared =
+// true` hears of every load and store of the device GEMM tiles, in the order
+// a thread issues them, and of their FMAs. Compiled out for every other team.
+template <class Team>
+STS_HD constexpr bool team_traces() {
+  if constexpr (requires { Team::kTraceShared; })
+    return Team::kTraceShared;
+  else
+    return false;
+}
+
 template <class Real, int MR, int NR, int MODE, bool VA, class Team>
 STS_HD inline void gemm_team_tile(const Team& team, int M, int Nc, int K, const Real* A, int sai,
                                   int sak, const Real* B, int ldb, Real* C, int ldc, Real alpha) {
@@ -270,18 +282,28 @@ STS_HD inline void gemm_team_tile(const Team& team, int M, int Nc, int K, const 
     }
     Real c[MR][NR];
     STS_UNROLL for (int p = 0; p < MR; ++p) {
-      STS_UNROLL for (int q = 0; q < NR; ++q)
+      STS_UNROLL for (int q = 0; q < NR; ++q) {
         c[p][q] = MODE == kAdd && rv[p] && cv[q] ? C[co[p] + bo[q]] : Real(0);
+        if constexpr (team_traces<Team>())
+          if (MODE == kAdd && rv[p] && cv[q]) team.trace_access(C + co[p] + bo[q], sizeof(Real), false);
+      }
     }
     int k = 0;
     const Real* b = B;
     if (VA && va) {
       for (; k + 4 <= K; k += 4) {
         Real av[MR][4];
-        STS_UNROLL for (int p = 0; p < MR; ++p) load4(A + ao[p] + k, av[p]);
+        STS_UNROLL for (int p = 0; p < MR; ++p) {
+          load4(A + ao[p] + k, av[p]);
+          if constexpr (team_traces<Team>()) team.trace_access(A + ao[p] + k, 4 * sizeof(Real), false);
+        }
         STS_UNROLL for (int kk = 0; kk < 4; ++kk, b += ldb) {
           Real bv[NR];
           STS_UNROLL for (int q = 0; q < NR; ++q) bv[q] = b[bo[q]];
+          if constexpr (team_traces<Team>()) {
+            for (int q = 0; q < NR; ++q) team.trace_access(b + bo[q], sizeof(Real), false);
+            team.trace_fma(MR * NR);
+          }
           STS_UNROLL for (int p = 0; p < MR; ++p) {
             STS_UNROLL for (int q = 0; q < NR; ++q) c[p][q] = fmadd(av[p][kk], bv[q], c[p][q]);
           }
@@ -293,6 +315,11 @@ STS_HD inline void gemm_team_tile(const Team& team, int M, int Nc, int K, const 
       Real av[MR], bv[NR];
       STS_UNROLL for (int p = 0; p < MR; ++p) av[p] = a[ao[p]];
       STS_UNROLL for (int q = 0; q < NR; ++q) bv[q] = b[bo[q]];
+      if constexpr (team_traces<Team>()) {
+        for (int p = 0; p < MR; ++p) team.trace_access(a + ao[p], sizeof(Real), false);
+        for (int q = 0; q < NR; ++q) team.trace_access(b + bo[q], sizeof(Real), false);
+        team.trace_fma(MR * NR);
+      }
       STS_UNROLL for (int p = 0; p < MR; ++p) {
         STS_UNROLL for (int q = 0; q < NR; ++q) c[p][q] = fmadd(av[p], bv[q], c[p][q]);
       }
@@ -302,6 +329,10 @@ STS_HD inline void gemm_team_tile(const Team& team, int M, int Nc, int K, const 
         if (!rv[p] || !cv[q]) continue;
         Real* o = C + co[p] + bo[q];
         *o = MODE == kSub ? fmadd(-alpha, c[p][q], *o) : c[p][q];
+        if constexpr (team_traces<Team>()) {
+          if (MODE == kSub) team.trace_access(o, sizeof(Real), false);
+          team.trace_access(o, sizeof(Real), true);
+        }
       }
     }
   }

@@ -4,6 +4,8 @@
 // (kernels/device_emu.cpp), against the CPU backend. This is the CPU suite's
 // proof of the GPU code; tests/test_cuda.cpp, on a GPU, then demands that the
 // device equal this emulation bit for bit.
+#include <functional>
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -436,6 +438,100 @@ TEST(DeviceEmu, MatchesCpuOnFreshRandomProblems) {
                          std::to_string(i) + " (" + name(ps[i].activation) + ")");
     }
   }
+}
+
+// ------------------------------------------------- the shared-memory model --
+
+// A warp's trace with one access per thread: thread i touches word f(i).
+cuda::SmemTrace one_instruction(int bytes, const std::function<uintptr_t(int)>& word) {
+  cuda::SmemTrace t;
+  t.rank.resize(32);
+  for (int i = 0; i < 32; ++i) t.rank[i].push_back({word(i) * 4 + 4096, bytes, cuda::SmemAccess::load});
+  return t;
+}
+
+TEST(SmemModel, BankRulesOnKnownPatterns) {
+  // 32-bit: consecutive words, one word for all (broadcast), stride 2, stride 32.
+  EXPECT_EQ(cuda::smem_report(one_instruction(4, [](int i) { return uintptr_t(i); })).wavefronts_merged, 1);
+  EXPECT_EQ(cuda::smem_report(one_instruction(4, [](int) { return uintptr_t(5); })).wavefronts_merged, 1);
+  EXPECT_EQ(cuda::smem_report(one_instruction(4, [](int i) { return uintptr_t(2 * i); })).wavefronts_merged, 2);
+  EXPECT_EQ(cuda::smem_report(one_instruction(4, [](int i) { return uintptr_t(32 * i); })).wavefronts_merged, 32);
+  // Two rows 64 words apart, half a warp each: the same banks, 2 wavefronts.
+  EXPECT_EQ(cuda::smem_report(one_instruction(4, [](int i) { return uintptr_t(i < 16 ? 0 : 64); })).wavefronts_merged,
+            2);
+  // 128-bit, every thread its own 16 bytes (512 bytes): 4 either way.
+  const auto own = cuda::smem_report(one_instruction(16, [](int i) { return uintptr_t(4 * i); }));
+  EXPECT_EQ(own.wavefronts_merged, 4);
+  EXPECT_EQ(own.wavefronts_quarter, 4);
+  EXPECT_EQ(own.vector_instr, 1);
+  // 128-bit, two 16-byte chunks 64 words apart (the X rows of the forward GEMM):
+  // merged 2 (the same banks), by quarters 4.
+  const auto rows = cuda::smem_report(one_instruction(16, [](int i) { return uintptr_t(i < 16 ? 0 : 64); }));
+  EXPECT_EQ(rows.wavefronts_merged, 2);
+  EXPECT_EQ(rows.wavefronts_quarter, 4);
+}
+
+TEST(SmemModel, BarriersSplitInstructionsAndFmasCountPerWarp) {
+  cuda::SmemTrace t;
+  t.rank.resize(64);  // two warps
+  for (int i = 0; i < 64; ++i) {
+    auto& v = t.rank[i];
+    v.push_back({uintptr_t(4 * i), 4, cuda::SmemAccess::load});  // conflict-free
+    v.push_back({8, 0, cuda::SmemAccess::fma});
+    v.push_back({0, 0, cuda::SmemAccess::barrier});
+    if (i % 32 < 8) v.push_back({uintptr_t(4 * 32 * i), 4, cuda::SmemAccess::store});  // 8 threads, one bank
+  }
+  std::vector<cuda::SmemReport> seg;
+  const cuda::SmemReport r = cuda::smem_report(t, 32, &seg);
+  EXPECT_EQ(r.load_instr, 2);
+  EXPECT_EQ(r.store_instr, 2);
+  EXPECT_EQ(r.fma_instr, 16);  // 8 per warp
+  EXPECT_EQ(r.wavefronts_merged, 2 * 1 + 2 * 8);
+  ASSERT_EQ(seg.size(), 2u);
+  EXPECT_EQ(seg[0].fma_instr, 16);
+  EXPECT_EQ(seg[1].wavefronts_merged, 16);
+  EXPECT_DOUBLE_EQ(r.fma_bound(true), (16.0 / 4) / 18);
+}
+
+// The traced GEMMs of one data-path step hold every multiply-add of the step
+// (2N (2 h d + 3 m h) flops for a 2-layer network: docs/PERFORMANCE.md), and
+// the scalar-A team gives the same bits as the vector-A one.
+TEST(SmemModel, TraceCoversEveryFmaOfAStepAndScalarAEqualsVectorA) {
+  TrialParams p = base_params();
+  p.d = 16;
+  p.k = 4;
+  p.m = 4;
+  p.hidden = {16};
+  p.n_train = 32;
+  p.path = TrainPath::data;
+  p.baseline = false;
+  p.checkpoints = 2;
+  auto traced = [&](int steps, bool va, std::vector<TrialResult>* out) {
+    TrialParams q = p;
+    q.steps = steps;
+    cuda::SmemTrace trace;
+    cuda::EmuOptions eo;
+    eo.path = cuda::Path::fused;
+    eo.block_threads = 64;
+    eo.vector_a = va;
+    eo.trace = &trace;
+    RunOptions o;
+    o.sweep_seed = 7;
+    auto r = cuda::make_emulated_backend(eo)->run(make_batch({q}), o);
+    if (out) *out = r;
+    return cuda::smem_report(trace);
+  };
+  std::vector<TrialResult> vec, sca;
+  cuda::SmemReport step = traced(3, true, &vec);
+  step -= traced(2, true, nullptr);
+  const long long flops = 2LL * 32 * (2 * 16 * 16 + 3 * 4 * 16);
+  // Lanes per warp instruction: every thread of the 64 runs the same tiles here.
+  EXPECT_EQ(step.fma_instr * 32 * 2, flops);
+  EXPECT_GT(step.vector_instr, 0) << "X is 16-byte aligned with rows of 16 floats: vector A loads";
+  const cuda::SmemReport all_scalar = traced(3, false, &sca);
+  EXPECT_EQ(all_scalar.vector_instr, 0);
+  ASSERT_EQ(vec.size(), 1u);
+  expect_same(sca[0], vec[0], "scalar A vs vector A");
 }
 
 }  // namespace

@@ -1,0 +1,100 @@
+// A model of the fused kernel's shared-memory traffic per training step, from
+// the emulated kernel's own accesses (kernels/device_emu.hpp, SmemTrace and
+// smem_report). No GPU needed: it runs the device body on the host.
+//
+//   build/bench/bench_smem_model [--d 64] [--h 64] [--m 16] [--n 128] [--path data|moment]
+//
+// Defaults: the standard GPU grid (issue 5). For each A-load variant it prints
+// warp instructions and 128-byte wavefronts per step, and the FMA rate's upper
+// bound if shared memory serves one wavefront per clock against 4 warp FMAs per
+// clock. Two readings of 128-bit loads (quarter, merged): see SmemReport.
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include "device_emu.hpp"
+#include "sweep.hpp"
+
+using namespace stsweep;
+using namespace stsweep::cuda;
+
+namespace {
+
+SmemReport traced_run(const Sweep& sw, bool vector_a, std::vector<SmemReport>* segments = nullptr) {
+  SmemTrace trace;
+  EmuOptions eo;
+  eo.path = Path::fused;
+  eo.vector_a = vector_a;
+  eo.trace = &trace;
+  auto be = make_emulated_backend(eo);
+  Batch b;
+  b.ids = {0};
+  b.trials = {sw.trial(0)};
+  RunOptions ro;
+  ro.sweep_seed = sw.seed();
+  const auto res = be->run(b, ro);
+  if (res.at(0).status == Status::failed) {
+    std::fprintf(stderr, "bench_smem_model: the trial failed: %s\n", res[0].message.c_str());
+    std::exit(1);
+  }
+  return smem_report(trace, kWarp, segments);
+}
+
+std::string sweep_text(int d, int h, int m, int n, const std::string& path, int steps) {
+  char buf[512];
+  std::snprintf(buf, sizeof buf,
+                R"({"name": "smem-model", "seed": 5, "defaults": {"d": %d, "k": %d, "m": %d, "hidden": [%d],
+                "n_train": %d, "steps": %d, "lr": 0.02, "init_scale": 0.01, "checkpoints": 2, "lambda": 1.0,
+                "baseline": false, "path": "%s", "noise": 0.3}})",
+                d, std::min(d, 16), m, h, n, steps, path.c_str());
+  return buf;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int d = 64, h = 64, m = 16, n = 128;
+  std::string path = "data";
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string k = argv[i];
+    if (k == "--d") d = std::atoi(argv[i + 1]);
+    else if (k == "--h") h = std::atoi(argv[i + 1]);
+    else if (k == "--m") m = std::atoi(argv[i + 1]);
+    else if (k == "--n") n = std::atoi(argv[i + 1]);
+    else if (k == "--path") path = argv[i + 1];
+    else {
+      std::fprintf(stderr, "bench_smem_model: unknown option %s (--d --h --m --n --path)\n", k.c_str());
+      return 2;
+    }
+  }
+  // One training step = a run of 2 steps less a run of 1 (both end with a forward pass).
+  const Sweep s1 = Sweep::from_text(sweep_text(d, h, m, n, path, 1));
+  const Sweep s2 = Sweep::from_text(sweep_text(d, h, m, n, path, 2));
+  std::printf("fused kernel, one %s-path training step of a 2-layer network: d = %d, h = %d, m = %d, N = %d, "
+              "%d-thread block\n\n",
+              path.c_str(), d, h, m, n, kThreads);
+  std::printf("| A loads | load instr | of them 128-bit | store instr | FMA instr | wavefronts (quarter) | "
+              "wavefronts (merged) | FMA bound (quarter) | FMA bound (merged) |\n");
+  std::printf("| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+  for (bool va : {true, false}) {
+    SmemReport r = traced_run(s2, va);
+    r -= traced_run(s1, va);
+    std::printf("| %s | %lld | %lld | %lld | %lld | %lld | %lld | %.0f%% | %.0f%% |\n", va ? "vector" : "scalar",
+                r.load_instr, r.vector_instr, r.store_instr, r.fma_instr, r.wavefronts_quarter,
+                r.wavefronts_merged, 100 * r.fma_bound(false), 100 * r.fma_bound(true));
+  }
+  // The GEMMs of the 1-step run (forward, update, forward), one per segment.
+  std::printf("\nPer barrier segment with FMAs, 1-step run (forward, backward and update, forward):\n\n");
+  std::printf("| A loads | segment | load instr | FMA instr | wavefronts (quarter) | wavefronts (merged) |\n");
+  std::printf("| --- | --- | --- | --- | --- | --- |\n");
+  for (bool va : {true, false}) {
+    std::vector<SmemReport> seg;
+    traced_run(s1, va, &seg);
+    for (size_t i = 0; i < seg.size(); ++i)
+      if (seg[i].fma_instr > 0)
+        std::printf("| %s | %zu | %lld | %lld | %lld | %lld |\n", va ? "vector" : "scalar", i, seg[i].load_instr,
+                    seg[i].fma_instr, seg[i].wavefronts_quarter, seg[i].wavefronts_merged);
+  }
+  return 0;
+}
