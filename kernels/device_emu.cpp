@@ -90,8 +90,8 @@ void run_emulated_team(int n, bool warp, const std::function<void(const EmuTeam&
   for (auto& t : th) t.join();
 }
 
-double SmemReport::fma_bound(bool merged) const {
-  const double smem = static_cast<double>(merged ? wavefronts_merged : wavefronts_quarter);
+double SmemReport::fma_bound(bool quarter) const {
+  const double smem = static_cast<double>(quarter ? wavefronts_quarter : wavefronts);
   const double fma_clk = static_cast<double>(fma_instr) / 4;
   return smem <= fma_clk ? 1.0 : fma_clk / smem;
 }
@@ -101,7 +101,7 @@ SmemReport& SmemReport::operator+=(const SmemReport& o) {
   store_instr += o.store_instr;
   vector_instr += o.vector_instr;
   wavefronts_quarter += o.wavefronts_quarter;
-  wavefronts_merged += o.wavefronts_merged;
+  wavefronts += o.wavefronts;
   fma_instr += o.fma_instr;
   return *this;
 }
@@ -110,7 +110,7 @@ SmemReport& SmemReport::operator-=(const SmemReport& o) {
   store_instr -= o.store_instr;
   vector_instr -= o.vector_instr;
   wavefronts_quarter -= o.wavefronts_quarter;
-  wavefronts_merged -= o.wavefronts_merged;
+  wavefronts -= o.wavefronts;
   fma_instr -= o.fma_instr;
   return *this;
 }
@@ -162,25 +162,28 @@ SmemReport smem_report(const SmemTrace& t, int warp, std::vector<SmemReport>* se
       for (const auto& s : seg) len = std::max(len, s.size());
       for (size_t k = 0; k < len; ++k) {
         std::vector<const SmemAccess*> all;
-        std::vector<std::vector<const SmemAccess*>> quarter(4);
+        std::vector<std::vector<const SmemAccess*>> half(2), quarter(4);
         bool vec = false, store = false;
         for (size_t i = 0; i < seg.size(); ++i) {
           if (k >= seg[i].size()) continue;
           const SmemAccess* a = seg[i][k];
           all.push_back(a);
+          half[(i % 32) / 16].push_back(a);
           quarter[(i % 32) / 8].push_back(a);
           vec = vec || a->bytes == 16;
           store = store || a->kind == SmemAccess::store;
         }
         (store ? r.store_instr : r.load_instr) += 1;
-        const long long merged = bank_wavefronts(all);
-        r.wavefronts_merged += merged;
         if (vec) {
           ++r.vector_instr;
+          for (const auto& h : half)
+            if (!h.empty()) r.wavefronts += bank_wavefronts(h);
           for (const auto& q : quarter)
             if (!q.empty()) r.wavefronts_quarter += bank_wavefronts(q);
         } else {
-          r.wavefronts_quarter += merged;
+          const long long w = bank_wavefronts(all);
+          r.wavefronts += w;
+          r.wavefronts_quarter += w;
         }
       }
       total += r;

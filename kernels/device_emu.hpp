@@ -61,21 +61,25 @@ struct EmuTeamScalarA : EmuTeam {
 // A model of the shared-memory traffic of a trace, counted per warp
 // instruction: the i-th access of each thread of a warp between two barriers
 // is one instruction (the GEMM tiles do not diverge inside a warp when every
-// thread has the same number of tiles). A 32-bit access costs, in 128-byte
-// wavefronts, the most distinct words any one bank must serve (the same word
-// is a broadcast). For 128-bit accesses the hardware's rule is not documented;
-// two readings are counted: `quarter` serves each quarter warp (8 threads) in
-// its own wavefronts, `merged` serves the warp's distinct 16-byte chunks
-// together (the most distinct words per bank). Nsight Compute's bank-conflict
-// counters on the H200 decide between them (tools/device-check).
+// thread has the same number of tiles). An access costs, in 128-byte
+// wavefronts, the most distinct 4-byte words any one bank must serve (the same
+// word is a broadcast); a 32-bit instruction is served for the whole warp at
+// once, a 128-bit one per half warp (16 threads). That rule reproduces the
+// three LDS.128 patterns measured with Nsight Compute on an H100 that NVIDIA's
+// developer forum reports (4 wavefronts for 32 contiguous 16-byte chunks; 8
+// for 16 chunks 32 bytes apart read by threads t and t + 16; 2 for threads
+// 0-15 on one chunk and 16-31 on the next but one: tests/test_device_emu.cpp).
+// `wavefronts_quarter` serves 128-bit loads per quarter warp instead, the
+// older documented rule and an upper bound. tools/device-check's Nsight
+// Compute run on the H200 checks the model against the real counters.
 struct SmemReport {
   long long load_instr = 0, store_instr = 0, vector_instr = 0;  // warp instructions (vector: 128-bit loads)
-  long long wavefronts_quarter = 0, wavefronts_merged = 0;      // all loads and stores
+  long long wavefronts = 0, wavefronts_quarter = 0;             // all loads and stores
   long long fma_instr = 0;  // warp FMA instructions
   // FMA issue clocks per shared-memory clock at one wavefront per clock and
   // 4 warp FMAs per clock (an SM's 4 sub-partitions): the FMA rate's upper
   // bound when shared memory is the limit (capped at 1).
-  double fma_bound(bool merged) const;
+  double fma_bound(bool quarter = false) const;
   SmemReport& operator+=(const SmemReport& o);
   SmemReport& operator-=(const SmemReport& o);
 };
