@@ -241,11 +241,6 @@ STS_HD inline void load4(const Real* p, Real (&v)[4]) {
 #endif
 }
 
-// VA (vector A): when A is row-major along k (sak == 1) with rows and base
-// aligned to 4 elements, a thread loads A(i, k..k+3) at once (load4): per four
-// k, MR wide loads of A instead of 4 MR scalar ones. A warp's A loads are
-// broadcasts or few distinct rows, so this cuts the shared-memory wavefronts
-// of the forward products (docs/PERFORMANCE.md, GPU). K % 4 is done scalar.
 // Shared-memory tracing for the host emulation's bank model (SmemTrace in
 // kernels/device_emu.hpp): a team with `static constexpr bool kTraceShared =
 // true` hears of every load and store of the device GEMM tiles, in the order
@@ -258,18 +253,29 @@ STS_HD constexpr bool team_traces() {
     return false;
 }
 
+// VA (vector A): when A is row-major along k (sak == 1) with rows and base
+// aligned to 4 elements, a thread loads A(i, k..k+3) at once (load4): per four
+// k, MR wide loads of A instead of 4 MR scalar ones. A warp's A loads are
+// broadcasts or few distinct rows, so this cuts the shared-memory wavefronts
+// of the forward products (docs/PERFORMANCE.md, GPU). K % 4 is done scalar.
+// With VA, a transposed A (sai == 1, sak aligned, M a multiple of MR and MR of
+// 4) instead gives each thread MR consecutive rows (i = gy MR + p, not
+// gy + p GY) and loads A(i..i+3, k) at once: the weight-gradient products
+// (X^T D, H^T D). Either way each element is the same fma chain over k.
 template <class Real, int MR, int NR, int MODE, bool VA, class Team>
 STS_HD inline void gemm_team_tile(const Team& team, int M, int Nc, int K, const Real* A, int sai,
                                   int sak, const Real* B, int ldb, Real* C, int ldc, Real alpha) {
   const int GY = (M + MR - 1) / MR, GX = (Nc + NR - 1) / NR;
   const int tiles = GX * GY;
   const bool va = VA && sak == 1 && sai % 4 == 0 && reinterpret_cast<uintptr_t>(A) % 16 == 0;
+  const bool vi = VA && !va && MR % 4 == 0 && sai == 1 && sak % 4 == 0 && M % MR == 0 &&
+                  reinterpret_cast<uintptr_t>(A) % 16 == 0;
   for (int t = team.rank(); t < tiles; t += team.size()) {
     const int gx = t % GX, gy = t / GX;
     int ao[MR], co[MR], bo[NR];  // offsets of A(i, 0), C(i, 0), B(0, j)
     bool rv[MR], cv[NR];         // row / column inside C
     STS_UNROLL for (int p = 0; p < MR; ++p) {
-      const int i = gy + p * GY;
+      const int i = vi ? gy * MR + p : gy + p * GY;
       rv[p] = i < M;
       const int ic = rv[p] ? i : M - 1;
       ao[p] = ic * sai;
@@ -306,6 +312,28 @@ STS_HD inline void gemm_team_tile(const Team& team, int M, int Nc, int K, const 
           }
           STS_UNROLL for (int p = 0; p < MR; ++p) {
             STS_UNROLL for (int q = 0; q < NR; ++q) c[p][q] = fmadd(av[p][kk], bv[q], c[p][q]);
+          }
+        }
+      }
+    }
+    if constexpr (VA && MR % 4 == 0) {
+      if (vi) {
+        const Real* a4 = A + ao[0];  // A(gy MR, 0): rows ao[0] .. ao[0] + MR - 1 are consecutive
+        for (; k < K; ++k, a4 += sak, b += ldb) {
+          Real av[MR], bv[NR];
+          STS_UNROLL for (int p = 0; p < MR; p += 4) {
+            Real v4[4];
+            load4(a4 + p, v4);
+            STS_UNROLL for (int u = 0; u < 4; ++u) av[p + u] = v4[u];
+            if constexpr (team_traces<Team>()) team.trace_access(a4 + p, 4 * sizeof(Real), false);
+          }
+          STS_UNROLL for (int q = 0; q < NR; ++q) bv[q] = b[bo[q]];
+          if constexpr (team_traces<Team>()) {
+            for (int q = 0; q < NR; ++q) team.trace_access(b + bo[q], sizeof(Real), false);
+            team.trace_fma(MR * NR);
+          }
+          STS_UNROLL for (int p = 0; p < MR; ++p) {
+            STS_UNROLL for (int q = 0; q < NR; ++q) c[p][q] = fmadd(av[p], bv[q], c[p][q]);
           }
         }
       }
