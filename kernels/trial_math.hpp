@@ -418,7 +418,23 @@ STS_HD inline void gemm_team_tiled(const Team& team, int M, int Nc, int K, const
                 gemm_team_tile_mr(2) == 4 && gemm_team_tile_nr(2) == 2 &&
                 gemm_team_tile_mr(4) == 2 && gemm_team_tile_nr(4) == 1,
                 "the cases below follow gemm_team_tile_mr/nr");
-  switch (gemm_team_tile_shape(M, Nc, team.size())) {
+  const int shape = gemm_team_tile_shape(M, Nc, team.size());
+  if constexpr (VA) {
+    // Where 128-bit A loads apply, a one-column tile of the same size is
+    // cheaper in shared-memory wavefronts than the square-ish one (a warp's
+    // B loads fill whole wavefronts, its A loads are one broadcast chunk per
+    // half warp): bench_smem_model. Same rounds of tiles, same chains.
+    const bool a16 = reinterpret_cast<uintptr_t>(A) % 16 == 0;
+    if (shape == 3 && a16 && sai == 1 && sak % 4 == 0 && M % 4 == 0) {
+      gemm_team_tile<Real, 4, 1, MODE, VA>(team, M, Nc, K, A, sai, sak, B, ldb, C, ldc, alpha);
+      return;
+    }
+    if (shape == 2 && a16 && sak == 1 && sai % 4 == 0 && M % 8 == 0) {
+      gemm_team_tile<Real, 8, 1, MODE, VA>(team, M, Nc, K, A, sai, sak, B, ldb, C, ldc, alpha);
+      return;
+    }
+  }
+  switch (shape) {
     case 0:
       gemm_team_tile<Real, 8, 4, MODE, VA>(team, M, Nc, K, A, sai, sak, B, ldb, C, ldc, alpha);
       break;
