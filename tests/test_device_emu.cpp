@@ -27,19 +27,23 @@ namespace {
 using namespace stsweep::testing;
 using cuda::kNone;
 
-std::vector<TrialResult> run_emu(const Batch& b, Precision prec, cuda::Path path, int threads,
-                                 std::string* paths = nullptr, bool compact = true) {
+std::vector<TrialResult> run_emu_with(const Batch& b, Precision prec, const cuda::EmuOptions& eo,
+                                      std::string* paths = nullptr) {
   RunOptions o;
   o.sweep_seed = 7;
   o.precision = prec;
-  cuda::EmuOptions eo;
-  eo.path = path;
-  eo.block_threads = threads;
-  eo.compact_eval = compact;
   auto be = cuda::make_emulated_backend(eo);
   auto r = be->run(b, o);
   if (paths) *paths = cuda::emulated_stats(*be).paths;
   return r;
+}
+std::vector<TrialResult> run_emu(const Batch& b, Precision prec, cuda::Path path, int threads,
+                                 std::string* paths = nullptr, bool compact = true) {
+  cuda::EmuOptions eo;
+  eo.path = path;
+  eo.block_threads = threads;
+  eo.compact_eval = compact;
+  return run_emu_with(b, prec, eo, paths);
 }
 
 TrialParams small(int seed) {
@@ -524,9 +528,7 @@ TEST(SmemModel, TraceCoversEveryFmaOfAStepAndScalarAEqualsVectorA) {
     eo.block_threads = 64;
     eo.vector_a = va;
     eo.trace = &trace;
-    RunOptions o;
-    o.sweep_seed = 7;
-    auto r = cuda::make_emulated_backend(eo)->run(make_batch({q}), o);
+    auto r = run_emu_with(make_batch({q}), Precision::f32, eo);
     if (out) *out = r;
     return cuda::smem_report(trace);
   };
