@@ -114,6 +114,8 @@ int run_main(const RunArgs& a) {
   Sweep sweep = Sweep::from_file(a.file);
   Shard shard = parse_shard(a.shard);
   IdRange range = shard_range(sweep.count(), shard);
+  // Values that do not combine are bad input: say so before a file exists.
+  check_trials(sweep, range);
 
   RunOptions ro;
   ro.sweep_seed = sweep.seed();

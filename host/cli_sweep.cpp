@@ -30,10 +30,6 @@ std::string csv_field(const std::string& s) {
   return q + "\"";
 }
 
-// Trials that validate checks for combinations (k <= d, widths vs decomposition):
-// every one up to this many, else an even spread plus each block's ends.
-constexpr uint64_t kCheckAll = 200000;
-
 int validate(const std::string& file) {
   Sweep s = Sweep::from_file(file);
   std::cout << "sweep:  " << s.name() << "\n";
@@ -61,14 +57,7 @@ int validate(const std::string& file) {
   if (axes.empty()) std::cout << "axes:   none (one trial of the defaults per block)\n";
   std::fflush(stdout);
 
-  uint64_t n = s.count(), checked = 0;
-  if (n <= kCheckAll) {
-    for (uint64_t id = 0; id < n; ++id, ++checked) s.trial(id);
-  } else {
-    const uint64_t spread = 20000;
-    for (uint64_t j = 0; j <= spread; ++j, ++checked)
-      s.trial(static_cast<uint64_t>(static_cast<unsigned __int128>(n - 1) * j / spread));
-  }
+  const uint64_t n = s.count(), checked = check_trials(s, {0, n});
   std::cout << "ok: " << (checked == n ? "all " : "") << checked << " trials checked"
             << (checked == n ? "" : " (an even spread of the sweep)") << "\n";
   return kExitOk;

@@ -983,7 +983,52 @@ nlohmann::json Sweep::trial_json(uint64_t id) const {
 }
 
 TrialParams Sweep::trial(uint64_t id) const {
-  return parse_trial_params(trial_json(id), "trials[" + std::to_string(id) + "]");
+  const nlohmann::json j = trial_json(id);
+  const std::string path = "trials[" + std::to_string(id) + "]";
+  try {
+    return parse_trial_params(j, path);
+  } catch (const InputError& e) {
+    // Say which grid point it is: the trial's value of every axis.
+    std::string where;
+    for (const AxisInfo& a : axes()) {
+      size_t from = 0;
+      for (;;) {
+        const size_t plus = a.name.find('+', from);
+        const std::string key = a.name.substr(from, plus == std::string::npos ? std::string::npos : plus - from);
+        const nlohmann::json* v = &j;
+        size_t k0 = 0;
+        for (;;) {
+          const size_t dot = key.find('.', k0);
+          const std::string part = key.substr(k0, dot == std::string::npos ? std::string::npos : dot - k0);
+          v = v->is_object() && v->contains(part) ? &(*v)[part] : nullptr;
+          if (!v || dot == std::string::npos) break;
+          k0 = dot + 1;
+        }
+        if (v && where.find(key + " = ") == std::string::npos)
+          where += (where.empty() ? "" : ", ") + key + " = " + v->dump();
+        if (plus == std::string::npos) break;
+        from = plus + 1;
+      }
+    }
+    std::string msg = e.what();
+    if (!e.path.empty() && msg.rfind(e.path + ": ", 0) == 0) msg = msg.substr(e.path.size() + 2);
+    if (where.empty()) throw;
+    throw InputError(e.path, msg + " (trial " + std::to_string(id) + ": " + where + ")");
+  }
+}
+
+uint64_t check_trials(const Sweep& s, IdRange r, uint64_t all_up_to) {
+  r.end = std::min(r.end, s.count());
+  if (r.begin >= r.end) return 0;
+  const uint64_t n = r.end - r.begin;
+  if (n <= all_up_to) {
+    for (uint64_t id = r.begin; id < r.end; ++id) s.trial(id);
+    return n;
+  }
+  const uint64_t spread = 20000;
+  for (uint64_t j = 0; j <= spread; ++j)
+    s.trial(r.begin + static_cast<uint64_t>(static_cast<unsigned __int128>(n - 1) * j / spread));
+  return spread + 1;
 }
 
 Shard parse_shard(const std::string& text) {

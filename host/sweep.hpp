@@ -62,4 +62,10 @@ struct IdRange {
 };
 IdRange shard_range(uint64_t n_trials, Shard s);
 
+// Decodes trials of `r` (clipped to the sweep) so that a value that does not
+// combine (k > d, ...) is an InputError before anything runs: every one when
+// there are at most `all_up_to`, else an even spread of 20001 including both
+// ends. Returns how many it checked. `validate` and `run` call it.
+uint64_t check_trials(const Sweep& s, IdRange r, uint64_t all_up_to = 200000);
+
 }  // namespace stsweep

@@ -133,6 +133,17 @@ TEST(Cli, BadInputExitsTwoWithThePath) {
   EXPECT_EQ(c.rc, 2);
   EXPECT_NE(c.err.find("trials[0].k"), std::string::npos) << c.err;
 
+  // run refuses it before a results file exists, naming the trial's grid point:
+  // trial 3 of d x noise is d = 4 (k = 8 by default), the first 3 are fine.
+  std::string mid = write_file("mid.json", R"({"grid": {"d": [32, 4], "noise": [0.1, 0.2, 0.3]}})");
+  const std::string out = (scratch() / "mid.h5").string();
+  Outcome mr = run("run '" + mid + "' -o '" + out + "' --backend cpu --progress none");
+  EXPECT_EQ(mr.rc, 2);
+  EXPECT_NE(mr.err.find("trials[3].k"), std::string::npos) << mr.err;
+  EXPECT_NE(mr.err.find("(trial 3: d = 4, noise = 0.1)"), std::string::npos) << mr.err;
+  EXPECT_FALSE(fs::exists(out)) << "no results file for a sweep that cannot run";
+  EXPECT_FALSE(fs::exists(out + ".journal"));
+
   Outcome m = run("validate /nonexistent/sweep.json");
   EXPECT_EQ(m.rc, 2);
   EXPECT_NE(m.err.find("/nonexistent/sweep.json"), std::string::npos) << m.err;
