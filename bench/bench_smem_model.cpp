@@ -3,6 +3,7 @@
 // smem_report). No GPU needed: it runs the device body on the host.
 //
 //   build/bench/bench_smem_model [--d 64] [--h 64] [--m 16] [--n 128] [--path data|moment]
+//                                [--kernel fused|warp]
 //
 // Defaults: the standard GPU grid (issue 5). For each A-load variant it prints
 // warp instructions and 128-byte wavefronts per step, and the FMA rate's upper
@@ -22,10 +23,12 @@ using namespace stsweep::cuda;
 
 namespace {
 
+Path g_kernel = Path::fused;
+
 SmemReport traced_run(const Sweep& sw, bool vector_a, std::vector<SmemReport>* segments = nullptr) {
   SmemTrace trace;
   EmuOptions eo;
-  eo.path = Path::fused;
+  eo.path = g_kernel;
   eo.vector_a = vector_a;
   eo.trace = &trace;
   auto be = make_emulated_backend(eo);
@@ -64,17 +67,19 @@ int main(int argc, char** argv) {
     else if (k == "--m") m = std::atoi(argv[i + 1]);
     else if (k == "--n") n = std::atoi(argv[i + 1]);
     else if (k == "--path") path = argv[i + 1];
+    else if (k == "--kernel") g_kernel = std::string(argv[i + 1]) == "warp" ? Path::warp : Path::fused;
     else {
-      std::fprintf(stderr, "bench_smem_model: unknown option %s (--d --h --m --n --path)\n", k.c_str());
+      std::fprintf(stderr, "bench_smem_model: unknown option %s (--d --h --m --n --path --kernel)\n", k.c_str());
       return 2;
     }
   }
   // One training step = a run of 2 steps less a run of 1 (both end with a forward pass).
   const Sweep s1 = Sweep::from_text(sweep_text(d, h, m, n, path, 1));
   const Sweep s2 = Sweep::from_text(sweep_text(d, h, m, n, path, 2));
-  std::printf("fused kernel, one %s-path training step of a 2-layer network: d = %d, h = %d, m = %d, N = %d, "
-              "%d-thread block\n\n",
-              path.c_str(), d, h, m, n, kThreads);
+  std::printf("%s kernel, one %s-path training step of a 2-layer network: d = %d, h = %d, m = %d, N = %d, "
+              "%d threads a network\n\n",
+              g_kernel == Path::warp ? "warp" : "fused", path.c_str(), d, h, m, n,
+              g_kernel == Path::warp ? kWarp : kThreads);
   std::printf("| A loads | load instr | of them 128-bit | store instr | FMA instr | wavefronts (quarter) | "
               "wavefronts (half) | FMA bound (quarter) | FMA bound (half) |\n");
   std::printf("| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
