@@ -110,6 +110,9 @@ int main(int argc, char** argv) {
   setenv("STSWEEP_CUDA_VECTOR_A", "0", 1);  // v2's tiles: A loaded one k at a time
   run("data fused, scalar A", cuda::Path::fused, TrainPath::data);
   unsetenv("STSWEEP_CUDA_VECTOR_A");
+  setenv("STSWEEP_CUDA_ONE_COLUMN", "0", 1);  // v4's tiles: no one-column shapes
+  run("data fused, v4", cuda::Path::fused, TrainPath::data);
+  unsetenv("STSWEEP_CUDA_ONE_COLUMN");
   for (auto& t : batch.trials) {
     t.d = t.hidden[0] = 16;
     t.k = 8;

@@ -25,11 +25,13 @@ namespace {
 
 Path g_kernel = Path::fused;
 
-SmemReport traced_run(const Sweep& sw, bool vector_a, std::vector<SmemReport>* segments = nullptr) {
+// Variants: 0 = vector A with one-column tiles (v5, the default), 1 = v4, 2 = scalar A (v2).
+SmemReport traced_run(const Sweep& sw, int variant, std::vector<SmemReport>* segments = nullptr) {
   SmemTrace trace;
   EmuOptions eo;
   eo.path = g_kernel;
-  eo.vector_a = vector_a;
+  eo.vector_a = variant != 2;
+  eo.one_column = variant == 0;
   eo.trace = &trace;
   auto be = make_emulated_backend(eo);
   Batch b;
@@ -83,10 +85,12 @@ int main(int argc, char** argv) {
   std::printf("| A loads | load instr | of them 128-bit | store instr | FMA instr | wavefronts (quarter) | "
               "wavefronts (half) | FMA bound (quarter) | FMA bound (half) |\n");
   std::printf("| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
-  for (bool va : {true, false}) {
-    SmemReport r = traced_run(s2, va);
-    r -= traced_run(s1, va);
-    std::printf("| %s | %lld | %lld | %lld | %lld | %lld | %lld | %.0f%% | %.0f%% |\n", va ? "vector" : "scalar",
+  const char* names[] = {"vector, v5 (default)", "vector, v4 (STSWEEP_CUDA_ONE_COLUMN=0)",
+                         "scalar, v2 (STSWEEP_CUDA_VECTOR_A=0)"};
+  for (int v = 0; v < 3; ++v) {
+    SmemReport r = traced_run(s2, v);
+    r -= traced_run(s1, v);
+    std::printf("| %s | %lld | %lld | %lld | %lld | %lld | %lld | %.0f%% | %.0f%% |\n", names[v],
                 r.load_instr, r.vector_instr, r.store_instr, r.fma_instr, r.wavefronts_quarter,
                 r.wavefronts, 100 * r.fma_bound(true), 100 * r.fma_bound(false));
   }
@@ -94,12 +98,12 @@ int main(int argc, char** argv) {
   std::printf("\nPer barrier segment with FMAs, 1-step run (forward, backward and update, forward):\n\n");
   std::printf("| A loads | segment | load instr | FMA instr | wavefronts (quarter) | wavefronts (half) |\n");
   std::printf("| --- | --- | --- | --- | --- | --- |\n");
-  for (bool va : {true, false}) {
+  for (int v = 0; v < 3; ++v) {
     std::vector<SmemReport> seg;
-    traced_run(s1, va, &seg);
+    traced_run(s1, v, &seg);
     for (size_t i = 0; i < seg.size(); ++i)
       if (seg[i].fma_instr > 0)
-        std::printf("| %s | %zu | %lld | %lld | %lld | %lld |\n", va ? "vector" : "scalar", i, seg[i].load_instr,
+        std::printf("| %s | %zu | %lld | %lld | %lld | %lld |\n", names[v], i, seg[i].load_instr,
                     seg[i].fma_instr, seg[i].wavefronts_quarter, seg[i].wavefronts);
   }
   return 0;

@@ -144,6 +144,8 @@ class CudaBackend final : public Backend {
     static_shared_ = fused_static_shared_bytes();
     const char* va = std::getenv("STSWEEP_CUDA_VECTOR_A");
     vector_a_ = !(va && std::string(va) == "0");
+    const char* oc = std::getenv("STSWEEP_CUDA_ONE_COLUMN");
+    one_column_ = !(oc && std::string(oc) == "0");
   }
   ~CudaBackend() override {
     for (auto& w : waves_) {
@@ -269,7 +271,8 @@ class CudaBackend final : public Backend {
       const Layout& y = plan.y;
       const bool scalar_a = !vector_a_ && sizeof(Real) == 4 &&
                             (plan.path == Path::fused || plan.path == Path::warp || plan.path == Path::general);
-      paths_.insert(std::string(cuda::name(plan.path)) + (scalar_a ? " (scalar A)" : ""));
+      paths_.insert(std::string(cuda::name(plan.path)) + (scalar_a ? " (scalar A)" : "") +
+                    (!one_column_ && !scalar_a && plan.path != Path::cublas ? " (v4 tiles)" : ""));
       {  // Once per shape and trainer: which one runs it (a researcher's first question when slow).
         std::string widths;
         for (int l = 0; l <= plan.s.net.L; ++l) widths += (l ? "-" : "") + std::to_string(plan.s.net.w[l]);
@@ -323,7 +326,8 @@ class CudaBackend final : public Backend {
       buf.state = d_state;
       buf.snap = d_snap;
       buf.metrics = d_metrics;
-      const TrainArgs<Real> a = train_args(plan, buf);
+      TrainArgs<Real> a = train_args(plan, buf);
+      a.one_column = one_column_ ? 1 : 0;
       g.t0 = std::make_unique<Event>();
       g.t1 = std::make_unique<Event>();
       g.t2 = std::make_unique<Event>();
@@ -386,6 +390,7 @@ class CudaBackend final : public Backend {
   RunStats stats_;
   bool poison_ = false;
   bool vector_a_ = true;  // STSWEEP_CUDA_VECTOR_A=0: the scalar-A (v2) tiles, float only
+  bool one_column_ = true;  // STSWEEP_CUDA_ONE_COLUMN=0: v4's tiles (no one-column shapes)
   size_t select_temp_ = 0;
   std::set<std::string> paths_, logged_;
 };

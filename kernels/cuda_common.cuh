@@ -50,6 +50,7 @@ template <bool VA = true>
 struct BlockTeamT {
   static constexpr bool kVectorA = VA;
   double* red;  // >= 32 doubles of shared memory
+  bool one_column = true;  // v5 tiles (tm::detail::team_one_column)
   STS_HD int rank() const {
 #ifdef __CUDA_ARCH__
     return static_cast<int>(threadIdx.x);
@@ -93,6 +94,7 @@ struct BlockTeamT {
 template <bool VA = true>
 struct WarpTeamT {
   static constexpr bool kVectorA = VA;
+  bool one_column = true;  // v5 tiles (tm::detail::team_one_column)
   STS_HD int rank() const {
 #ifdef __CUDA_ARCH__
     return static_cast<int>(threadIdx.x & 31);

@@ -33,7 +33,7 @@ template <class Real, bool VA>
 __global__ void __launch_bounds__(kThreads, 1) fused_train(const TrainArgs<Real> a) {
   __shared__ double red[32];
   extern __shared__ __align__(16) unsigned char smem[];
-  const BlockTeamT<VA> team{red};
+  const BlockTeamT<VA> team{red, a.one_column != 0};
   train_network(team, a, static_cast<int>(blockIdx.x), reinterpret_cast<Real*>(smem));
 }
 
@@ -44,7 +44,7 @@ __global__ void __launch_bounds__(kThreads, 1) warp_train(const TrainArgs<Real> 
   const int w = static_cast<int>(threadIdx.x) / kWarp;
   const int net = static_cast<int>(blockIdx.x) * warps + w;
   if (w >= warps || net >= a.nnets) return;  // whole warps only: no block-wide sync below
-  const WarpTeamT<VA> team;
+  const WarpTeamT<VA> team{a.one_column != 0};
   train_network(team, a, net, reinterpret_cast<Real*>(smem) + static_cast<size_t>(w) * net_shared_reals);
 }
 

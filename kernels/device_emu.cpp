@@ -283,10 +283,12 @@ class EmuBackend final : public Backend {
         warp ? kWarp : eo_.block_threads, warp,
         [&](const EmuTeam& team) {
           Real* sm = smem.empty() ? nullptr : smem.data();
+          EmuTeam t = team;
+          t.one_column = eo_.one_column;
           if (eo_.vector_a) {
-            for (int k = 0; k < a.nnets; ++k) train_network(team, a, k, sm);
+            for (int k = 0; k < a.nnets; ++k) train_network(t, a, k, sm);
           } else {
-            const EmuTeamScalarA st{team};
+            const EmuTeamScalarA st{t};
             for (int k = 0; k < a.nnets; ++k) train_network(st, a, k, sm);
           }
         },

@@ -40,6 +40,7 @@ struct EmuTeam {
   EmuGroup* g = nullptr;
   int r = 0, n = 1;
   SmemTrace* trace = nullptr;
+  bool one_column = true;  // v5 tiles (tm::detail::team_one_column); EmuOptions::one_column
   int rank() const { return r; }
   int size() const { return n; }
   void sync() const;
@@ -100,6 +101,7 @@ struct EmuOptions {
   size_t shared_per_block = 227 * 1024;  // the H200's opt-in maximum less a little
   bool compact_eval = true;        // evaluate only the items eval_needed() keeps
   bool vector_a = true;            // the training kernels' A loads (EmuTeam / EmuTeamScalarA)
+  bool one_column = true;          // v5's one-column tiles (STSWEEP_CUDA_ONE_COLUMN on the device)
   SmemTrace* trace = nullptr;      // when set: the training kernel's accesses (one team, sized here)
 };
 std::unique_ptr<Backend> make_emulated_backend(const EmuOptions& eo);

@@ -95,6 +95,7 @@ struct TrainArgs {
   double* snap = nullptr;         // nets x slots x wsize: checkpoints, then first, final
   int slots = 0;                  // max nck + 2
   NetState* state = nullptr;
+  int one_column = 1;             // GEMM tiles: 1 = v5's one-column shapes where 128-bit A applies, 0 = v4
 };
 
 struct EvalArgs {

@@ -407,6 +407,16 @@ STS_HD inline int gemm_team_tile_shape(int M, int Nc, int members) {
   return best;
 }
 
+// Whether the team takes v5's one-column tiles (a team's `one_column` member,
+// set from TrainArgs::one_column / STSWEEP_CUDA_ONE_COLUMN; true without one).
+template <class Team>
+STS_HD inline bool team_one_column(const Team& t) {
+  if constexpr (requires { t.one_column; })
+    return t.one_column;
+  else
+    return true;
+}
+
 // C (M x Nc) <- mode(C, A.B) by a team, each member its share of the tiles;
 // the same arguments as tm::gemm. All members must pass the same arguments.
 template <int MODE, bool VA = false, class Real, class Team>
@@ -420,6 +430,7 @@ STS_HD inline void gemm_team_tiled(const Team& team, int M, int Nc, int K, const
                 "the cases below follow gemm_team_tile_mr/nr");
   const int shape = gemm_team_tile_shape(M, Nc, team.size());
   if constexpr (VA) {
+    if (team_one_column(team)) {
     // Where 128-bit A loads apply, a one-column tile of the same size is
     // cheaper in shared-memory wavefronts than the square-ish one (a warp's
     // B loads fill whole wavefronts, its A loads are one broadcast chunk per
@@ -432,6 +443,7 @@ STS_HD inline void gemm_team_tiled(const Team& team, int M, int Nc, int K, const
     if (shape == 2 && a16 && sak == 1 && sai % 4 == 0 && M % 8 == 0) {
       gemm_team_tile<Real, 8, 1, MODE, VA>(team, M, Nc, K, A, sai, sak, B, ldb, C, ldc, alpha);
       return;
+    }
     }
   }
   switch (shape) {

@@ -307,6 +307,11 @@ TEST(CudaFused, VectorAndScalarALoadsAgree) {
     unsetenv("STSWEEP_CUDA_VECTOR_A");
     EXPECT_NE(paths.find("scalar A"), std::string::npos) << paths;
     for (size_t i = 0; i < ps.size(); ++i) expect_same(scalar[i], vec[i], paths + " " + std::to_string(i));
+    setenv("STSWEEP_CUDA_ONE_COLUMN", "0", 1);  // v4's tiles
+    const auto v4 = run_gpu(b, Precision::f32, path, &paths);
+    unsetenv("STSWEEP_CUDA_ONE_COLUMN");
+    EXPECT_NE(paths.find("v4 tiles"), std::string::npos) << paths;
+    for (size_t i = 0; i < ps.size(); ++i) expect_same(v4[i], vec[i], paths + " " + std::to_string(i));
   }
 }
 
