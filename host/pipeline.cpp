@@ -4,6 +4,7 @@
 #include <chrono>
 #include <future>
 #include <memory>
+#include <optional>
 
 namespace stsweep {
 namespace {
@@ -18,8 +19,7 @@ struct Outcome {
   Clock::time_point end;  // when the backend returned
 };
 
-// A stored batch whose overlap with training is known only once the batch
-// that ran meanwhile has finished.
+// A store's span on the clock.
 struct StoreSpan {
   Clock::time_point begin, end;
 };
@@ -40,7 +40,7 @@ PipelineStats run_pipeline(Batcher& batcher, Backend& backend, const RunOptions&
       return o;
     });
   };
-  // Stops the run; true when the caller should return (on_stop came back).
+  // Stops the run: tells on_stop, then waits for the batch in flight (dropped).
   auto halt = [&](int64_t in_flight, std::future<Outcome>* fut) {
     if (hooks.on_stop) hooks.on_stop(in_flight);
     if (fut && fut->valid()) fut->wait();  // the batch is dropped, not stored
@@ -52,8 +52,9 @@ PipelineStats run_pipeline(Batcher& batcher, Backend& backend, const RunOptions&
   bool have = batcher.next(*cur);
   std::future<Outcome> fut;
   if (have) fut = launch(cur);
-  bool open_span = false;  // the last store ran beside the batch in `fut`
-  StoreSpan span;
+  // The last store, while it ran beside the batch in `fut`: its overlap with
+  // training is known once that batch has finished.
+  std::optional<StoreSpan> beside;
   while (have) {
     auto nxt = std::make_shared<Batch>();
     const bool have_next = batcher.next(*nxt);  // decode the next batch while the backend works
@@ -65,19 +66,20 @@ PipelineStats run_pipeline(Batcher& batcher, Backend& backend, const RunOptions&
       if (hooks.tick) hooks.tick();
     }
     Outcome o = fut.get();
-    if (open_span) {  // the part of the last store after this batch finished had no training beside it
-      st.store_exposed += seconds(std::max(Clock::duration::zero(), span.end - std::max(span.begin, o.end)));
-      open_span = false;
+    if (beside) {  // the part of the last store after this batch finished had no training beside it
+      st.store_exposed += seconds(std::max(Clock::duration::zero(), beside->end - std::max(beside->begin, o.end)));
+      beside.reset();
     }
     if (have_next) fut = launch(nxt);
     const RowBlock block = RowBlock::from_batch(*cur, o.results);
+    StoreSpan span;
     span.begin = Clock::now();
     writer.append(block, o.seconds);
     if (opt.fold_while_training && have_next && fut.wait_for(std::chrono::seconds(0)) != std::future_status::ready)
       writer.checkpoint_within(0.5 * o.seconds);
     span.end = Clock::now();
     st.store += seconds(span.end - span.begin);
-    if (have_next) open_span = true;
+    if (have_next) beside = span;
     else st.store_exposed += seconds(span.end - span.begin);
     st.compute += o.seconds;
     for (const auto& r : o.results) {

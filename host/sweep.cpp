@@ -988,28 +988,12 @@ TrialParams Sweep::trial(uint64_t id) const {
   try {
     return parse_trial_params(j, path);
   } catch (const InputError& e) {
-    // Say which grid point it is: the trial's value of every axis.
+    // Say which grid point it is: the trial's value of each axis of its block.
+    uint64_t local = 0;
     std::string where;
-    for (const AxisInfo& a : axes()) {
-      size_t from = 0;
-      for (;;) {
-        const size_t plus = a.name.find('+', from);
-        const std::string key = a.name.substr(from, plus == std::string::npos ? std::string::npos : plus - from);
-        const nlohmann::json* v = &j;
-        size_t k0 = 0;
-        for (;;) {
-          const size_t dot = key.find('.', k0);
-          const std::string part = key.substr(k0, dot == std::string::npos ? std::string::npos : dot - k0);
-          v = v->is_object() && v->contains(part) ? &(*v)[part] : nullptr;
-          if (!v || dot == std::string::npos) break;
-          k0 = dot + 1;
-        }
-        if (v && where.find(key + " = ") == std::string::npos)
-          where += (where.empty() ? "" : ", ") + key + " = " + v->dump();
-        if (plus == std::string::npos) break;
-        from = plus + 1;
-      }
-    }
+    for (const auto& ax : impl_->block_of(id, local).axes)
+      for (const auto& m : ax.members)
+        if (const nlohmann::json* v = get_dotted(j, m.key)) where += (where.empty() ? "" : ", ") + m.key + " = " + v->dump();
     std::string msg = e.what();
     if (!e.path.empty() && msg.rfind(e.path + ": ", 0) == 0) msg = msg.substr(e.path.size() + 2);
     if (where.empty()) throw;

@@ -96,6 +96,13 @@ class Pool {
 };
 
 // ----------------------------------------------------------------- backend --
+// A 0/1 switch from the environment: `dflt` when unset or empty, off for "0".
+bool env_switch(const char* name, bool dflt) {
+  const char* e = std::getenv(name);
+  if (!e || !*e) return dflt;
+  return std::string(e) != "0";
+}
+
 Path path_from_env(Path dflt) {
   const char* e = std::getenv("STSWEEP_CUDA_PATH");
   if (!e || !*e) return dflt;
@@ -142,10 +149,8 @@ class CudaBackend final : public Backend {
     if (cs != CUBLAS_STATUS_SUCCESS)
       throw std::runtime_error(std::string("cublasCreate: ") + cublasGetStatusString(cs));
     static_shared_ = fused_static_shared_bytes();
-    const char* va = std::getenv("STSWEEP_CUDA_VECTOR_A");
-    vector_a_ = !(va && std::string(va) == "0");
-    const char* oc = std::getenv("STSWEEP_CUDA_ONE_COLUMN");
-    one_column_ = !(oc && std::string(oc) == "0");
+    vector_a_ = env_switch("STSWEEP_CUDA_VECTOR_A", true);
+    one_column_ = env_switch("STSWEEP_CUDA_ONE_COLUMN", true);
   }
   ~CudaBackend() override {
     for (auto& w : waves_) {
@@ -187,8 +192,7 @@ class CudaBackend final : public Backend {
   template <class Real>
   void run_all(const Batch& batch, const RunOptions& opt, std::vector<TrialResult>& out) {
     const Path want = path_;
-    const char* poison = std::getenv("STSWEEP_CUDA_POISON");
-    poison_ = poison && *poison && std::string(poison) != "0";
+    poison_ = env_switch("STSWEEP_CUDA_POISON", false);
     const size_t n = batch.trials.size();
     const int maxck = batch_maxck(batch);
     size_t vwork = 0;
