@@ -43,12 +43,15 @@ inline void check(cudaError_t e, const char* what, const char* file, int line) {
 // ------------------------------------------------------------------- team --
 // One thread block working on one network. VA: the GEMM tiles load A four k
 // at a time (tm::detail::gemm_team_tile); BlockTeamT<false> is the scalar-A
-// variant bench_cuda compares against (STSWEEP_CUDA_VECTOR_A=0).: sync = __syncthreads, sum = a
-// block reduction in a fixed order, returning the total to every thread (so
+// variant bench_cuda compares against (STSWEEP_CUDA_VECTOR_A=0). SMEM: every
+// GEMM operand is in shared memory (the fused kernel with its data there), so
+// the tiles load with shared-space instructions. sync = __syncthreads, sum =
+// a block reduction in a fixed order, returning the total to every thread (so
 // every thread takes the same branch on losses).
-template <bool VA = true>
+template <bool VA = true, bool SMEM = false>
 struct BlockTeamT {
   static constexpr bool kVectorA = VA;
+  static constexpr bool kSharedOperands = SMEM;  // tm::detail::team_shared_operands
   double* red;  // >= 32 doubles of shared memory
   bool one_column = true;  // v5 tiles (tm::detail::team_one_column)
   STS_HD int rank() const {
@@ -94,6 +97,7 @@ struct BlockTeamT {
 template <bool VA = true>
 struct WarpTeamT {
   static constexpr bool kVectorA = VA;
+  static constexpr bool kSharedOperands = true;  // each warp's slice of shared memory
   bool one_column = true;  // v5 tiles (tm::detail::team_one_column)
   STS_HD int rank() const {
 #ifdef __CUDA_ARCH__

@@ -29,11 +29,13 @@ namespace {
 
 // Min 1 block per SM: the fused block owns most of an SM's shared memory, and
 // without it ptxas capped float at 128 registers and spilled the GEMM tiles.
-template <class Real, bool VA>
+// SMEM: launched with a.shared (the trial's data and the network's work in
+// dynamic shared memory), which lets the GEMM tiles use shared-space loads.
+template <class Real, bool VA, bool SMEM>
 __global__ void __launch_bounds__(kThreads, 1) fused_train(const TrainArgs<Real> a) {
   __shared__ double red[32];
   extern __shared__ __align__(16) unsigned char smem[];
-  const BlockTeamT<VA> team{red, a.one_column != 0};
+  const BlockTeamT<VA, SMEM> team{red, a.one_column != 0};
   train_network(team, a, static_cast<int>(blockIdx.x), reinterpret_cast<Real*>(smem));
 }
 
@@ -62,17 +64,20 @@ __global__ void __launch_bounds__(kThreads) eval_snapshots(const EvalArgs a) {
 size_t fused_static_shared_bytes() {
   size_t b = 0;
   cudaFuncAttributes fa{};
-  STS_CUDA(cudaFuncGetAttributes(&fa, fused_train<float, true>));
-  b = fa.sharedSizeBytes > b ? fa.sharedSizeBytes : b;
-  STS_CUDA(cudaFuncGetAttributes(&fa, fused_train<float, false>));
-  b = fa.sharedSizeBytes > b ? fa.sharedSizeBytes : b;
-  STS_CUDA(cudaFuncGetAttributes(&fa, fused_train<double, true>));
-  b = fa.sharedSizeBytes > b ? fa.sharedSizeBytes : b;
+  for (const void* f : {reinterpret_cast<const void*>(fused_train<float, true, true>),
+                        reinterpret_cast<const void*>(fused_train<float, true, false>),
+                        reinterpret_cast<const void*>(fused_train<float, false, true>),
+                        reinterpret_cast<const void*>(fused_train<double, true, true>),
+                        reinterpret_cast<const void*>(fused_train<double, true, false>)}) {
+    STS_CUDA(cudaFuncGetAttributes(&fa, f));
+    b = fa.sharedSizeBytes > b ? fa.sharedSizeBytes : b;
+  }
   return b;
 }
 
-// Scalar-A variants are compiled for float only (the comparison bench_cuda
-// makes); double always loads A by four.
+// Scalar-A variants are compiled for float with shared-memory data only (the
+// comparison bench_cuda makes); double, and the general path (data in global
+// memory), always load A by four.
 template <class Real>
 constexpr bool has_scalar_a() {
   return sizeof(Real) == 4;
@@ -80,10 +85,11 @@ constexpr bool has_scalar_a() {
 
 template <class Real>
 void fused_prepare(size_t shared_bytes) {
-  STS_CUDA(cudaFuncSetAttribute(fused_train<Real, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+  STS_CUDA(cudaFuncSetAttribute(fused_train<Real, true, true>,
+                                cudaFuncAttributeMaxDynamicSharedMemorySize,
                                 static_cast<int>(shared_bytes)));
   if constexpr (has_scalar_a<Real>())
-    STS_CUDA(cudaFuncSetAttribute(fused_train<Real, false>,
+    STS_CUDA(cudaFuncSetAttribute(fused_train<Real, false, true>,
                                   cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   static_cast<int>(shared_bytes)));
 }
@@ -91,14 +97,19 @@ void fused_prepare(size_t shared_bytes) {
 template <class Real>
 void launch_fused(const TrainArgs<Real>& a, size_t shared_bytes, bool vector_a, cudaStream_t s) {
   if (a.nnets == 0) return;
+  if (!a.shared) {
+    fused_train<Real, true, false><<<a.nnets, kThreads, shared_bytes, s>>>(a);
+    STS_CUDA_LAUNCHED("fused_train (general)");
+    return;
+  }
   if constexpr (has_scalar_a<Real>()) {
     if (!vector_a) {
-      fused_train<Real, false><<<a.nnets, kThreads, shared_bytes, s>>>(a);
+      fused_train<Real, false, true><<<a.nnets, kThreads, shared_bytes, s>>>(a);
       STS_CUDA_LAUNCHED("fused_train (scalar A)");
       return;
     }
   }
-  fused_train<Real, true><<<a.nnets, kThreads, shared_bytes, s>>>(a);
+  fused_train<Real, true, true><<<a.nnets, kThreads, shared_bytes, s>>>(a);
   STS_CUDA_LAUNCHED("fused_train");
 }
 

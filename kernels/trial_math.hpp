@@ -253,6 +253,41 @@ STS_HD constexpr bool team_traces() {
     return false;
 }
 
+// Whether every operand a team's GEMM tiles touch lies in shared memory
+// (`static constexpr bool kSharedOperands = true`: the fused kernel with its
+// data in shared memory, the warp path). On the device the tiles then tell
+// the compiler so (__isShared), and it emits shared-space loads with 32-bit
+// addresses (LDS) instead of generic ones that must resolve the space at run
+// time (LD, 64-bit addresses): the operands reach the tiles through the
+// per-layer pointer tables, which hide where they point. A promise, not a
+// check: a team that says so must keep it (docs/PERFORMANCE.md, GPU).
+template <class Team>
+STS_HD constexpr bool team_shared_operands() {
+  if constexpr (requires { Team::kSharedOperands; })
+    return Team::kSharedOperands;
+  else
+    return false;
+}
+// p, with the promise above attached where the team makes it (the compiler's
+// address-space inference does not always carry it across a loop's pointer).
+template <class Team, class T>
+STS_HD inline T* shared_hint(T* p) {
+#if defined(__CUDA_ARCH__)
+  if constexpr (team_shared_operands<Team>()) __builtin_assume(__isShared(p));
+#endif
+  return p;
+}
+
+// One element load / store for the bank model (team_traces); nothing elsewhere.
+template <class Team, class T>
+STS_HD inline void trace_load(const Team& team, const T* p) {
+  if constexpr (team_traces<Team>()) team.trace_access(p, sizeof(T), false);
+}
+template <class Team, class T>
+STS_HD inline void trace_store(const Team& team, const T* p) {
+  if constexpr (team_traces<Team>()) team.trace_access(p, sizeof(T), true);
+}
+
 // VA (vector A): when A is row-major along k (sak == 1) with rows and base
 // aligned to 4 elements, a thread loads A(i, k..k+3) at once (load4): per four
 // k, MR wide loads of A instead of 4 MR scalar ones. A warp's A loads are
@@ -265,6 +300,9 @@ STS_HD constexpr bool team_traces() {
 template <class Real, int MR, int NR, int MODE, bool VA, class Team>
 STS_HD inline void gemm_team_tile(const Team& team, int M, int Nc, int K, const Real* A, int sai,
                                   int sak, const Real* B, int ldb, Real* C, int ldc, Real alpha) {
+  A = shared_hint<Team>(A);
+  B = shared_hint<Team>(B);
+  C = shared_hint<Team>(C);
   const int GY = (M + MR - 1) / MR, GX = (Nc + NR - 1) / NR;
   const int tiles = GX * GY;
   const bool va = VA && sak == 1 && sai % 4 == 0 && reinterpret_cast<uintptr_t>(A) % 16 == 0;
@@ -294,6 +332,11 @@ STS_HD inline void gemm_team_tile(const Team& team, int M, int Nc, int K, const 
           if (MODE == kAdd && rv[p] && cv[q]) team.trace_access(C + co[p] + bo[q], sizeof(Real), false);
       }
     }
+    // The row pointers a, a4, b step along k. With shared operands they are
+    // formed from A and B afresh each k instead: a pointer carried from one
+    // loop into the next loses the hint (shared_hint) and its loads turn
+    // generic; in global memory, carried pointers need fewer registers.
+    constexpr bool fresh = team_shared_operands<Team>();
     int k = 0;
     const Real* b = B;
     if (VA && va) {
@@ -304,6 +347,7 @@ STS_HD inline void gemm_team_tile(const Team& team, int M, int Nc, int K, const 
           if constexpr (team_traces<Team>()) team.trace_access(A + ao[p] + k, 4 * sizeof(Real), false);
         }
         STS_UNROLL for (int kk = 0; kk < 4; ++kk, b += ldb) {
+          if constexpr (fresh) b = B + static_cast<long>(k + kk) * ldb;
           Real bv[NR];
           STS_UNROLL for (int q = 0; q < NR; ++q) bv[q] = b[bo[q]];
           if constexpr (team_traces<Team>()) {
@@ -320,6 +364,7 @@ STS_HD inline void gemm_team_tile(const Team& team, int M, int Nc, int K, const 
       if (vi) {
         const Real* a4 = A + ao[0];  // A(gy MR, 0): rows ao[0] .. ao[0] + MR - 1 are consecutive
         for (; k < K; ++k, a4 += sak, b += ldb) {
+          if constexpr (fresh) a4 = A + ao[0] + static_cast<long>(k) * sak, b = B + static_cast<long>(k) * ldb;
           Real av[MR], bv[NR];
           STS_UNROLL for (int p = 0; p < MR; p += 4) {
             Real v4[4];
@@ -340,6 +385,7 @@ STS_HD inline void gemm_team_tile(const Team& team, int M, int Nc, int K, const 
     }
     const Real* a = A + static_cast<long>(k) * sak;
     for (; k < K; ++k, a += sak, b += ldb) {
+      if constexpr (fresh) a = A + static_cast<long>(k) * sak, b = B + static_cast<long>(k) * ldb;
       Real av[MR], bv[NR];
       STS_UNROLL for (int p = 0; p < MR; ++p) av[p] = a[ao[p]];
       STS_UNROLL for (int q = 0; q < NR; ++q) bv[q] = b[bo[q]];
@@ -678,20 +724,40 @@ STS_HD inline void gemm_nt(const Team& team, int M, int Nc, int K, const Real* A
 template <class Real, class Team>
 STS_HD inline void gd_update(const Team& team, int n, Real* __restrict__ W,
                              const Real* __restrict__ G, Real lr) {
-  for (int i = team.rank(); i < n; i += team.size()) W[i] = fmadd(-lr, G[i], W[i]);
+  W = detail::shared_hint<Team>(W);
+  G = detail::shared_hint<Team>(G);
+  for (int i = team.rank(); i < n; i += team.size()) {
+    detail::trace_load(team, G + i);
+    detail::trace_load(team, W + i);
+    detail::trace_store(team, W + i);
+    W[i] = fmadd(-lr, G[i], W[i]);
+  }
 }
 
 // dst (cols x rows) = src^T, src rows x cols, both row-major and dense.
+// Members take the elements of dst in turn (e = rank, rank + size, ...), so
+// every member has work and a warp's stores are consecutive words; its loads
+// are src's column reads, `cols` words apart.
 template <class Real, class Team>
 STS_HD inline void transpose(const Team& team, int rows, int cols, const Real* __restrict__ src,
                              Real* __restrict__ dst) {
-  for (int j = team.rank(); j < cols; j += team.size())
-    for (int i = 0; i < rows; ++i) dst[j * rows + i] = src[i * cols + j];
+  src = detail::shared_hint<Team>(src);
+  dst = detail::shared_hint<Team>(dst);
+  const int n = rows * cols;
+  for (int e = team.rank(); e < n; e += team.size()) {
+    const int j = e / rows, i = e - j * rows;
+    detail::trace_load(team, src + i * cols + j);
+    detail::trace_store(team, dst + e);
+    dst[e] = src[i * cols + j];
+  }
 }
 
 // ------------------------------------------------------------ reductions --
-// Sums use 16 interleaved partial sums (vectorisable, fixed order), combined
-// pairwise; each team member handles blocks of 16, then team.sum().
+// Sums use 16 interleaved partial sums (fixed order), combined pairwise, then
+// team.sum(). Member r takes elements r, r + size, r + 2 size, ... and adds
+// its c-th into lane c % 16: a warp reads consecutive words (no shared-memory
+// bank conflicts), and a team of one adds element i into lane i % 16, which is
+// what the CPU's SIMD path (team of one) computes, bit for bit.
 constexpr int kLanes = 16;
 template <class Real>
 STS_HD inline Real combine_lanes(Real (&p)[kLanes]) {
@@ -701,21 +767,20 @@ STS_HD inline Real combine_lanes(Real (&p)[kLanes]) {
   return p[0];
 }
 
-// D = (O - Y) * invN; returns sum (O - Y)^2 over this member's blocks.
+// D = (O - Y) * invN; returns sum (O - Y)^2 over this member's elements.
 template <class Real, class Team>
 STS_HD inline Real residual_sq(const Team& team, int n, const Real* __restrict__ O,
                                const Real* __restrict__ Y, Real* __restrict__ D, Real invN) {
   Real p[kLanes] = {};
-  int b = team.rank() * kLanes;
-  const int step = team.size() * kLanes;
+  int b = 0;
 #if STS_SIMD
-  {
+  if (team.size() == 1) {
     using S = simd::Vec<Real, simd::kWideBits>;
     constexpr int NV = kLanes / S::W;
     typename S::T acc[NV];
     for (int v = 0; v < NV; ++v) acc[v] = S::zero();
     const typename S::T vi = S::set1(invN);
-    for (; b + kLanes <= n; b += step)
+    for (; b + kLanes <= n; b += kLanes)
       for (int v = 0; v < NV; ++v) {
         const int o = b + v * S::W;
         const typename S::T r = S::sub(S::load(O + o), S::load(Y + o));
@@ -725,29 +790,38 @@ STS_HD inline Real residual_sq(const Team& team, int n, const Real* __restrict__
     for (int v = 0; v < NV; ++v) S::store(p + v * S::W, acc[v]);
   }
 #endif
-  for (; b < n; b += step)
-    for (int j = 0; j < kLanes && b + j < n; ++j) {
-      const Real r = O[b + j] - Y[b + j];
-      D[b + j] = r * invN;
+  O = detail::shared_hint<Team>(O);
+  Y = detail::shared_hint<Team>(Y);
+  D = detail::shared_hint<Team>(D);
+  const int sz = team.size();
+  for (int i = b + team.rank(); i < n; i += kLanes * sz) {
+    STS_UNROLL for (int j = 0; j < kLanes; ++j) {
+      const int e = i + j * sz;
+      if (e >= n) break;
+      detail::trace_load(team, O + e);
+      detail::trace_load(team, Y + e);
+      detail::trace_store(team, D + e);
+      const Real r = O[e] - Y[e];
+      D[e] = r * invN;
       p[j] = fmadd(r, r, p[j]);
     }
+  }
   return combine_lanes(p);
 }
 
-// sum (H - T)^2 over this member's blocks.
+// sum (H - T)^2 over this member's elements.
 template <class Real, class Team>
 STS_HD inline Real diff_sq(const Team& team, int n, const Real* __restrict__ H,
                            const Real* __restrict__ T) {
   Real p[kLanes] = {};
-  int b = team.rank() * kLanes;
-  const int step = team.size() * kLanes;
+  int b = 0;
 #if STS_SIMD
-  {
+  if (team.size() == 1) {
     using S = simd::Vec<Real, simd::kWideBits>;
     constexpr int NV = kLanes / S::W;
     typename S::T acc[NV];
     for (int v = 0; v < NV; ++v) acc[v] = S::zero();
-    for (; b + kLanes <= n; b += step)
+    for (; b + kLanes <= n; b += kLanes)
       for (int v = 0; v < NV; ++v) {
         const int o = b + v * S::W;
         const typename S::T r = S::sub(S::load(H + o), S::load(T + o));
@@ -756,28 +830,35 @@ STS_HD inline Real diff_sq(const Team& team, int n, const Real* __restrict__ H,
     for (int v = 0; v < NV; ++v) S::store(p + v * S::W, acc[v]);
   }
 #endif
-  for (; b < n; b += step)
-    for (int j = 0; j < kLanes && b + j < n; ++j) {
-      const Real r = H[b + j] - T[b + j];
+  H = detail::shared_hint<Team>(H);
+  T = detail::shared_hint<Team>(T);
+  const int sz = team.size();
+  for (int i = b + team.rank(); i < n; i += kLanes * sz) {
+    STS_UNROLL for (int j = 0; j < kLanes; ++j) {
+      const int e = i + j * sz;
+      if (e >= n) break;
+      detail::trace_load(team, H + e);
+      detail::trace_load(team, T + e);
+      const Real r = H[e] - T[e];
       p[j] = fmadd(r, r, p[j]);
     }
+  }
   return combine_lanes(p);
 }
 
-// S <- S - C; returns sum (S - 2C) o A (S before the update) over this member's blocks.
+// S <- S - C; returns sum (S - 2C) o A (S before the update) over this member's elements.
 template <class Real, class Team>
 STS_HD inline Real residual_dot(const Team& team, int n, Real* __restrict__ S_,
                                 const Real* __restrict__ A, const Real* __restrict__ C) {
   Real p[kLanes] = {};
-  int b = team.rank() * kLanes;
-  const int step = team.size() * kLanes;
+  int b = 0;
 #if STS_SIMD
-  {
+  if (team.size() == 1) {
     using S = simd::Vec<Real, simd::kWideBits>;
     constexpr int NV = kLanes / S::W;
     typename S::T acc[NV];
     for (int v = 0; v < NV; ++v) acc[v] = S::zero();
-    for (; b + kLanes <= n; b += step)
+    for (; b + kLanes <= n; b += kLanes)
       for (int v = 0; v < NV; ++v) {
         const int o = b + v * S::W;
         const typename S::T c = S::load(C + o), e = S::sub(S::load(S_ + o), c);
@@ -787,12 +868,23 @@ STS_HD inline Real residual_dot(const Team& team, int n, Real* __restrict__ S_,
     for (int v = 0; v < NV; ++v) S::store(p + v * S::W, acc[v]);
   }
 #endif
-  for (; b < n; b += step)
-    for (int j = 0; j < kLanes && b + j < n; ++j) {
-      const Real c = C[b + j], e = S_[b + j] - c;
-      p[j] = fmadd(e - c, A[b + j], p[j]);
-      S_[b + j] = e;
+  S_ = detail::shared_hint<Team>(S_);
+  A = detail::shared_hint<Team>(A);
+  C = detail::shared_hint<Team>(C);
+  const int sz = team.size();
+  for (int i = b + team.rank(); i < n; i += kLanes * sz) {
+    STS_UNROLL for (int j = 0; j < kLanes; ++j) {
+      const int k = i + j * sz;
+      if (k >= n) break;
+      detail::trace_load(team, C + k);
+      detail::trace_load(team, S_ + k);
+      detail::trace_load(team, A + k);
+      detail::trace_store(team, S_ + k);
+      const Real c = C[k], e = S_[k] - c;
+      p[j] = fmadd(e - c, A[k], p[j]);
+      S_[k] = e;
     }
+  }
   return combine_lanes(p);
 }
 
@@ -871,7 +963,11 @@ STS_HD inline Losses<Real> data_forward(const Team& team, const Net& net, const 
     team.sync();
     if (l < L && net.act != kLinear && wk.H[l] != wk.Z[l]) {
       const int n = N * net.w[l];
-      for (int i = team.rank(); i < n; i += team.size()) wk.H[l][i] = activate(net.act, wk.Z[l][i]);
+      for (int i = team.rank(); i < n; i += team.size()) {
+        detail::trace_load(team, wk.Z[l] + i);
+        detail::trace_store(team, wk.H[l] + i);
+        wk.H[l][i] = activate(net.act, wk.Z[l][i]);
+      }
       team.sync();
     }
     Hprev = l < L ? wk.H[l] : nullptr;
@@ -917,9 +1013,22 @@ STS_HD inline void data_backward_update(const Team& team, const Net& net, Weight
       const Real* Z = wk.Z[l - 1];
       const Real* T = ds.Ht[l - 1];
       if (net.act == kLinear) {  // separate loops: each vectorises
-        for (int i = team.rank(); i < n; i += team.size()) P[i] = fmadd(cf, H[i] - T[i], P[i]);
+        for (int i = team.rank(); i < n; i += team.size()) {
+          detail::trace_load(team, H + i);
+          detail::trace_load(team, T + i);
+          detail::trace_load(team, P + i);
+          detail::trace_store(team, P + i);
+          P[i] = fmadd(cf, H[i] - T[i], P[i]);
+        }
       } else {
         for (int i = team.rank(); i < n; i += team.size()) {
+          if constexpr (detail::team_traces<Team>()) {
+            detail::trace_load(team, P + i);
+            if (m) detail::trace_load(team, H + i), detail::trace_load(team, T + i);
+            detail::trace_load(team, Z + i);
+            detail::trace_load(team, H + i);
+            detail::trace_store(team, P + i);
+          }
           Real v = P[i];
           if (m) v = fmadd(cf, H[i] - T[i], v);
           P[i] = v * activate_deriv(net.act, Z[i], H[i]);
@@ -1012,7 +1121,11 @@ STS_HD inline void moment_backward_update(const Team& team, const Net& net, Weig
     if (m) {
       const int n = wp * d;
       const Real* E = wk.E[l - 1];
-      for (int i = team.rank(); i < n; i += team.size()) Qn[i] = lambda * E[i];
+      for (int i = team.rank(); i < n; i += team.size()) {
+        detail::trace_load(team, E + i);
+        detail::trace_store(team, Qn + i);
+        Qn[i] = lambda * E[i];
+      }
       team.sync();
       gemm<kAdd>(team, wp, d, wl, wt.W[l], 1, wp, Q, d, Qn, d);
     } else {

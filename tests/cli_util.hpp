@@ -1,5 +1,5 @@
 // Helpers for tests that run the stsweep binary (STSWEEP_BINARY, defined by
-// tests/CMakeLists.txt): a scratch folder per test binary, file reading, and a
+// tests/CMakeLists.txt): a scratch folder per test binary (scratch.hpp), file reading, and a
 // run that captures exit code, stdout and stderr.
 #pragma once
 
@@ -12,6 +12,8 @@
 #include <sstream>
 #include <string>
 #include <vector>
+
+#include "scratch.hpp"
 
 namespace stsweep::testing {
 
@@ -33,14 +35,6 @@ inline std::vector<std::string> lines(const std::string& text) {
   std::stringstream ss(text);
   for (std::string l; std::getline(ss, l);) v.push_back(l);
   return v;
-}
-
-// /tmp/stsweep_<tag>_<pid>, created on first use.
-inline std::filesystem::path scratch(const std::string& tag) {
-  std::filesystem::path dir =
-      std::filesystem::temp_directory_path() / ("stsweep_" + tag + "_" + std::to_string(::getpid()));
-  std::filesystem::create_directories(dir);
-  return dir;
 }
 
 // Runs `stsweep ARGS` (ARGS is shell text); output captured in the scratch folder.

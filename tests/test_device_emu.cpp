@@ -506,6 +506,78 @@ TEST(SmemModel, BarriersSplitInstructionsAndFmasCountPerWarp) {
   EXPECT_DOUBLE_EQ(r.fma_bound(), (16.0 / 4) / 18);
 }
 
+// A host team of n ranks run one rank at a time (the helpers below have no
+// sync inside) that records its shared-memory accesses for the bank model.
+struct TracingTeam {
+  static constexpr bool kTraceShared = true;
+  cuda::SmemTrace* t;
+  int r, n;
+  int rank() const { return r; }
+  int size() const { return n; }
+  void sync() const {}
+  void trace_access(const void* p, int bytes, bool store) const {
+    t->rank[r].push_back({reinterpret_cast<uintptr_t>(p), bytes,
+                          store ? cuda::SmemAccess::store : cuda::SmemAccess::load});
+  }
+  void trace_fma(int) const {}
+};
+
+// The step's sums (tm::residual_sq, tm::diff_sq): member r takes elements r,
+// r + size, ... into lanes 0, 1, ..., 15, 0, ...; so a warp reads consecutive
+// words (one wavefront an instruction; blocks of 16 a member cost 16), and a
+// team of one (the CPU, through its SIMD path) sums element i in lane i % 16.
+// The transpose after each weight update stores consecutive words.
+TEST(SmemModel, SumsAndTransposeAreConflictFreeAndKeepTheirLanes) {
+  const int n = 2048 + 40;  // not a multiple of 16 x 256
+  std::mt19937 rng(3);
+  std::normal_distribution<float> g(0.f, 1.f);
+  std::vector<float> O(n), Y(n), D(n);
+  for (int i = 0; i < n; ++i) O[i] = g(rng), Y[i] = g(rng);
+  const float invN = 1.f / 128;
+  for (int sz : {1, 32, 256}) {
+    cuda::SmemTrace rt, dt;
+    rt.rank.resize(sz);
+    dt.rank.resize(sz);
+    for (int r = 0; r < sz; ++r) {
+      std::fill(D.begin(), D.end(), NAN);
+      const float got = tm::residual_sq(TracingTeam{&rt, r, sz}, n, O.data(), Y.data(), D.data(), invN);
+      const float got_d = tm::diff_sq(TracingTeam{&dt, r, sz}, n, O.data(), Y.data());
+      float p[tm::kLanes] = {};
+      int c = 0;
+      for (int i = r; i < n; i += sz, ++c) {
+        const float e = O[i] - Y[i];
+        p[c % tm::kLanes] = std::fma(e, e, p[c % tm::kLanes]);
+        ASSERT_EQ(D[i], e * invN) << "element " << i << ", team of " << sz;
+      }
+      const float want = tm::combine_lanes(p);
+      EXPECT_EQ(got, want) << "rank " << r << " of " << sz;
+      EXPECT_EQ(got_d, want) << "rank " << r << " of " << sz;
+    }
+    if (sz < 32) continue;
+    for (const auto* t : {&rt, &dt}) {
+      const cuda::SmemReport rep = cuda::smem_report(*t);
+      EXPECT_GT(rep.load_instr, 0);
+      EXPECT_EQ(rep.wavefronts, rep.load_instr + rep.store_instr) << "team of " << sz;
+    }
+  }
+  // W (16 x 64) -> W^T, as after the second layer's update.
+  const int rows = 16, cols = 64;
+  std::vector<float> W(rows * cols), WT(rows * cols, NAN);
+  for (auto& w : W) w = g(rng);
+  cuda::SmemTrace tt;
+  tt.rank.resize(256);
+  for (int r = 0; r < 256; ++r) tm::transpose(TracingTeam{&tt, r, 256}, rows, cols, W.data(), WT.data());
+  for (int i = 0; i < rows; ++i)
+    for (int j = 0; j < cols; ++j) ASSERT_EQ(WT[j * rows + i], W[i * cols + j]);
+  cuda::SmemTrace stores = tt;
+  for (auto& v : stores.rank)
+    v.erase(std::remove_if(v.begin(), v.end(), [](const cuda::SmemAccess& a) { return a.kind != cuda::SmemAccess::store; }),
+            v.end());
+  const cuda::SmemReport sr = cuda::smem_report(stores);
+  EXPECT_EQ(sr.store_instr, rows * cols / 32);
+  EXPECT_EQ(sr.wavefronts, sr.store_instr);
+}
+
 // The traced GEMMs of one data-path step hold every multiply-add of the step
 // (2N (2 h d + 3 m h) flops for a 2-layer network: docs/PERFORMANCE.md), and
 // the scalar-A team gives the same bits as the vector-A one.

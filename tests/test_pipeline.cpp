@@ -14,6 +14,7 @@
 #include "batching.hpp"
 #include "pipeline.hpp"
 #include "store.hpp"
+#include "scratch.hpp"
 #include "store_fakes.hpp"
 
 namespace fs = std::filesystem;
@@ -22,15 +23,7 @@ using namespace stsweep::fakes;
 
 namespace {
 
-std::string path(const std::string& name) {
-  static std::string d = [] {
-    std::string t = (fs::temp_directory_path() / ("stsweep_pipeline_" + std::to_string(::getpid()))).string();
-    fs::remove_all(t);
-    fs::create_directories(t);
-    return t;
-  }();
-  return d + "/" + name;
-}
+std::string path(const std::string& name) { return (stsweep::testing::scratch("pipeline") / name).string(); }
 
 const char* kSweep = R"({"name": "pipeline-test", "seed": 9,
   "defaults": {"d": 8, "k": 4, "m": 4, "hidden": [8], "n_train": 8, "steps": 20, "checkpoints": 3},

@@ -17,6 +17,7 @@
 #include <gtest/gtest.h>
 
 #include "store.hpp"
+#include "scratch.hpp"
 #include "store_fakes.hpp"
 
 namespace fs = std::filesystem;
@@ -25,15 +26,7 @@ using namespace stsweep::fakes;
 
 namespace {
 
-std::string tmpdir() {
-  static std::string d = [] {
-    std::string t = (fs::temp_directory_path() / ("stsweep_store_" + std::to_string(::getpid()))).string();
-    fs::remove_all(t);
-    fs::create_directories(t);
-    return t;
-  }();
-  return d;
-}
+std::string tmpdir() { return stsweep::testing::scratch("store").string(); }
 std::string path(const std::string& name) { return tmpdir() + "/" + name; }
 
 const char* kSweep = R"({"name": "store-test", "seed": 5,
