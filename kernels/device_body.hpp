@@ -23,7 +23,7 @@ STS_HD inline void snapshot(const Team& team, const tm::Net& net, const Layout& 
                             const tm::Weights<Real>& wt, double* dst) {
   for (int l = 1; l <= net.L; ++l) {
     const int n = net.w[l] * net.w[l - 1];
-    const Real* W = wt.W[l];
+    const Real* W = tm::detail::shared_hint<Team>(wt.W[l]);
     double* o = dst + lay.wofs[l];
     for (int i = team.rank(); i < n; i += team.size()) o[i] = static_cast<double>(W[i]);
   }

@@ -735,14 +735,34 @@ STS_HD inline void gd_update(const Team& team, int n, Real* __restrict__ W,
 }
 
 // dst (cols x rows) = src^T, src rows x cols, both row-major and dense.
-// Members take the elements of dst in turn (e = rank, rank + size, ...), so
-// every member has work and a warp's stores are consecutive words; its loads
-// are src's column reads, `cols` words apart.
+// Teams of whole warps, with cols a multiple of 32 and rows a multiple of 32
+// or a power of two below it (every transpose of the standard grids), move
+// R x 32 tiles (R = min(rows, 32)) by diagonals: lane t of a warp moves
+// element (i0 + (t / (32 / R) + d) % R, j0 + t), so the warp's 32 loads and
+// its 32 stores each touch 32 different shared-memory banks (a plain loop
+// conflicts 16- or 32-way on one side). Other shapes and the CPU's team of
+// one take the elements of dst in turn. A copy: the bits are the same either way.
 template <class Real, class Team>
 STS_HD inline void transpose(const Team& team, int rows, int cols, const Real* __restrict__ src,
                              Real* __restrict__ dst) {
   src = detail::shared_hint<Team>(src);
   dst = detail::shared_hint<Team>(dst);
+  const int R = rows < 32 ? rows : 32;
+  if (team.size() % 32 == 0 && cols % 32 == 0 && R > 0 && 32 % R == 0 && rows % R == 0) {
+    const int lane = team.rank() % 32, warps = team.size() / 32;
+    const int per = 32 / R;  // lanes that share a row of a diagonal
+    const int tiles_c = cols / 32;
+    const int items = rows / R * tiles_c * R;  // (tile, diagonal) pairs
+    for (int w = team.rank() / 32; w < items; w += warps) {
+      const int d = w % R, tile = w / R;
+      const int i = tile / tiles_c * R + (lane / per + d) % R;
+      const int j = tile % tiles_c * 32 + lane;
+      detail::trace_load(team, src + i * cols + j);
+      detail::trace_store(team, dst + j * rows + i);
+      dst[j * rows + i] = src[i * cols + j];
+    }
+    return;
+  }
   const int n = rows * cols;
   for (int e = team.rank(); e < n; e += team.size()) {
     const int j = e / rows, i = e - j * rows;
@@ -963,10 +983,12 @@ STS_HD inline Losses<Real> data_forward(const Team& team, const Net& net, const 
     team.sync();
     if (l < L && net.act != kLinear && wk.H[l] != wk.Z[l]) {
       const int n = N * net.w[l];
+      const Real* Z = detail::shared_hint<Team>(wk.Z[l]);
+      Real* H = detail::shared_hint<Team>(wk.H[l]);
       for (int i = team.rank(); i < n; i += team.size()) {
-        detail::trace_load(team, wk.Z[l] + i);
-        detail::trace_store(team, wk.H[l] + i);
-        wk.H[l][i] = activate(net.act, wk.Z[l][i]);
+        detail::trace_load(team, Z + i);
+        detail::trace_store(team, H + i);
+        H[i] = activate(net.act, Z[i]);
       }
       team.sync();
     }
@@ -1009,9 +1031,11 @@ STS_HD inline void data_backward_update(const Team& team, const Net& net, Weight
     const bool m = matched >> (l - 1) & 1u;
     if (m || net.act != kLinear) {
       const int n = N * wp;
-      const Real* H = wk.H[l - 1];
-      const Real* Z = wk.Z[l - 1];
-      const Real* T = ds.Ht[l - 1];
+      // Ht[l-1] exists only where the layer is matched (m): no hint without.
+      P = detail::shared_hint<Team>(P);
+      const Real* H = detail::shared_hint<Team>(wk.H[l - 1]);
+      const Real* Z = detail::shared_hint<Team>(wk.Z[l - 1]);
+      const Real* T = m ? detail::shared_hint<Team>(ds.Ht[l - 1]) : ds.Ht[l - 1];
       if (net.act == kLinear) {  // separate loops: each vectorises
         for (int i = team.rank(); i < n; i += team.size()) {
           detail::trace_load(team, H + i);
@@ -1120,7 +1144,8 @@ STS_HD inline void moment_backward_update(const Team& team, const Net& net, Weig
     const bool m = matched >> (l - 1) & 1u;
     if (m) {
       const int n = wp * d;
-      const Real* E = wk.E[l - 1];
+      const Real* E = detail::shared_hint<Team>(wk.E[l - 1]);
+      Qn = detail::shared_hint<Team>(Qn);
       for (int i = team.rank(); i < n; i += team.size()) {
         detail::trace_load(team, E + i);
         detail::trace_store(team, Qn + i);

@@ -526,7 +526,8 @@ struct TracingTeam {
 // r + size, ... into lanes 0, 1, ..., 15, 0, ...; so a warp reads consecutive
 // words (one wavefront an instruction; blocks of 16 a member cost 16), and a
 // team of one (the CPU, through its SIMD path) sums element i in lane i % 16.
-// The transpose after each weight update stores consecutive words.
+// tm::transpose moves whole warps' diagonals: its loads and stores are
+// conflict-free too.
 TEST(SmemModel, SumsAndTransposeAreConflictFreeAndKeepTheirLanes) {
   const int n = 2048 + 40;  // not a multiple of 16 x 256
   std::mt19937 rng(3);
@@ -560,22 +561,29 @@ TEST(SmemModel, SumsAndTransposeAreConflictFreeAndKeepTheirLanes) {
       EXPECT_EQ(rep.wavefronts, rep.load_instr + rep.store_instr) << "team of " << sz;
     }
   }
-  // W (16 x 64) -> W^T, as after the second layer's update.
-  const int rows = 16, cols = 64;
-  std::vector<float> W(rows * cols), WT(rows * cols, NAN);
-  for (auto& w : W) w = g(rng);
-  cuda::SmemTrace tt;
-  tt.rank.resize(256);
-  for (int r = 0; r < 256; ++r) tm::transpose(TracingTeam{&tt, r, 256}, rows, cols, W.data(), WT.data());
-  for (int i = 0; i < rows; ++i)
-    for (int j = 0; j < cols; ++j) ASSERT_EQ(WT[j * rows + i], W[i * cols + j]);
-  cuda::SmemTrace stores = tt;
-  for (auto& v : stores.rank)
-    v.erase(std::remove_if(v.begin(), v.end(), [](const cuda::SmemAccess& a) { return a.kind != cuda::SmemAccess::store; }),
-            v.end());
-  const cuda::SmemReport sr = cuda::smem_report(stores);
-  EXPECT_EQ(sr.store_instr, rows * cols / 32);
-  EXPECT_EQ(sr.wavefronts, sr.store_instr);
+  // Transposes: the second layer's W (16 x 64) after its update, the first
+  // layer's (64 x 64), and shapes without the diagonal schedule (copies in
+  // turn), on teams of 1, 32 and 256.
+  const std::pair<int, int> shapes[] = {{16, 64}, {64, 64}, {8, 32}, {64, 96}, {16, 16}, {5, 7}, {48, 64}};
+  for (const auto& [rows, cols] : shapes) {
+    std::vector<float> W(rows * cols), WT;
+    for (auto& w : W) w = g(rng);
+    for (int sz : {1, 32, 256}) {
+      WT.assign(rows * cols, NAN);
+      cuda::SmemTrace tt;
+      tt.rank.resize(sz);
+      for (int r = 0; r < sz; ++r) tm::transpose(TracingTeam{&tt, r, sz}, rows, cols, W.data(), WT.data());
+      for (int i = 0; i < rows; ++i)
+        for (int j = 0; j < cols; ++j)
+          ASSERT_EQ(WT[j * rows + i], W[i * cols + j]) << rows << " x " << cols << ", team of " << sz;
+      const bool diagonal = sz % 32 == 0 && cols % 32 == 0 && (rows % 32 == 0 || 32 % rows == 0);
+      if (!diagonal) continue;
+      const cuda::SmemReport tr = cuda::smem_report(tt);
+      EXPECT_EQ(tr.load_instr, rows * cols / 32);
+      EXPECT_EQ(tr.store_instr, rows * cols / 32);
+      EXPECT_EQ(tr.wavefronts, tr.load_instr + tr.store_instr) << rows << " x " << cols << ", team of " << sz;
+    }
+  }
 }
 
 // The traced GEMMs of one data-path step hold every multiply-add of the step
