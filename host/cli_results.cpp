@@ -42,7 +42,9 @@ int info_main(const std::string& path) {
             << "precision: " << h.precisions() << "\n"
             << "host:      " << h.hosts() << "\n"
             << "time:      " << h.start_time() << " .. " << h.end_time() << ", wall " << fmt(h.wall_seconds())
-            << " s, compute " << fmt(h.compute_seconds()) << " s, " << h.sessions.size() << " session(s)\n";
+            << " s, compute " << fmt(h.compute_seconds()) << " s, store " << fmt(h.store_seconds()) << " s ("
+            << fmt(h.store_exposed_seconds()) << " s not overlapped with training), " << h.sessions.size()
+            << " session(s)\n";
   if (!h.sessions.empty())
     std::cout << "engine:    " << h.sessions.back().engine_version << " (git " << h.sessions.back().git_commit
               << ")\n";

@@ -29,6 +29,7 @@ struct StoreSpan {
 PipelineStats run_pipeline(Batcher& batcher, Backend& backend, const RunOptions& ro, ResultsWriter& writer,
                            const PipelineHooks& hooks, const PipelineOptions& opt) {
   PipelineStats st;
+  st.store = st.store_exposed = opt.open_seconds;
   auto stop = [&] { return hooks.stop_requested && hooks.stop_requested(); };
   auto launch = [&backend, &ro](std::shared_ptr<Batch> b) {
     return std::async(std::launch::async, [&backend, &ro, b] {
@@ -74,6 +75,7 @@ PipelineStats run_pipeline(Batcher& batcher, Backend& backend, const RunOptions&
     const RowBlock block = RowBlock::from_batch(*cur, o.results);
     StoreSpan span;
     span.begin = Clock::now();
+    writer.set_store_seconds(st.store, st.store_exposed);  // recorded with the session at the next update
     writer.append(block, o.seconds);
     if (opt.fold_while_training && have_next && fut.wait_for(std::chrono::seconds(0)) != std::future_status::ready)
       writer.checkpoint_within(0.5 * o.seconds);
@@ -100,6 +102,7 @@ PipelineStats run_pipeline(Batcher& batcher, Backend& backend, const RunOptions&
     have = have_next;
   }
   const auto t = Clock::now();
+  writer.set_store_seconds(st.store, st.store_exposed);
   writer.finish();
   const double f = seconds(Clock::now() - t);
   st.store += f;

@@ -21,7 +21,7 @@ namespace stsweep {
 struct PipelineStats {
   int64_t total = 0, done = 0, diverged = 0, failed = 0;  // trials run, by status
   double compute = 0;        // seconds inside backend.run, summed over batches
-  double store = 0;          // seconds the calling thread spent in the writer (append, finish)
+  double store = 0;          // seconds the calling thread spent in the writer (open, append, finish)
   double store_exposed = 0;  // of `store`, seconds with no batch running on the backend
   bool stopped = false;      // `stop_requested` ended the run early
   int64_t dropped = 0;       // trials in flight when it stopped (not stored)
@@ -35,6 +35,9 @@ struct PipelineOptions {
   // host's cores (a GPU); on the CPU backend the fold would take a core from
   // training, so `run` leaves it off there.
   bool fold_while_training = false;
+  // Store time spent before the loop (opening the file: ResultsWriter::start),
+  // with no training beside it: counted as store and as exposed.
+  double open_seconds = 0;
 };
 
 struct PipelineHooks {

@@ -572,6 +572,7 @@ json sessions_json(const std::vector<Session>& ss) {
                  {"device", s.device}, {"host", s.host}, {"precision", s.precision},
                  {"engine_version", s.engine_version}, {"git_commit", s.git_commit},
                  {"wall_seconds", s.wall_seconds}, {"compute_seconds", s.compute_seconds},
+                 {"store_seconds", s.store_seconds}, {"store_exposed_seconds", s.store_exposed_seconds},
                  {"trials", s.trials}});
   return a;
 }
@@ -592,6 +593,8 @@ std::vector<Session> sessions_from(const std::string& text) {
     s.git_commit = j.value("git_commit", "");
     s.wall_seconds = j.value("wall_seconds", 0.0);
     s.compute_seconds = j.value("compute_seconds", 0.0);
+    s.store_seconds = j.value("store_seconds", 0.0);  // absent in files of earlier versions
+    s.store_exposed_seconds = j.value("store_exposed_seconds", 0.0);
     s.trials = j.value("trials", int64_t{0});
     out.push_back(s);
   }
@@ -612,6 +615,16 @@ double FileHeader::wall_seconds() const {
 double FileHeader::compute_seconds() const {
   double s = 0;
   for (const auto& x : sessions) s += x.compute_seconds;
+  return s;
+}
+double FileHeader::store_seconds() const {
+  double s = 0;
+  for (const auto& x : sessions) s += x.store_seconds;
+  return s;
+}
+double FileHeader::store_exposed_seconds() const {
+  double s = 0;
+  for (const auto& x : sessions) s += x.store_exposed_seconds;
   return s;
 }
 
@@ -1285,6 +1298,7 @@ struct ResultsWriter::Impl {
   std::chrono::steady_clock::time_point t0;
   size_t session = 0;  // index in h.sessions
   double compute = 0;
+  double store = 0, store_exposed = 0;  // set_store_seconds
   int64_t trials = 0;
   int64_t journal_rows = 0;  // since the last checkpoint
   std::chrono::steady_clock::time_point last_ckpt;
@@ -1309,6 +1323,8 @@ struct ResultsWriter::Impl {
     s.end_time = utc_now_iso();
     s.wall_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     s.compute_seconds = compute;
+    s.store_seconds = store;
+    s.store_exposed_seconds = store_exposed;
     s.trials = trials;
   }
 
@@ -1541,6 +1557,11 @@ void ResultsWriter::append(const RowBlock& rows, double compute_seconds) {
   double since = std::chrono::duration<double>(std::chrono::steady_clock::now() - im.last_ckpt).count();
   // At least 20x the last checkpoint's time apart: checkpoints cost < 5% of the run.
   if (since >= std::max(im.opt.checkpoint_every, 20 * im.ckpt_seconds)) checkpoint();
+}
+
+void ResultsWriter::set_store_seconds(double store, double exposed) {
+  impl_->store = store;
+  impl_->store_exposed = exposed;
 }
 
 void ResultsWriter::checkpoint() {

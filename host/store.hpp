@@ -66,6 +66,10 @@ struct RowBlock {
 struct Session {  // one `run` invocation that wrote into the file
   std::string start_time, end_time, backend, device, host, precision, engine_version, git_commit;
   double wall_seconds = 0, compute_seconds = 0;
+  // Time in the results store (opening, journal writes, folds) and the part
+  // of it not overlapped with training, as the run loop measured them up to
+  // the file's last update (a session's final fold is not in its own file).
+  double store_seconds = 0, store_exposed_seconds = 0;
   int64_t trials = 0;  // rows it finished
 };
 struct FileHeader {
@@ -87,7 +91,7 @@ struct FileHeader {
   // Joined over sessions ("cpu", "cpu,cuda"), first start / last end, sums.
   std::string backends() const, devices() const, hosts() const, precisions() const;
   std::string start_time() const, end_time() const;
-  double wall_seconds() const, compute_seconds() const;
+  double wall_seconds() const, compute_seconds() const, store_seconds() const, store_exposed_seconds() const;
 };
 
 // --- the HDF5 file --------------------------------------------------------------
@@ -158,6 +162,9 @@ class ResultsWriter {
   // Appends one finished batch to the journal (fdatasync'd), then checkpoints
   // when one is due. `compute_seconds` is the backend's time for it.
   void append(const RowBlock& rows, double compute_seconds);
+  // The session's store time so far (run_pipeline's measure; written with
+  // the session at the next update of the file).
+  void set_store_seconds(double store, double exposed);
   void checkpoint();  // folds the journal into OUT.h5 (atomic replace)
   // Checkpoints when the journal holds rows and the last checkpoint took at
   // most `budget_seconds` (the first one is always tried); true when it did.

@@ -123,6 +123,28 @@ TEST(Pipeline, StoresEveryTrialAndCountsByStatus) {
   for (size_t r2 = 0; r2 < want.rows(); ++r2) expect_rows_equal(got, r2, want, r2, "row " + std::to_string(r2));
 }
 
+// The session in the file carries the store's time as the loop measured it up
+// to the file's last update, opening included (PipelineOptions::open_seconds):
+// `stsweep info` and h5py read it from there.
+TEST(Pipeline, SessionRecordsTheStoreTime) {
+  Sweep sw = Sweep::from_text(kSweep);
+  FakeBackend be(20);
+  PipelineOptions po;
+  po.open_seconds = 1.5;
+  const RunResult r = run_to(path("store_time.h5"), sw, be, 4, po);
+  EXPECT_GE(r.stats.store, 1.5);
+  EXPECT_GE(r.stats.store_exposed, 1.5);
+  H5Results f = H5Results::open(path("store_time.h5"), false);
+  ASSERT_EQ(f.header().sessions.size(), 1u);
+  const Session& s = f.header().sessions.back();
+  EXPECT_GE(s.store_seconds, 1.5);
+  EXPECT_GE(s.store_exposed_seconds, 1.5);
+  EXPECT_LE(s.store_exposed_seconds, s.store_seconds);
+  EXPECT_LE(s.store_seconds, r.stats.store) << "the final fold is not in its own file";
+  EXPECT_GT(s.store_seconds, 1.5) << "seven stored batches before the final fold";
+  EXPECT_DOUBLE_EQ(f.header().store_seconds(), s.store_seconds);
+}
+
 // Folding while a batch trains checkpoints several times (so finish() has one
 // batch left) and gives the same file as folding once at the end.
 TEST(Pipeline, FoldingWhileTrainingGivesTheSameFile) {
