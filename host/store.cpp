@@ -607,26 +607,17 @@ std::string FileHeader::hosts() const { return join_unique(sessions, &Session::h
 std::string FileHeader::precisions() const { return join_unique(sessions, &Session::precision); }
 std::string FileHeader::start_time() const { return sessions.empty() ? "" : sessions.front().start_time; }
 std::string FileHeader::end_time() const { return sessions.empty() ? "" : sessions.back().end_time; }
-double FileHeader::wall_seconds() const {
+namespace {
+double sum_over(const std::vector<Session>& ss, double Session::*m) {
   double s = 0;
-  for (const auto& x : sessions) s += x.wall_seconds;
+  for (const auto& x : ss) s += x.*m;
   return s;
 }
-double FileHeader::compute_seconds() const {
-  double s = 0;
-  for (const auto& x : sessions) s += x.compute_seconds;
-  return s;
-}
-double FileHeader::store_seconds() const {
-  double s = 0;
-  for (const auto& x : sessions) s += x.store_seconds;
-  return s;
-}
-double FileHeader::store_exposed_seconds() const {
-  double s = 0;
-  for (const auto& x : sessions) s += x.store_exposed_seconds;
-  return s;
-}
+}  // namespace
+double FileHeader::wall_seconds() const { return sum_over(sessions, &Session::wall_seconds); }
+double FileHeader::compute_seconds() const { return sum_over(sessions, &Session::compute_seconds); }
+double FileHeader::store_seconds() const { return sum_over(sessions, &Session::store_seconds); }
+double FileHeader::store_exposed_seconds() const { return sum_over(sessions, &Session::store_exposed_seconds); }
 
 // --- H5Results ----------------------------------------------------------------------
 struct H5Results::Impl {
