@@ -129,6 +129,8 @@ void launch_warp(const TrainArgs<Real>& a, int warps, size_t net_shared, bool ve
   if (a.nnets == 0) return;
   if (warps < 1 || warps > kWarpsPerBlock || net_shared % 16 != 0)
     throw std::logic_error("launch_warp: bad warps or slice size");
+  // WarpTeamT promises the GEMM tiles shared-memory operands (kSharedOperands).
+  if (!a.shared) throw std::logic_error("launch_warp: the warp path needs the data in shared memory");
   const int blocks = (a.nnets + warps - 1) / warps;
   const int reals = static_cast<int>(net_shared / sizeof(Real));
   if constexpr (has_scalar_a<Real>()) {
