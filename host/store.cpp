@@ -231,9 +231,17 @@ struct Reader {
   }
   template <typename T>
   void get_n(T* v, size_t n) {
-    if (static_cast<size_t>(end - p) < sizeof(T) * n) throw std::runtime_error("short record");
+    if (static_cast<size_t>(end - p) / sizeof(T) < n) throw std::runtime_error("short record");
     std::memcpy(v, p, sizeof(T) * n);
     p += sizeof(T) * n;
+  }
+  // v = the next n values; the length is checked against what is left before
+  // anything is allocated (a damaged count must not ask for terabytes).
+  template <typename T>
+  void get_vec(std::vector<T>& v, size_t n) {
+    if (static_cast<size_t>(end - p) / sizeof(T) < n) throw std::runtime_error("short record");
+    v.resize(n);
+    get_n(v.data(), n);
   }
 };
 
@@ -1124,16 +1132,16 @@ RowBlock decode_rows(const std::string& payload, double* compute_seconds) {
   int32_t C = rd.get<int32_t>();
   if (n > payload.size() || C < 0 || C > (1 << 24)) throw std::runtime_error("bad record");
   RowBlock b = RowBlock::empty(C);
-  b.trial.resize(n);
-  rd.get_n(b.trial.data(), n);
+  rd.get_vec(b.trial, n);
   for (size_t k = 0; k < cs.size(); ++k) {
     auto& d = b.cols[k];
     const size_t len = cs[k].curve ? n * C : n;
     switch (cs[k].type) {
-      case ColType::f64: d.f.resize(len); rd.get_n(d.f.data(), len); break;
+      case ColType::f64: rd.get_vec(d.f, len); break;
       case ColType::i8:
-      case ColType::i64: d.i.resize(len); rd.get_n(d.i.data(), len); break;
+      case ColType::i64: rd.get_vec(d.i, len); break;
       case ColType::str:
+        if (static_cast<size_t>(rd.end - rd.p) / sizeof(uint32_t) < n) throw std::runtime_error("short record");
         d.s.resize(n);
         for (auto& s : d.s) {
           uint32_t l = rd.get<uint32_t>();
@@ -1260,6 +1268,8 @@ std::vector<IdRange> final_ranges(const H5Results& f) {
   return out;
 }
 }  // namespace
+
+uint64_t journal_record_checksum(const char* p, size_t n) { return checksum(p, n); }
 
 JournalSummary inspect_journal(const std::string& path) {
   JournalSummary out;

@@ -185,6 +185,8 @@ struct JournalSummary {
   int64_t records = 0, rows = 0, torn_bytes = 0;
 };
 JournalSummary inspect_journal(const std::string& journal_path);
+// The checksum a journal record carries over its payload (tests craft records with it).
+uint64_t journal_record_checksum(const char* p, size_t n);
 
 // --- merge -------------------------------------------------------------------------
 // Combines shard files of one sweep into `out` (rows sorted by trial id).

@@ -209,6 +209,52 @@ TEST(Store, RoundTripOfEveryTypeWithWideningCurves) {
   EXPECT_TRUE(part.cols[store_column_index("noise")].f.empty());
 }
 
+// A record whose framing and checksum are intact but whose row count asks for
+// far more than it holds (n x C = 30 x 2^24 curve values, 4 GB): the
+// reader checks lengths against the bytes left before allocating, so the
+// record reads as damaged (the journal ends before it) without first
+// allocating and zeroing gigabytes (it did: peak memory grew by 4 GB).
+TEST(Store, JournalRecordWithAnImpossibleCountIsDamagedNotAllocated) {
+  Sweep sw = Sweep::from_text(kSweep);
+  const std::string out = path("huge_count.h5");
+  auto opt = writer_options(out, sw);
+  {
+    auto w = ResultsWriter::start(sw, opt);
+    w->append(fake_rows(sw, {0, 1}, 4), 0.5);
+  }
+  std::string payload;
+  auto put = [&](const auto& v) { payload.append(reinterpret_cast<const char*>(&v), sizeof v); };
+  put(0.25);              // compute seconds
+  put(uint64_t{30});      // rows
+  put(int32_t{1 << 24});  // checkpoints per curve
+  for (int64_t id = 0; id < 30; ++id) put(id);
+  payload.append(65536, '\0');  // zeros: the scalar columns before the first curve read fine
+  std::string rec;
+  auto put_rec = [&](const auto& v) { rec.append(reinterpret_cast<const char*>(&v), sizeof v); };
+  put_rec(uint32_t{0x52575354});  // "TSWR"
+  put_rec(uint32_t{0});
+  put_rec(static_cast<uint64_t>(payload.size()));
+  put_rec(journal_record_checksum(payload.data(), payload.size()));
+  rec += payload;
+  {
+    std::ofstream j(out + ".journal", std::ios::app | std::ios::binary);
+    j << rec;
+  }
+  struct rusage before {};
+  ::getrusage(RUSAGE_SELF, &before);
+  const auto js = inspect_journal(out + ".journal");
+  struct rusage after {};
+  ::getrusage(RUSAGE_SELF, &after);
+  EXPECT_LT(after.ru_maxrss - before.ru_maxrss, 512L * 1024) << "KB of peak memory to read a damaged record";
+  EXPECT_TRUE(js.valid_header);
+  EXPECT_EQ(js.records, 1);
+  EXPECT_EQ(js.rows, 2);
+  EXPECT_EQ(js.torn_bytes, static_cast<int64_t>(rec.size()));
+  opt.resume = true;
+  auto w = ResultsWriter::start(sw, opt);
+  EXPECT_EQ(w->resumed_rows(), 2);
+}
+
 TEST(Store, WriterJournalsResumesAndDropsTornRecords) {
   Sweep sw = Sweep::from_text(kSweep);
   const std::string out = path("resume.h5");
