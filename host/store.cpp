@@ -232,6 +232,7 @@ struct Reader {
   template <typename T>
   void get_n(T* v, size_t n) {
     if (static_cast<size_t>(end - p) / sizeof(T) < n) throw std::runtime_error("short record");
+    if (n == 0) return;  // v may be an empty vector's null data(): memcpy(nullptr, ., 0) is undefined
     std::memcpy(v, p, sizeof(T) * n);
     p += sizeof(T) * n;
   }

@@ -1,4 +1,4 @@
-// libFuzzer target for the sweep file (tools/fuzz-sweep builds and runs it;
+// libFuzzer target for the sweep file (tools/fuzz sweep builds and runs it;
 // ctest `fuzz_sweep_parser`). The contract it checks: any bytes given as a
 // sweep file either parse, or fail with an InputError (the message that
 // names the field, exit 2), never another exception, a crash or undefined
