@@ -1,5 +1,5 @@
-// Shared by the store and pipeline tests: deterministic fake results and a
-// bitwise row comparison.
+// Shared by the store and pipeline tests: deterministic fake results, the
+// writer options of a test run, and a bitwise row comparison.
 #pragma once
 
 #include <cstdint>
@@ -11,6 +11,7 @@
 
 #include "result.hpp"
 #include "store.hpp"
+#include "sweep.hpp"
 
 namespace stsweep::fakes {
 
@@ -49,6 +50,31 @@ inline TrialResult fake_result(int64_t id, int C) {
     r.curve_baseline_feature_loss.push_back(b + j * 0.6);
   }
   return r;
+}
+
+// The rows of trials `ids` of `sw` with fake_result's values.
+inline RowBlock fake_rows(const Sweep& sw, const std::vector<int64_t>& ids, int C) {
+  Batch b;
+  std::vector<TrialResult> res;
+  for (int64_t id : ids) {
+    b.ids.push_back(id);
+    b.trials.push_back(sw.trial(static_cast<uint64_t>(id)));
+    res.push_back(fake_result(id, C));
+  }
+  return RowBlock::from_batch(b, res);
+}
+
+// A writer for shard `s` of `sw` into `out` that checkpoints only when asked.
+inline WriterOptions writer_options(const std::string& out, const Sweep& sw, Shard s = {}) {
+  WriterOptions o;
+  o.path = out;
+  o.shard = std::to_string(s.index) + "/" + std::to_string(s.count);
+  o.range = shard_range(sw.count(), s);
+  o.backend = "fake";
+  o.device = "test";
+  o.precision = "f32";
+  o.checkpoint_every = 1e9;  // checkpoints only when asked
+  return o;
 }
 
 inline void expect_rows_equal(const RowBlock& got, size_t gr, const RowBlock& exp, size_t er, const std::string& what) {

@@ -55,17 +55,6 @@ class FakeBackend : public Backend {
   int64_t fail_id_;
 };
 
-WriterOptions options(const std::string& out, const Sweep& sw) {
-  WriterOptions o;
-  o.path = out;
-  o.shard = "0/1";
-  o.range = {0, sw.count()};
-  o.backend = "fake";
-  o.precision = "f32";
-  o.checkpoint_every = 1e9;  // no timed checkpoints: only the pipeline's and finish()
-  return o;
-}
-
 struct RunResult {
   PipelineStats stats;
   int64_t generation = 0;  // checkpoints written
@@ -74,7 +63,7 @@ struct RunResult {
 RunResult run_to(const std::string& out, const Sweep& sw, Backend& be, size_t batch, const PipelineOptions& po,
                  const PipelineHooks& hooks = {}) {
   fs::remove(out);
-  auto w = ResultsWriter::start(sw, options(out, sw));
+  auto w = ResultsWriter::start(sw, writer_options(out, sw));
   Batcher batcher(sw, {0, sw.count()}, [&](uint64_t id) { return w->final(static_cast<int64_t>(id)); }, batch);
   RunResult r;
   r.stats = run_pipeline(batcher, be, RunOptions{}, *w, hooks, po);
@@ -112,14 +101,9 @@ TEST(Pipeline, StoresEveryTrialAndCountsByStatus) {
   EXPECT_EQ(f.header().n_diverged, 4);
   EXPECT_EQ(f.header().n_pending, 0);
   RowBlock got = f.read(0, f.rows());
-  Batch b;
-  std::vector<TrialResult> res;
-  for (int64_t id = 0; id < 30; ++id) {
-    b.ids.push_back(id);
-    b.trials.push_back(sw.trial(static_cast<uint64_t>(id)));
-    res.push_back(fake_result(id, 3));
-  }
-  const RowBlock want = RowBlock::from_batch(b, res);
+  std::vector<int64_t> ids(30);
+  for (int64_t id = 0; id < 30; ++id) ids[static_cast<size_t>(id)] = id;
+  const RowBlock want = fake_rows(sw, ids, 3);
   for (size_t r2 = 0; r2 < want.rows(); ++r2) expect_rows_equal(got, r2, want, r2, "row " + std::to_string(r2));
 }
 
@@ -222,7 +206,7 @@ TEST(Pipeline, BackendErrorsPropagateAndStoredBatchesSurvive) {
   } be;
   const std::string out = path("throw.h5");
   fs::remove(out);
-  auto w = ResultsWriter::start(sw, options(out, sw));
+  auto w = ResultsWriter::start(sw, writer_options(out, sw));
   Batcher batcher(sw, {0, sw.count()}, [&](uint64_t id) { return w->final(static_cast<int64_t>(id)); }, 5);
   EXPECT_THROW(
       {

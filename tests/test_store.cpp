@@ -33,29 +33,6 @@ const char* kSweep = R"({"name": "store-test", "seed": 5,
   "defaults": {"d": 8, "k": 4, "m": 4, "hidden": [8], "n_train": 8, "steps": 20, "checkpoints": 4},
   "grid": {"lambda": [0, 1], "seed": {"range": [0, 10]}}})";
 
-RowBlock fake_rows(const Sweep& sw, const std::vector<int64_t>& ids, int C) {
-  Batch b;
-  std::vector<TrialResult> res;
-  for (int64_t id : ids) {
-    b.ids.push_back(id);
-    b.trials.push_back(sw.trial(static_cast<uint64_t>(id)));
-    res.push_back(fake_result(id, C));
-  }
-  return RowBlock::from_batch(b, res);
-}
-
-WriterOptions writer_options(const std::string& out, const Sweep& sw, Shard s = {}) {
-  WriterOptions o;
-  o.path = out;
-  o.shard = std::to_string(s.index) + "/" + std::to_string(s.count);
-  o.range = shard_range(sw.count(), s);
-  o.backend = "fake";
-  o.device = "test";
-  o.precision = "f32";
-  o.checkpoint_every = 1e9;  // checkpoints only when asked
-  return o;
-}
-
 // Every column of a block, with extreme values of its type.
 RowBlock extreme_block(const std::vector<int64_t>& ids, int C, int salt) {
   const auto& cs = store_columns();
