@@ -506,21 +506,9 @@ TEST(SmemModel, BarriersSplitInstructionsAndFmasCountPerWarp) {
   EXPECT_DOUBLE_EQ(r.fma_bound(), (16.0 / 4) / 18);
 }
 
-// A host team of n ranks run one rank at a time (the helpers below have no
-// sync inside) that records its shared-memory accesses for the bank model.
-struct TracingTeam {
-  static constexpr bool kTraceShared = true;
-  cuda::SmemTrace* t;
-  int r, n;
-  int rank() const { return r; }
-  int size() const { return n; }
-  void sync() const {}
-  void trace_access(const void* p, int bytes, bool store) const {
-    t->rank[r].push_back({reinterpret_cast<uintptr_t>(p), bytes,
-                          store ? cuda::SmemAccess::store : cuda::SmemAccess::load});
-  }
-  void trace_fma(int) const {}
-};
+// The emulated team of n ranks, run one rank at a time (the helpers below
+// have no sync inside), recording its shared-memory accesses into `t`.
+cuda::EmuTeam tracing_team(cuda::SmemTrace* t, int r, int n) { return cuda::EmuTeam{nullptr, r, n, t}; }
 
 // The step's sums (tm::residual_sq, tm::diff_sq): member r takes elements r,
 // r + size, ... into lanes 0, 1, ..., 15, 0, ...; so a warp reads consecutive
@@ -541,8 +529,8 @@ TEST(SmemModel, SumsAndTransposeAreConflictFreeAndKeepTheirLanes) {
     dt.rank.resize(sz);
     for (int r = 0; r < sz; ++r) {
       std::fill(D.begin(), D.end(), NAN);
-      const float got = tm::residual_sq(TracingTeam{&rt, r, sz}, n, O.data(), Y.data(), D.data(), invN);
-      const float got_d = tm::diff_sq(TracingTeam{&dt, r, sz}, n, O.data(), Y.data());
+      const float got = tm::residual_sq(tracing_team(&rt, r, sz), n, O.data(), Y.data(), D.data(), invN);
+      const float got_d = tm::diff_sq(tracing_team(&dt, r, sz), n, O.data(), Y.data());
       float p[tm::kLanes] = {};
       int c = 0;
       for (int i = r; i < n; i += sz, ++c) {
@@ -572,7 +560,7 @@ TEST(SmemModel, SumsAndTransposeAreConflictFreeAndKeepTheirLanes) {
       WT.assign(rows * cols, NAN);
       cuda::SmemTrace tt;
       tt.rank.resize(sz);
-      for (int r = 0; r < sz; ++r) tm::transpose(TracingTeam{&tt, r, sz}, rows, cols, W.data(), WT.data());
+      for (int r = 0; r < sz; ++r) tm::transpose(tracing_team(&tt, r, sz), rows, cols, W.data(), WT.data());
       for (int i = 0; i < rows; ++i)
         for (int j = 0; j < cols; ++j)
           ASSERT_EQ(WT[j * rows + i], W[i * cols + j]) << rows << " x " << cols << ", team of " << sz;
