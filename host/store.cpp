@@ -229,18 +229,22 @@ struct Reader {
     p += sizeof(T);
     return v;
   }
+  // Throws unless n more values of T are left: checked before anything is
+  // allocated for them (a damaged count must not ask for terabytes).
+  template <typename T>
+  void need(size_t n) const {
+    if (static_cast<size_t>(end - p) / sizeof(T) < n) throw std::runtime_error("short record");
+  }
   template <typename T>
   void get_n(T* v, size_t n) {
-    if (static_cast<size_t>(end - p) / sizeof(T) < n) throw std::runtime_error("short record");
+    need<T>(n);
     if (n == 0) return;  // v may be an empty vector's null data(): memcpy(nullptr, ., 0) is undefined
     std::memcpy(v, p, sizeof(T) * n);
     p += sizeof(T) * n;
   }
-  // v = the next n values; the length is checked against what is left before
-  // anything is allocated (a damaged count must not ask for terabytes).
   template <typename T>
   void get_vec(std::vector<T>& v, size_t n) {
-    if (static_cast<size_t>(end - p) / sizeof(T) < n) throw std::runtime_error("short record");
+    need<T>(n);
     v.resize(n);
     get_n(v.data(), n);
   }
@@ -1142,7 +1146,7 @@ RowBlock decode_rows(const std::string& payload, double* compute_seconds) {
       case ColType::i8:
       case ColType::i64: rd.get_vec(d.i, len); break;
       case ColType::str:
-        if (static_cast<size_t>(rd.end - rd.p) / sizeof(uint32_t) < n) throw std::runtime_error("short record");
+        rd.need<uint32_t>(n);  // a length per string at least
         d.s.resize(n);
         for (auto& s : d.s) {
           uint32_t l = rd.get<uint32_t>();
