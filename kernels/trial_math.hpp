@@ -786,6 +786,18 @@ STS_HD inline Real combine_lanes(Real (&p)[kLanes]) {
   }
   return p[0];
 }
+// f(e, j) for this member's elements e of [b, n) in the order above, j its lane.
+template <class Team, class F>
+STS_HD inline void for_member_lanes(const Team& team, int b, int n, F&& f) {
+  const int sz = team.size();
+  for (int i = b + team.rank(); i < n; i += kLanes * sz) {
+    STS_UNROLL for (int j = 0; j < kLanes; ++j) {
+      const int e = i + j * sz;
+      if (e >= n) break;
+      f(e, j);
+    }
+  }
+}
 
 // D = (O - Y) * invN; returns sum (O - Y)^2 over this member's elements.
 template <class Real, class Team>
@@ -813,19 +825,14 @@ STS_HD inline Real residual_sq(const Team& team, int n, const Real* __restrict__
   O = detail::shared_hint<Team>(O);
   Y = detail::shared_hint<Team>(Y);
   D = detail::shared_hint<Team>(D);
-  const int sz = team.size();
-  for (int i = b + team.rank(); i < n; i += kLanes * sz) {
-    STS_UNROLL for (int j = 0; j < kLanes; ++j) {
-      const int e = i + j * sz;
-      if (e >= n) break;
-      detail::trace_load(team, O + e);
-      detail::trace_load(team, Y + e);
-      detail::trace_store(team, D + e);
-      const Real r = O[e] - Y[e];
-      D[e] = r * invN;
-      p[j] = fmadd(r, r, p[j]);
-    }
-  }
+  for_member_lanes(team, b, n, [&](int e, int j) {
+    detail::trace_load(team, O + e);
+    detail::trace_load(team, Y + e);
+    detail::trace_store(team, D + e);
+    const Real r = O[e] - Y[e];
+    D[e] = r * invN;
+    p[j] = fmadd(r, r, p[j]);
+  });
   return combine_lanes(p);
 }
 
@@ -852,17 +859,12 @@ STS_HD inline Real diff_sq(const Team& team, int n, const Real* __restrict__ H,
 #endif
   H = detail::shared_hint<Team>(H);
   T = detail::shared_hint<Team>(T);
-  const int sz = team.size();
-  for (int i = b + team.rank(); i < n; i += kLanes * sz) {
-    STS_UNROLL for (int j = 0; j < kLanes; ++j) {
-      const int e = i + j * sz;
-      if (e >= n) break;
-      detail::trace_load(team, H + e);
-      detail::trace_load(team, T + e);
-      const Real r = H[e] - T[e];
-      p[j] = fmadd(r, r, p[j]);
-    }
-  }
+  for_member_lanes(team, b, n, [&](int e, int j) {
+    detail::trace_load(team, H + e);
+    detail::trace_load(team, T + e);
+    const Real r = H[e] - T[e];
+    p[j] = fmadd(r, r, p[j]);
+  });
   return combine_lanes(p);
 }
 
@@ -891,20 +893,15 @@ STS_HD inline Real residual_dot(const Team& team, int n, Real* __restrict__ S_,
   S_ = detail::shared_hint<Team>(S_);
   A = detail::shared_hint<Team>(A);
   C = detail::shared_hint<Team>(C);
-  const int sz = team.size();
-  for (int i = b + team.rank(); i < n; i += kLanes * sz) {
-    STS_UNROLL for (int j = 0; j < kLanes; ++j) {
-      const int k = i + j * sz;
-      if (k >= n) break;
-      detail::trace_load(team, C + k);
-      detail::trace_load(team, S_ + k);
-      detail::trace_load(team, A + k);
-      detail::trace_store(team, S_ + k);
-      const Real c = C[k], e = S_[k] - c;
-      p[j] = fmadd(e - c, A[k], p[j]);
-      S_[k] = e;
-    }
-  }
+  for_member_lanes(team, b, n, [&](int k, int j) {
+    detail::trace_load(team, C + k);
+    detail::trace_load(team, S_ + k);
+    detail::trace_load(team, A + k);
+    detail::trace_store(team, S_ + k);
+    const Real c = C[k], e = S_[k] - c;
+    p[j] = fmadd(e - c, A[k], p[j]);
+    S_[k] = e;
+  });
   return combine_lanes(p);
 }
 
