@@ -26,6 +26,7 @@
 
 #include "backend.hpp"
 #include "problem.hpp"
+#include "train.hpp"
 #include "trial_math.hpp"
 
 namespace {
@@ -133,14 +134,15 @@ void Step(benchmark::State& state, TrainPath path) {
     state.counters["GFLOP/s"] = benchmark::Counter(tm::data_step_flops(net, N) * 1e-9,
                                                    benchmark::Counter::kIsIterationInvariantRate);
   } else {
-    std::vector<Real> Cxx = C(pr.Cxx), Cyx = C(pr.Cyx), Chx = C(pr.Chx[1]), A2(m * d), E1(h * d),
+    const TrialMoments mo = trial_moments(pr, 2u);
+    std::vector<Real> Cxx = C(mo.Cxx), Cyx = C(mo.Cyx), Chx = C(mo.Chx[1]), A2(m * d), E1(h * d),
                       E2(m * d), Q0(h * d), Q1(h * d), AT(h * d);
     tm::MomentSet<Real> ms;
     ms.Cxx = Cxx.data();
     ms.Cyx = Cyx.data();
     ms.Chx[1] = Chx.data();
-    ms.tr_yy = static_cast<Real>(pr.tr_yy);
-    ms.tr_hh[1] = static_cast<Real>(pr.tr_hh[1]);
+    ms.tr_yy = static_cast<Real>(mo.tr_yy);
+    ms.tr_hh[1] = static_cast<Real>(mo.tr_hh[1]);
     tm::MomentWork<Real> wk;
     wk.A[2] = A2.data();
     wk.E[1] = E1.data();

@@ -227,15 +227,16 @@ int export_main(const ExportArgs& a) {
     }
     put_matrix(f, "Wt", pr.Wt, "teacher's end-to-end clean map (m x d)");
     put_layers(f, "teacher_W", pr.teacher_W, "teacher");
+    const TrialMoments mo = trial_moments(pr, matched_mask(pr));
     for (int l : pr.matched) {
       put_matrix(f, "feature_" + std::to_string(l), pr.feature[l],
                  "teacher features H_t^l on the clean inputs X (w_l x N)");
-      put_matrix(f, "Chx_" + std::to_string(l), pr.Chx[l], "moment H_t^l Xn^T / N (w_l x d)");
-      f.f64("tr_hh_" + std::to_string(l), {}, &pr.tr_hh[l], "||H_t^l||_F^2 / N");
+      put_matrix(f, "Chx_" + std::to_string(l), mo.Chx[l], "moment H_t^l Xn^T / N (w_l x d)");
+      f.f64("tr_hh_" + std::to_string(l), {}, &mo.tr_hh[l], "||H_t^l||_F^2 / N");
     }
-    put_matrix(f, "Cxx", pr.Cxx, "moment Xn Xn^T / N (d x d)");
-    put_matrix(f, "Cyx", pr.Cyx, "moment Y Xn^T / N (m x d)");
-    f.f64("tr_yy", {}, &pr.tr_yy, "||Y||_F^2 / N");
+    put_matrix(f, "Cxx", mo.Cxx, "moment Xn Xn^T / N (d x d)");
+    put_matrix(f, "Cyx", mo.Cyx, "moment Y Xn^T / N (m x d)");
+    f.f64("tr_yy", {}, &mo.tr_yy, "||Y||_F^2 / N");
     put_layers(f, "init_W", pr.W0, "student and twin initial weights");
     put_layers(f, "student_W", Ws, "student final weights (" + precision + ", widened to float64)");
     put_layers(f, "twin_W", Wtw, "lambda = 0 twin final weights (" + precision + ", widened to float64)");

@@ -32,12 +32,8 @@ struct TrialProblem {
   // the CLEAN inputs: feature[l] is w[l] x N for l in matched (others empty).
   Matrix X, Xn, Y;
   std::vector<Matrix> feature;  // size L (index 0 unused)
-  // Moments for the moment path (linear networks): Cxx = Xn Xn^T/N, Cyx = Y Xn^T/N,
-  // Chx[l] = feature[l] Xn^T / N, and the traces tr(YY^T)/N, tr(H_l H_l^T)/N.
-  Matrix Cxx, Cyx;
-  std::vector<Matrix> Chx;
-  double tr_yy = 0;
-  std::vector<double> tr_hh;
+  // (The moment path's moments are formed from Xn, Y and feature by
+  // trial_moments (host/train.hpp) for the trials that train on them only.)
   // Initial student weights W[l] (w[l] x w[l-1]), l = 1..L (index 0 unused);
   // the twin starts from the same weights.
   std::vector<Matrix> W0;

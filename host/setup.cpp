@@ -396,16 +396,7 @@ TrialProblem setup_trial(const TrialParams& p, uint64_t sweep_seed) {
   // (kept when lambda = 0 too: the twin reports its feature loss).
   const std::vector<Matrix> H = forward(pr.teacher_W, p.activation, pr.X);
   pr.feature.assign(L, Matrix());
-  pr.Chx.assign(L, Matrix());
-  pr.tr_hh.assign(L, 0.0);
-  for (int l : pr.matched) {
-    pr.feature[l] = H[l];
-    pr.Chx[l] = scaled(matmul_nt(H[l], pr.Xn), 1.0 / N);
-    pr.tr_hh[l] = frob2(H[l]) / N;
-  }
-  pr.Cxx = scaled(matmul_nt(pr.Xn, pr.Xn), 1.0 / N);
-  pr.Cyx = scaled(matmul_nt(pr.Y, pr.Xn), 1.0 / N);
-  pr.tr_yy = frob2(pr.Y) / N;
+  for (int l : pr.matched) pr.feature[l] = H[l];
 
   // Student initial weights (the twin starts from the same ones).
   pr.W0.assign(L + 1, Matrix());

@@ -31,6 +31,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "linalg.hpp"
 #include "trial_math.hpp"
 
 namespace stsweep {
@@ -134,38 +135,22 @@ using Moments = TrialMoments;
 
 }  // namespace
 
-// The problem's moments when set-up filled them, else computed here (float64).
 TrialMoments trial_moments(const TrialProblem& pr, uint32_t mask) {
+  using namespace linalg;
   TrialMoments mo;
-  const int d = pr.Xn.rows, N = pr.Xn.cols, L = pr.L;
-  auto cross = [&](const Matrix& A) {  // A Xn^T / N
-    Matrix C(A.rows, d);
-    for (int i = 0; i < A.rows; ++i)
-      for (int j = 0; j < d; ++j) {
-        double s = 0;
-        for (int n = 0; n < N; ++n) s += A(i, n) * pr.Xn(j, n);
-        C(i, j) = s / N;
-      }
-    return C;
-  };
-  auto trace = [&](const Matrix& A) {
-    double s = 0;
-    for (double v : A.a) s += v * v;
-    return s / N;
-  };
-  mo.Cxx = pr.Cxx.rows == d && pr.Cxx.cols == d ? pr.Cxx : cross(pr.Xn);
-  const bool given_y = pr.Cyx.rows == pr.Y.rows && pr.Cyx.cols == d;
-  mo.Cyx = given_y ? pr.Cyx : cross(pr.Y);
-  mo.tr_yy = given_y ? pr.tr_yy : trace(pr.Y);
+  const int N = pr.Xn.cols, L = pr.L;
+  const double inv_n = 1.0 / N;  // C = (A Xn^T) * (1/N): the form set-up used until session 5
+  mo.Cxx = scaled(matmul_nt(pr.Xn, pr.Xn), inv_n);
+  mo.Cyx = scaled(matmul_nt(pr.Y, pr.Xn), inv_n);
+  mo.tr_yy = frob2(pr.Y) / N;
   mo.Chx.resize(L + 1);
   mo.tr_hh.assign(L + 1, 0.0);
   for (int l = 1; l < L; ++l) {
     if (!(mask >> l & 1u)) continue;
-    const Matrix& F = pr.feature[l];
-    const bool given = static_cast<int>(pr.Chx.size()) > l && pr.Chx[l].rows == F.rows &&
-                       pr.Chx[l].cols == d && static_cast<int>(pr.tr_hh.size()) > l;
-    mo.Chx[l] = given ? pr.Chx[l] : cross(F);
-    mo.tr_hh[l] = given ? pr.tr_hh[l] : trace(F);
+    if (static_cast<int>(pr.feature.size()) <= l || pr.feature[l].cols != N)
+      throw std::logic_error("trial_moments: teacher features of a matched layer missing");
+    mo.Chx[l] = scaled(matmul_nt(pr.feature[l], pr.Xn), inv_n);
+    mo.tr_hh[l] = frob2(pr.feature[l]) / N;
   }
   return mo;
 }

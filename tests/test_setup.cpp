@@ -141,15 +141,11 @@ TEST(Setup, DataFollowsTheDocumentedDraws) {
   EXPECT_NEAR(std::sqrt(frob2(W1) / (12 * 16)), p.init_scale / 4.0, 0.2 * p.init_scale / 4.0);
 }
 
-TEST(Setup, MomentsAndFeaturesOnCleanInputs) {
+TEST(Setup, FeaturesOnCleanInputs) {
   TrialParams p = base_params();
   p.teacher.decomposition = Decomposition::output;
   p.lambda = 0.0;  // features are kept anyway (the twin's feature loss)
   const TrialProblem pr = setup_trial(p, 1);
-  const double N = p.n_train;
-  EXPECT_LT(rel_diff(pr.Cxx, scaled(matmul_nt(pr.Xn, pr.Xn), 1 / N)), 1e-14);
-  EXPECT_LT(rel_diff(pr.Cyx, scaled(matmul_nt(pr.Y, pr.Xn), 1 / N)), 1e-14);
-  EXPECT_NEAR(pr.tr_yy, frob2(pr.Y) / N, 1e-13 * pr.tr_yy);
   ASSERT_EQ(pr.matched, std::vector<int>{1});
   const Matrix& H = pr.feature[1];
   ASSERT_EQ(H.rows, 12);
@@ -158,8 +154,6 @@ TEST(Setup, MomentsAndFeaturesOnCleanInputs) {
   EXPECT_LT(rel_diff(top_rows(H, p.m), matmul(pr.Wt, pr.X)), 1e-13);
   EXPECT_EQ(rows_below_max(H, p.m), 0.0);
   EXPECT_GT(max_abs(sub(top_rows(H, p.m), matmul(pr.Wt, pr.Xn))), 0.01);
-  EXPECT_LT(rel_diff(pr.Chx[1], scaled(matmul_nt(H, pr.Xn), 1 / N)), 1e-14);
-  EXPECT_NEAR(pr.tr_hh[1], frob2(H) / N, 1e-13 * pr.tr_hh[1]);
 }
 
 TEST(Setup, MatchedLayersChosenAndChecked) {
@@ -413,7 +407,7 @@ TEST(Setup, DeterministicAndPairedAcrossLambdaNoiseTeacher) {
   p.teacher.decomposition = Decomposition::rotated;
   const TrialProblem a = setup_trial(p, 77), b = setup_trial(p, 77);
   EXPECT_TRUE(same_bits(a.X, b.X) && same_bits(a.Xn, b.Xn) && same_bits(a.Y, b.Y));
-  EXPECT_TRUE(same_bits(a.feature[1], b.feature[1]) && same_bits(a.Cxx, b.Cxx));
+  EXPECT_TRUE(same_bits(a.feature[1], b.feature[1]));
   EXPECT_TRUE(same_bits(a.W0[1], b.W0[1]) && same_bits(a.W0[2], b.W0[2]));
   EXPECT_TRUE(same_bits(a.teacher_W[1], b.teacher_W[1]));
   EXPECT_EQ(a.bayes_risk, b.bayes_risk);

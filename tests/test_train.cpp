@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "backend.hpp"
+#include "linalg.hpp"
 #include "problem.hpp"
 #include "train.hpp"
 #include "trial_math.hpp"
@@ -403,29 +404,51 @@ TEST(Paths, AutoPicksMomentWhenCheaperAndNeverForNonlinear) {
   EXPECT_NO_THROW(train_trial<double>(make_problem(s)));
 }
 
-TEST(Paths, SetUpMomentsAgreeWithMomentsFromData) {
+TEST(Paths, MomentsAreFormedFromTheTrialsDataForTheMaskedLayers) {
   TrialParams p;
   p.d = 12;
   p.k = 6;
   p.m = 3;
   p.hidden = {10, 8};
   p.n_train = 20;
-  p.steps = 200;
-  p.lr = 0.02;
-  p.init_scale = 0.3;
   p.path = TrainPath::moment;
-  const TrialProblem given = setup_trial(p, 5);
-  TrialProblem computed = given;  // moments left out: the trainer forms them from Xn, Y, H_t
-  computed.Cxx = Matrix();
-  computed.Cyx = Matrix();
-  computed.Chx.clear();
-  computed.tr_hh.clear();
-  std::vector<Matrix> Wg, Wc;
-  const TrialResult rg = train_trial<double>(given, &Wg, nullptr);
-  const TrialResult rc = train_trial<double>(computed, &Wc, nullptr);
-  EXPECT_LT(rel_diff(Wg, Wc), 1e-10);
-  EXPECT_NEAR(rg.test_risk, rc.test_risk, 1e-10 * rg.test_risk);
-  EXPECT_EQ(given.matched.size(), 2u);
+  const TrialProblem pr = setup_trial(p, 5);
+  ASSERT_EQ(pr.matched, (std::vector<int>{1, 2}));
+  const double N = p.n_train;
+  // Against sums over the samples written out here (another summation order:
+  // agreement to rounding, not bits).
+  auto second_moment = [&](const Matrix& A) {
+    Matrix C(A.rows, pr.Xn.rows);
+    for (int n = 0; n < A.cols; ++n)
+      for (int i = 0; i < A.rows; ++i)
+        for (int j = 0; j < pr.Xn.rows; ++j) C(i, j) += A(i, n) * pr.Xn(j, n) / N;
+    return C;
+  };
+  auto rel_diff = [](const Matrix& A, const Matrix& B) {
+    return stsweep::rel_diff(std::vector<Matrix>{Matrix(), A}, std::vector<Matrix>{Matrix(), B});
+  };
+  auto same_bits = [](const Matrix& A, const Matrix& B) {
+    return A.rows == B.rows && A.cols == B.cols &&
+           std::memcmp(A.a.data(), B.a.data(), A.a.size() * sizeof(double)) == 0;
+  };
+  const TrialMoments all = trial_moments(pr, matched_mask(pr));
+  EXPECT_LT(rel_diff(all.Cxx, second_moment(pr.Xn)), 1e-13);
+  EXPECT_LT(rel_diff(all.Cyx, second_moment(pr.Y)), 1e-13);
+  EXPECT_NEAR(all.tr_yy, linalg::frob2(pr.Y) / N, 1e-13 * all.tr_yy);
+  for (int l : {1, 2}) {
+    EXPECT_LT(rel_diff(all.Chx[l], second_moment(pr.feature[l])), 1e-13) << l;
+    EXPECT_NEAR(all.tr_hh[l], linalg::frob2(pr.feature[l]) / N, 1e-13 * all.tr_hh[l]) << l;
+  }
+  // Only the layers in the mask; the same bits for them.
+  const TrialMoments second = trial_moments(pr, 1u << 2);
+  EXPECT_EQ(second.Chx[1].rows, 0);
+  EXPECT_EQ(second.tr_hh[1], 0.0);
+  EXPECT_TRUE(same_bits(second.Chx[2], all.Chx[2]));
+  EXPECT_TRUE(same_bits(second.Cxx, all.Cxx));
+  // A matched layer without its features is a bug, said as such.
+  TrialProblem broken = pr;
+  broken.feature[2] = Matrix();
+  EXPECT_THROW(trial_moments(broken, 1u << 2), std::logic_error);
 }
 
 // ------------------------------------------------------------ divergence --
