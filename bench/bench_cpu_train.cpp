@@ -16,7 +16,8 @@
 //
 // Setup/gpu_grid: setup_trial alone (data, teacher, closed-form risks) for a
 // trial of the standard GPU grid (d = h = 64, k = m = 16, N = 128), one
-// thread: the host work the CUDA backend does per trial.
+// thread: the host work the CUDA backend does per trial. Setup/trained_teacher/*:
+// the same with a trained teacher, a new one each trial or one per 16 trials.
 #include <benchmark/benchmark.h>
 #include <dlfcn.h>
 
@@ -191,6 +192,42 @@ void Sgemm(benchmark::State& state) {
   state.counters["threads"] = std::thread::hardware_concurrency();
 }
 
+// Trained teachers (teacher.kind = trained, 1000 steps on 128 clean samples):
+// SetupTrained/new draws a new seed every trial, so every teacher is trained;
+// SetupTrained/sweep walks a 4 noise x 4 lambda grid per seed, the trials of
+// a seed sharing one teacher (trained once, then reused from the cache).
+void SetupTrained(benchmark::State& state, bool sweep) {
+  TrialParams p;
+  p.d = 64;
+  p.k = 16;
+  p.m = 16;
+  p.hidden = {64};
+  p.n_train = 128;
+  p.steps = 1000;
+  p.lr = 0.02;
+  p.init_scale = 0.01;
+  p.checkpoints = 8;
+  p.path = TrainPath::data;
+  p.teacher.kind = TeacherKind::trained;
+  p.teacher.n_train = 128;
+  p.teacher.steps = 1000;
+  p.teacher.lr = 0.02;
+  reset_teacher_cache(size_t{256} << 20);
+  int i = 0;
+  for (auto _ : state) {
+    p.seed = sweep ? i / 16 : i;
+    p.noise = sweep ? 0.25 * (1 + i % 4) : 0.5;
+    p.lambda = sweep ? 0.1 * (1 + (i / 4) % 4) : 1.0;
+    ++i;
+    TrialProblem pr = setup_trial(p, 5);
+    benchmark::DoNotOptimize(pr.interp_risk);
+  }
+  const TeacherCacheStats st = teacher_cache_stats();
+  state.counters["trials/s"] = benchmark::Counter(1, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["teachers_trained"] = static_cast<double>(st.trained);
+  state.counters["teachers_reused"] = static_cast<double>(st.reused);
+}
+
 void Setup(benchmark::State& state) {
   TrialParams p;
   p.d = 64;
@@ -215,6 +252,8 @@ void Setup(benchmark::State& state) {
 }
 
 BENCHMARK(Setup)->Name("Setup/gpu_grid")->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(SetupTrained, new, false)->Name("Setup/trained_teacher/new")->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(SetupTrained, sweep, true)->Name("Setup/trained_teacher/sweep")->Unit(benchmark::kMillisecond);
 BENCHMARK(Sgemm)->Arg(2048)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(2.0);
 BENCHMARK_CAPTURE(Grid, data_f32, TrainPath::data, Precision::f32)
     ->Arg(512)->Iterations(1)->Unit(benchmark::kSecond)->UseRealTime();

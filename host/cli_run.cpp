@@ -21,6 +21,7 @@
 #include "cli.hpp"
 #include "multi_backend.hpp"
 #include "pipeline.hpp"
+#include "problem.hpp"
 #include "progress.hpp"
 #include "store.hpp"
 #include "sweep.hpp"
@@ -36,6 +37,7 @@ struct RunArgs {
   int threads = 0;
   size_t batch_size = 0;
   double checkpoint_every = 30;
+  double teacher_cache_mb = kTeacherCacheDefaultMb;
 };
 
 volatile std::sig_atomic_t g_signal = 0;
@@ -121,6 +123,7 @@ int run_main(const RunArgs& a) {
   ro.sweep_seed = sweep.seed();
   ro.precision = a.precision == "f64" ? Precision::f64 : Precision::f32;
   ro.threads = a.threads;
+  reset_teacher_cache(static_cast<size_t>(a.teacher_cache_mb * 1048576.0));
 
   // The backend first: a missing GPU must not leave a results file behind.
   std::unique_ptr<Backend> backend;
@@ -247,6 +250,14 @@ int run_main(const RunArgs& a) {
   std::printf("results: %s (shard %s: %lld done, %lld diverged, %lld failed, %lld pending of %lld)\n", a.out.c_str(),
               h.shard.c_str(), (long long)h.n_done, (long long)h.n_diverged, (long long)h.n_failed,
               (long long)h.n_pending, (long long)h.rows());
+  const TeacherCacheStats tc = teacher_cache_stats();
+  if (tc.trained + tc.reused > 0) {
+    std::printf("stsweep: trained teachers: %lld trained, %lld reused", tc.trained, tc.reused);
+    if (tc.evicted > 0)
+      std::printf("; %lld dropped for the --teacher-cache-mb budget (%g MB; more would reuse more)", tc.evicted,
+                  a.teacher_cache_mb);
+    std::printf("\n");
+  }
   if (h.n_failed > 0) {
     std::fprintf(stderr, "stsweep: %lld trials failed; rerun them with: %s\n", (long long)h.n_failed,
                  resume_command(a).c_str());
@@ -280,6 +291,10 @@ void add_run_command(CLI::App& app, Registry& r) {
       ->check(CLI::IsMember({"auto", "bar", "jsonl", "none"}));
   sub->add_option("--checkpoint-every", a->checkpoint_every,
                   "seconds between updates of OUT.h5 (at least; finished batches are journaled at once)")
+      ->check(CLI::NonNegativeNumber);
+  sub->add_option("--teacher-cache-mb", a->teacher_cache_mb,
+                  "memory for trained teachers kept for reuse: trials whose teacher training reads the same "
+                  "inputs (seed, data, widths, teacher.*) share one (0: train every trial's own)")
       ->check(CLI::NonNegativeNumber);
   r.add(sub, [a, devices] {
     a->devices_given = devices->count() > 0;

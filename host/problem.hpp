@@ -57,6 +57,24 @@ struct TrialProblem {
 // widths cannot hold). Deterministic in (sweep_seed, params).
 TrialProblem setup_trial(const TrialParams& p, uint64_t sweep_seed);
 
+// Trained teachers (teacher.kind = trained) are kept per process and reused by
+// every trial whose teacher training reads the same inputs (seed, data law,
+// widths, activation, label noise, teacher.n_train, teacher.steps,
+// teacher.lr): a sweep over noise, lambda or the decomposition trains each
+// teacher once. Reuse gives the same bits as training again. The budget is
+// `stsweep run --teacher-cache-mb` (default 512; 0 turns reuse off); least
+// recently used teachers go first.
+constexpr int kTeacherCacheDefaultMb = 512;
+struct TeacherCacheStats {
+  long long trained = 0;  // trainings run (or running)
+  long long reused = 0;   // trials that took a kept teacher
+  long long evicted = 0;  // teachers dropped for the budget
+  size_t bytes = 0;       // kept now
+};
+TeacherCacheStats teacher_cache_stats();
+// Drops every kept teacher, zeroes the counts and sets the budget (0: off).
+void reset_teacher_cache(size_t capacity_bytes);
+
 // min(count, T + 1) distinct steps: 0, T and log-spaced between.
 std::vector<int64_t> checkpoint_steps(int64_t T, int count);
 

@@ -4,10 +4,15 @@
 // down in docs/MODEL_NOTES.md; the comments here point at them.
 #include <algorithm>
 #include <cmath>
+#include <future>
 #include <limits>
+#include <list>
+#include <memory>
+#include <mutex>
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <unordered_map>
 
 #include "linalg.hpp"
 #include "problem.hpp"
@@ -130,6 +135,162 @@ struct Law {
     return matmul(A2, activate(Activation::tanh, matmul(A1, Z)));
   }
 };
+
+// A trained teacher: its layers after tp.steps of full-batch GD (float64) on
+// its own clean training set, and whether that training stayed finite.
+struct TrainedTeacher {
+  std::vector<Matrix> W;  // index 1..L
+  bool ok = true;
+  size_t bytes() const {
+    size_t b = sizeof(*this);
+    for (const Matrix& M : W) b += sizeof(Matrix) + M.a.size() * sizeof(double);
+    return b;
+  }
+};
+
+// Its own clean training set from the teacher key, same law and label noise;
+// initial weights from the teacher key. Reads exactly what teacher_recipe lists.
+std::shared_ptr<const TrainedTeacher> train_teacher(const TrialParams& p, const TrialKeys& keys,
+                                                    const Law& law, const TrialProblem& pr) {
+  const TeacherParams& tp = p.teacher;
+  const int L = pr.L, m = p.m;
+  const Matrix Zt = law.latents(keys.teacher, Stream::teacher_z, tp.n_train);
+  const Matrix Xt = matmul(law.U, Zt);
+  Matrix Yt = law.target(Zt, Xt);
+  if (p.label_noise != 0)
+    Yt = add(Yt, scaled(gaussian(keys.teacher, Stream::teacher_label_noise, 0, m, tp.n_train),
+                        p.label_noise));
+  auto t = std::make_shared<TrainedTeacher>();
+  t->W.resize(L + 1);
+  for (int l = 1; l <= L; ++l)
+    t->W[l] = gaussian(keys.teacher, Stream::teacher_init, static_cast<uint32_t>(l), pr.w[l], pr.w[l - 1],
+                       kTeacherInitScale / std::sqrt(double(pr.w[l - 1])));
+  t->ok = train_plain_f64(t->W, p.activation, Xt, Yt, tp.steps, tp.lr);
+  return t;
+}
+
+// Everything train_teacher reads, as bytes: two trials with equal recipes get
+// the same teacher bit for bit, so the cache may hand one's to the other. The
+// keys already hash the sweep seed, the seed and the shapes; the fields are
+// listed again so that equality, not a 64-bit hash, decides.
+std::string teacher_recipe(const TrialParams& p, const TrialKeys& keys) {
+  std::string r;
+  auto put = [&r](const auto& v) { r.append(reinterpret_cast<const char*>(&v), sizeof(v)); };
+  put(keys.data), put(keys.teacher), put(p.d), put(p.k), put(p.m), put(p.hidden.size());
+  for (int h : p.hidden) put(h);
+  put(p.spectrum), put(p.spectrum_p), put(p.spectrum_kappa), put(p.target), put(p.activation);
+  put(p.label_noise), put(p.teacher.n_train), put(p.teacher.steps), put(p.teacher.lr);
+  return r;
+}
+
+// Trained teachers by recipe, shared by the threads that set trials up.
+// Training a teacher costs as much as training a student (T steps of the data
+// path, in float64, on one core); in a sweep over noise, lambda, the student's
+// optimiser or the decomposition, every one of those trials has the same
+// teacher. Least recently used recipes go first past the byte budget; a recipe
+// another thread is training is waited for, not trained twice.
+class TeacherCache {
+ public:
+  template <class Train>
+  std::shared_ptr<const TrainedTeacher> get(const std::string& recipe, Train train) {
+    std::promise<std::shared_ptr<const TrainedTeacher>> mine;
+    std::shared_future<std::shared_ptr<const TrainedTeacher>> theirs;
+    uint64_t ticket = 0;  // nonzero: this call trains the recipe for the cache
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = capacity_ > 0 ? map_.find(recipe) : map_.end();
+      if (it != map_.end()) {
+        ++stats_.reused;
+        lru_.splice(lru_.begin(), lru_, it->second.pos);
+        theirs = it->second.value;
+      } else {
+        ++stats_.trained;
+        if (capacity_ > 0) {
+          ticket = ++tickets_;
+          lru_.push_front(recipe);
+          map_.emplace(recipe, Entry{mine.get_future().share(), lru_.begin(), ticket, 0});
+        }
+      }
+    }
+    if (theirs.valid()) return theirs.get();
+    std::shared_ptr<const TrainedTeacher> t;
+    try {
+      t = train();
+    } catch (...) {
+      // Nothing is kept of a failed training (an exception, not a diverged
+      // teacher): those waiting get the exception, the next trial tries again.
+      if (ticket) {
+        mine.set_exception(std::current_exception());
+        std::lock_guard<std::mutex> lock(mu_);
+        auto it = map_.find(recipe);
+        if (it != map_.end() && it->second.ticket == ticket) {
+          lru_.erase(it->second.pos);
+          map_.erase(it);
+        }
+      }
+      throw;
+    }
+    if (ticket) {
+      mine.set_value(t);
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = map_.find(recipe);
+      if (it != map_.end() && it->second.ticket == ticket) {  // not dropped by a reset meanwhile
+        it->second.bytes = t->bytes() + 2 * recipe.size() + 64;
+        stats_.bytes += it->second.bytes;
+        evict();
+      }
+    }
+    return t;
+  }
+
+  TeacherCacheStats stats() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return stats_;
+  }
+
+  void reset(size_t capacity) {
+    std::lock_guard<std::mutex> lock(mu_);
+    // Trainings in flight keep their promise (their waiters hold the future);
+    // only finished entries are dropped with the map.
+    map_.clear();
+    lru_.clear();
+    capacity_ = capacity;
+    stats_ = TeacherCacheStats{};
+  }
+
+ private:
+  struct Entry {
+    std::shared_future<std::shared_ptr<const TrainedTeacher>> value;
+    std::list<std::string>::iterator pos;
+    uint64_t ticket;  // which call trains it
+    size_t bytes;     // 0 while its training runs
+  };
+  void evict() {  // oldest finished entries first, down to the budget (mu_ held)
+    for (auto pos = lru_.end(); stats_.bytes > capacity_ && pos != lru_.begin();) {
+      --pos;
+      auto it = map_.find(*pos);
+      if (!it->second.bytes) continue;
+      stats_.bytes -= it->second.bytes;
+      ++stats_.evicted;
+      map_.erase(it);
+      pos = lru_.erase(pos);
+    }
+  }
+
+  mutable std::mutex mu_;
+  std::unordered_map<std::string, Entry> map_;
+  std::list<std::string> lru_;  // most recently used first
+  uint64_t tickets_ = 0;
+  size_t capacity_ = kDefaultCapacity;
+  TeacherCacheStats stats_;
+
+  static constexpr size_t kDefaultCapacity = size_t{kTeacherCacheDefaultMb} << 20;
+};
+
+TeacherCache& teacher_cache() {
+  static TeacherCache cache;
+  return cache;
+}
 
 // Re-factorises W_t (m x d) into L layers of widths w (MODEL.md "Teacher";
 // depth > 2 as in docs/MODEL_NOTES.md). Throws InputError when a hidden width
@@ -370,20 +531,12 @@ TrialProblem setup_trial(const TrialParams& p, uint64_t sweep_seed) {
         throw InputError("teacher.decomposition",
                          "a trained nonlinear teacher has no linear map to re-factorise; "
                          "use teacher.decomposition = as_trained");
-      // Its own clean training set from the teacher key, same law and label noise.
-      const Matrix Zt = law.latents(keys.teacher, Stream::teacher_z, tp.n_train);
-      const Matrix Xt = matmul(pr.U, Zt);
-      Matrix Yt = law.target(Zt, Xt);
-      if (pr.sigma_y != 0)
-        Yt = add(Yt, scaled(gaussian(keys.teacher, Stream::teacher_label_noise, 0, m, tp.n_train),
-                            pr.sigma_y));
-      trained.resize(L + 1);
-      for (int l = 1; l <= L; ++l)
-        trained[l] = gaussian(keys.teacher, Stream::teacher_init, static_cast<uint32_t>(l), pr.w[l],
-                              pr.w[l - 1], kTeacherInitScale / std::sqrt(double(pr.w[l - 1])));
-      if (!train_plain_f64(trained, p.activation, Xt, Yt, tp.steps, tp.lr))
+      const std::shared_ptr<const TrainedTeacher> t =
+          teacher_cache().get(teacher_recipe(p, keys), [&] { return train_teacher(p, keys, law, pr); });
+      if (!t->ok)
         throw std::runtime_error("the trained teacher diverged (teacher.lr = " +
                                  std::to_string(tp.lr) + ")");
+      trained = t->W;
       pr.Wt = product(trained);
       break;
     }
@@ -427,5 +580,9 @@ TrialProblem setup_trial(const TrialParams& p, uint64_t sweep_seed) {
   pr.checkpoints = checkpoint_steps(p.steps, p.checkpoints);
   return pr;
 }
+
+TeacherCacheStats teacher_cache_stats() { return teacher_cache().stats(); }
+
+void reset_teacher_cache(size_t capacity_bytes) { teacher_cache().reset(capacity_bytes); }
 
 }  // namespace stsweep

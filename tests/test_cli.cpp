@@ -244,3 +244,33 @@ TEST(Cli, DevicesWithoutAGpu) {
   EXPECT_TRUE(fs::exists(out));
   EXPECT_NE(a.out.find("36 done"), std::string::npos) << a.out;
 }
+
+// Trained teachers are trained once per recipe and reused (--teacher-cache-mb);
+// the run says how many, and reuse changes no result.
+TEST(Cli, TrainedTeachersAreReusedAndCounted) {
+  const std::string sweep = write_file("trained_teachers.json", R"({"name": "trained-teachers", "seed": 5,
+    "defaults": {"d": 8, "k": 4, "m": 2, "hidden": [6], "n_train": 6, "steps": 50, "lr": 0.05,
+                 "checkpoints": 4, "teacher": {"kind": "trained", "steps": 100, "lr": 0.1, "n_train": 16}},
+    "grid": {"seed": [0, 1], "noise": [0.2, 0.6], "lambda": [0, 1], "teacher.decomposition": ["as_trained", "balanced"]}})");
+  const fs::path kept = scratch() / "teachers_kept.h5", own = scratch() / "teachers_own.h5";
+  Outcome a = run("run '" + sweep + "' -o '" + kept.string() + "' --backend cpu --progress none --force");
+  ASSERT_EQ(a.rc, 0) << a.err;
+  // 16 trials, one teacher per seed.
+  EXPECT_NE(a.out.find("stsweep: trained teachers: 2 trained, 14 reused\n"), std::string::npos) << a.out;
+  Outcome b = run("run '" + sweep + "' -o '" + own.string() +
+                  "' --backend cpu --progress none --force --teacher-cache-mb 0");
+  ASSERT_EQ(b.rc, 0) << b.err;
+  EXPECT_NE(b.out.find("stsweep: trained teachers: 16 trained, 0 reused\n"), std::string::npos) << b.out;
+  for (const char* metric : {"teacher_clean_risk", "test_risk"}) {
+    const std::string by = " --by seed,noise,lambda,teacher.decomposition --format csv --metric ";
+    Outcome sa = run("summary '" + kept.string() + "'" + by + metric);
+    Outcome sb = run("summary '" + own.string() + "'" + by + metric);
+    ASSERT_EQ(sa.rc, 0) << sa.err;
+    EXPECT_EQ(lines(sa.out).size(), 17u) << sa.out;
+    EXPECT_EQ(sa.out, sb.out) << metric;
+  }
+  Outcome bad = run("run '" + sweep + "' -o '" + (scratch() / "bad.h5").string() + "' --teacher-cache-mb -3");
+  EXPECT_EQ(bad.rc, 2);
+  EXPECT_NE(bad.err.find("--teacher-cache-mb"), std::string::npos) << bad.err;
+  EXPECT_FALSE(fs::exists(scratch() / "bad.h5"));
+}

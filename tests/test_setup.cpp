@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "linalg.hpp"
@@ -607,4 +608,166 @@ TEST(Linalg, QrSvdPinvCholesky) {
   const Matrix B = random(5, 2, 4);
   EXPECT_LT(rel_diff(matmul(S, solve_spd(S, B)), B), 1e-13);
   EXPECT_THROW(cholesky(scaled(identity(3), -1.0)), std::runtime_error);
+}
+
+// ------------------------------------------------------- teacher reuse --
+
+namespace {
+
+TrialParams trained_teacher_params() {
+  TrialParams p = base_params();
+  p.teacher.kind = TeacherKind::trained;
+  p.teacher.n_train = 32;
+  p.teacher.steps = 200;
+  p.teacher.lr = 0.1;
+  p.teacher.decomposition = Decomposition::as_trained;
+  return p;
+}
+
+// What a trial takes from its teacher: the layers, the map, the features and
+// the teacher's own risk.
+void expect_same_teacher(const TrialProblem& a, const TrialProblem& b, const std::string& what) {
+  ASSERT_EQ(a.teacher_W.size(), b.teacher_W.size()) << what;
+  for (size_t l = 1; l < a.teacher_W.size(); ++l) EXPECT_TRUE(same_bits(a.teacher_W[l], b.teacher_W[l])) << what;
+  EXPECT_TRUE(same_bits(a.Wt, b.Wt)) << what;
+  for (int l : a.matched) EXPECT_TRUE(same_bits(a.feature[l], b.feature[l])) << what;
+  EXPECT_EQ(a.teacher_clean_risk, b.teacher_clean_risk) << what;
+}
+
+}  // namespace
+
+TEST(TeacherCache, TrialsThatShareATeacherTrainItOnceAndGetItsBits) {
+  const TrialParams base = trained_teacher_params();
+  // Student-side changes: the same teacher training.
+  std::vector<std::pair<std::string, TrialParams>> same;
+  auto vary = [&](const std::string& what, auto change) {
+    TrialParams p = base;
+    change(p);
+    same.emplace_back(what, p);
+  };
+  vary("noise", [](TrialParams& p) { p.noise = 1.5; });
+  vary("lambda", [](TrialParams& p) { p.lambda = 3; });
+  vary("lr", [](TrialParams& p) { p.lr = 0.01; });
+  vary("steps", [](TrialParams& p) { p.steps = 7; });
+  vary("init_scale", [](TrialParams& p) { p.init_scale = 0.5; });
+  vary("decomposition", [](TrialParams& p) { p.teacher.decomposition = Decomposition::balanced; });
+  vary("path", [](TrialParams& p) { p.path = TrainPath::moment; });
+  // Teacher-side changes: another training each.
+  std::vector<std::pair<std::string, TrialParams>> other;
+  auto differ = [&](const std::string& what, auto change) {
+    TrialParams p = base;
+    change(p);
+    other.emplace_back(what, p);
+  };
+  differ("seed", [](TrialParams& p) { p.seed = 4; });
+  differ("teacher.steps", [](TrialParams& p) { p.teacher.steps = 201; });
+  differ("teacher.lr", [](TrialParams& p) { p.teacher.lr = 0.09; });
+  differ("teacher.n_train", [](TrialParams& p) { p.teacher.n_train = 33; });
+  differ("label_noise", [](TrialParams& p) { p.label_noise = 0.1; });
+  differ("hidden", [](TrialParams& p) { p.hidden = {13}; });
+  differ("activation", [](TrialParams& p) { p.activation = Activation::tanh; });
+  differ("spectrum", [](TrialParams& p) { p.spectrum = SpectrumKind::power; });
+  differ("k", [](TrialParams& p) { p.k = 5; });
+
+  // Each trial set up on its own (no reuse) ...
+  reset_teacher_cache(0);
+  const TrialProblem first_alone = setup_trial(base, 9);
+  std::vector<TrialProblem> same_alone, other_alone;
+  for (const auto& [what, p] : same) same_alone.push_back(setup_trial(p, 9));
+  for (const auto& [what, p] : other) other_alone.push_back(setup_trial(p, 9));
+  EXPECT_EQ(teacher_cache_stats().reused, 0);
+  EXPECT_EQ(teacher_cache_stats().trained, static_cast<long long>(1 + same.size() + other.size()));
+  EXPECT_EQ(teacher_cache_stats().bytes, 0u);
+
+  // ... and with reuse: the same bits, one training for the first group.
+  reset_teacher_cache(size_t{64} << 20);
+  expect_same_teacher(setup_trial(base, 9), first_alone, "first");
+  for (size_t i = 0; i < same.size(); ++i) {
+    expect_same_teacher(setup_trial(same[i].second, 9), same_alone[i], same[i].first);
+    EXPECT_EQ(teacher_cache_stats().trained, 1) << same[i].first;
+  }
+  EXPECT_EQ(teacher_cache_stats().reused, static_cast<long long>(same.size()));
+  for (size_t i = 0; i < other.size(); ++i) {
+    const long long before = teacher_cache_stats().trained;
+    expect_same_teacher(setup_trial(other[i].second, 9), other_alone[i], other[i].first);
+    EXPECT_EQ(teacher_cache_stats().trained, before + 1) << other[i].first << " must not reuse";
+  }
+  // The sweep seed enters too.
+  const long long before = teacher_cache_stats().trained;
+  setup_trial(base, 10);
+  EXPECT_EQ(teacher_cache_stats().trained, before + 1);
+  EXPECT_GT(teacher_cache_stats().bytes, 0u);
+  reset_teacher_cache(size_t{kTeacherCacheDefaultMb} << 20);
+}
+
+TEST(TeacherCache, BudgetDropsTheLeastRecentlyUsed) {
+  TrialParams a = trained_teacher_params(), b = a, c = a;
+  b.seed = 11;
+  c.seed = 12;
+  reset_teacher_cache(size_t{64} << 20);
+  const TrialProblem a0 = setup_trial(a, 1);
+  const size_t one = teacher_cache_stats().bytes;
+  ASSERT_GT(one, 0u);
+  // Room for two teachers (all three are the same size).
+  reset_teacher_cache(2 * one + one / 2);
+  setup_trial(a, 1);  // trained
+  setup_trial(b, 1);  // trained
+  setup_trial(a, 1);  // reused: now a is the most recent
+  setup_trial(c, 1);  // trained; b goes
+  EXPECT_EQ(teacher_cache_stats().evicted, 1);
+  expect_same_teacher(setup_trial(a, 1), a0, "a after an eviction");  // reused
+  setup_trial(b, 1);  // trained again
+  const TeacherCacheStats st = teacher_cache_stats();
+  EXPECT_EQ(st.trained, 4);
+  EXPECT_EQ(st.reused, 2);
+  EXPECT_EQ(st.evicted, 2);
+  EXPECT_LE(st.bytes, 2 * one + one / 2);
+  // A budget below one teacher keeps none.
+  reset_teacher_cache(one / 2);
+  expect_same_teacher(setup_trial(a, 1), a0, "budget below one teacher");
+  setup_trial(a, 1);
+  EXPECT_EQ(teacher_cache_stats().trained, 2);
+  EXPECT_EQ(teacher_cache_stats().bytes, 0u);
+  reset_teacher_cache(size_t{kTeacherCacheDefaultMb} << 20);
+}
+
+TEST(TeacherCache, ThreadsSettingUpTheSameTeacherTrainItOnce) {
+  const TrialParams p = trained_teacher_params();
+  reset_teacher_cache(0);
+  const TrialProblem alone = setup_trial(p, 2);
+  reset_teacher_cache(size_t{64} << 20);
+  constexpr int kThreads = 8;
+  std::vector<TrialProblem> got(kThreads);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      TrialParams q = p;
+      q.lambda = 0.5 * t;  // other trials, one teacher
+      got[t] = setup_trial(q, 2);
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(teacher_cache_stats().trained, 1);
+  EXPECT_EQ(teacher_cache_stats().reused, kThreads - 1);
+  for (int t = 0; t < kThreads; ++t) expect_same_teacher(got[t], alone, "thread " + std::to_string(t));
+  reset_teacher_cache(size_t{kTeacherCacheDefaultMb} << 20);
+}
+
+TEST(TeacherCache, ADivergedTeacherFailsEveryTrialThatSharesIt) {
+  TrialParams p = trained_teacher_params();
+  p.teacher.lr = 1e3;
+  reset_teacher_cache(size_t{64} << 20);
+  for (double lambda : {0.0, 1.0}) {
+    p.lambda = lambda;
+    try {
+      setup_trial(p, 3);
+      ADD_FAILURE() << "a diverging teacher must fail the trial";
+    } catch (const std::runtime_error& e) {
+      EXPECT_NE(std::string(e.what()).find("the trained teacher diverged (teacher.lr = 1000"), std::string::npos)
+          << e.what();
+    }
+  }
+  EXPECT_EQ(teacher_cache_stats().trained, 1);
+  EXPECT_EQ(teacher_cache_stats().reused, 1);
+  reset_teacher_cache(size_t{kTeacherCacheDefaultMb} << 20);
 }
