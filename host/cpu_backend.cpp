@@ -72,9 +72,13 @@ class CpuBackend final : public Backend {
     std::vector<TrialResult> out(n);
     const int nt = static_cast<int>(std::min<size_t>(n, static_cast<size_t>(
                                                             opt.threads > 0 ? opt.threads : threads_)));
+    // Trials that share a trained teacher wait for its training: start each
+    // teacher's first trial before them (setup_order).
+    const std::vector<size_t> order = setup_order(batch.trials, 0, n, opt.sweep_seed);
     std::atomic<size_t> next{0};
     auto work = [&] {
-      for (size_t i; (i = next.fetch_add(1)) < n;) {
+      for (size_t k; (k = next.fetch_add(1)) < n;) {
+        const size_t i = order[k];
         const int64_t id = i < batch.ids.size() ? batch.ids[i] : static_cast<int64_t>(i);
         out[i] = run_one(id, batch.trials[i], opt);
       }

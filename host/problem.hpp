@@ -75,6 +75,15 @@ TeacherCacheStats teacher_cache_stats();
 // Drops every kept teacher, zeroes the counts and sets the budget (0: off).
 void reset_teacher_cache(size_t capacity_bytes);
 
+// The order in which threads should set up trials [lo, hi) of a batch: first
+// every trial that does not need a trained teacher another trial of the batch
+// needs too (so the first trial of each teacher), then the others, each part in
+// batch order. Trials that share a teacher are often neighbours (noise and
+// lambda the fastest axes); set up in batch order, all threads but one would
+// wait for the same teacher, and the teachers would be trained one at a time.
+std::vector<size_t> setup_order(const std::vector<TrialParams>& trials, size_t lo, size_t hi,
+                                uint64_t sweep_seed);
+
 // min(count, T + 1) distinct steps: 0, T and log-spaced between.
 std::vector<int64_t> checkpoint_steps(int64_t T, int count);
 

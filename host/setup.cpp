@@ -13,6 +13,7 @@
 #include <stdexcept>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 
 #include "linalg.hpp"
 #include "problem.hpp"
@@ -582,6 +583,20 @@ TrialProblem setup_trial(const TrialParams& p, uint64_t sweep_seed) {
 }
 
 TeacherCacheStats teacher_cache_stats() { return teacher_cache().stats(); }
+
+std::vector<size_t> setup_order(const std::vector<TrialParams>& trials, size_t lo, size_t hi,
+                                uint64_t sweep_seed) {
+  std::vector<size_t> first, later;
+  std::unordered_set<std::string> seen;
+  for (size_t i = lo; i < hi; ++i) {
+    const TrialParams& p = trials[i];
+    const bool waits = p.teacher.kind == TeacherKind::trained &&
+                       !seen.insert(teacher_recipe(p, trial_keys(sweep_seed, p))).second;
+    (waits ? later : first).push_back(i);
+  }
+  first.insert(first.end(), later.begin(), later.end());
+  return first;
+}
 
 void reset_teacher_cache(size_t capacity_bytes) { teacher_cache().reset(capacity_bytes); }
 

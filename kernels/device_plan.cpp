@@ -296,9 +296,11 @@ std::vector<Prepared> prepare_trials(const Batch& batch, size_t lo, size_t hi,
                                      std::vector<TrialResult>& out, double* setup_s) {
   const auto t0 = std::chrono::steady_clock::now();
   std::vector<std::unique_ptr<Prepared>> slot(hi - lo);
-  std::atomic<size_t> next{lo};
+  const std::vector<size_t> order = setup_order(batch.trials, lo, hi, opt.sweep_seed);
+  std::atomic<size_t> next{0};
   auto work = [&] {
-    for (size_t i; (i = next.fetch_add(1)) < hi;) {
+    for (size_t k; (k = next.fetch_add(1)) < order.size();) {
+      const size_t i = order[k];
       const int64_t id = i < batch.ids.size() ? batch.ids[i] : static_cast<int64_t>(i);
       TrialResult& r = out[i];
       r.trial = id;

@@ -771,3 +771,22 @@ TEST(TeacherCache, ADivergedTeacherFailsEveryTrialThatSharesIt) {
   EXPECT_EQ(teacher_cache_stats().reused, 1);
   reset_teacher_cache(size_t{kTeacherCacheDefaultMb} << 20);
 }
+
+TEST(TeacherCache, SetUpOrderStartsEachTeacherFirst) {
+  const TrialParams a = trained_teacher_params();
+  TrialParams oracle = base_params(), a1 = a, b = a, b1 = a, a2 = a;
+  a1.lambda = 2;       // shares a's teacher
+  b.seed = 8;          // another teacher
+  b1 = b;
+  b1.noise = 0.9;      // shares b's
+  a2.teacher.decomposition = Decomposition::balanced;  // shares a's
+  const std::vector<TrialParams> trials{oracle, a, a1, b, oracle, b1, a2};
+  EXPECT_EQ(setup_order(trials, 0, trials.size(), 1), (std::vector<size_t>{0, 1, 3, 4, 2, 5, 6}));
+  // A part of the batch: only its own trials, and a teacher first seen there
+  // counts as first.
+  EXPECT_EQ(setup_order(trials, 2, 6, 1), (std::vector<size_t>{2, 3, 4, 5}));
+  EXPECT_EQ(setup_order(trials, 5, 7, 1), (std::vector<size_t>{5, 6}));
+  EXPECT_TRUE(setup_order(trials, 3, 3, 1).empty());
+  // Another sweep seed: the same sharing.
+  EXPECT_EQ(setup_order(trials, 0, trials.size(), 2), (std::vector<size_t>{0, 1, 3, 4, 2, 5, 6}));
+}
