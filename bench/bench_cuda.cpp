@@ -2,8 +2,9 @@
 // N = 128, T = 1000, 16384 trials plus their lambda = 0 twins. Prints, for the
 // fused kernel's data path, trial-steps/s and GFLOP/s against the FP32 FMA rate
 // measured on the same device; the cuBLAS path's time and the ratio; the
-// moment path's trial-steps/s. Then a small-width grid (d = h = 16, m = 4,
-// N = 64): a block per network (fused) against a warp per network (warp).
+// moment path's trial-steps/s; the host's set-up beside each, and once with
+// trained teachers (one per 16 trials). Then a small-width grid (d = h = 16,
+// m = 4, N = 64): a block per network (fused) against a warp per network (warp).
 // Times are device time of the training launches (events), set-up and
 // evaluation reported beside them.
 //
@@ -113,6 +114,7 @@ int main(int argc, char** argv) {
   setenv("STSWEEP_CUDA_ONE_COLUMN", "0", 1);  // v4's tiles: no one-column shapes
   run("data fused, v4", cuda::Path::fused, TrainPath::data);
   unsetenv("STSWEEP_CUDA_ONE_COLUMN");
+  const std::vector<TrialParams> standard = batch.trials;
   for (auto& t : batch.trials) {
     t.d = t.hidden[0] = 16;
     t.k = 8;
@@ -122,6 +124,23 @@ int main(int argc, char** argv) {
   run("small fused", cuda::Path::fused, TrainPath::data);
   run("small warp", cuda::Path::warp, TrainPath::data);
   run("small moment warp", cuda::Path::warp, TrainPath::moment);
+  {  // last: the rows above matter more if the time runs out
+    // Trained teachers (1000 steps on 128 clean samples, float64 on the host),
+    // one per seed, shared by a 4 noise x 4 lambda grid: what set-up costs
+    // against training when teachers are trained (docs/ARCHITECTURE.md).
+    batch.trials = standard;
+    for (size_t i = 0; i < batch.trials.size(); ++i) {
+      TrialParams& t = batch.trials[i];
+      t.teacher.kind = TeacherKind::trained;
+      t.teacher.n_train = 128;
+      t.teacher.steps = 1000;
+      t.teacher.lr = 0.02;
+      t.seed = static_cast<int>(i / 16);
+      t.noise = 0.25 * static_cast<double>(1 + i % 4);
+      t.lambda = 0.1 * static_cast<double>(1 + (i / 4) % 4);
+    }
+    run("data fused, trained teachers", cuda::Path::fused, TrainPath::data);
+  }
 
   tm::Net net;
   net.L = 2;
@@ -132,21 +151,28 @@ int main(int argc, char** argv) {
   std::printf("# %d trials + twins, d=h=64, m=16, N=128, T=%d, float32; data step %.3f MFLOP, moment step %.3f MFLOP\n",
               trials, steps, tm::data_step_flops(net, 128) * 1e-6, tm::moment_step_flops(net, 2u) * 1e-6);
   std::printf("# FP32 FMA peak (measured, FMA chains): %.0f GFLOP/s\n", peak);
-  std::printf("| path | train s | trial-steps/s | GFLOP/s | %% of FMA peak | vs cuBLAS |\n");
-  std::printf("|---|---|---|---|---|---|\n");
-  const double cublas_s = rows[1].s.train_s;
+  std::printf("# host set-up (float64, all cores, overlapped with the other wave's training) beside it\n");
+  std::printf("| path | train s | trial-steps/s | GFLOP/s | %% of FMA peak | vs cuBLAS | host set-up s |\n");
+  std::printf("|---|---|---|---|---|---|---|\n");
+  auto row = [&](const char* what) -> const Row& {
+    for (const Row& r : rows)
+      if (r.what == what) return r;
+    std::fprintf(stderr, "bench_cuda: no row '%s'\n", what);
+    std::exit(1);
+  };
+  const double cublas_s = row("data cublas").s.train_s;
   for (const Row& r : rows) {
     if (r.what.rfind("small", 0) == 0) continue;
     const double gf = r.s.flops / r.s.train_s * 1e-9;
-    std::printf("| %s | %.3f | %.3e | %.0f | %.1f | %.2fx |\n", r.what.c_str(), r.s.train_s,
-                r.s.net_steps / r.s.train_s, gf, 100.0 * gf / peak, cublas_s / r.s.train_s);
+    std::printf("| %s | %.3f | %.3e | %.0f | %.1f | %.2fx | %.2f |\n", r.what.c_str(), r.s.train_s,
+                r.s.net_steps / r.s.train_s, gf, 100.0 * gf / peak, cublas_s / r.s.train_s, r.s.setup_s);
   }
   net.w[0] = net.w[1] = 16;
   net.w[2] = 4;
   std::printf("\n# small widths: d=h=16, m=4, N=64; data step %.3f MFLOP\n", tm::data_step_flops(net, 64) * 1e-6);
   std::printf("| path | train s | trial-steps/s | GFLOP/s | %% of FMA peak | vs fused |\n");
   std::printf("|---|---|---|---|---|---|\n");
-  const double fused_s = rows[4].s.train_s;
+  const double fused_s = row("small fused").s.train_s;
   for (const Row& r : rows) {
     if (r.what.rfind("small", 0) != 0) continue;
     const double gf = r.s.flops / r.s.train_s * 1e-9;
