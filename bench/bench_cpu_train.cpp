@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "backend.hpp"
+#include "grids.hpp"
 #include "problem.hpp"
 #include "train.hpp"
 #include "trial_math.hpp"
@@ -197,17 +198,7 @@ void Sgemm(benchmark::State& state) {
 // SetupTrained/sweep walks a 4 noise x 4 lambda grid per seed, the trials of
 // a seed sharing one teacher (trained once, then reused from the cache).
 void SetupTrained(benchmark::State& state, bool sweep) {
-  TrialParams p;
-  p.d = 64;
-  p.k = 16;
-  p.m = 16;
-  p.hidden = {64};
-  p.n_train = 128;
-  p.steps = 1000;
-  p.lr = 0.02;
-  p.init_scale = 0.01;
-  p.checkpoints = 8;
-  p.path = TrainPath::data;
+  TrialParams p = bench::standard_gpu_trial();
   p.teacher.kind = TeacherKind::trained;
   p.teacher.n_train = 128;
   p.teacher.steps = 1000;
@@ -229,19 +220,7 @@ void SetupTrained(benchmark::State& state, bool sweep) {
 }
 
 void Setup(benchmark::State& state) {
-  TrialParams p;
-  p.d = 64;
-  p.k = 16;
-  p.m = 16;
-  p.hidden = {64};
-  p.n_train = 128;
-  p.steps = 1000;
-  p.lr = 0.02;
-  p.init_scale = 0.01;
-  p.checkpoints = 8;
-  p.lambda = 1.0;
-  p.noise = 0.5;
-  p.path = TrainPath::data;
+  TrialParams p = bench::standard_gpu_trial();
   int i = 0;
   for (auto _ : state) {
     p.seed = i++;

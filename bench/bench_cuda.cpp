@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "backend.hpp"
+#include "grids.hpp"
 #include "params.hpp"
 #include "trial_math.hpp"
 
@@ -53,20 +54,10 @@ int main(int argc, char** argv) {
   const int steps = arg_int(argc, argv, "--steps", 1000);
   const int checkpoints = arg_int(argc, argv, "--checkpoints", 8);
 
-  TrialParams p;
-  p.d = 64;
-  p.k = 16;
-  p.m = 16;
-  p.hidden = {64};
-  p.n_train = 128;
+  TrialParams p = bench::standard_gpu_trial();
   p.steps = steps;
   p.checkpoints = checkpoints;
-  p.lr = 0.05;
-  p.lambda = 1.0;
-  p.noise = 0.5;
-  p.init_scale = 1e-2;
   p.baseline = true;
-  p.teacher.kind = TeacherKind::oracle;
   Batch batch;
   for (int i = 0; i < trials; ++i) {
     TrialParams q = p;

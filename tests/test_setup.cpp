@@ -638,36 +638,31 @@ void expect_same_teacher(const TrialProblem& a, const TrialProblem& b, const std
 
 TEST(TeacherCache, TrialsThatShareATeacherTrainItOnceAndGetItsBits) {
   const TrialParams base = trained_teacher_params();
+  auto variant = [&](auto change) {
+    TrialParams p = base;
+    change(p);
+    return p;
+  };
   // Student-side changes: the same teacher training.
-  std::vector<std::pair<std::string, TrialParams>> same;
-  auto vary = [&](const std::string& what, auto change) {
-    TrialParams p = base;
-    change(p);
-    same.emplace_back(what, p);
-  };
-  vary("noise", [](TrialParams& p) { p.noise = 1.5; });
-  vary("lambda", [](TrialParams& p) { p.lambda = 3; });
-  vary("lr", [](TrialParams& p) { p.lr = 0.01; });
-  vary("steps", [](TrialParams& p) { p.steps = 7; });
-  vary("init_scale", [](TrialParams& p) { p.init_scale = 0.5; });
-  vary("decomposition", [](TrialParams& p) { p.teacher.decomposition = Decomposition::balanced; });
-  vary("path", [](TrialParams& p) { p.path = TrainPath::moment; });
+  const std::vector<std::pair<std::string, TrialParams>> same{
+      {"noise", variant([](TrialParams& p) { p.noise = 1.5; })},
+      {"lambda", variant([](TrialParams& p) { p.lambda = 3; })},
+      {"lr", variant([](TrialParams& p) { p.lr = 0.01; })},
+      {"steps", variant([](TrialParams& p) { p.steps = 7; })},
+      {"init_scale", variant([](TrialParams& p) { p.init_scale = 0.5; })},
+      {"decomposition", variant([](TrialParams& p) { p.teacher.decomposition = Decomposition::balanced; })},
+      {"path", variant([](TrialParams& p) { p.path = TrainPath::moment; })}};
   // Teacher-side changes: another training each.
-  std::vector<std::pair<std::string, TrialParams>> other;
-  auto differ = [&](const std::string& what, auto change) {
-    TrialParams p = base;
-    change(p);
-    other.emplace_back(what, p);
-  };
-  differ("seed", [](TrialParams& p) { p.seed = 4; });
-  differ("teacher.steps", [](TrialParams& p) { p.teacher.steps = 201; });
-  differ("teacher.lr", [](TrialParams& p) { p.teacher.lr = 0.09; });
-  differ("teacher.n_train", [](TrialParams& p) { p.teacher.n_train = 33; });
-  differ("label_noise", [](TrialParams& p) { p.label_noise = 0.1; });
-  differ("hidden", [](TrialParams& p) { p.hidden = {13}; });
-  differ("activation", [](TrialParams& p) { p.activation = Activation::tanh; });
-  differ("spectrum", [](TrialParams& p) { p.spectrum = SpectrumKind::power; });
-  differ("k", [](TrialParams& p) { p.k = 5; });
+  const std::vector<std::pair<std::string, TrialParams>> other{
+      {"seed", variant([](TrialParams& p) { p.seed = 4; })},
+      {"teacher.steps", variant([](TrialParams& p) { p.teacher.steps = 201; })},
+      {"teacher.lr", variant([](TrialParams& p) { p.teacher.lr = 0.09; })},
+      {"teacher.n_train", variant([](TrialParams& p) { p.teacher.n_train = 33; })},
+      {"label_noise", variant([](TrialParams& p) { p.label_noise = 0.1; })},
+      {"hidden", variant([](TrialParams& p) { p.hidden = {13}; })},
+      {"activation", variant([](TrialParams& p) { p.activation = Activation::tanh; })},
+      {"spectrum", variant([](TrialParams& p) { p.spectrum = SpectrumKind::power; })},
+      {"k", variant([](TrialParams& p) { p.k = 5; })}};
 
   // Each trial set up on its own (no reuse) ...
   reset_teacher_cache(0);
