@@ -252,7 +252,10 @@ int run_main(const RunArgs& a) {
               (long long)h.n_pending, (long long)h.rows());
   const TeacherCacheStats tc = teacher_cache_stats();
   if (tc.trained + tc.reused > 0) {
-    std::printf("stsweep: trained teachers: %lld trained, %lld reused", tc.trained, tc.reused);
+    // Host core-seconds: against the backend's time (x its threads on the
+    // CPU), how much of the run the teachers took.
+    std::printf("stsweep: trained teachers: %lld trained (%.1f s of host core time), %lld reused", tc.trained,
+                tc.train_seconds, tc.reused);
     if (tc.evicted > 0)
       std::printf("; %lld dropped for the --teacher-cache-mb budget (%g MB; more would reuse more)", tc.evicted,
                   a.teacher_cache_mb);

@@ -70,6 +70,7 @@ struct TeacherCacheStats {
   long long reused = 0;   // trials that took a kept teacher
   long long evicted = 0;  // teachers dropped for the budget
   size_t bytes = 0;       // kept now
+  double train_seconds = 0;  // wall time of the trainings, summed over the threads
 };
 TeacherCacheStats teacher_cache_stats();
 // Drops every kept teacher, zeroes the counts and sets the budget (0: off).

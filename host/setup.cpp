@@ -3,6 +3,7 @@
 // risks, all in float64 on the host. Choices MODEL.md leaves open are written
 // down in docs/MODEL_NOTES.md; the comments here point at them.
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <future>
 #include <limits>
@@ -215,8 +216,12 @@ class TeacherCache {
     }
     if (theirs.valid()) return theirs.get();
     std::shared_ptr<const TrainedTeacher> t;
+    const auto t0 = std::chrono::steady_clock::now();
     try {
       t = train();
+      const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      std::lock_guard<std::mutex> lock(mu_);
+      stats_.train_seconds += sec;
     } catch (...) {
       // Nothing is kept of a failed training (an exception, not a diverged
       // teacher): those waiting get the exception, the next trial tries again.

@@ -256,11 +256,13 @@ TEST(Cli, TrainedTeachersAreReusedAndCounted) {
   Outcome a = run("run '" + sweep + "' -o '" + kept.string() + "' --backend cpu --progress none --force");
   ASSERT_EQ(a.rc, 0) << a.err;
   // 16 trials, one teacher per seed.
-  EXPECT_NE(a.out.find("stsweep: trained teachers: 2 trained, 14 reused\n"), std::string::npos) << a.out;
+  EXPECT_NE(a.out.find("stsweep: trained teachers: 2 trained ("), std::string::npos) << a.out;
+  EXPECT_NE(a.out.find(" s of host core time), 14 reused\n"), std::string::npos) << a.out;
   Outcome b = run("run '" + sweep + "' -o '" + own.string() +
                   "' --backend cpu --progress none --force --teacher-cache-mb 0");
   ASSERT_EQ(b.rc, 0) << b.err;
-  EXPECT_NE(b.out.find("stsweep: trained teachers: 16 trained, 0 reused\n"), std::string::npos) << b.out;
+  EXPECT_NE(b.out.find("stsweep: trained teachers: 16 trained ("), std::string::npos) << b.out;
+  EXPECT_NE(b.out.find(" s of host core time), 0 reused\n"), std::string::npos) << b.out;
   for (const char* metric : {"teacher_clean_risk", "test_risk"}) {
     const std::string by = " --by seed,noise,lambda,teacher.decomposition --format csv --metric ";
     Outcome sa = run("summary '" + kept.string() + "'" + by + metric);

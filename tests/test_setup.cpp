@@ -673,9 +673,11 @@ TEST(TeacherCache, TrialsThatShareATeacherTrainItOnceAndGetItsBits) {
   EXPECT_EQ(teacher_cache_stats().reused, 0);
   EXPECT_EQ(teacher_cache_stats().trained, static_cast<long long>(1 + same.size() + other.size()));
   EXPECT_EQ(teacher_cache_stats().bytes, 0u);
+  EXPECT_GT(teacher_cache_stats().train_seconds, 0.0);
 
   // ... and with reuse: the same bits, one training for the first group.
   reset_teacher_cache(size_t{64} << 20);
+  EXPECT_EQ(teacher_cache_stats().train_seconds, 0.0);
   expect_same_teacher(setup_trial(base, 9), first_alone, "first");
   for (size_t i = 0; i < same.size(); ++i) {
     expect_same_teacher(setup_trial(same[i].second, 9), same_alone[i], same[i].first);
