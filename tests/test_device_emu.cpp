@@ -12,6 +12,8 @@
 #include <cmath>
 #include <array>
 #include <cstdio>
+#include <cstring>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -348,6 +350,109 @@ TEST(DeviceEmu, TeamsMatchTheCpu) {
       }
     }
   }
+}
+
+// The weights a team trains are the serial path's, bit for bit: every product
+// is the same fma chain per element whatever the team (TrialMathTeam), and the
+// elementwise work and the transposes are exact. Only the loss sums (the
+// reported losses, the divergence check) differ in rounding. So a network
+// trained on the device, a teacher for instance, could stand in for one
+// trained on the host.
+template <class Real>
+void team_weights_equal_serial(Activation act, const std::vector<int>& hidden) {
+  TrialParams p = base_params();
+  p.d = 16;
+  p.k = 4;
+  p.m = 4;
+  p.hidden = hidden;
+  p.n_train = 32;
+  p.activation = act;
+  p.init_scale = 0.5;
+  const TrialProblem pr = setup_trial(p, 3);
+  const std::vector<int>& w = pr.w;
+  const int L = pr.L, N = p.n_train;
+  const tm::Net net = make_net(w, act);
+  const uint32_t matched = matched_mask(pr);
+  const Real lambda = Real(0.5), lr = Real(0.05);
+  auto rows_of = [](const Matrix& M) {  // samples as rows: N x width
+    std::vector<Real> v(M.a.size());
+    for (int i = 0; i < M.rows; ++i)
+      for (int j = 0; j < M.cols; ++j) v[static_cast<size_t>(j) * M.rows + i] = static_cast<Real>(M(i, j));
+    return v;
+  };
+  // One network's buffers, from the trial's data and initial weights.
+  struct Net {
+    std::vector<std::vector<Real>> W, WT, Z, H, Ht;
+    std::vector<Real> X, Y, D0, D1;
+    tm::Weights<Real> wt;
+    tm::DataSet<Real> ds;
+    tm::DataWork<Real> wk;
+  };
+  auto make = [&] {
+    auto n = std::make_unique<Net>();
+    n->W.resize(L + 1), n->WT.resize(L + 1), n->Z.resize(L + 1), n->H.resize(L + 1), n->Ht.resize(L + 1);
+    int maxw = 0;
+    for (int l = 1; l <= L; ++l) {
+      maxw = std::max(maxw, w[l]);
+      n->W[l].resize(static_cast<size_t>(w[l]) * w[l - 1]);
+      n->WT[l].resize(n->W[l].size());
+      for (int i = 0; i < w[l]; ++i)
+        for (int j = 0; j < w[l - 1]; ++j)
+          n->W[l][i * w[l - 1] + j] = n->WT[l][j * w[l] + i] = static_cast<Real>(pr.W0[l](i, j));
+      n->wt.W[l] = n->W[l].data();
+      n->wt.WT[l] = n->WT[l].data();
+      n->Z[l].assign(static_cast<size_t>(N) * w[l], Real(0));
+      n->wk.Z[l] = n->Z[l].data();
+      if (l < L && act != Activation::linear) {
+        n->H[l].assign(n->Z[l].size(), Real(0));
+        n->wk.H[l] = n->H[l].data();
+      } else {
+        n->wk.H[l] = n->Z[l].data();
+      }
+      if (l < L && (matched >> l & 1u)) {
+        n->Ht[l] = rows_of(pr.feature[l]);
+        n->ds.Ht[l] = n->Ht[l].data();
+      }
+    }
+    n->X = rows_of(pr.Xn);
+    n->Y = rows_of(pr.Y);
+    n->D0.assign(static_cast<size_t>(N) * maxw, Real(0));
+    n->D1 = n->D0;
+    n->ds.N = N;
+    n->ds.X = n->X.data();
+    n->ds.Y = n->Y.data();
+    n->wk.D[0] = n->D0.data();
+    n->wk.D[1] = n->D1.data();
+    return n;
+  };
+  constexpr int kSteps = 6;
+  auto steps = [&](const auto& team, Net& n) {
+    for (int t = 0; t < kSteps; ++t) {
+      tm::data_forward(team, net, n.wt, n.ds, matched, n.wk);
+      tm::data_backward_update(team, net, n.wt, n.ds, lambda, matched, lr, n.wk);
+    }
+    tm::data_refresh_w1(team, net, n.wt);
+  };
+  auto serial = make();
+  steps(tm::SerialTeam{}, *serial);
+  for (const auto& [threads, warp] : std::vector<std::pair<int, bool>>{{32, true}, {64, false}, {256, false}}) {
+    auto team = make();
+    cuda::run_emulated_team(threads, warp, [&](const cuda::EmuTeam& t) { steps(t, *team); });
+    for (int l = 1; l <= L; ++l) {
+      const size_t n = serial->W[l].size();
+      ASSERT_EQ(team->W[l].size(), n);
+      EXPECT_EQ(std::memcmp(team->W[l].data(), serial->W[l].data(), n * sizeof(Real)), 0)
+          << (sizeof(Real) == 4 ? "float" : "double") << " " << name(act) << " depth " << L << ", team of "
+          << threads << (warp ? " (warp)" : "") << ": W" << l << " differs";
+    }
+  }
+}
+
+TEST(DeviceEmu, TeamTrainedWeightsEqualTheSerialPathBitForBit) {
+  team_weights_equal_serial<double>(Activation::linear, {16});
+  team_weights_equal_serial<double>(Activation::tanh, {16, 12});
+  team_weights_equal_serial<float>(Activation::linear, {16});
+  team_weights_equal_serial<float>(Activation::relu, {16, 12});
 }
 
 // The general path is the fused kernel on global memory: bit-identical.
