@@ -5,9 +5,11 @@
 #include <iostream>
 #include <optional>
 #include <sstream>
+#include <unordered_set>
 
 #include "cli.hpp"
 #include "params.hpp"
+#include "problem.hpp"
 #include "sweep.hpp"
 
 namespace stsweep::cli {
@@ -60,6 +62,21 @@ int validate(const std::string& file) {
   const uint64_t n = s.count(), checked = check_trials(s, {0, n});
   std::cout << "ok: " << (checked == n ? "all " : "") << checked << " trials checked"
             << (checked == n ? "" : " (an even spread of the sweep)") << "\n";
+  if (checked == n) {
+    // Trained teachers cost as much as a student each; say how many the sweep
+    // really has (trials that share one train it once per run process).
+    uint64_t with_teacher = 0;
+    std::unordered_set<size_t> distinct;
+    for (uint64_t id = 0; id < n; ++id) {
+      const std::string recipe = trained_teacher_recipe(s.trial(id), s.seed());
+      if (recipe.empty()) continue;
+      ++with_teacher;
+      distinct.insert(std::hash<std::string>{}(recipe));
+    }
+    if (with_teacher > 0)
+      std::cout << "teachers: " << with_teacher << " trials have a trained teacher, " << distinct.size()
+                << " distinct: each is trained once per run process and reused (run --teacher-cache-mb)\n";
+  }
   return kExitOk;
 }
 

@@ -76,6 +76,10 @@ TeacherCacheStats teacher_cache_stats();
 // Drops every kept teacher, zeroes the counts and sets the budget (0: off).
 void reset_teacher_cache(size_t capacity_bytes);
 
+// Everything a trial's trained teacher depends on, as bytes: trials with equal
+// recipes share their teacher. Empty when the teacher is not trained.
+std::string trained_teacher_recipe(const TrialParams& p, uint64_t sweep_seed);
+
 // The order in which threads should set up trials [lo, hi) of a batch: first
 // every trial that does not need a trained teacher another trial of the batch
 // needs too (so the first trial of each teacher), then the others, each part in

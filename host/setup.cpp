@@ -589,14 +589,17 @@ TrialProblem setup_trial(const TrialParams& p, uint64_t sweep_seed) {
 
 TeacherCacheStats teacher_cache_stats() { return teacher_cache().stats(); }
 
+std::string trained_teacher_recipe(const TrialParams& p, uint64_t sweep_seed) {
+  return p.teacher.kind == TeacherKind::trained ? teacher_recipe(p, trial_keys(sweep_seed, p)) : std::string();
+}
+
 std::vector<size_t> setup_order(const std::vector<TrialParams>& trials, size_t lo, size_t hi,
                                 uint64_t sweep_seed) {
   std::vector<size_t> first, later;
   std::unordered_set<std::string> seen;
   for (size_t i = lo; i < hi; ++i) {
-    const TrialParams& p = trials[i];
-    const bool waits = p.teacher.kind == TeacherKind::trained &&
-                       !seen.insert(teacher_recipe(p, trial_keys(sweep_seed, p))).second;
+    const std::string recipe = trained_teacher_recipe(trials[i], sweep_seed);
+    const bool waits = !recipe.empty() && !seen.insert(recipe).second;
     (waits ? later : first).push_back(i);
   }
   first.insert(first.end(), later.begin(), later.end());

@@ -252,6 +252,10 @@ TEST(Cli, TrainedTeachersAreReusedAndCounted) {
     "defaults": {"d": 8, "k": 4, "m": 2, "hidden": [6], "n_train": 6, "steps": 50, "lr": 0.05,
                  "checkpoints": 4, "teacher": {"kind": "trained", "steps": 100, "lr": 0.1, "n_train": 16}},
     "grid": {"seed": [0, 1], "noise": [0.2, 0.6], "lambda": [0, 1], "teacher.decomposition": ["as_trained", "balanced"]}})");
+  Outcome v = run("validate '" + sweep + "'");
+  ASSERT_EQ(v.rc, 0) << v.err;
+  EXPECT_NE(v.out.find("teachers: 16 trials have a trained teacher, 2 distinct"), std::string::npos) << v.out;
+  EXPECT_EQ(run("validate '" + sweep_file("tiny.json") + "'").out.find("\nteachers:"), std::string::npos);
   const fs::path kept = scratch() / "teachers_kept.h5", own = scratch() / "teachers_own.h5";
   Outcome a = run("run '" + sweep + "' -o '" + kept.string() + "' --backend cpu --progress none --force");
   ASSERT_EQ(a.rc, 0) << a.err;
