@@ -135,24 +135,29 @@ using Moments = TrialMoments;
 
 }  // namespace
 
-TrialMoments trial_moments(const TrialProblem& pr, uint32_t mask) {
+TrialMoments moments_of(const Matrix& Xn, const Matrix& Y, const std::vector<Matrix>& feature, int L,
+                        uint32_t mask) {
   using namespace linalg;
   TrialMoments mo;
-  const int N = pr.Xn.cols, L = pr.L;
+  const int N = Xn.cols;
   const double inv_n = 1.0 / N;  // C = (A Xn^T) * (1/N): the form set-up used until session 5
-  mo.Cxx = scaled(matmul_nt(pr.Xn, pr.Xn), inv_n);
-  mo.Cyx = scaled(matmul_nt(pr.Y, pr.Xn), inv_n);
-  mo.tr_yy = frob2(pr.Y) / N;
+  mo.Cxx = scaled(matmul_nt(Xn, Xn), inv_n);
+  mo.Cyx = scaled(matmul_nt(Y, Xn), inv_n);
+  mo.tr_yy = frob2(Y) / N;
   mo.Chx.resize(L + 1);
   mo.tr_hh.assign(L + 1, 0.0);
   for (int l = 1; l < L; ++l) {
     if (!(mask >> l & 1u)) continue;
-    if (static_cast<int>(pr.feature.size()) <= l || pr.feature[l].cols != N)
+    if (static_cast<int>(feature.size()) <= l || feature[l].cols != N)
       throw std::logic_error("trial_moments: teacher features of a matched layer missing");
-    mo.Chx[l] = scaled(matmul_nt(pr.feature[l], pr.Xn), inv_n);
-    mo.tr_hh[l] = frob2(pr.feature[l]) / N;
+    mo.Chx[l] = scaled(matmul_nt(feature[l], Xn), inv_n);
+    mo.tr_hh[l] = frob2(feature[l]) / N;
   }
   return mo;
+}
+
+TrialMoments trial_moments(const TrialProblem& pr, uint32_t mask) {
+  return moments_of(pr.Xn, pr.Y, pr.feature, pr.L, mask);
 }
 
 namespace {
@@ -472,27 +477,43 @@ template TrialResult train_trial<float>(const TrialProblem&, std::vector<Matrix>
 template TrialResult train_trial<double>(const TrialProblem&, std::vector<Matrix>*, std::vector<Matrix>*);
 
 bool train_plain_f64(std::vector<Matrix>& W, Activation act, const Matrix& X, const Matrix& Y,
-                     int steps, double lr) {
+                     int steps, double lr, PlainPath path) {
   const int L = static_cast<int>(W.size()) - 1;
   std::vector<int> widths(L + 1);
   widths[0] = X.rows;
   for (int l = 1; l <= L; ++l) widths[l] = W[l].rows;
   const tm::Net net = make_net(widths, act);
   NetWeights<double> w(net, W);
-  DataPath<double> dp(net, X, Y, nullptr, 0u);
   const tm::SerialTeam team;
+  // The moment path when the network is linear and a step costs fewer flops
+  // there (as `auto` picks for students): the same GD on the same loss.
+  const bool moment = path == PlainPath::moment ||
+                      (path == PlainPath::automatic && act == Activation::linear &&
+                       tm::moment_step_flops(net, 0u) < tm::data_step_flops(net, X.cols));
+  if (moment && act != Activation::linear)
+    throw std::logic_error("train_plain_f64: the moment path needs a linear network");
+  std::unique_ptr<DataPath<double>> dp;
+  std::unique_ptr<MomentPath<double>> mp;
+  if (moment)
+    mp = std::make_unique<MomentPath<double>>(net, moments_of(X, Y, {}, L, 0u), 0u);
+  else
+    dp = std::make_unique<DataPath<double>>(net, X, Y, nullptr, 0u);
   bool ok = true;
   double loss0 = 0;
   for (int t = 0; t < steps; ++t) {
-    const double loss = tm::data_forward(team, net, w.view, dp.ds, 0u, dp.wk).label;
+    const double loss = moment ? tm::moment_forward(team, net, w.view, mp->ms, 0u, mp->wk).label
+                               : tm::data_forward(team, net, w.view, dp->ds, 0u, dp->wk).label;
     if (t == 0) loss0 = loss;
     if (!std::isfinite(loss) || (loss0 > 0 && loss > kDivergeFactor * loss0)) {
       ok = false;
       break;
     }
-    tm::data_backward_update(team, net, w.view, dp.ds, 0.0, 0u, lr, dp.wk);
+    if (moment)
+      tm::moment_backward_update(team, net, w.view, mp->ms, 0.0, 0u, lr, mp->wk);
+    else
+      tm::data_backward_update(team, net, w.view, dp->ds, 0.0, 0u, lr, dp->wk);
   }
-  tm::data_refresh_w1(team, net, w.view);
+  if (!moment) tm::data_refresh_w1(team, net, w.view);
   W = w.to_matrices(net);
   return ok;
 }

@@ -583,6 +583,32 @@ TEST(Plain, TrainPlainReducesTheLoss) {
   EXPECT_FALSE(train_plain_f64(W, Activation::tanh, pr.X, pr.Y, 200, 1e4));
 }
 
+// A linear teacher trains on moments when that is cheaper (automatic): the
+// same GD, so the same weights to rounding; a nonlinear one cannot.
+TEST(Plain, MomentPathTrainsTheSameLinearNetwork) {
+  Spec s;
+  s.hidden = {7, 5};
+  s.act = Activation::linear;
+  s.N = 40;
+  s.lambda = 0;
+  const TrialProblem pr = make_problem(s);
+  std::vector<Matrix> Wd = pr.W0, Wm = pr.W0, Wa = pr.W0;
+  ASSERT_TRUE(train_plain_f64(Wd, Activation::linear, pr.X, pr.Y, 300, 0.05, PlainPath::data));
+  ASSERT_TRUE(train_plain_f64(Wm, Activation::linear, pr.X, pr.Y, 300, 0.05, PlainPath::moment));
+  EXPECT_LT(rel_diff(Wd, Wm), 1e-11);
+  EXPECT_GT(rel_diff(Wd, pr.W0), 1e-3);  // it did train
+  // automatic: moments here (N = 40 samples cost more than the moments).
+  const tm::Net net = make_net(pr.w, Activation::linear);
+  ASSERT_LT(tm::moment_step_flops(net, 0u), tm::data_step_flops(net, s.N));
+  ASSERT_TRUE(train_plain_f64(Wa, Activation::linear, pr.X, pr.Y, 300, 0.05));
+  for (size_t l = 1; l < Wa.size(); ++l) EXPECT_EQ(Wa[l].a, Wm[l].a) << l;
+  // Divergence is found on moments too.
+  std::vector<Matrix> Wx = pr.W0;
+  EXPECT_FALSE(train_plain_f64(Wx, Activation::linear, pr.X, pr.Y, 200, 1e4, PlainPath::moment));
+  std::vector<Matrix> Wt = pr.W0;
+  EXPECT_THROW(train_plain_f64(Wt, Activation::tanh, pr.X, pr.Y, 10, 0.05, PlainPath::moment), std::logic_error);
+}
+
 // --------------------------------------------------------------- kernels --
 
 TEST(TrialMath, GemmMatchesNaiveForAllTileShapes) {
