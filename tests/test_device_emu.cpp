@@ -359,7 +359,7 @@ TEST(DeviceEmu, TeamsMatchTheCpu) {
 // trained on the device, a teacher for instance, could stand in for one
 // trained on the host.
 template <class Real>
-void team_weights_equal_serial(Activation act, const std::vector<int>& hidden) {
+void team_weights_equal_serial(Activation act, const std::vector<int>& hidden, bool moment = false) {
   TrialParams p = base_params();
   p.d = 16;
   p.k = 4;
@@ -387,7 +387,14 @@ void team_weights_equal_serial(Activation act, const std::vector<int>& hidden) {
     tm::Weights<Real> wt;
     tm::DataSet<Real> ds;
     tm::DataWork<Real> wk;
+    // The moment path's set and work (linear networks).
+    std::vector<std::vector<Real>> Chx, A, E;
+    std::vector<Real> Cxx, Cyx, Q0, Q1, AT;
+    tm::MomentSet<Real> ms;
+    tm::MomentWork<Real> mw;
   };
+  const TrialMoments mo = trial_moments(pr, matched);
+  auto flat = [](const Matrix& M) { return std::vector<Real>(M.a.begin(), M.a.end()); };
   auto make = [&] {
     auto n = std::make_unique<Net>();
     n->W.resize(L + 1), n->WT.resize(L + 1), n->Z.resize(L + 1), n->H.resize(L + 1), n->Ht.resize(L + 1);
@@ -423,15 +430,44 @@ void team_weights_equal_serial(Activation act, const std::vector<int>& hidden) {
     n->ds.Y = n->Y.data();
     n->wk.D[0] = n->D0.data();
     n->wk.D[1] = n->D1.data();
+    if (moment) {
+      const int d = w[0];
+      n->Cxx = flat(mo.Cxx);
+      n->Cyx = flat(mo.Cyx);
+      n->ms.Cxx = n->Cxx.data();
+      n->ms.Cyx = n->Cyx.data();
+      n->ms.tr_yy = static_cast<Real>(mo.tr_yy);
+      n->Chx.resize(L + 1), n->A.resize(L + 1), n->E.resize(L + 1);
+      for (int l = 1; l <= L; ++l) {
+        const size_t sz = static_cast<size_t>(w[l]) * d;
+        if (l >= 2) n->A[l].assign(sz, Real(0)), n->mw.A[l] = n->A[l].data();
+        if (l == L || (matched >> l & 1u)) n->E[l].assign(sz, Real(0)), n->mw.E[l] = n->E[l].data();
+        if (l < L && (matched >> l & 1u)) {
+          n->Chx[l] = flat(mo.Chx[l]);
+          n->ms.Chx[l] = n->Chx[l].data();
+          n->ms.tr_hh[l] = static_cast<Real>(mo.tr_hh[l]);
+        }
+      }
+      n->Q0.assign(static_cast<size_t>(maxw) * d, Real(0));
+      n->Q1 = n->AT = n->Q0;
+      n->mw.Q[0] = n->Q0.data();
+      n->mw.Q[1] = n->Q1.data();
+      n->mw.AT = n->AT.data();
+    }
     return n;
   };
   constexpr int kSteps = 6;
   auto steps = [&](const auto& team, Net& n) {
     for (int t = 0; t < kSteps; ++t) {
-      tm::data_forward(team, net, n.wt, n.ds, matched, n.wk);
-      tm::data_backward_update(team, net, n.wt, n.ds, lambda, matched, lr, n.wk);
+      if (moment) {
+        tm::moment_forward(team, net, n.wt, n.ms, matched, n.mw);
+        tm::moment_backward_update(team, net, n.wt, n.ms, lambda, matched, lr, n.mw);
+      } else {
+        tm::data_forward(team, net, n.wt, n.ds, matched, n.wk);
+        tm::data_backward_update(team, net, n.wt, n.ds, lambda, matched, lr, n.wk);
+      }
     }
-    tm::data_refresh_w1(team, net, n.wt);
+    if (!moment) tm::data_refresh_w1(team, net, n.wt);
   };
   auto serial = make();
   steps(tm::SerialTeam{}, *serial);
@@ -442,7 +478,8 @@ void team_weights_equal_serial(Activation act, const std::vector<int>& hidden) {
       const size_t n = serial->W[l].size();
       ASSERT_EQ(team->W[l].size(), n);
       EXPECT_EQ(std::memcmp(team->W[l].data(), serial->W[l].data(), n * sizeof(Real)), 0)
-          << (sizeof(Real) == 4 ? "float" : "double") << " " << name(act) << " depth " << L << ", team of "
+          << (sizeof(Real) == 4 ? "float" : "double") << " " << name(act) << (moment ? " moment" : " data")
+          << " path, depth " << L << ", team of "
           << threads << (warp ? " (warp)" : "") << ": W" << l << " differs";
     }
   }
@@ -453,6 +490,8 @@ TEST(DeviceEmu, TeamTrainedWeightsEqualTheSerialPathBitForBit) {
   team_weights_equal_serial<double>(Activation::tanh, {16, 12});
   team_weights_equal_serial<float>(Activation::linear, {16});
   team_weights_equal_serial<float>(Activation::relu, {16, 12});
+  team_weights_equal_serial<double>(Activation::linear, {16, 12}, true);
+  team_weights_equal_serial<float>(Activation::linear, {16}, true);
 }
 
 // The general path is the fused kernel on global memory: bit-identical.
