@@ -10,8 +10,10 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <iostream>
 #include <memory>
 #include <thread>
@@ -123,7 +125,7 @@ int run_main(const RunArgs& a) {
   ro.sweep_seed = sweep.seed();
   ro.precision = a.precision == "f64" ? Precision::f64 : Precision::f32;
   ro.threads = a.threads;
-  reset_teacher_cache(static_cast<size_t>(a.teacher_cache_mb * 1048576.0));
+  reset_teacher_cache(static_cast<size_t>(std::min(a.teacher_cache_mb * 1048576.0, 0x1p62)));
 
   // The backend first: a missing GPU must not leave a results file behind.
   std::unique_ptr<Backend> backend;
@@ -269,6 +271,18 @@ int run_main(const RunArgs& a) {
   return kExitOk;
 }
 
+// CLI11's NonNegativeNumber lets "nan" through (and "inf" where no upper
+// bound stops it): a number of seconds or megabytes must be finite.
+const CLI::Validator kFiniteNonNegative(
+    [](std::string& text) -> std::string {
+      char* end = nullptr;
+      const double v = std::strtod(text.c_str(), &end);
+      if (text.empty() || *end != '\0') return "expected a number, got \"" + text + "\"";
+      if (!std::isfinite(v) || v < 0) return "expected a finite number >= 0, got " + text;
+      return "";
+    },
+    "NUMBER >= 0");
+
 }  // namespace
 
 void add_run_command(CLI::App& app, Registry& r) {
@@ -294,11 +308,11 @@ void add_run_command(CLI::App& app, Registry& r) {
       ->check(CLI::IsMember({"auto", "bar", "jsonl", "none"}));
   sub->add_option("--checkpoint-every", a->checkpoint_every,
                   "seconds between updates of OUT.h5 (at least; finished batches are journaled at once)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(kFiniteNonNegative);
   sub->add_option("--teacher-cache-mb", a->teacher_cache_mb,
                   "memory for trained teachers kept for reuse: trials whose teacher training reads the same "
                   "inputs (seed, data, widths, teacher.*) share one (0: train every trial's own)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(kFiniteNonNegative);
   r.add(sub, [a, devices] {
     a->devices_given = devices->count() > 0;
     return run_main(*a);

@@ -154,6 +154,12 @@ TEST(Cli, BadInputExitsTwoWithThePath) {
 
   Outcome f = run("list " + sweep_file("tiny.json") + " --format xml");
   EXPECT_EQ(f.rc, 2);
+  // A number of seconds that is not one (CLI11's own check lets nan through).
+  const std::string nan_out = (scratch() / "nan.h5").string();
+  Outcome ce = run("run " + sweep_file("tiny.json") + " -o '" + nan_out + "' --checkpoint-every nan");
+  EXPECT_EQ(ce.rc, 2);
+  EXPECT_NE(ce.err.find("--checkpoint-every: expected a finite number >= 0, got nan"), std::string::npos) << ce.err;
+  EXPECT_FALSE(fs::exists(nan_out));
   Outcome none = run("");
   EXPECT_EQ(none.rc, 2);
 }
@@ -279,4 +285,10 @@ TEST(Cli, TrainedTeachersAreReusedAndCounted) {
   EXPECT_EQ(bad.rc, 2);
   EXPECT_NE(bad.err.find("--teacher-cache-mb"), std::string::npos) << bad.err;
   EXPECT_FALSE(fs::exists(scratch() / "bad.h5"));
+  for (const char* v : {"nan", "inf"}) {
+    Outcome odd = run("run '" + sweep + "' -o '" + (scratch() / "bad.h5").string() + "' --teacher-cache-mb " + v);
+    EXPECT_EQ(odd.rc, 2) << v;
+    EXPECT_NE(odd.err.find("--teacher-cache-mb"), std::string::npos) << odd.err;
+    EXPECT_FALSE(fs::exists(scratch() / "bad.h5")) << v;
+  }
 }
