@@ -367,6 +367,13 @@ uint32_t matched_mask(const TrialProblem& pr) {
 
 namespace {
 
+// `auto`'s rule, for students and trained teachers alike: the moment path when
+// the network is linear and its step counts fewer flops than the data path's
+// on N samples (`mask`: the layers the feature loss matches).
+bool moments_cheaper(const tm::Net& net, uint32_t mask, int N) {
+  return net.act == tm::kLinear && tm::moment_step_flops(net, mask) < tm::data_step_flops(net, N);
+}
+
 // The path a trial trains on (throws InputError for moment with a nonlinear network).
 bool use_moment_path(const TrialProblem& pr, const tm::Net& net, uint32_t mask) {
   const bool linear_net = pr.params.activation == Activation::linear;
@@ -377,7 +384,7 @@ bool use_moment_path(const TrialProblem& pr, const tm::Net& net, uint32_t mask) 
       return true;
     case TrainPath::data: return false;
     default:
-      return linear_net && tm::moment_step_flops(net, mask) < tm::data_step_flops(net, pr.Xn.cols);
+      return moments_cheaper(net, mask, pr.Xn.cols);
   }
 }
 
@@ -485,11 +492,9 @@ bool train_plain_f64(std::vector<Matrix>& W, Activation act, const Matrix& X, co
   const tm::Net net = make_net(widths, act);
   NetWeights<double> w(net, W);
   const tm::SerialTeam team;
-  // The moment path when the network is linear and a step costs fewer flops
-  // there (as `auto` picks for students): the same GD on the same loss.
-  const bool moment = path == PlainPath::moment ||
-                      (path == PlainPath::automatic && act == Activation::linear &&
-                       tm::moment_step_flops(net, 0u) < tm::data_step_flops(net, X.cols));
+  // `auto`'s rule, as for students: the same GD on the same loss.
+  const bool moment =
+      path == PlainPath::moment || (path == PlainPath::automatic && moments_cheaper(net, 0u, X.cols));
   if (moment && act != Activation::linear)
     throw std::logic_error("train_plain_f64: the moment path needs a linear network");
   std::unique_ptr<DataPath<double>> dp;
