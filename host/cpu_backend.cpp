@@ -2,7 +2,6 @@
 // per worker at a time; each trial's arithmetic is independent of the others,
 // so results are bit-identical whatever the thread count or batch composition.
 #include <algorithm>
-#include <atomic>
 #include <exception>
 #include <fstream>
 #include <memory>
@@ -70,27 +69,13 @@ class CpuBackend final : public Backend {
   std::vector<TrialResult> run(const Batch& batch, const RunOptions& opt) override {
     const size_t n = batch.trials.size();
     std::vector<TrialResult> out(n);
-    const int nt = static_cast<int>(std::min<size_t>(n, static_cast<size_t>(
-                                                            opt.threads > 0 ? opt.threads : threads_)));
-    // Trials that share a trained teacher wait for its training: start each
-    // teacher's first trial before them (setup_order).
-    const std::vector<size_t> order = setup_order(batch.trials, 0, n, opt.sweep_seed);
-    std::atomic<size_t> next{0};
-    auto work = [&] {
-      for (size_t k; (k = next.fetch_add(1)) < n;) {
-        const size_t i = order[k];
-        const int64_t id = i < batch.ids.size() ? batch.ids[i] : static_cast<int64_t>(i);
-        out[i] = run_one(id, batch.trials[i], opt);
-      }
-    };
-    if (nt <= 1) {
-      work();
-    } else {
-      std::vector<std::thread> pool;
-      pool.reserve(nt);
-      for (int t = 0; t < nt; ++t) pool.emplace_back(work);
-      for (auto& th : pool) th.join();
-    }
+    // Trials that share a trained teacher wait for its training: each
+    // teacher's first trial starts before them (setup_order).
+    for_each_in_setup_order(batch.trials, 0, n, opt.sweep_seed, opt.threads > 0 ? opt.threads : threads_,
+                            [&](size_t i) {
+                              const int64_t id = i < batch.ids.size() ? batch.ids[i] : static_cast<int64_t>(i);
+                              out[i] = run_one(id, batch.trials[i], opt);
+                            });
     return out;
   }
 

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "params.hpp"
@@ -88,6 +89,12 @@ std::string trained_teacher_recipe(const TrialParams& p, uint64_t sweep_seed);
 // wait for the same teacher, and the teachers would be trained one at a time.
 std::vector<size_t> setup_order(const std::vector<TrialParams>& trials, size_t lo, size_t hi,
                                 uint64_t sweep_seed);
+// Calls f(i) once for every trial i in [lo, hi), on min(threads, hi - lo)
+// threads (this one when that is 1 or less), taking the trials in setup_order.
+// f must not throw. The CPU backend (set-up and training) and the CUDA plan
+// (set-up) run their batches through it.
+void for_each_in_setup_order(const std::vector<TrialParams>& trials, size_t lo, size_t hi,
+                             uint64_t sweep_seed, int threads, const std::function<void(size_t)>& f);
 
 // min(count, T + 1) distinct steps: 0, T and log-spaced between.
 std::vector<int64_t> checkpoint_steps(int64_t T, int count);

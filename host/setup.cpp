@@ -3,6 +3,7 @@
 // risks, all in float64 on the host. Choices MODEL.md leaves open are written
 // down in docs/MODEL_NOTES.md; the comments here point at them.
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <future>
@@ -13,6 +14,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -604,6 +606,24 @@ std::vector<size_t> setup_order(const std::vector<TrialParams>& trials, size_t l
   }
   first.insert(first.end(), later.begin(), later.end());
   return first;
+}
+
+void for_each_in_setup_order(const std::vector<TrialParams>& trials, size_t lo, size_t hi,
+                             uint64_t sweep_seed, int threads, const std::function<void(size_t)>& f) {
+  const std::vector<size_t> order = setup_order(trials, lo, hi, sweep_seed);
+  std::atomic<size_t> next{0};
+  auto work = [&] {
+    for (size_t k; (k = next.fetch_add(1)) < order.size();) f(order[k]);
+  };
+  const size_t nt = std::min<size_t>(order.size(), static_cast<size_t>(std::max(threads, 1)));
+  if (nt <= 1) {
+    work();
+    return;
+  }
+  std::vector<std::thread> pool;
+  pool.reserve(nt);
+  for (size_t t = 0; t < nt; ++t) pool.emplace_back(work);
+  for (auto& th : pool) th.join();
 }
 
 void reset_teacher_cache(size_t capacity_bytes) { teacher_cache().reset(capacity_bytes); }

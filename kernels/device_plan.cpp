@@ -2,7 +2,6 @@
 #include "device_plan.hpp"
 
 #include <algorithm>
-#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <limits>
@@ -10,7 +9,6 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
-#include <thread>
 #include <utility>
 
 #include "train.hpp"
@@ -296,45 +294,32 @@ std::vector<Prepared> prepare_trials(const Batch& batch, size_t lo, size_t hi,
                                      std::vector<TrialResult>& out, double* setup_s) {
   const auto t0 = std::chrono::steady_clock::now();
   std::vector<std::unique_ptr<Prepared>> slot(hi - lo);
-  const std::vector<size_t> order = setup_order(batch.trials, lo, hi, opt.sweep_seed);
-  std::atomic<size_t> next{0};
-  auto work = [&] {
-    for (size_t k; (k = next.fetch_add(1)) < order.size();) {
-      const size_t i = order[k];
-      const int64_t id = i < batch.ids.size() ? batch.ids[i] : static_cast<int64_t>(i);
-      TrialResult& r = out[i];
-      r.trial = id;
-      try {
-        auto p = std::make_unique<Prepared>();
-        p->index = i;
-        p->pr = setup_trial(batch.trials[i], opt.sweep_seed);
-        if (static_cast<int>(p->pr.w.size()) != p->pr.L + 1)
-          throw std::logic_error("train: widths do not match the depth");
-        if (static_cast<int>(p->pr.W0.size()) != p->pr.L + 1)
-          throw std::logic_error("train: W0 has wrong depth");
-        if (static_cast<int>(p->pr.feature.size()) < p->pr.L && !p->pr.matched.empty())
-          throw std::logic_error("train: teacher features missing");
-        p->net = make_net(p->pr.w, p->pr.params.activation);
-        p->mask = matched_mask(p->pr);
-        p->moment = trains_on_moments(p->pr);
-        slot[i - lo] = std::move(p);
-      } catch (const InputError& e) {
-        r.status = Status::failed;
-        r.message = std::string("input error: ") + e.what();
-      } catch (const std::exception& e) {
-        r.status = Status::failed;
-        r.message = e.what();
-      }
+  for_each_in_setup_order(batch.trials, lo, hi, opt.sweep_seed, nthreads, [&](size_t i) {
+    const int64_t id = i < batch.ids.size() ? batch.ids[i] : static_cast<int64_t>(i);
+    TrialResult& r = out[i];
+    r.trial = id;
+    try {
+      auto p = std::make_unique<Prepared>();
+      p->index = i;
+      p->pr = setup_trial(batch.trials[i], opt.sweep_seed);
+      if (static_cast<int>(p->pr.w.size()) != p->pr.L + 1)
+        throw std::logic_error("train: widths do not match the depth");
+      if (static_cast<int>(p->pr.W0.size()) != p->pr.L + 1)
+        throw std::logic_error("train: W0 has wrong depth");
+      if (static_cast<int>(p->pr.feature.size()) < p->pr.L && !p->pr.matched.empty())
+        throw std::logic_error("train: teacher features missing");
+      p->net = make_net(p->pr.w, p->pr.params.activation);
+      p->mask = matched_mask(p->pr);
+      p->moment = trains_on_moments(p->pr);
+      slot[i - lo] = std::move(p);
+    } catch (const InputError& e) {
+      r.status = Status::failed;
+      r.message = std::string("input error: ") + e.what();
+    } catch (const std::exception& e) {
+      r.status = Status::failed;
+      r.message = e.what();
     }
-  };
-  const int nt = static_cast<int>(std::min<size_t>(hi - lo, static_cast<size_t>(std::max(nthreads, 1))));
-  if (nt <= 1) {
-    work();
-  } else {
-    std::vector<std::thread> pool;
-    for (int t = 0; t < nt; ++t) pool.emplace_back(work);
-    for (auto& th : pool) th.join();
-  }
+  });
   std::vector<Prepared> prepared;
   prepared.reserve(hi - lo);
   for (auto& p : slot)
