@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "backend.hpp"
+#include "device_plan.hpp"
 #include "grids.hpp"
 #include "problem.hpp"
 #include "train.hpp"
@@ -229,6 +230,45 @@ void Setup(benchmark::State& state) {
   }
   state.counters["trials/s"] = benchmark::Counter(1, benchmark::Counter::kIsIterationInvariantRate);
 }
+
+// The CUDA backend's packing of a wave's group into the staging buffers
+// (device_plan.cpp's pack_group, on the launching thread): per trial of the
+// standard GPU grid, the data path (copies) and the moment path (moments
+// formed from the data, d^2 N); Arg: host threads.
+void Pack(benchmark::State& state, TrainPath path) {
+  TrialParams p = bench::standard_gpu_trial();
+  p.path = path;
+  Batch b;
+  for (int i = 0; i < 64; ++i) {
+    p.seed = i;
+    b.ids.push_back(i);
+    b.trials.push_back(p);
+  }
+  RunOptions o;
+  o.sweep_seed = 5;
+  std::vector<TrialResult> out(b.trials.size());
+  const std::vector<cuda::Prepared> wave =
+      cuda::prepare_trials(b, 0, b.trials.size(), o, static_cast<int>(std::thread::hardware_concurrency()), out,
+                           nullptr);
+  cuda::DeviceLimits lim;
+  lim.shared_per_block = 227 * 1024;
+  const std::vector<cuda::GroupPlan> g = cuda::plan_groups(wave, cuda::Path::automatic, 4, lim, [](const std::string&) {});
+  if (g.size() != 1) state.SkipWithError("expected one group");
+  const cuda::GroupPlan& gp = g[0];
+  std::vector<float> arena(gp.members.size() * gp.y.arena);
+  std::vector<double> eval(gp.members.size() * gp.y.eval);
+  std::vector<cuda::TrialScalars> ts(gp.members.size());
+  std::vector<long long> ck(std::max(gp.ck_total, 1));
+  for (auto _ : state) {
+    cuda::pack_group<float>(gp, wave, arena.data(), eval.data(), ts.data(), ck.data(),
+                            static_cast<int>(state.range(0)));
+    benchmark::DoNotOptimize(arena.data());
+  }
+  state.counters["trials/s"] = benchmark::Counter(static_cast<double>(gp.members.size()),
+                                                  benchmark::Counter::kIsIterationInvariantRate);
+}
+BENCHMARK_CAPTURE(Pack, data, TrainPath::data)->Arg(1)->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(Pack, moment, TrainPath::moment)->Arg(1)->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond);
 
 BENCHMARK(Setup)->Name("Setup/gpu_grid")->Unit(benchmark::kMillisecond);
 BENCHMARK_CAPTURE(SetupTrained, new, false)->Name("Setup/trained_teacher/new")->Unit(benchmark::kMillisecond);

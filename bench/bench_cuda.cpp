@@ -2,8 +2,9 @@
 // N = 128, T = 1000, 16384 trials plus their lambda = 0 twins. Prints, for the
 // fused kernel's data path, trial-steps/s and GFLOP/s against the FP32 FMA rate
 // measured on the same device; the cuBLAS path's time and the ratio; the
-// moment path's trial-steps/s; the host's set-up beside each, and once with
-// trained teachers (one per 16 trials). Then a small-width grid (d = h = 16,
+// moment path's trial-steps/s; the host's set-up beside each; with trained
+// teachers, trained on the device or on the host (one per 16 trials) and one
+// per trial. Then a small-width grid (d = h = 16,
 // m = 4, N = 64): a block per network (fused) against a warp per network (warp).
 // Times are device time of the training launches (events), set-up and
 // evaluation reported beside them.
@@ -21,6 +22,7 @@
 #include "backend.hpp"
 #include "grids.hpp"
 #include "params.hpp"
+#include "problem.hpp"
 #include "trial_math.hpp"
 
 #if STSWEEP_HAVE_CUDA
@@ -116,9 +118,10 @@ int main(int argc, char** argv) {
   run("small warp", cuda::Path::warp, TrainPath::data);
   run("small moment warp", cuda::Path::warp, TrainPath::moment);
   {  // last: the rows above matter more if the time runs out
-    // Trained teachers (1000 steps on 128 clean samples, float64 on the host),
-    // one per seed, shared by a 4 noise x 4 lambda grid: what set-up costs
-    // against training when teachers are trained (docs/ARCHITECTURE.md).
+    // Trained teachers (1000 steps on 128 clean samples, float64), one per
+    // seed shared by a 4 noise x 4 lambda grid, trained on the device (the
+    // default) and by set-up on the host (STSWEEP_CUDA_TEACHERS=host); then a
+    // teacher per trial, the case the device pass is for (docs/ARCHITECTURE.md).
     batch.trials = standard;
     for (size_t i = 0; i < batch.trials.size(); ++i) {
       TrialParams& t = batch.trials[i];
@@ -130,7 +133,15 @@ int main(int argc, char** argv) {
       t.noise = 0.25 * static_cast<double>(1 + i % 4);
       t.lambda = 0.1 * static_cast<double>(1 + (i / 4) % 4);
     }
-    run("data fused, trained teachers", cuda::Path::fused, TrainPath::data);
+    reset_teacher_cache(size_t{kTeacherCacheDefaultMb} << 20);
+    run("teachers shared by 16, device", cuda::Path::fused, TrainPath::data);
+    setenv("STSWEEP_CUDA_TEACHERS", "host", 1);
+    reset_teacher_cache(size_t{kTeacherCacheDefaultMb} << 20);
+    run("teachers shared by 16, host", cuda::Path::fused, TrainPath::data);
+    unsetenv("STSWEEP_CUDA_TEACHERS");
+    for (size_t i = 0; i < batch.trials.size(); ++i) batch.trials[i].seed = static_cast<int>(i);
+    reset_teacher_cache(size_t{kTeacherCacheDefaultMb} << 20);
+    run("a teacher per trial, device", cuda::Path::fused, TrainPath::data);
   }
 
   tm::Net net;
@@ -153,7 +164,7 @@ int main(int argc, char** argv) {
   };
   const double cublas_s = row("data cublas").s.train_s;
   for (const Row& r : rows) {
-    if (r.what.rfind("small", 0) == 0) continue;
+    if (r.what.rfind("small", 0) == 0 || r.what.find("teacher") != std::string::npos) continue;
     const double gf = r.s.flops / r.s.train_s * 1e-9;
     std::printf("| %s | %.3f | %.3e | %.0f | %.1f | %.2fx | %.2f |\n", r.what.c_str(), r.s.train_s,
                 r.s.net_steps / r.s.train_s, gf, 100.0 * gf / peak, cublas_s / r.s.train_s, r.s.setup_s);
@@ -169,6 +180,15 @@ int main(int argc, char** argv) {
     const double gf = r.s.flops / r.s.train_s * 1e-9;
     std::printf("| %s | %.3f | %.3e | %.0f | %.1f | %.2fx |\n", r.what.c_str(), r.s.train_s,
                 r.s.net_steps / r.s.train_s, gf, 100.0 * gf / peak, fused_s / r.s.train_s);
+  }
+  std::printf("\n# trained teachers (float64, 1000 steps, 128 samples), standard grid; teacher s: the\n"
+              "# device's teacher launches (beside the other wave), set-up s: host wall (all cores)\n");
+  std::printf("| row | teachers on the device | teacher s | host set-up s | train s | total s | trials/s |\n");
+  std::printf("|---|---|---|---|---|---|---|\n");
+  for (const Row& r : rows) {
+    if (r.what.find("teacher") == std::string::npos) continue;
+    std::printf("| %s | %lld | %.3f | %.2f | %.3f | %.2f | %.0f |\n", r.what.c_str(), r.s.teachers, r.s.teacher_s,
+                r.s.setup_s, r.s.train_s, r.s.total_s, trials / r.s.total_s);
   }
   return 0;
 #endif

@@ -253,11 +253,12 @@ int run_main(const RunArgs& a) {
               h.shard.c_str(), (long long)h.n_done, (long long)h.n_diverged, (long long)h.n_failed,
               (long long)h.n_pending, (long long)h.rows());
   const TeacherCacheStats tc = teacher_cache_stats();
-  if (tc.trained + tc.reused > 0) {
+  if (tc.trained + tc.reused + tc.elsewhere > 0) {
     // Host core-seconds: against the backend's time (x its threads on the
     // CPU), how much of the run the teachers took.
-    std::printf("stsweep: trained teachers: %lld trained (%.1f s of host core time), %lld reused", tc.trained,
-                tc.train_seconds, tc.reused);
+    std::printf("stsweep: trained teachers: %lld trained (%.1f s of host core time)", tc.trained, tc.train_seconds);
+    if (tc.elsewhere > 0) std::printf(", %lld on the device", tc.elsewhere);
+    std::printf(", %lld reused", tc.reused);
     if (tc.evicted > 0)
       std::printf("; %lld dropped for the --teacher-cache-mb budget (%g MB; more would reuse more)", tc.evicted,
                   a.teacher_cache_mb);

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <string>
 #include <vector>
 
 #include "params.hpp"
@@ -72,10 +73,42 @@ struct TeacherCacheStats {
   long long evicted = 0;  // teachers dropped for the budget
   size_t bytes = 0;       // kept now
   double train_seconds = 0;  // wall time of the trainings, summed over the threads
+  long long elsewhere = 0;  // teachers trained by a backend (put_trained_teacher), not by set-up
 };
 TeacherCacheStats teacher_cache_stats();
 // Drops every kept teacher, zeroes the counts and sets the budget (0: off).
 void reset_teacher_cache(size_t capacity_bytes);
+
+// A trained teacher's training, for a trainer other than set-up's own (the
+// CUDA backend trains a wave's new teachers on the device, many per launch):
+// `steps` steps of float64 full-batch GD at `lr` on (X, Y) from W0, on the
+// moment path when `moment`: the loop and path choice of train_plain_f64
+// (host/train.hpp), whose result must be handed back with
+// put_trained_teacher.
+struct TeacherTraining {
+  std::string recipe;        // trained_teacher_recipe of the trials it serves
+  std::vector<int> w;        // widths d, hidden..., m
+  Activation act = Activation::linear;
+  Matrix X, Y;               // its clean training set, d x n_train and m x n_train
+  std::vector<Matrix> W0;    // initial weights, index 1..L
+  int steps = 0;
+  double lr = 0;
+  bool moment = false;       // the path train_plain_f64's `automatic` takes
+};
+// The teachers trials [lo, hi) need that the cache neither holds nor is
+// training, one per recipe, in batch order; built on `threads` threads. A
+// trial whose teacher cannot be built (bad input) is skipped: its set-up
+// reports the error.
+std::vector<TeacherTraining> teachers_to_train(const std::vector<TrialParams>& trials, size_t lo, size_t hi,
+                                               uint64_t sweep_seed, int threads);
+// Hands the cache the result of a TeacherTraining (W: index 1..L; ok = false:
+// it diverged). The entry is pinned: the budget does not drop it until
+// unpin_teachers names it, so the trials it was trained for find it at their
+// set-up whatever --teacher-cache-mb says. Counted in `elsewhere`.
+void put_trained_teacher(const std::string& recipe, std::vector<Matrix> W, bool ok);
+// Ends the pins of put_trained_teacher (one per call and recipe); the budget
+// applies again.
+void unpin_teachers(const std::vector<std::string>& recipes);
 
 // Everything a trial's trained teacher depends on, as bytes: trials with equal
 // recipes share their teacher. Empty when the teacher is not trained.
@@ -95,6 +128,10 @@ std::vector<size_t> setup_order(const std::vector<TrialParams>& trials, size_t l
 // (set-up) run their batches through it.
 void for_each_in_setup_order(const std::vector<TrialParams>& trials, size_t lo, size_t hi,
                              uint64_t sweep_seed, int threads, const std::function<void(size_t)>& f);
+
+// f(i) for every i in [0, n) on min(threads, n) threads (this one when that
+// is 1 or less), each taking the next i as it frees up. f must not throw.
+void parallel_for(size_t n, int threads, const std::function<void(size_t)>& f);
 
 // min(count, T + 1) distinct steps: 0, T and log-spaced between.
 std::vector<int64_t> checkpoint_steps(int64_t T, int count);

@@ -126,6 +126,7 @@ std::string widths_text(const std::vector<int>& hidden) {
 // The student's data law: latents, clean inputs and the clean target.
 struct Law {
   const TrialParams& p;
+  std::vector<double> spectrum;
   Matrix U, Wstar, A1, A2;  // Wstar empty for the nonlinear target
   std::vector<double> sqrt_s;
 
@@ -140,6 +141,22 @@ struct Law {
   }
 };
 
+Law make_law(const TrialParams& p, const TrialKeys& keys) {
+  const int d = p.d, k = p.k, m = p.m;
+  Law law{p, spectrum_of(p), {}, {}, {}, {}, {}};
+  law.sqrt_s.resize(k);
+  for (int j = 0; j < k; ++j) law.sqrt_s[j] = std::sqrt(law.spectrum[j]);
+  law.U = qr_orthonormal(gaussian(keys.data, Stream::U, 0, d, k));
+  if (p.target == Target::linear) {
+    const Matrix A = gaussian(keys.data, Stream::A, 0, m, k, 1.0 / std::sqrt(double(k)));
+    law.Wstar = matmul_nt(A, law.U);
+  } else {  // y = A2 tanh(A1 z), A1 k x k and A2 m x k, entries N(0, 1/k)
+    law.A1 = gaussian(keys.data, Stream::target_a1, 0, k, k, 1.0 / std::sqrt(double(k)));
+    law.A2 = gaussian(keys.data, Stream::target_a2, 0, m, k, 1.0 / std::sqrt(double(k)));
+  }
+  return law;
+}
+
 // A trained teacher: its layers after tp.steps of full-batch GD (float64) on
 // its own clean training set, and whether that training stayed finite.
 struct TrainedTeacher {
@@ -153,23 +170,37 @@ struct TrainedTeacher {
 };
 
 // Its own clean training set from the teacher key, same law and label noise;
-// initial weights from the teacher key. Reads exactly what teacher_recipe lists.
-std::shared_ptr<const TrainedTeacher> train_teacher(const TrialParams& p, const TrialKeys& keys,
-                                                    const Law& law, const TrialProblem& pr) {
+// initial weights from the teacher key. Reads exactly what teacher_recipe
+// lists (w: the widths d, hidden..., m).
+TeacherTraining teacher_training(const TrialParams& p, const TrialKeys& keys, const Law& law,
+                                 const std::vector<int>& w) {
   const TeacherParams& tp = p.teacher;
-  const int L = pr.L, m = p.m;
+  const int L = static_cast<int>(w.size()) - 1, m = p.m;
+  TeacherTraining tt;
+  tt.w = w;
+  tt.act = p.activation;
   const Matrix Zt = law.latents(keys.teacher, Stream::teacher_z, tp.n_train);
-  const Matrix Xt = matmul(law.U, Zt);
-  Matrix Yt = law.target(Zt, Xt);
+  tt.X = matmul(law.U, Zt);
+  tt.Y = law.target(Zt, tt.X);
   if (p.label_noise != 0)
-    Yt = add(Yt, scaled(gaussian(keys.teacher, Stream::teacher_label_noise, 0, m, tp.n_train),
-                        p.label_noise));
-  auto t = std::make_shared<TrainedTeacher>();
-  t->W.resize(L + 1);
+    tt.Y = add(tt.Y, scaled(gaussian(keys.teacher, Stream::teacher_label_noise, 0, m, tp.n_train),
+                            p.label_noise));
+  tt.W0.resize(L + 1);
   for (int l = 1; l <= L; ++l)
-    t->W[l] = gaussian(keys.teacher, Stream::teacher_init, static_cast<uint32_t>(l), pr.w[l], pr.w[l - 1],
-                       kTeacherInitScale / std::sqrt(double(pr.w[l - 1])));
-  t->ok = train_plain_f64(t->W, p.activation, Xt, Yt, tp.steps, tp.lr);
+    tt.W0[l] = gaussian(keys.teacher, Stream::teacher_init, static_cast<uint32_t>(l), w[l], w[l - 1],
+                        kTeacherInitScale / std::sqrt(double(w[l - 1])));
+  tt.steps = tp.steps;
+  tt.lr = tp.lr;
+  // train_plain_f64's `automatic`, written out so that another trainer takes the same path.
+  tt.moment = moments_cheaper(make_net(w, p.activation), 0u, tp.n_train);
+  return tt;
+}
+
+std::shared_ptr<const TrainedTeacher> train_teacher(TeacherTraining tt) {
+  auto t = std::make_shared<TrainedTeacher>();
+  t->W = std::move(tt.W0);
+  t->ok = train_plain_f64(t->W, tt.act, tt.X, tt.Y, tt.steps, tt.lr,
+                          tt.moment ? PlainPath::moment : PlainPath::data);
   return t;
 }
 
@@ -202,7 +233,7 @@ class TeacherCache {
     uint64_t ticket = 0;  // nonzero: this call trains the recipe for the cache
     {
       std::lock_guard<std::mutex> lock(mu_);
-      auto it = capacity_ > 0 ? map_.find(recipe) : map_.end();
+      auto it = map_.find(recipe);  // pinned entries are there whatever the budget
       if (it != map_.end()) {
         ++stats_.reused;
         lru_.splice(lru_.begin(), lru_, it->second.pos);
@@ -212,7 +243,7 @@ class TeacherCache {
         if (capacity_ > 0) {
           ticket = ++tickets_;
           lru_.push_front(recipe);
-          map_.emplace(recipe, Entry{mine.get_future().share(), lru_.begin(), ticket, 0});
+          map_.emplace(recipe, Entry{mine.get_future().share(), lru_.begin(), ticket, 0, 0});
         }
       }
     }
@@ -251,6 +282,39 @@ class TeacherCache {
     return t;
   }
 
+  // Whether the recipe is kept or being trained.
+  bool holds(const std::string& recipe) const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return map_.count(recipe) != 0;
+  }
+
+  // A teacher trained elsewhere, pinned until unpin (an equal one already
+  // there is kept and pinned instead: the same recipe gives the same bits).
+  void put(const std::string& recipe, std::shared_ptr<const TrainedTeacher> t) {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++stats_.elsewhere;
+    auto it = map_.find(recipe);
+    if (it != map_.end()) {
+      ++it->second.pins;
+      return;
+    }
+    std::promise<std::shared_ptr<const TrainedTeacher>> done;
+    const size_t bytes = t->bytes() + 2 * recipe.size() + 64;
+    done.set_value(std::move(t));
+    lru_.push_front(recipe);
+    map_.emplace(recipe, Entry{done.get_future().share(), lru_.begin(), 0, bytes, 1});
+    stats_.bytes += bytes;
+  }
+
+  void unpin(const std::vector<std::string>& recipes) {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const std::string& r : recipes) {
+      auto it = map_.find(r);
+      if (it != map_.end() && it->second.pins > 0) --it->second.pins;
+    }
+    evict();
+  }
+
   TeacherCacheStats stats() const {
     std::lock_guard<std::mutex> lock(mu_);
     return stats_;
@@ -272,12 +336,13 @@ class TeacherCache {
     std::list<std::string>::iterator pos;
     uint64_t ticket;  // which call trains it
     size_t bytes;     // 0 while its training runs
+    int pins;         // put() calls not yet unpinned: kept past the budget
   };
   void evict() {  // oldest finished entries first, down to the budget (mu_ held)
     for (auto pos = lru_.end(); stats_.bytes > capacity_ && pos != lru_.begin();) {
       --pos;
       auto it = map_.find(*pos);
-      if (!it->second.bytes) continue;
+      if (!it->second.bytes || it->second.pins > 0) continue;
       stats_.bytes -= it->second.bytes;
       ++stats_.evicted;
       map_.erase(it);
@@ -390,6 +455,26 @@ std::vector<Matrix> decompose(const TrialParams& p, const std::vector<int>& w, c
   return W;
 }
 
+}  // namespace
+
+void parallel_for(size_t n, int threads, const std::function<void(size_t)>& f) {
+  std::atomic<size_t> next{0};
+  auto work = [&] {
+    for (size_t k; (k = next.fetch_add(1)) < n;) f(k);
+  };
+  const size_t nt = std::min<size_t>(n, static_cast<size_t>(std::max(threads, 1)));
+  if (nt <= 1) {
+    work();
+    return;
+  }
+  std::vector<std::thread> pool;
+  pool.reserve(nt);
+  for (size_t t = 0; t < nt; ++t) pool.emplace_back(work);
+  for (auto& th : pool) th.join();
+}
+
+namespace {
+
 std::vector<int> matched_set(const TrialParams& p, int L) {
   std::vector<int> M;
   if (p.matched_layers.empty()) {
@@ -480,21 +565,11 @@ TrialProblem setup_trial(const TrialParams& p, uint64_t sweep_seed) {
   const bool linear_target = p.target == Target::linear;
 
   // Data law.
-  pr.spectrum = spectrum_of(p);
-  Law law{p, {}, {}, {}, {}, {}};
-  law.sqrt_s.resize(k);
-  for (int j = 0; j < k; ++j) law.sqrt_s[j] = std::sqrt(pr.spectrum[j]);
-  pr.U = qr_orthonormal(gaussian(keys.data, Stream::U, 0, d, k));
-  law.U = pr.U;
+  const Law law = make_law(p, keys);
+  pr.spectrum = law.spectrum;
+  pr.U = law.U;
   pr.Mhalf = scale_cols(pr.U, law.sqrt_s);
-  if (linear_target) {
-    const Matrix A = gaussian(keys.data, Stream::A, 0, m, k, 1.0 / std::sqrt(double(k)));
-    pr.Wstar = matmul_nt(A, pr.U);
-    law.Wstar = pr.Wstar;
-  } else {  // y = A2 tanh(A1 z), A1 k x k and A2 m x k, entries N(0, 1/k)
-    law.A1 = gaussian(keys.data, Stream::target_a1, 0, k, k, 1.0 / std::sqrt(double(k)));
-    law.A2 = gaussian(keys.data, Stream::target_a2, 0, m, k, 1.0 / std::sqrt(double(k)));
-  }
+  pr.Wstar = law.Wstar;
 
   // Student set.
   {
@@ -540,7 +615,8 @@ TrialProblem setup_trial(const TrialParams& p, uint64_t sweep_seed) {
                          "a trained nonlinear teacher has no linear map to re-factorise; "
                          "use teacher.decomposition = as_trained");
       const std::shared_ptr<const TrainedTeacher> t =
-          teacher_cache().get(teacher_recipe(p, keys), [&] { return train_teacher(p, keys, law, pr); });
+          teacher_cache().get(teacher_recipe(p, keys),
+                              [&] { return train_teacher(teacher_training(p, keys, law, pr.w)); });
       if (!t->ok)
         throw std::runtime_error("the trained teacher diverged (teacher.lr = " +
                                  std::to_string(tp.lr) + ")");
@@ -611,21 +687,57 @@ std::vector<size_t> setup_order(const std::vector<TrialParams>& trials, size_t l
 void for_each_in_setup_order(const std::vector<TrialParams>& trials, size_t lo, size_t hi,
                              uint64_t sweep_seed, int threads, const std::function<void(size_t)>& f) {
   const std::vector<size_t> order = setup_order(trials, lo, hi, sweep_seed);
-  std::atomic<size_t> next{0};
-  auto work = [&] {
-    for (size_t k; (k = next.fetch_add(1)) < order.size();) f(order[k]);
-  };
-  const size_t nt = std::min<size_t>(order.size(), static_cast<size_t>(std::max(threads, 1)));
-  if (nt <= 1) {
-    work();
-    return;
-  }
-  std::vector<std::thread> pool;
-  pool.reserve(nt);
-  for (size_t t = 0; t < nt; ++t) pool.emplace_back(work);
-  for (auto& th : pool) th.join();
+  parallel_for(order.size(), threads, [&](size_t k) { f(order[k]); });
 }
 
 void reset_teacher_cache(size_t capacity_bytes) { teacher_cache().reset(capacity_bytes); }
+
+std::vector<TeacherTraining> teachers_to_train(const std::vector<TrialParams>& trials, size_t lo, size_t hi,
+                                               uint64_t sweep_seed, int threads) {
+  std::vector<size_t> first;  // the first trial of each recipe the cache lacks
+  std::vector<std::string> recipes;
+  std::unordered_set<std::string> seen;
+  for (size_t i = lo; i < hi; ++i) {
+    const TrialParams& p = trials[i];
+    if (p.teacher.kind != TeacherKind::trained) continue;
+    // Set-up fails this trial before it would need the teacher.
+    if (p.activation != Activation::linear && p.teacher.decomposition != Decomposition::as_trained) continue;
+    std::string recipe = trained_teacher_recipe(p, sweep_seed);
+    if (!seen.insert(recipe).second || teacher_cache().holds(recipe)) continue;
+    first.push_back(i);
+    recipes.push_back(std::move(recipe));
+  }
+  std::vector<TeacherTraining> out(first.size());
+  std::vector<char> built(first.size(), 0);
+  parallel_for(first.size(), threads, [&](size_t j) {
+    const TrialParams& p = trials[first[j]];
+    if (p.k < 1 || p.k > p.d || p.hidden.empty()) return;  // set-up's InputErrors
+    try {
+      std::vector<int> w{p.d};
+      for (int h : p.hidden) w.push_back(h);
+      w.push_back(p.m);
+      const TrialKeys keys = trial_keys(sweep_seed, p);
+      out[j] = teacher_training(p, keys, make_law(p, keys), w);
+      out[j].recipe = std::move(recipes[j]);
+      built[j] = 1;
+    } catch (const std::exception&) {
+      // Left to the trial's set-up, which reports it.
+    }
+  });
+  std::vector<TeacherTraining> kept;
+  kept.reserve(out.size());
+  for (size_t j = 0; j < out.size(); ++j)
+    if (built[j]) kept.push_back(std::move(out[j]));
+  return kept;
+}
+
+void put_trained_teacher(const std::string& recipe, std::vector<Matrix> W, bool ok) {
+  auto t = std::make_shared<TrainedTeacher>();
+  t->W = std::move(W);
+  t->ok = ok;
+  teacher_cache().put(recipe, std::move(t));
+}
+
+void unpin_teachers(const std::vector<std::string>& recipes) { teacher_cache().unpin(recipes); }
 
 }  // namespace stsweep

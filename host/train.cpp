@@ -365,14 +365,11 @@ uint32_t matched_mask(const TrialProblem& pr) {
   return mask;
 }
 
-namespace {
-
-// `auto`'s rule, for students and trained teachers alike: the moment path when
-// the network is linear and its step counts fewer flops than the data path's
-// on N samples (`mask`: the layers the feature loss matches).
 bool moments_cheaper(const tm::Net& net, uint32_t mask, int N) {
   return net.act == tm::kLinear && tm::moment_step_flops(net, mask) < tm::data_step_flops(net, N);
 }
+
+namespace {
 
 // The path a trial trains on (throws InputError for moment with a nonlinear network).
 bool use_moment_path(const TrialProblem& pr, const tm::Net& net, uint32_t mask) {

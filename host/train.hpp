@@ -44,6 +44,10 @@ uint32_t matched_mask(const TrialProblem& pr);
 // The step math's view of a network: widths w[0..L] and the activation
 // (InputError "hidden" when the depth is outside 1..tm::kMaxLayers).
 tm::Net make_net(const std::vector<int>& w, Activation act);
+// `auto`'s rule, for students and trained teachers alike: the moment path when
+// the network is linear and its step counts fewer flops than the data path's
+// on N samples (`mask`: the layers the feature loss matches).
+bool moments_cheaper(const tm::Net& net, uint32_t mask, int N);
 // Whether the trial trains on the moment path (params.path; `auto` by counted
 // flops); InputError for `moment` with a nonlinear network.
 bool trains_on_moments(const TrialProblem& pr);

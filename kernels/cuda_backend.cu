@@ -151,6 +151,7 @@ class CudaBackend final : public Backend {
     static_shared_ = fused_static_shared_bytes();
     vector_a_ = env_switch("STSWEEP_CUDA_VECTOR_A", true);
     one_column_ = env_switch("STSWEEP_CUDA_ONE_COLUMN", true);
+    teachers_on_device_ = teachers_on_device();
   }
   ~CudaBackend() override {
     for (auto& w : waves_) {
@@ -232,13 +233,20 @@ class CudaBackend final : public Backend {
         const size_t hi = std::min(n, lo + cap);
         Wave& w = waves_[wave_no % 2];
         Stream& st = streams_[wave_no % 2];
-        // Set up on the host while the other wave trains.
+        // The wave's new trained teachers on the device (beside the other
+        // wave), then set-up on the host while the other wave trains; the
+        // teachers stay pinned in set-up's cache until it is done.
+        struct Unpin {
+          std::vector<std::string> recipes;
+          ~Unpin() { unpin_teachers(recipes); }
+        } pinned;
+        if (teachers_on_device_) train_teachers(batch, lo, hi, opt, nthreads, &pinned.recipes);
         std::vector<Prepared> prepared = prepare_trials(batch, lo, hi, opt, nthreads, out, &stats_.setup_s);
         if (w.busy) finish<Real>(w, st, batch, out);
         w.prepared = std::move(prepared);
         w.pool.reset();
         if (poison_) w.pool.poison(st.s);
-        launch<Real>(w, st, want, eb, vwork);
+        launch<Real>(w, st, want, eb, vwork, nthreads);
         w.busy = true;
         ++stats_.chunks;
       }
@@ -256,6 +264,108 @@ class CudaBackend final : public Backend {
     }
   }
 
+  // Trains the trained teachers trials [lo, hi) need that set-up's cache
+  // lacks (prepare_teachers: float64, lambda = 0, the host's path) on the
+  // teacher stream, as many per launch as half the free memory holds, and
+  // hands them to the cache pinned (their recipes appended to *pinned).
+  void train_teachers(const Batch& batch, size_t lo, size_t hi, const RunOptions& opt, int nthreads,
+                      std::vector<std::string>* pinned) {
+    const std::vector<Prepared> tw = prepare_teachers(batch, lo, hi, opt, nthreads, &stats_.setup_s);
+    if (tw.empty()) return;
+    DeviceLimits lim;
+    lim.shared_per_block = static_cast<size_t>(optin_) > static_shared_ ? optin_ - static_shared_ : 0;
+    for (const GroupPlan& all : plan_groups(tw, path_, sizeof(double), lim,
+                                            [this](const std::string& m) { log_once(m); })) {
+      const Layout& y = all.y;
+      paths_.insert(std::string(cuda::name(all.path)) + " (teachers)");
+      const size_t per = y.arena * sizeof(double) + sizeof(TrialScalars) + sizeof(NetRef) + sizeof(NetState) +
+                         static_cast<size_t>(all.slots) * y.wsize * sizeof(double) +
+                         (all.path == Path::general ? y.work * sizeof(double) : 0) + 6 * 256;
+      size_t free_b = 0, total_b = 0;
+      STS_CUDA(cudaMemGetInfo(&free_b, &total_b));
+      size_t chunk = std::max<size_t>(1, std::min<size_t>(free_b / 2 / per, kMaxChunkTrials));
+      for (size_t at = 0; at < all.members.size();) {
+        GroupPlan g = all;  // members [at, at + chunk): one network each, no twins
+        const size_t nt = std::min(chunk, all.members.size() - at);
+        g.members.assign(all.members.begin() + at, all.members.begin() + at + nt);
+        g.nets.resize(nt);
+        for (size_t j = 0; j < nt; ++j) g.nets[j] = {static_cast<int>(j), 0};
+        try {
+          train_teacher_chunk(g, tw, nthreads, pinned);
+        } catch (const OutOfMemory&) {
+          if (chunk == 1) throw;
+          chunk /= 2;
+          log_once("out of memory training teachers: " + std::to_string(chunk) + " per launch");
+          continue;
+        }
+        at += nt;
+      }
+    }
+  }
+
+  void train_teacher_chunk(const GroupPlan& g, const std::vector<Prepared>& tw, int nthreads,
+                           std::vector<std::string>* pinned) {
+    const Layout& y = g.y;
+    const size_t nt = g.members.size(), nn = g.nets.size(), slots = g.slots;
+    std::vector<double> h_arena(nt * y.arena), h_eval(nt * y.eval), h_snap(nn * slots * y.wsize);
+    std::vector<TrialScalars> h_ts(nt);
+    std::vector<long long> h_ck(std::max(g.ck_total, 1));
+    std::vector<NetState> h_state(nn);
+    pack_group<double>(g, tw, h_arena.data(), h_eval.data(), h_ts.data(), h_ck.data(), nthreads);
+    // One allocation, carved as the waves' pools are.
+    Pool pool;
+    const size_t work = g.path == Path::general ? nn * y.work : 0;
+    pool.allocate(8 * 256 + sizeof(double) * (h_arena.size() + h_snap.size() + work) +
+                      sizeof(TrialScalars) * nt + sizeof(long long) * h_ck.size() +
+                      (sizeof(NetRef) + sizeof(NetState)) * nn,
+                  256);
+    double* d_arena = pool.dev<double>(h_arena.size());
+    TrialScalars* d_ts = pool.dev<TrialScalars>(nt);
+    long long* d_ck = pool.dev<long long>(h_ck.size());
+    NetRef* d_nets = pool.dev<NetRef>(nn);
+    NetState* d_state = pool.dev<NetState>(nn);
+    double* d_snap = pool.dev<double>(h_snap.size());
+    double* d_work = work ? pool.dev<double>(work) : nullptr;
+    if (poison_) pool.poison(teach_.s);
+    cudaStream_t s = teach_.s;
+    STS_CUDA(cudaMemcpyAsync(d_arena, h_arena.data(), h_arena.size() * sizeof(double), cudaMemcpyHostToDevice, s));
+    STS_CUDA(cudaMemcpyAsync(d_ts, h_ts.data(), nt * sizeof(TrialScalars), cudaMemcpyHostToDevice, s));
+    STS_CUDA(cudaMemcpyAsync(d_ck, h_ck.data(), h_ck.size() * sizeof(long long), cudaMemcpyHostToDevice, s));
+    STS_CUDA(cudaMemcpyAsync(d_nets, g.nets.data(), nn * sizeof(NetRef), cudaMemcpyHostToDevice, s));
+    GroupBuffers<double> buf;
+    buf.arena = d_arena;
+    buf.work = d_work;
+    buf.ts = d_ts;
+    buf.ck = d_ck;
+    buf.nets = d_nets;
+    buf.state = d_state;
+    buf.snap = d_snap;
+    TrainArgs<double> a = train_args(g, buf);
+    a.one_column = one_column_ ? 1 : 0;
+    Event t0, t1;
+    STS_CUDA(cudaEventRecord(t0.e, s));
+    if (g.path == Path::warp) {
+      const size_t dyn = g.warps_per_block * g.net_shared;
+      if (dyn > 48 * 1024) warp_prepare<double>(dyn);
+      launch_warp<double>(a, g.warps_per_block, g.net_shared, vector_a_, s);
+    } else if (g.path == Path::fused || g.path == Path::general) {
+      const size_t dyn = a.shared ? g.net_shared : 0;
+      if (dyn > 48 * 1024) fused_prepare<double>(dyn);
+      launch_fused<double>(a, dyn, vector_a_, s);
+    } else {
+      throw std::logic_error(std::string("cuda: teachers on the ") + cuda::name(g.path) + " path");
+    }
+    STS_CUDA(cudaEventRecord(t1.e, s));
+    STS_CUDA(cudaMemcpyAsync(h_state.data(), d_state, nn * sizeof(NetState), cudaMemcpyDeviceToHost, s));
+    STS_CUDA(cudaMemcpyAsync(h_snap.data(), d_snap, h_snap.size() * sizeof(double), cudaMemcpyDeviceToHost, s));
+    STS_CUDA(cudaStreamSynchronize(s));
+    float ms = 0;
+    STS_CUDA(cudaEventElapsedTime(&ms, t0.e, t1.e));
+    stats_.teacher_s += ms * 1e-3;
+    stats_.teachers += static_cast<long long>(nn);
+    collect_teachers(g, tw, h_state.data(), h_snap.data(), pinned);
+  }
+
   void log_once(const std::string& msg) {
     static std::mutex mu;
     std::lock_guard<std::mutex> lock(mu);
@@ -263,7 +373,7 @@ class CudaBackend final : public Backend {
   }
 
   template <class Real>
-  void launch(Wave& w, Stream& st, Path want, int eb, size_t vwork_bytes) {
+  void launch(Wave& w, Stream& st, Path want, int eb, size_t vwork_bytes, int nthreads) {
     w.groups.clear();
     DeviceLimits lim;
     lim.shared_per_block = static_cast<size_t>(optin_) > static_shared_ ? optin_ - static_shared_ : 0;
@@ -298,7 +408,7 @@ class CudaBackend final : public Backend {
       NetRef* h_nets = w.pool.host<NetRef>(nn);
       NetState* h_state = w.pool.host<NetState>(nn);
       double* h_metrics = w.pool.host<double>(items * 3);
-      pack_group<Real>(plan, w.prepared, h_arena, h_eval, h_ts, h_ck);
+      pack_group<Real>(plan, w.prepared, h_arena, h_eval, h_ts, h_ck, nthreads);
       std::copy(plan.nets.begin(), plan.nets.end(), h_nets);
       // Device buffers and copies.
       Real* d_arena = w.pool.dev<Real>(nt * y.arena);
@@ -390,11 +500,13 @@ class CudaBackend final : public Backend {
   size_t static_shared_ = 0;
   cublasHandle_t cublas_ = nullptr;
   Stream streams_[2];
+  Stream teach_;  // trained teachers (train_teachers), beside the waves
   Wave waves_[2];
   RunStats stats_;
   bool poison_ = false;
   bool vector_a_ = true;  // STSWEEP_CUDA_VECTOR_A=0: the scalar-A (v2) tiles, float only
   bool one_column_ = true;  // STSWEEP_CUDA_ONE_COLUMN=0: v4's tiles (no one-column shapes)
+  bool teachers_on_device_ = true;  // STSWEEP_CUDA_TEACHERS=host: trained teachers in set-up
   size_t select_temp_ = 0;
   std::set<std::string> paths_, logged_;
 };

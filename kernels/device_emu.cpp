@@ -220,12 +220,25 @@ class EmuBackend final : public Backend {
     std::set<std::string> paths;
     std::vector<TrialResult> out(batch.trials.size());
     if (batch.trials.empty()) return out;
-    const std::vector<Prepared> wave =
-        prepare_trials(batch, 0, batch.trials.size(), opt, 1, out, &stats_.setup_s);
-    const size_t real = opt.precision == Precision::f64 ? 8 : 4;
     DeviceLimits lim;
     lim.shared_per_block = eo_.shared_per_block;
     const auto log = [](const std::string& m) { std::cerr << "stsweep: cuda-emulated: " << m << "\n"; };
+    // The batch's new trained teachers first (float64), handed to set-up's
+    // cache pinned until the trials are set up.
+    struct Unpin {
+      std::vector<std::string> recipes;
+      ~Unpin() { unpin_teachers(recipes); }
+    } pinned;
+    if (eo_.device_teachers) {
+      const std::vector<Prepared> tw = prepare_teachers(batch, 0, batch.trials.size(), opt, 1, &stats_.setup_s);
+      for (const GroupPlan& g : plan_groups(tw, eo_.path, sizeof(double), lim, log)) {
+        paths.insert(cuda::name(g.path));
+        run_group<double>(g, tw, batch, out, &pinned.recipes);
+      }
+    }
+    const std::vector<Prepared> wave =
+        prepare_trials(batch, 0, batch.trials.size(), opt, 1, out, &stats_.setup_s);
+    const size_t real = opt.precision == Precision::f64 ? 8 : 4;
     for (const GroupPlan& g : plan_groups(wave, eo_.path, real, lim, log)) {
       paths.insert(cuda::name(g.path));
       if (g.path == Path::cublas) throw std::logic_error("the emulator has no cuBLAS path");
@@ -243,7 +256,7 @@ class EmuBackend final : public Backend {
  private:
   template <class Real>
   void run_group(const GroupPlan& g, const std::vector<Prepared>& wave, const Batch& batch,
-                 std::vector<TrialResult>& out) {
+                 std::vector<TrialResult>& out, std::vector<std::string>* pinned = nullptr) {
     const Layout& y = g.y;
     const size_t nt = g.members.size(), nn = g.nets.size();
     // The device buffers, poisoned as STSWEEP_CUDA_POISON does.
@@ -294,6 +307,13 @@ class EmuBackend final : public Backend {
         },
         eo_.trace);
     const auto t1 = std::chrono::steady_clock::now();
+    if (pinned) {  // a teacher group: its final weights, no evaluation
+      collect_teachers(g, wave, state.data(), snap.data(), pinned);
+      stats_.teacher_s += std::chrono::duration<double>(t1 - t0).count();
+      stats_.teachers += static_cast<long long>(nn);
+      return;
+    }
+    stats_.train_s += std::chrono::duration<double>(t1 - t0).count();
     const EvalArgs e = eval_args(g, buf, ws.data());
     // The items: compacted as the device's cub::DeviceSelect::If does, or all.
     std::vector<long long> items;
@@ -304,7 +324,6 @@ class EmuBackend final : public Backend {
       for (long long it : items) eval_item(team, e, it, ws.data());
     });
     const auto t2 = std::chrono::steady_clock::now();
-    stats_.train_s += std::chrono::duration<double>(t1 - t0).count();
     stats_.eval_s += std::chrono::duration<double>(t2 - t1).count();
     collect_group(g, wave, batch, state.data(), metrics.data(), out, stats_);
   }

@@ -103,6 +103,8 @@ struct EmuOptions {
   bool vector_a = true;            // the training kernels' A loads (EmuTeam / EmuTeamScalarA)
   bool one_column = true;          // v5's one-column tiles (STSWEEP_CUDA_ONE_COLUMN on the device)
   SmemTrace* trace = nullptr;      // when set: the training kernel's accesses (one team, sized here)
+  bool device_teachers = true;     // train the batch's new trained teachers as the device does
+                                   // (prepare_teachers), not in set-up
 };
 std::unique_ptr<Backend> make_emulated_backend(const EmuOptions& eo);
 // Stats of the emulated backend's last run (zeros for another backend).

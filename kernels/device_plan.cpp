@@ -4,8 +4,12 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <limits>
+#include <exception>
 #include <map>
+#include <mutex>
+#include <tuple>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -328,14 +332,74 @@ std::vector<Prepared> prepare_trials(const Batch& batch, size_t lo, size_t hi,
   return prepared;
 }
 
+bool teachers_on_device() {
+  const char* e = std::getenv("STSWEEP_CUDA_TEACHERS");
+  if (!e || !*e || std::string(e) == "device") return true;
+  if (std::string(e) == "host") return false;
+  throw std::runtime_error(std::string("STSWEEP_CUDA_TEACHERS=") + e + ": expected device or host");
+}
+
+std::vector<Prepared> prepare_teachers(const Batch& batch, size_t lo, size_t hi, const RunOptions& opt,
+                                       int nthreads, double* setup_s) {
+  const auto t0 = std::chrono::steady_clock::now();
+  std::vector<TeacherTraining> tt = teachers_to_train(batch.trials, lo, hi, opt.sweep_seed, nthreads);
+  std::vector<Prepared> out(tt.size());
+  for (size_t j = 0; j < tt.size(); ++j) {
+    Prepared& p = out[j];
+    TeacherTraining& t = tt[j];
+    p.index = j;
+    p.teacher = true;
+    p.recipe = std::move(t.recipe);
+    TrialProblem& pr = p.pr;
+    pr.L = static_cast<int>(t.w.size()) - 1;
+    pr.w = t.w;
+    pr.params.activation = t.act;
+    pr.params.lambda = 0;
+    pr.params.lr = t.lr;
+    pr.params.steps = t.steps;
+    pr.params.baseline = false;
+    pr.Xn = std::move(t.X);
+    pr.Y = std::move(t.Y);
+    pr.W0 = std::move(t.W0);
+    pr.feature.assign(pr.L, Matrix());
+    p.net = make_net(pr.w, t.act);
+    p.mask = 0;
+    p.moment = t.moment;
+  }
+  if (setup_s) *setup_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return out;
+}
+
+void collect_teachers(const GroupPlan& g, const std::vector<Prepared>& wave, const NetState* state,
+                      const double* snap, std::vector<std::string>* pinned) {
+  const tm::Net& n = g.s.net;
+  for (size_t k = 0; k < g.nets.size(); ++k) {
+    const Prepared& p = wave[g.members[g.nets[k].trial]];
+    if (!p.teacher) throw std::logic_error("cuda: collect_teachers on a student");
+    const double* fin = snap + (k * g.slots + g.slots - 1) * static_cast<size_t>(g.y.wsize);
+    std::vector<Matrix> W(n.L + 1);
+    for (int l = 1; l <= n.L; ++l) {
+      W[l] = Matrix(n.w[l], n.w[l - 1]);
+      std::copy(fin + g.y.wofs[l], fin + g.y.wofs[l] + W[l].a.size(), W[l].a.begin());
+    }
+    // The host's loop (train_plain_f64) checks the loss before each of its
+    // steps; the trainer checks after the last too. Past that check the
+    // weights are the same.
+    const bool ok = !state[k].diverged || state[k].steps_run >= p.pr.params.steps;
+    put_trained_teacher(p.recipe, std::move(W), ok);
+    pinned->push_back(p.recipe);
+  }
+}
+
 // ---------------------------------------------------------------- groups --
 std::vector<GroupPlan> plan_groups(const std::vector<Prepared>& wave, Path want, size_t real,
                                    const DeviceLimits& lim,
                                    const std::function<void(const std::string&)>& log) {
-  // Group by (path, matched layers): one layout per group.
-  std::map<std::pair<int, uint32_t>, std::vector<size_t>> groups;
+  // Group by (path, matched layers, teacher, N): one layout per group.
+  // (A batch's students share N; its teachers may not: teacher.n_train.)
+  std::map<std::tuple<int, uint32_t, int, int>, std::vector<size_t>> groups;
   for (size_t i = 0; i < wave.size(); ++i)
-    groups[{wave[i].moment ? 1 : 0, wave[i].mask}].push_back(i);
+    groups[{wave[i].moment ? 1 : 0, wave[i].mask, wave[i].teacher ? 1 : 0, wave[i].pr.Xn.cols}].push_back(i);
   std::vector<GroupPlan> plans;
   for (auto& [key, members] : groups) {
     GroupPlan g;
@@ -345,9 +409,9 @@ std::vector<GroupPlan> plan_groups(const std::vector<Prepared>& wave, Path want,
     s.N = p0.pr.Xn.cols;
     s.n_test = p0.pr.params.linear() ? 0 : p0.pr.Xtest.cols;
     s.k = p0.pr.Mhalf.cols;
-    s.mask = key.second;
-    s.moment = key.first != 0;
-    s.exact = p0.pr.params.linear();
+    s.mask = std::get<1>(key);
+    s.moment = std::get<0>(key) != 0;
+    s.exact = !p0.teacher && p0.pr.params.linear();  // teachers are not evaluated
     g.y = make_layout(s);
     const Layout& y = g.y;
     // Which trainer.
@@ -371,6 +435,10 @@ std::vector<GroupPlan> plan_groups(const std::vector<Prepared>& wave, Path want,
     }
     if (path == Path::cublas && s.moment) {
       log("the cuBLAS path has no moment path: general path for moment-path trials");
+      path = Path::general;
+    }
+    if (path == Path::cublas && p0.teacher) {
+      log("trained teachers train on the general path (cuBLAS would not give the host's bits)");
       path = Path::general;
     }
     g.path = path;
@@ -398,19 +466,34 @@ std::vector<GroupPlan> plan_groups(const std::vector<Prepared>& wave, Path want,
 
 template <class Real>
 void pack_group(const GroupPlan& g, const std::vector<Prepared>& wave, Real* arena, double* eval,
-                TrialScalars* ts, long long* ck) {
-  int ck_off = 0;
-  for (size_t j = 0; j < g.members.size(); ++j) {
-    const Prepared& p = wave[g.members[j]];
-    pack_trial<Real>(p, g.s, g.y, arena + j * g.y.arena, eval + j * g.y.eval, ts[j]);
-    ts[j].ck_offset = ck_off;
-    for (int64_t c : p.pr.checkpoints) ck[ck_off++] = c;
+                TrialScalars* ts, long long* ck, int threads) {
+  const size_t n = g.members.size();
+  std::vector<int> ck_off(n);
+  for (size_t j = 0, at = 0; j < n; ++j) {
+    ck_off[j] = static_cast<int>(at);
+    at += wave[g.members[j]].pr.checkpoints.size();
   }
+  // Members write disjoint parts of the buffers. A logic_error (a shape that
+  // does not match the layout) is a bug: the first one is rethrown here.
+  std::exception_ptr err;
+  std::mutex mu;
+  parallel_for(n, threads, [&](size_t j) {
+    try {
+      const Prepared& p = wave[g.members[j]];
+      pack_trial<Real>(p, g.s, g.y, arena + j * g.y.arena, eval + j * g.y.eval, ts[j]);
+      ts[j].ck_offset = ck_off[j];
+      std::copy(p.pr.checkpoints.begin(), p.pr.checkpoints.end(), ck + ck_off[j]);
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(mu);
+      if (!err) err = std::current_exception();
+    }
+  });
+  if (err) std::rethrow_exception(err);
 }
 template void pack_group<float>(const GroupPlan&, const std::vector<Prepared>&, float*, double*,
-                                TrialScalars*, long long*);
+                                TrialScalars*, long long*, int);
 template void pack_group<double>(const GroupPlan&, const std::vector<Prepared>&, double*, double*,
-                                 TrialScalars*, long long*);
+                                 TrialScalars*, long long*, int);
 
 void collect_group(const GroupPlan& g, const std::vector<Prepared>& wave, const Batch& batch,
                    const NetState* state, const double* metrics, std::vector<TrialResult>& out,

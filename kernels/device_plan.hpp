@@ -48,6 +48,8 @@ struct RunStats {
   double flops = 0;        // counted training flops (tm::*_step_flops)
   std::string paths;       // paths taken, e.g. "fused" or "fused, cublas"
   int chunks = 0;
+  long long teachers = 0;  // trained teachers trained on the device (prepare_teachers)
+  double teacher_s = 0;    // their device time (not in train_s)
 };
 
 struct Shape {
@@ -75,6 +77,11 @@ struct Prepared {
   tm::Net net;
   uint32_t mask = 0;
   bool moment = false;
+  // A trained teacher's training (prepare_teachers): pr holds only its data
+  // (Xn, Y), W0, widths and params.lr/steps/lambda = 0; no checkpoints, no
+  // twin, no evaluation; collect_teachers hands its final weights to set-up.
+  bool teacher = false;
+  std::string recipe;
 };
 // Sets up trials [lo, hi) of the batch on `nthreads` host threads (float64,
 // the CPU backend's problems); a trial that fails gets Status::failed in
@@ -82,6 +89,19 @@ struct Prepared {
 std::vector<Prepared> prepare_trials(const Batch& batch, size_t lo, size_t hi,
                                      const RunOptions& opt, int nthreads,
                                      std::vector<TrialResult>& out, double* setup_s);
+
+// The trained teachers trials [lo, hi) need that set-up's cache lacks
+// (teachers_to_train), one per recipe, as Prepared float64 trainings (teacher
+// = true): lambda = 0, no matched layers, on the path the host's
+// train_plain_f64 takes, so that a team trains the host's bits
+// (DeviceEmu.TeamTrainedWeightsEqualTheSerialPathBitForBit). Built on
+// `nthreads` host threads; adds the wall time to *setup_s.
+std::vector<Prepared> prepare_teachers(const Batch& batch, size_t lo, size_t hi, const RunOptions& opt,
+                                       int nthreads, double* setup_s);
+// Whether the CUDA backend trains a wave's teachers itself:
+// STSWEEP_CUDA_TEACHERS (device | host; default device). `host` leaves them to set-up (one host
+// core each), the yardstick for the device pass.
+bool teachers_on_device();
 
 // What the device offers a group.
 struct DeviceLimits {
@@ -110,10 +130,12 @@ std::vector<GroupPlan> plan_groups(const std::vector<Prepared>& wave, Path want,
                                    const std::function<void(const std::string&)>& log);
 
 // Fills a group's staging buffers: arena (members x y.arena), eval
-// (members x y.eval), ts (members), ck (ck_total).
+// (members x y.eval), ts (members), ck (ck_total), the members on `threads`
+// host threads (a moment-path member forms its moments here: 0.5 ms at the
+// standard grid's shape, bench_cpu_train Pack/moment).
 template <class Real>
 void pack_group(const GroupPlan& g, const std::vector<Prepared>& wave, Real* arena, double* eval,
-                TrialScalars* ts, long long* ck);
+                TrialScalars* ts, long long* ck, int threads = 1);
 
 // Where a group's buffers are (device memory on the GPU, host vectors in the
 // emulation), and the launch arguments they make.
@@ -178,5 +200,13 @@ EvalArgs eval_args(const GroupPlan& g, const GroupBuffers<Real>& b, double* work
 void collect_group(const GroupPlan& g, const std::vector<Prepared>& wave, const Batch& batch,
                    const NetState* state, const double* metrics, std::vector<TrialResult>& out,
                    RunStats& stats);
+
+// Hands the trained teachers of a teacher group to set-up's cache
+// (put_trained_teacher: the final snapshot of each network; diverged as the
+// host's loop judges it, which checks the loss before each step, not after the
+// last) and appends their recipes to *pinned, for unpin_teachers once the
+// wave's trials are set up. `snap`: nets x slots x y.wsize.
+void collect_teachers(const GroupPlan& g, const std::vector<Prepared>& wave, const NetState* state,
+                      const double* snap, std::vector<std::string>* pinned);
 
 }  // namespace stsweep::cuda

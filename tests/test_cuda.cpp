@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <map>
 #include <random>
 #include <string>
@@ -16,6 +17,7 @@
 
 #include "backend.hpp"
 #include "params.hpp"
+#include "problem.hpp"
 #include "result.hpp"
 #include "trial_compare.hpp"
 
@@ -375,6 +377,74 @@ TEST(CudaSmall, EveryPathOnce) {
     for (size_t i = 0; i < ref.size(); ++i)
       expect_close(got[i], ref[i], 2e-3, 1e-6, std::string(cuda::name(path)) + " " + std::to_string(i));
   }
+}
+
+// Trained teachers trained on the device (float64, one network per block or
+// warp, beside the waves) are set-up's teachers bit for bit: a run with them
+// equals a run whose teachers set-up trained on the host (STSWEEP_CUDA_TEACHERS
+// =host), and the teacher's clean risk, computed on the host from its weights,
+// equals the CPU backend's. Linear teachers on both paths (few samples: data;
+// many: moments), a diverging one (its trials fail as on the CPU), a tanh one.
+// Small, so compute-sanitizer runs it too.
+TEST(CudaSmall, TeachersTrainedOnTheDeviceAreTheHosts) {
+  NEED_GPU();
+  const Poisoned poison;
+  std::vector<TrialParams> lin, nonlin;
+  int id = 0;
+  for (auto [n_train, lr] : {std::pair{4, 0.1}, std::pair{400, 0.1}, std::pair{12, 80.0}})
+    for (double noise : {0.1, 0.6}) {
+      TrialParams p = base_params();
+      p.d = 8;
+      p.k = 4;
+      p.hidden = {6};
+      p.n_train = 12;
+      p.n_test = 30;
+      p.steps = 12;
+      p.checkpoints = 3;
+      p.seed = id++ / 2;
+      p.noise = noise;
+      p.label_noise = 0.1;
+      p.teacher.kind = TeacherKind::trained;
+      p.teacher.n_train = n_train;
+      p.teacher.steps = 40;
+      p.teacher.lr = lr;
+      lin.push_back(p);
+      p.activation = Activation::tanh;
+      p.teacher.decomposition = Decomposition::as_trained;
+      nonlin.push_back(p);
+    }
+  for (const auto* v : {&lin, &nonlin}) {
+    const Batch b = make_batch(*v);
+    reset_teacher_cache(size_t{64} << 20);
+    const auto cpu = run_cpu(b, Precision::f32);
+    ASSERT_EQ(cpu[4].status, Status::failed) << cpu[4].message;
+    for (cuda::Path path : {cuda::Path::fused, cuda::Path::warp, cuda::Path::general}) {
+      const std::string what = std::string(cuda::name(path)) + (v == &lin ? " linear" : " tanh");
+      setenv("STSWEEP_CUDA_TEACHERS", "host", 1);
+      reset_teacher_cache(size_t{64} << 20);
+      const auto host = run_gpu(b, Precision::f32, path);
+      unsetenv("STSWEEP_CUDA_TEACHERS");
+      reset_teacher_cache(0);
+      RunOptions o;
+      o.sweep_seed = 7;
+      std::string why;
+      auto be = cuda::make_backend(o, path, &why);
+      ASSERT_TRUE(be) << why;
+      const auto dev = be->run(b, o);
+      EXPECT_EQ(cuda::last_stats(*be).teachers, 3) << what;
+      EXPECT_EQ(teacher_cache_stats().trained, 0) << what;
+      for (size_t i = 0; i < dev.size(); ++i) {
+        SCOPED_TRACE(what + " trial " + std::to_string(i));
+        EXPECT_EQ(dev[i].status, cpu[i].status) << dev[i].message;
+        EXPECT_EQ(dev[i].message, host[i].message);
+        if (cpu[i].status != Status::done) continue;
+        EXPECT_EQ(std::memcmp(&dev[i].teacher_clean_risk, &cpu[i].teacher_clean_risk, sizeof(double)), 0)
+            << dev[i].teacher_clean_risk << " vs " << cpu[i].teacher_clean_risk;
+        expect_same(dev[i], host[i], what);
+      }
+    }
+  }
+  reset_teacher_cache(size_t{kTeacherCacheDefaultMb} << 20);
 }
 
 // A trial the set-up rejects fails on the GPU as on the CPU; its batch-mates run.
