@@ -47,8 +47,8 @@ inline Matrix matmul(const Matrix& A, const Matrix& B) {
 // A by 4 of B) run side by side, so the adds' latency is hidden; A A^T (the
 // same matrix twice) computes the upper triangle and mirrors it, as A(i, p) *
 // A(j, p) and A(j, p) * A(i, p) are the same product. The same bits as one
-// chain at a time, 3.5x faster at the moment path's shapes (bench_cpu_train
-// Pack/moment, docs/PERFORMANCE.md).
+// chain at a time, 3x faster on the moment path's moments (bench_cpu_train
+// Pack/moment, docs/PERFORMANCE.md "Packing").
 inline Matrix matmul_nt(const Matrix& A, const Matrix& B) {
   if (A.cols != B.cols) throw std::logic_error("linalg::matmul_nt: shape mismatch");
   const int n = A.rows, m = B.rows, K = A.cols;

@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <random>
 #include <string>
 #include <thread>
 #include <vector>
@@ -547,6 +548,39 @@ TEST(Checkpoints, LogSpacedWithEnds) {
 }
 
 // kernels/linalg.hpp on its own: factorisations checked by their defining identities.
+// matmul_nt runs eight dot products side by side and mirrors A A^T; each
+// element must still be the one chain s += A(i, p) * B(j, p) in order of p
+// (set-up's and the moments' bits rest on it). Shapes with every remainder of
+// the 2 x 4 blocking, and A A^T of odd sizes.
+TEST(Linalg, MatmulNtIsOneChainPerElementInOrder) {
+  std::mt19937 g(3);
+  std::normal_distribution<double> nd;
+  auto random = [&](int r, int c) {
+    Matrix M(r, c);
+    for (double& x : M.a) x = nd(g);
+    return M;
+  };
+  auto chain = [](const Matrix& A, const Matrix& B) {
+    Matrix C(A.rows, B.rows);
+    for (int i = 0; i < A.rows; ++i)
+      for (int j = 0; j < B.rows; ++j) {
+        double s = 0;
+        for (int p = 0; p < A.cols; ++p) s += A(i, p) * B(j, p);
+        C(i, j) = s;
+      }
+    return C;
+  };
+  for (int n : {1, 2, 3, 5, 8})
+    for (int m : {1, 3, 4, 6, 9})
+      for (int K : {1, 7, 64}) {
+        const Matrix A = random(n, K), B = random(m, K);
+        EXPECT_TRUE(same_bits(linalg::matmul_nt(A, B), chain(A, B))) << n << "x" << m << "x" << K;
+        EXPECT_TRUE(same_bits(linalg::matmul_nt(A, A), chain(A, A))) << n << "x" << K << " A A^T";
+        const Matrix A2 = A;  // equal values, another matrix: the general path
+        EXPECT_TRUE(same_bits(linalg::matmul_nt(A, A2), chain(A, A))) << n << "x" << K;
+      }
+}
+
 TEST(Linalg, QrSvdPinvCholesky) {
   auto random = [](int r, int c, uint32_t sub) {
     Matrix M(r, c);
@@ -766,6 +800,85 @@ TEST(TeacherCache, ADivergedTeacherFailsEveryTrialThatSharesIt) {
   }
   EXPECT_EQ(teacher_cache_stats().trained, 1);
   EXPECT_EQ(teacher_cache_stats().reused, 1);
+  reset_teacher_cache(size_t{kTeacherCacheDefaultMb} << 20);
+}
+
+// A backend that trains teachers itself (the CUDA backend, on the device)
+// gets from teachers_to_train exactly the training set-up would run, and what
+// it hands back with put_trained_teacher is what set-up then uses: pinned
+// past the budget until unpinned, counted apart, skipped by teachers_to_train
+// while held; a diverged one fails the trials as set-up's own would.
+TEST(TeacherCache, TeachersTrainedElsewhereAreSetUpsOwn) {
+  TrialParams a = trained_teacher_params();
+  a.teacher.n_train = 4;  // few samples: the data path is cheaper
+  TrialParams a1 = a, b = a, lin = a, tanh_bad = a, bad_k = a;
+  a1.noise = 1.1;  // shares a's teacher
+  b.seed = 8;
+  lin.seed = 9;
+  lin.teacher.decomposition = Decomposition::balanced;
+  lin.teacher.n_train = 400;  // a moment step is cheaper: moments
+  tanh_bad.seed = 10;
+  tanh_bad.activation = Activation::tanh;
+  tanh_bad.teacher.decomposition = Decomposition::balanced;  // set-up rejects it: not trained
+  bad_k.seed = 11;
+  bad_k.k = bad_k.d + 1;  // set-up rejects it: not trained
+  const std::vector<TrialParams> trials{a, a1, tanh_bad, b, bad_k, lin};
+
+  reset_teacher_cache(0);
+  std::vector<TrialProblem> alone;
+  for (size_t i : {0u, 3u, 5u}) alone.push_back(setup_trial(trials[i], 9));
+
+  reset_teacher_cache(1);  // a budget of one byte: only the pins keep them
+  std::vector<TeacherTraining> tt = teachers_to_train(trials, 0, trials.size(), 9, 2);
+  ASSERT_EQ(tt.size(), 3u);
+  EXPECT_EQ(tt[0].recipe, trained_teacher_recipe(a, 9));
+  EXPECT_EQ(tt[1].recipe, trained_teacher_recipe(b, 9));
+  EXPECT_EQ(tt[2].recipe, trained_teacher_recipe(lin, 9));
+  EXPECT_FALSE(tt[0].moment);
+  EXPECT_TRUE(tt[2].moment);
+  std::vector<std::string> pinned;
+  for (TeacherTraining& t : tt) {
+    std::vector<Matrix> W = t.W0;
+    const bool ok = train_plain_f64(W, t.act, t.X, t.Y, t.steps, t.lr, t.moment ? PlainPath::moment : PlainPath::data);
+    ASSERT_TRUE(ok);
+    put_trained_teacher(t.recipe, std::move(W), ok);
+    pinned.push_back(t.recipe);
+  }
+  EXPECT_TRUE(teachers_to_train(trials, 0, trials.size(), 9, 1).empty()) << "held teachers are not trained again";
+  EXPECT_EQ(teacher_cache_stats().elsewhere, 3);
+  EXPECT_GT(teacher_cache_stats().bytes, 0u);
+  TrialParams c = a;
+  c.seed = 12;
+  setup_trial(c, 9);  // trained by set-up, then dropped for the budget: the pinned ones stay
+  EXPECT_EQ(teacher_cache_stats().trained, 1);
+  EXPECT_EQ(teacher_cache_stats().evicted, 1);
+  expect_same_teacher(setup_trial(a, 9), alone[0], "a");
+  expect_same_teacher(setup_trial(a1, 9), alone[0], "a1");
+  expect_same_teacher(setup_trial(b, 9), alone[1], "b");
+  expect_same_teacher(setup_trial(lin, 9), alone[2], "lin (moments)");
+  EXPECT_EQ(teacher_cache_stats().trained, 1) << "set-up trained a teacher it was handed";
+  EXPECT_EQ(teacher_cache_stats().reused, 4);
+  unpin_teachers(pinned);
+  EXPECT_EQ(teacher_cache_stats().bytes, 0u) << "unpinned teachers stay past the budget";
+  setup_trial(a, 9);
+  EXPECT_EQ(teacher_cache_stats().trained, 2);
+
+  // A teacher handed back as diverged fails its trials with set-up's message.
+  reset_teacher_cache(size_t{64} << 20);
+  tt = teachers_to_train(trials, 0, 1, 9, 1);
+  ASSERT_EQ(tt.size(), 1u);
+  put_trained_teacher(tt[0].recipe, tt[0].W0, false);
+  EXPECT_THROW(
+      {
+        try {
+          setup_trial(a1, 9);
+        } catch (const std::runtime_error& e) {
+          EXPECT_NE(std::string(e.what()).find("the trained teacher diverged"), std::string::npos) << e.what();
+          throw;
+        }
+      },
+      std::runtime_error);
+  unpin_teachers({tt[0].recipe});
   reset_teacher_cache(size_t{kTeacherCacheDefaultMb} << 20);
 }
 
