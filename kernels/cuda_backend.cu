@@ -344,17 +344,8 @@ class CudaBackend final : public Backend {
     a.one_column = one_column_ ? 1 : 0;
     Event t0, t1;
     STS_CUDA(cudaEventRecord(t0.e, s));
-    if (g.path == Path::warp) {
-      const size_t dyn = g.warps_per_block * g.net_shared;
-      if (dyn > 48 * 1024) warp_prepare<double>(dyn);
-      launch_warp<double>(a, g.warps_per_block, g.net_shared, vector_a_, s);
-    } else if (g.path == Path::fused || g.path == Path::general) {
-      const size_t dyn = a.shared ? g.net_shared : 0;
-      if (dyn > 48 * 1024) fused_prepare<double>(dyn);
-      launch_fused<double>(a, dyn, vector_a_, s);
-    } else {
-      throw std::logic_error(std::string("cuda: teachers on the ") + cuda::name(g.path) + " path");
-    }
+    if (g.path == Path::cublas) throw std::logic_error("cuda: teachers on the cuBLAS path");
+    launch_trainer<double>(g, a, s);
     STS_CUDA(cudaEventRecord(t1.e, s));
     STS_CUDA(cudaMemcpyAsync(h_state.data(), d_state, nn * sizeof(NetState), cudaMemcpyDeviceToHost, s));
     STS_CUDA(cudaMemcpyAsync(h_snap.data(), d_snap, h_snap.size() * sizeof(double), cudaMemcpyDeviceToHost, s));
@@ -364,6 +355,22 @@ class CudaBackend final : public Backend {
     stats_.teacher_s += ms * 1e-3;
     stats_.teachers += static_cast<long long>(nn);
     collect_teachers(g, tw, h_state.data(), h_snap.data(), pinned);
+  }
+
+  // The group's trainer (fused, warp, general or cuBLAS) on stream s.
+  template <class Real>
+  void launch_trainer(const GroupPlan& g, const TrainArgs<Real>& a, cudaStream_t s) {
+    if (g.path == Path::cublas) {
+      train_cublas<Real>(cublas_, a, g.maxT, s);
+    } else if (g.path == Path::warp) {
+      const size_t dyn = g.warps_per_block * g.net_shared;
+      if (dyn > 48 * 1024) warp_prepare<Real>(dyn);
+      launch_warp<Real>(a, g.warps_per_block, g.net_shared, vector_a_, s);
+    } else {
+      const size_t dyn = a.shared ? g.net_shared : 0;
+      if (dyn > 48 * 1024) fused_prepare<Real>(dyn);
+      launch_fused<Real>(a, dyn, vector_a_, s);
+    }
   }
 
   void log_once(const std::string& msg) {
@@ -446,17 +453,7 @@ class CudaBackend final : public Backend {
       g.t1 = std::make_unique<Event>();
       g.t2 = std::make_unique<Event>();
       STS_CUDA(cudaEventRecord(g.t0->e, st.s));
-      if (plan.path == Path::cublas) {
-        train_cublas<Real>(cublas_, a, plan.maxT, st.s);
-      } else if (plan.path == Path::warp) {
-        const size_t dyn = plan.warps_per_block * plan.net_shared;
-        if (dyn > 48 * 1024) warp_prepare<Real>(dyn);
-        launch_warp<Real>(a, plan.warps_per_block, plan.net_shared, vector_a_, st.s);
-      } else {
-        const size_t dyn = a.shared ? plan.net_shared : 0;
-        if (dyn > 48 * 1024) fused_prepare<Real>(dyn);
-        launch_fused<Real>(a, dyn, vector_a_, st.s);
-      }
+      launch_trainer<Real>(plan, a, st.s);
       STS_CUDA(cudaEventRecord(g.t1->e, st.s));
       // Only the snapshots the networks wrote are measured.
       launch_eval_select(select_tmp, select_temp_, d_state, plan.slots, plan.maxck,
