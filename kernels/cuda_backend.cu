@@ -9,9 +9,10 @@
 //                 item compaction (CUB) ──> eval kernel (float64) ──D2H──> metrics
 //                                                                   ──> TrialResult
 //
-// A batch is cut into waves of `capacity` trials sized from free device memory;
-// two waves are in flight (one stream each), so the host sets up wave i+1 while
-// the device trains wave i. Out-of-memory when sizing halves the capacity.
+// A batch is cut into waves of a quarter of it (at least 1024 trials; fewer
+// when free device memory says so); two waves are in flight (one stream each),
+// so the host sets up wave i+1 while the device trains wave i. Out-of-memory
+// when sizing halves the capacity.
 // Results are assembled by host/train.cpp's assemble_trial_result (same rules).
 #include <cuda_runtime.h>
 #include <cublas_v2.h>
@@ -38,6 +39,7 @@ namespace stsweep::cuda {
 namespace {
 
 constexpr int kMaxChunkTrials = 32000;  // 2 networks each: grid.y <= 65535 (cuBLAS kernels)
+constexpr size_t kMinWave = 1024;       // trials of a wave when the batch is cut for overlap
 
 // ------------------------------------------------------------------ memory --
 // One device allocation and one pinned host allocation per in-flight wave,
@@ -152,6 +154,12 @@ class CudaBackend final : public Backend {
     vector_a_ = env_switch("STSWEEP_CUDA_VECTOR_A", true);
     one_column_ = env_switch("STSWEEP_CUDA_ONE_COLUMN", true);
     teachers_on_device_ = teachers_on_device();
+    if (const char* e = std::getenv("STSWEEP_CUDA_WAVE"); e && *e) {
+      char* end = nullptr;
+      const long long v = std::strtoll(e, &end, 10);
+      if (*end || v < 1) throw std::runtime_error(std::string("STSWEEP_CUDA_WAVE=") + e + ": expected a number of trials >= 1");
+      wave_ = static_cast<size_t>(v);
+    }
   }
   ~CudaBackend() override {
     for (auto& w : waves_) {
@@ -210,7 +218,12 @@ class CudaBackend final : public Backend {
                                           2 * (maxck + 2));
     const size_t fixed = static_cast<size_t>(eb) * vwork + select_temp_ + (1 << 20);
     size_t cap = budget > fixed ? (budget - fixed) / tb.dev : 0;
-    cap = std::min<size_t>({cap, n, kMaxChunkTrials});
+    // Waves of a quarter of the batch (at least kMinWave trials), so that the
+    // host sets up the next wave while the device trains this one: with one
+    // wave the device waits for all of a batch's set-up. STSWEEP_CUDA_WAVE caps
+    // it (tests: several waves from a small batch).
+    const size_t wave = wave_ > 0 ? wave_ : std::max<size_t>(kMinWave, (n + 3) / 4);
+    cap = std::min<size_t>({cap, wave, n, kMaxChunkTrials});
     if (cap == 0) cap = 1;
     for (;;) {
       try {
@@ -504,6 +517,7 @@ class CudaBackend final : public Backend {
   bool vector_a_ = true;  // STSWEEP_CUDA_VECTOR_A=0: the scalar-A (v2) tiles, float only
   bool one_column_ = true;  // STSWEEP_CUDA_ONE_COLUMN=0: v4's tiles (no one-column shapes)
   bool teachers_on_device_ = true;  // STSWEEP_CUDA_TEACHERS=host: trained teachers in set-up
+  size_t wave_ = 0;                 // STSWEEP_CUDA_WAVE: most trials per wave (0: automatic)
   size_t select_temp_ = 0;
   std::set<std::string> paths_, logged_;
 };

@@ -447,6 +447,62 @@ TEST(CudaSmall, TeachersTrainedOnTheDeviceAreTheHosts) {
   reset_teacher_cache(size_t{kTeacherCacheDefaultMb} << 20);
 }
 
+// A batch cut into several waves (STSWEEP_CUDA_WAVE=2: 4 waves of 7 trials,
+// two in flight, the streams and staging buffers taken in turn) gives the
+// bits of one wave; trained teachers are trained once per recipe, also when
+// trials of another wave share them.
+TEST(CudaSmall, SeveralWavesEqualOne) {
+  NEED_GPU();
+  const Poisoned poison;
+  std::vector<TrialParams> ps;
+  for (int i = 0; i < 7; ++i) {
+    TrialParams p = base_params();
+    p.hidden = {6};
+    p.d = 8;
+    p.k = 4;
+    p.n_train = 10;
+    p.n_test = 30;
+    p.steps = 12 + i;
+    p.checkpoints = 3;
+    p.seed = i / 3;  // teachers shared by trials 0-2 (waves 0 and 1), 3-5 (waves 1 and 2), 6
+    p.lambda = 0.3 * (i % 3);
+    p.baseline = i % 2 == 0;
+    p.teacher.kind = TeacherKind::trained;
+    p.teacher.n_train = 16;
+    p.teacher.steps = 30;
+    p.teacher.lr = 0.1;
+    ps.push_back(p);
+  }
+  const Batch b = make_batch(ps);
+  RunOptions o;
+  o.sweep_seed = 7;
+  std::string why;
+  reset_teacher_cache(size_t{64} << 20);
+  auto one = cuda::make_backend(o, cuda::Path::automatic, &why);
+  ASSERT_TRUE(one) << why;
+  const auto ref = one->run(b, o);
+  EXPECT_EQ(cuda::last_stats(*one).chunks, 1);
+  EXPECT_EQ(cuda::last_stats(*one).teachers, 3);
+  setenv("STSWEEP_CUDA_WAVE", "2", 1);
+  reset_teacher_cache(size_t{64} << 20);
+  auto several = cuda::make_backend(o, cuda::Path::automatic, &why);
+  unsetenv("STSWEEP_CUDA_WAVE");
+  ASSERT_TRUE(several) << why;
+  const auto got = several->run(b, o);
+  EXPECT_EQ(cuda::last_stats(*several).chunks, 4);
+  EXPECT_EQ(cuda::last_stats(*several).teachers, 3);
+  EXPECT_EQ(teacher_cache_stats().trained, 0);
+  for (size_t i = 0; i < ref.size(); ++i) {
+    ASSERT_EQ(ref[i].status, Status::done) << ref[i].message;
+    expect_same(got[i], ref[i], "trial " + std::to_string(i));
+  }
+  setenv("STSWEEP_CUDA_WAVE", "0", 1);
+  EXPECT_EQ(cuda::make_backend(o, cuda::Path::automatic, &why), nullptr);
+  EXPECT_NE(why.find("STSWEEP_CUDA_WAVE=0"), std::string::npos) << why;
+  unsetenv("STSWEEP_CUDA_WAVE");
+  reset_teacher_cache(size_t{kTeacherCacheDefaultMb} << 20);
+}
+
 // A trial the set-up rejects fails on the GPU as on the CPU; its batch-mates run.
 TEST(CudaSmall, InputErrorFailsOnlyThatTrial) {
   NEED_GPU();
