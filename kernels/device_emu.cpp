@@ -223,29 +223,33 @@ class EmuBackend final : public Backend {
     DeviceLimits lim;
     lim.shared_per_block = eo_.shared_per_block;
     const auto log = [](const std::string& m) { std::cerr << "stsweep: cuda-emulated: " << m << "\n"; };
-    // The batch's new trained teachers first (float64), handed to set-up's
-    // cache pinned until the trials are set up.
-    struct Unpin {
-      std::vector<std::string> recipes;
-      ~Unpin() { unpin_teachers(recipes); }
-    } pinned;
-    if (eo_.device_teachers) {
-      const std::vector<Prepared> tw = prepare_teachers(batch, 0, batch.trials.size(), opt, 1, &stats_.setup_s);
-      for (const GroupPlan& g : plan_groups(tw, eo_.path, sizeof(double), lim, log)) {
-        paths.insert(cuda::name(g.path));
-        run_group<double>(g, tw, batch, out, &pinned.recipes);
+    const size_t n = batch.trials.size(), real = opt.precision == Precision::f64 ? 8 : 4;
+    const size_t cap = eo_.wave > 0 ? eo_.wave : n;
+    // Wave by wave, as the device does (one after the other here): the wave's
+    // new trained teachers first (float64), handed to set-up's cache pinned
+    // until its trials are set up; then its trials.
+    for (size_t lo = 0; lo < n; lo += cap) {
+      const size_t hi = std::min(n, lo + cap);
+      struct Unpin {
+        std::vector<std::string> recipes;
+        ~Unpin() { unpin_teachers(recipes); }
+      } pinned;
+      if (eo_.device_teachers) {
+        const std::vector<Prepared> tw = prepare_teachers(batch, lo, hi, opt, 1, &stats_.setup_s);
+        for (const GroupPlan& g : plan_groups(tw, eo_.path, sizeof(double), lim, log)) {
+          paths.insert(cuda::name(g.path));
+          run_group<double>(g, tw, batch, out, &pinned.recipes);
+        }
       }
-    }
-    const std::vector<Prepared> wave =
-        prepare_trials(batch, 0, batch.trials.size(), opt, 1, out, &stats_.setup_s);
-    const size_t real = opt.precision == Precision::f64 ? 8 : 4;
-    for (const GroupPlan& g : plan_groups(wave, eo_.path, real, lim, log)) {
-      paths.insert(cuda::name(g.path));
-      if (g.path == Path::cublas) throw std::logic_error("the emulator has no cuBLAS path");
-      if (opt.precision == Precision::f64)
-        run_group<double>(g, wave, batch, out);
-      else
-        run_group<float>(g, wave, batch, out);
+      const std::vector<Prepared> wave = prepare_trials(batch, lo, hi, opt, 1, out, &stats_.setup_s);
+      for (const GroupPlan& g : plan_groups(wave, eo_.path, real, lim, log)) {
+        paths.insert(cuda::name(g.path));
+        if (g.path == Path::cublas) throw std::logic_error("the emulator has no cuBLAS path");
+        if (opt.precision == Precision::f64)
+          run_group<double>(g, wave, batch, out);
+        else
+          run_group<float>(g, wave, batch, out);
+      }
       ++stats_.chunks;
     }
     for (const auto& p : paths) stats_.paths += (stats_.paths.empty() ? "" : ", ") + p;

@@ -105,6 +105,7 @@ struct EmuOptions {
   SmemTrace* trace = nullptr;      // when set: the training kernel's accesses (one team, sized here)
   bool device_teachers = true;     // train the batch's new trained teachers as the device does
                                    // (prepare_teachers), not in set-up
+  size_t wave = 0;                 // most trials per wave (STSWEEP_CUDA_WAVE); 0: one wave
 };
 std::unique_ptr<Backend> make_emulated_backend(const EmuOptions& eo);
 // Stats of the emulated backend's last run (zeros for another backend).

@@ -662,6 +662,50 @@ TEST(DeviceEmu, TeachersTrainedOnTheDeviceAreTheHostsBitForBit) {
   reset_teacher_cache(size_t{kTeacherCacheDefaultMb} << 20);
 }
 
+// A batch cut into waves (each its own teacher pass, set-up and groups, as
+// on the device with STSWEEP_CUDA_WAVE) gives the bits of one wave; a teacher
+// that trials of two waves share is trained once, and its pins end with its
+// wave's set-up.
+TEST(DeviceEmu, SeveralWavesEqualOne) {
+  std::vector<TrialParams> ps;
+  for (int i = 0; i < 7; ++i) {
+    TrialParams p = small(i / 3);  // teachers shared by trials 0-2, 3-5, and 6 alone
+    p.steps = 12 + i;
+    p.lambda = 0.3 * (i % 3);
+    p.baseline = i % 2 == 0;
+    p.teacher.kind = TeacherKind::trained;
+    p.teacher.n_train = 16;
+    p.teacher.steps = 30;
+    p.teacher.lr = 0.1;
+    ps.push_back(p);
+  }
+  const Batch b = make_batch(ps);
+  RunOptions o;
+  o.sweep_seed = 7;
+  cuda::EmuOptions eo;
+  eo.block_threads = 32;
+  reset_teacher_cache(size_t{64} << 20);
+  auto one = cuda::make_emulated_backend(eo);
+  const auto ref = one->run(b, o);
+  EXPECT_EQ(cuda::emulated_stats(*one).chunks, 1);
+  EXPECT_EQ(cuda::emulated_stats(*one).teachers, 3);
+  for (size_t wave : {2u, 3u}) {
+    eo.wave = wave;
+    reset_teacher_cache(size_t{64} << 20);
+    auto several = cuda::make_emulated_backend(eo);
+    const auto got = several->run(b, o);
+    EXPECT_EQ(cuda::emulated_stats(*several).chunks, static_cast<int>((ps.size() + wave - 1) / wave));
+    EXPECT_EQ(cuda::emulated_stats(*several).teachers, 3) << "a teacher of two waves trained twice";
+    EXPECT_EQ(teacher_cache_stats().trained, 0);
+    for (size_t i = 0; i < ref.size(); ++i) {
+      ASSERT_EQ(ref[i].status, Status::done) << ref[i].message;
+      EXPECT_EQ(got[i].trial, ref[i].trial);
+      expect_same(got[i], ref[i], "wave " + std::to_string(wave) + ", trial " + std::to_string(i));
+    }
+  }
+  reset_teacher_cache(size_t{kTeacherCacheDefaultMb} << 20);
+}
+
 // Fresh random shapes and settings on every run (the seed is printed), as
 // tests/test_cuda.cpp's CudaFused test does on the GPU, here on the emulator
 // with warps and 64-thread blocks.
