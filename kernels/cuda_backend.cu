@@ -320,11 +320,11 @@ class CudaBackend final : public Backend {
                            std::vector<std::string>* pinned) {
     const Layout& y = g.y;
     const size_t nt = g.members.size(), nn = g.nets.size(), slots = g.slots;
-    std::vector<double> h_arena(nt * y.arena), h_eval(nt * y.eval), h_snap(nn * slots * y.wsize);
+    std::vector<double> h_arena(nt * y.arena), h_snap(nn * slots * y.wsize);
     std::vector<TrialScalars> h_ts(nt);
     std::vector<long long> h_ck(std::max(g.ck_total, 1));
     std::vector<NetState> h_state(nn);
-    pack_group<double>(g, tw, h_arena.data(), h_eval.data(), h_ts.data(), h_ck.data(), nthreads);
+    pack_group<double>(g, tw, h_arena.data(), nullptr, h_ts.data(), h_ck.data(), nthreads);  // no evaluation
     // One allocation, carved as the waves' pools are.
     Pool pool;
     const size_t work = g.path == Path::general ? nn * y.work : 0;

@@ -275,7 +275,7 @@ class EmuBackend final : public Backend {
     poison(snap);
     poison(metrics);
     poison(state);
-    pack_group<Real>(g, wave, arena.data(), eval.data(), ts.data(), ck.data());
+    pack_group<Real>(g, wave, arena.data(), pinned ? nullptr : eval.data(), ts.data(), ck.data());
     if (g.path == Path::general) {
       work.resize(nn * y.work);
       poison(work);

@@ -231,6 +231,9 @@ void expect(const Matrix& M, int r, int c, const char* what) {
 }
 
 
+void fill_eval(const TrialProblem& pr, const Shape& s, const Layout& y, double* eval);
+
+// `eval` null: no evaluation data (trained teachers are not evaluated).
 template <class Real>
 void pack_trial(const Prepared& p, const Shape& s, const Layout& y, Real* arena, double* eval,
                 TrialScalars& ts) {
@@ -264,6 +267,19 @@ void pack_trial(const Prepared& p, const Shape& s, const Layout& y, Real* arena,
         put_t(arena + y.Ht[l], pr.feature[l]);
       }
   }
+  if (eval) fill_eval(pr, s, y, eval);
+  ts.lambda = pr.params.lambda;
+  ts.lr = pr.params.lr;
+  ts.sigma = pr.sigma;
+  ts.sigma_y = pr.sigma_y;
+  ts.T = pr.params.steps;
+  ts.nck = static_cast<int>(pr.checkpoints.size());
+}
+
+// The float64 data the evaluation measures a trial's snapshots on.
+void fill_eval(const TrialProblem& pr, const Shape& s, const Layout& y, double* eval) {
+  const tm::Net& n = s.net;
+  const int L = n.L, d = n.w[0], m = n.w[L], N = s.N;
   put_t(eval + y.eX, pr.Xn);
   put_t(eval + y.eY, pr.Y);
   for (int l = 1; l < L; ++l)
@@ -283,12 +299,6 @@ void pack_trial(const Prepared& p, const Shape& s, const Layout& y, Real* arena,
     put_t(eval + y.eXt, pr.Xtest);
     put_t(eval + y.eYt, pr.Ytest);
   }
-  ts.lambda = pr.params.lambda;
-  ts.lr = pr.params.lr;
-  ts.sigma = pr.sigma;
-  ts.sigma_y = pr.sigma_y;
-  ts.T = pr.params.steps;
-  ts.nck = static_cast<int>(pr.checkpoints.size());
 }
 }  // namespace
 
@@ -480,7 +490,7 @@ void pack_group(const GroupPlan& g, const std::vector<Prepared>& wave, Real* are
   parallel_for(n, threads, [&](size_t j) {
     try {
       const Prepared& p = wave[g.members[j]];
-      pack_trial<Real>(p, g.s, g.y, arena + j * g.y.arena, eval + j * g.y.eval, ts[j]);
+      pack_trial<Real>(p, g.s, g.y, arena + j * g.y.arena, eval ? eval + j * g.y.eval : nullptr, ts[j]);
       ts[j].ck_offset = ck_off[j];
       std::copy(p.pr.checkpoints.begin(), p.pr.checkpoints.end(), ck + ck_off[j]);
     } catch (...) {

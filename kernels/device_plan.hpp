@@ -130,7 +130,7 @@ std::vector<GroupPlan> plan_groups(const std::vector<Prepared>& wave, Path want,
                                    const std::function<void(const std::string&)>& log);
 
 // Fills a group's staging buffers: arena (members x y.arena), eval
-// (members x y.eval), ts (members), ck (ck_total), the members on `threads`
+// (members x y.eval; null: none, for teachers), ts (members), ck (ck_total), the members on `threads`
 // host threads (a moment-path member forms its moments here: 0.5 ms at the
 // standard grid's shape, bench_cpu_train Pack/moment).
 template <class Real>
