@@ -114,6 +114,15 @@ Path path_from_env(Path dflt) {
 struct Stream {
   cudaStream_t s = nullptr;
   Stream() { STS_CUDA(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking)); }
+  // The device's highest priority: its pending blocks are dispatched before
+  // pending blocks of the default-priority streams (running ones are not
+  // preempted).
+  struct Urgent {};
+  explicit Stream(Urgent) {
+    int least = 0, greatest = 0;
+    STS_CUDA(cudaDeviceGetStreamPriorityRange(&least, &greatest));
+    STS_CUDA(cudaStreamCreateWithPriority(&s, cudaStreamNonBlocking, greatest));
+  }
   ~Stream() {
     if (s) cudaStreamDestroy(s);
   }
@@ -143,8 +152,12 @@ struct Wave {
 
 class CudaBackend final : public Backend {
  public:
-  CudaBackend(const RunOptions& opt, Path path, int device) : threads_(opt.threads), path_(path), dev_(device) {
-    STS_CUDA(cudaSetDevice(dev_));
+  // dev_ is set (and made current) before the members that hold device
+  // resources (the streams) are made: a stream belongs to the device current
+  // when it is created, and with --devices the constructing thread's current
+  // device is the previous backend's.
+  CudaBackend(const RunOptions& opt, Path path, int device)
+      : threads_(opt.threads), path_(path), dev_(make_current(device)) {
     STS_CUDA(cudaGetDeviceProperties(&prop_, dev_));
     STS_CUDA(cudaDeviceGetAttribute(&optin_, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev_));
     const cublasStatus_t cs = cublasCreate(&cublas_);
@@ -502,15 +515,24 @@ class CudaBackend final : public Backend {
     w.prepared.clear();
   }
 
+  static int make_current(int device) {
+    STS_CUDA(cudaSetDevice(device));
+    return device;
+  }
+
   int threads_;
   Path path_;
-  int dev_;
+  int dev_;  // before streams_ and teach_ (see the constructor)
   cudaDeviceProp prop_{};
   int optin_ = 0;
   size_t static_shared_ = 0;
   cublasHandle_t cublas_ = nullptr;
   Stream streams_[2];
-  Stream teach_;  // trained teachers (train_teachers), beside the waves
+  // Trained teachers (train_teachers), beside the waves, at the highest
+  // priority: the host waits for them before it can set up the next wave, so
+  // their blocks go ahead of the training wave's blocks not yet started, and
+  // set-up then overlaps the rest of that wave.
+  Stream teach_{Stream::Urgent{}};
   Wave waves_[2];
   RunStats stats_;
   bool poison_ = false;
