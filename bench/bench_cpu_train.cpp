@@ -28,6 +28,7 @@
 #include "backend.hpp"
 #include "device_plan.hpp"
 #include "grids.hpp"
+#include "net_buffers.hpp"
 #include "problem.hpp"
 #include "train.hpp"
 #include "trial_math.hpp"
@@ -96,67 +97,24 @@ template <class Real>
 void Step(benchmark::State& state, TrainPath path) {
   const TrialProblem pr = setup_trial(grid_params(path, 0), 1);
   const tm::Net net = grid_net();
-  const int d = 32, h = 32, m = 8, N = 64;
-  std::vector<Real> W1(h * d), W1T(h * d), W2(m * h), W2T(m * h);
-  for (int i = 0; i < h; ++i)
-    for (int j = 0; j < d; ++j) W1[i * d + j] = W1T[j * h + i] = static_cast<Real>(pr.W0[1](i, j));
-  for (int i = 0; i < m; ++i)
-    for (int j = 0; j < h; ++j) W2[i * h + j] = W2T[j * m + i] = static_cast<Real>(pr.W0[2](i, j));
-  tm::Weights<Real> w;
-  w.W[1] = W1.data();
-  w.WT[1] = W1T.data();
-  w.W[2] = W2.data();
-  w.WT[2] = W2T.data();
+  NetWeights<Real> w(net, pr.W0);  // host/net_buffers.hpp, as the CPU trainer's
   const tm::SerialTeam team;
   const Real lr = Real(1e-3), lambda = Real(1);
-  auto T = [](const Matrix& M) {
-    std::vector<Real> v(M.a.size());
-    for (int i = 0; i < M.rows; ++i)
-      for (int j = 0; j < M.cols; ++j) v[j * M.rows + i] = static_cast<Real>(M(i, j));
-    return v;
-  };
-  auto C = [](const Matrix& M) { return std::vector<Real>(M.a.begin(), M.a.end()); };
   if (path == TrainPath::data) {
-    std::vector<Real> X = T(pr.Xn), Y = T(pr.Y), Ht = T(pr.feature[1]), Z1(N * h), Z2(N * m),
-                      D0(N * h), D1(N * h);
-    tm::DataSet<Real> ds;
-    ds.N = N;
-    ds.X = X.data();
-    ds.Y = Y.data();
-    ds.Ht[1] = Ht.data();
-    tm::DataWork<Real> wk;
-    wk.Z[1] = wk.H[1] = Z1.data();
-    wk.Z[2] = Z2.data();
-    wk.D[0] = D0.data();
-    wk.D[1] = D1.data();
+    DataPath<Real> dp(net, pr.Xn, pr.Y, &pr.feature, 2u);
     for (auto _ : state) {
-      auto loss = tm::data_forward(team, net, w, ds, 2u, wk);
+      auto loss = tm::data_forward(team, net, w.view, dp.ds, 2u, dp.wk);
       benchmark::DoNotOptimize(loss);
-      tm::data_backward_update(team, net, w, ds, lambda, 2u, lr, wk);
+      tm::data_backward_update(team, net, w.view, dp.ds, lambda, 2u, lr, dp.wk);
     }
-    state.counters["GFLOP/s"] = benchmark::Counter(tm::data_step_flops(net, N) * 1e-9,
+    state.counters["GFLOP/s"] = benchmark::Counter(tm::data_step_flops(net, pr.Xn.cols) * 1e-9,
                                                    benchmark::Counter::kIsIterationInvariantRate);
   } else {
-    const TrialMoments mo = trial_moments(pr, 2u);
-    std::vector<Real> Cxx = C(mo.Cxx), Cyx = C(mo.Cyx), Chx = C(mo.Chx[1]), A2(m * d), E1(h * d),
-                      E2(m * d), Q0(h * d), Q1(h * d), AT(h * d);
-    tm::MomentSet<Real> ms;
-    ms.Cxx = Cxx.data();
-    ms.Cyx = Cyx.data();
-    ms.Chx[1] = Chx.data();
-    ms.tr_yy = static_cast<Real>(mo.tr_yy);
-    ms.tr_hh[1] = static_cast<Real>(mo.tr_hh[1]);
-    tm::MomentWork<Real> wk;
-    wk.A[2] = A2.data();
-    wk.E[1] = E1.data();
-    wk.E[2] = E2.data();
-    wk.Q[0] = Q0.data();
-    wk.Q[1] = Q1.data();
-    wk.AT = AT.data();
+    MomentPath<Real> mp(net, trial_moments(pr, 2u), 2u);
     for (auto _ : state) {
-      auto loss = tm::moment_forward(team, net, w, ms, 2u, wk);
+      auto loss = tm::moment_forward(team, net, w.view, mp.ms, 2u, mp.wk);
       benchmark::DoNotOptimize(loss);
-      tm::moment_backward_update(team, net, w, ms, lambda, 2u, lr, wk);
+      tm::moment_backward_update(team, net, w.view, mp.ms, lambda, 2u, lr, mp.wk);
     }
     state.counters["GFLOP/s"] = benchmark::Counter(tm::moment_step_flops(net, 2u) * 1e-9,
                                                    benchmark::Counter::kIsIterationInvariantRate);

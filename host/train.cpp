@@ -32,6 +32,7 @@
 #include <string>
 
 #include "linalg.hpp"
+#include "net_buffers.hpp"
 #include "trial_math.hpp"
 
 namespace stsweep {
@@ -39,99 +40,6 @@ namespace {
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 // kDivergeFactor and kZeroLossRtol: train.hpp (shared with the CUDA backend).
-
-
-template <class Real>
-std::vector<Real> convert(const Matrix& M) {
-  std::vector<Real> v(M.a.size());
-  for (size_t i = 0; i < v.size(); ++i) v[i] = static_cast<Real>(M.a[i]);
-  return v;
-}
-// M^T (samples as rows), converted.
-template <class Real>
-std::vector<Real> convert_t(const Matrix& M) {
-  std::vector<Real> v(M.a.size());
-  for (int i = 0; i < M.rows; ++i)
-    for (int j = 0; j < M.cols; ++j) v[static_cast<size_t>(j) * M.rows + i] = static_cast<Real>(M(i, j));
-  return v;
-}
-
-void check_shape(const Matrix& M, int r, int c, const char* what) {
-  if (M.rows != r || M.cols != c)
-    throw std::logic_error(std::string("train: ") + what + " is " + std::to_string(M.rows) + "x" +
-                           std::to_string(M.cols) + ", expected " + std::to_string(r) + "x" +
-                           std::to_string(c));
-}
-
-// Weights of one network in both layouts, Real.
-template <class Real>
-struct NetWeights {
-  std::vector<std::vector<Real>> W, WT;
-  tm::Weights<Real> view;
-  NetWeights(const tm::Net& net, const std::vector<Matrix>& W0) : W(net.L + 1), WT(net.L + 1) {
-    for (int l = 1; l <= net.L; ++l) {
-      check_shape(W0[l], net.w[l], net.w[l - 1], "W0");
-      W[l] = convert<Real>(W0[l]);
-      WT[l] = convert_t<Real>(W0[l]);
-      view.W[l] = W[l].data();
-      view.WT[l] = WT[l].data();
-    }
-  }
-  std::vector<Matrix> to_matrices(const tm::Net& net) const {
-    std::vector<Matrix> out(net.L + 1);
-    for (int l = 1; l <= net.L; ++l) {
-      out[l] = Matrix(net.w[l], net.w[l - 1]);
-      for (size_t i = 0; i < W[l].size(); ++i) out[l].a[i] = static_cast<double>(W[l][i]);
-    }
-    return out;
-  }
-};
-
-// Data, samples as rows, and the workspace of the data path for N rows.
-template <class Real>
-struct DataPath {
-  std::vector<Real> X, Y;
-  std::vector<std::vector<Real>> Ht, Z, H, D;
-  tm::DataSet<Real> ds;
-  tm::DataWork<Real> wk;
-  DataPath(const tm::Net& net, const Matrix& Xn, const Matrix& Yc, const std::vector<Matrix>* feat,
-           uint32_t mask)
-      : Ht(net.L + 1), Z(net.L + 1), H(net.L + 1), D(2) {
-    const int N = Xn.cols;
-    check_shape(Xn, net.w[0], N, "inputs");
-    check_shape(Yc, net.w[net.L], N, "labels");
-    X = convert_t<Real>(Xn);
-    Y = convert_t<Real>(Yc);
-    ds.N = N;
-    ds.X = X.data();
-    ds.Y = Y.data();
-    int maxw = 0;
-    for (int l = 1; l <= net.L; ++l) {
-      maxw = std::max(maxw, net.w[l]);
-      Z[l].assign(static_cast<size_t>(N) * net.w[l], Real(0));
-      wk.Z[l] = Z[l].data();
-      if (l < net.L) {
-        if (net.act != tm::kLinear) {
-          H[l].assign(Z[l].size(), Real(0));
-          wk.H[l] = H[l].data();
-        } else {
-          wk.H[l] = wk.Z[l];
-        }
-        if (mask >> l & 1u) {
-          check_shape((*feat)[l], net.w[l], N, "teacher features");
-          Ht[l] = convert_t<Real>((*feat)[l]);
-          ds.Ht[l] = Ht[l].data();
-        }
-      }
-    }
-    for (int b = 0; b < 2; ++b) {
-      D[b].assign(static_cast<size_t>(N) * maxw, Real(0));
-      wk.D[b] = D[b].data();
-    }
-  }
-};
-
-using Moments = TrialMoments;
 
 }  // namespace
 
@@ -161,48 +69,6 @@ TrialMoments trial_moments(const TrialProblem& pr, uint32_t mask) {
 }
 
 namespace {
-
-template <class Real>
-struct MomentPath {
-  std::vector<Real> Cxx, Cyx;
-  std::vector<std::vector<Real>> Chx, A, E, Q;
-  std::vector<Real> AT;
-  tm::MomentSet<Real> ms;
-  tm::MomentWork<Real> wk;
-  MomentPath(const tm::Net& net, const Moments& mo, uint32_t mask)
-      : Chx(net.L + 1), A(net.L + 1), E(net.L + 1), Q(2) {
-    const int d = net.w[0], L = net.L;
-    Cxx = convert<Real>(mo.Cxx);
-    Cyx = convert<Real>(mo.Cyx);
-    ms.Cxx = Cxx.data();
-    ms.Cyx = Cyx.data();
-    ms.tr_yy = static_cast<Real>(mo.tr_yy);
-    int maxw = 0;
-    for (int l = 1; l <= L; ++l) {
-      maxw = std::max(maxw, net.w[l]);
-      const size_t n = static_cast<size_t>(net.w[l]) * d;
-      if (l >= 2) {
-        A[l].assign(n, Real(0));
-        wk.A[l] = A[l].data();
-      }
-      if (l == L || (mask >> l & 1u)) {
-        E[l].assign(n, Real(0));
-        wk.E[l] = E[l].data();
-      }
-      if (l < L && (mask >> l & 1u)) {
-        Chx[l] = convert<Real>(mo.Chx[l]);
-        ms.Chx[l] = Chx[l].data();
-        ms.tr_hh[l] = static_cast<Real>(mo.tr_hh[l]);
-      }
-    }
-    for (int b = 0; b < 2; ++b) {
-      Q[b].assign(static_cast<size_t>(maxw) * d, Real(0));
-      wk.Q[b] = Q[b].data();
-    }
-    AT.assign(static_cast<size_t>(maxw) * d, Real(0));
-    wk.AT = AT.data();
-  }
-};
 
 // Metrics of a network, in float64.
 using Metrics = NetMetrics;

@@ -20,6 +20,7 @@
 
 #include "device_emu.hpp"
 #include "device_plan.hpp"
+#include "net_buffers.hpp"
 #include "trial_compare.hpp"
 #include "train.hpp"
 
@@ -374,100 +375,33 @@ void team_weights_equal_serial(Activation act, const std::vector<int>& hidden, b
   const tm::Net net = make_net(w, act);
   const uint32_t matched = matched_mask(pr);
   const Real lambda = Real(0.5), lr = Real(0.05);
-  auto rows_of = [](const Matrix& M) {  // samples as rows: N x width
-    std::vector<Real> v(M.a.size());
-    for (int i = 0; i < M.rows; ++i)
-      for (int j = 0; j < M.cols; ++j) v[static_cast<size_t>(j) * M.rows + i] = static_cast<Real>(M(i, j));
-    return v;
-  };
-  // One network's buffers, from the trial's data and initial weights.
+  // One network's buffers (host/net_buffers.hpp), from the trial's data and
+  // initial weights.
   struct Net {
-    std::vector<std::vector<Real>> W, WT, Z, H, Ht;
-    std::vector<Real> X, Y, D0, D1;
-    tm::Weights<Real> wt;
-    tm::DataSet<Real> ds;
-    tm::DataWork<Real> wk;
-    // The moment path's set and work (linear networks).
-    std::vector<std::vector<Real>> Chx, A, E;
-    std::vector<Real> Cxx, Cyx, Q0, Q1, AT;
-    tm::MomentSet<Real> ms;
-    tm::MomentWork<Real> mw;
+    NetWeights<Real> w;
+    std::unique_ptr<DataPath<Real>> dp;
+    std::unique_ptr<MomentPath<Real>> mp;
   };
-  const TrialMoments mo = trial_moments(pr, matched);
-  auto flat = [](const Matrix& M) { return std::vector<Real>(M.a.begin(), M.a.end()); };
   auto make = [&] {
-    auto n = std::make_unique<Net>();
-    n->W.resize(L + 1), n->WT.resize(L + 1), n->Z.resize(L + 1), n->H.resize(L + 1), n->Ht.resize(L + 1);
-    int maxw = 0;
-    for (int l = 1; l <= L; ++l) {
-      maxw = std::max(maxw, w[l]);
-      n->W[l].resize(static_cast<size_t>(w[l]) * w[l - 1]);
-      n->WT[l].resize(n->W[l].size());
-      for (int i = 0; i < w[l]; ++i)
-        for (int j = 0; j < w[l - 1]; ++j)
-          n->W[l][i * w[l - 1] + j] = n->WT[l][j * w[l] + i] = static_cast<Real>(pr.W0[l](i, j));
-      n->wt.W[l] = n->W[l].data();
-      n->wt.WT[l] = n->WT[l].data();
-      n->Z[l].assign(static_cast<size_t>(N) * w[l], Real(0));
-      n->wk.Z[l] = n->Z[l].data();
-      if (l < L && act != Activation::linear) {
-        n->H[l].assign(n->Z[l].size(), Real(0));
-        n->wk.H[l] = n->H[l].data();
-      } else {
-        n->wk.H[l] = n->Z[l].data();
-      }
-      if (l < L && (matched >> l & 1u)) {
-        n->Ht[l] = rows_of(pr.feature[l]);
-        n->ds.Ht[l] = n->Ht[l].data();
-      }
-    }
-    n->X = rows_of(pr.Xn);
-    n->Y = rows_of(pr.Y);
-    n->D0.assign(static_cast<size_t>(N) * maxw, Real(0));
-    n->D1 = n->D0;
-    n->ds.N = N;
-    n->ds.X = n->X.data();
-    n->ds.Y = n->Y.data();
-    n->wk.D[0] = n->D0.data();
-    n->wk.D[1] = n->D1.data();
-    if (moment) {
-      const int d = w[0];
-      n->Cxx = flat(mo.Cxx);
-      n->Cyx = flat(mo.Cyx);
-      n->ms.Cxx = n->Cxx.data();
-      n->ms.Cyx = n->Cyx.data();
-      n->ms.tr_yy = static_cast<Real>(mo.tr_yy);
-      n->Chx.resize(L + 1), n->A.resize(L + 1), n->E.resize(L + 1);
-      for (int l = 1; l <= L; ++l) {
-        const size_t sz = static_cast<size_t>(w[l]) * d;
-        if (l >= 2) n->A[l].assign(sz, Real(0)), n->mw.A[l] = n->A[l].data();
-        if (l == L || (matched >> l & 1u)) n->E[l].assign(sz, Real(0)), n->mw.E[l] = n->E[l].data();
-        if (l < L && (matched >> l & 1u)) {
-          n->Chx[l] = flat(mo.Chx[l]);
-          n->ms.Chx[l] = n->Chx[l].data();
-          n->ms.tr_hh[l] = static_cast<Real>(mo.tr_hh[l]);
-        }
-      }
-      n->Q0.assign(static_cast<size_t>(maxw) * d, Real(0));
-      n->Q1 = n->AT = n->Q0;
-      n->mw.Q[0] = n->Q0.data();
-      n->mw.Q[1] = n->Q1.data();
-      n->mw.AT = n->AT.data();
-    }
+    auto n = std::make_unique<Net>(Net{NetWeights<Real>(net, pr.W0), nullptr, nullptr});
+    if (moment)
+      n->mp = std::make_unique<MomentPath<Real>>(net, trial_moments(pr, matched), matched);
+    else
+      n->dp = std::make_unique<DataPath<Real>>(net, pr.Xn, pr.Y, &pr.feature, matched);
     return n;
   };
   constexpr int kSteps = 6;
   auto steps = [&](const auto& team, Net& n) {
     for (int t = 0; t < kSteps; ++t) {
       if (moment) {
-        tm::moment_forward(team, net, n.wt, n.ms, matched, n.mw);
-        tm::moment_backward_update(team, net, n.wt, n.ms, lambda, matched, lr, n.mw);
+        tm::moment_forward(team, net, n.w.view, n.mp->ms, matched, n.mp->wk);
+        tm::moment_backward_update(team, net, n.w.view, n.mp->ms, lambda, matched, lr, n.mp->wk);
       } else {
-        tm::data_forward(team, net, n.wt, n.ds, matched, n.wk);
-        tm::data_backward_update(team, net, n.wt, n.ds, lambda, matched, lr, n.wk);
+        tm::data_forward(team, net, n.w.view, n.dp->ds, matched, n.dp->wk);
+        tm::data_backward_update(team, net, n.w.view, n.dp->ds, lambda, matched, lr, n.dp->wk);
       }
     }
-    if (!moment) tm::data_refresh_w1(team, net, n.wt);
+    if (!moment) tm::data_refresh_w1(team, net, n.w.view);
   };
   auto serial = make();
   steps(tm::SerialTeam{}, *serial);
@@ -475,9 +409,9 @@ void team_weights_equal_serial(Activation act, const std::vector<int>& hidden, b
     auto team = make();
     cuda::run_emulated_team(threads, warp, [&](const cuda::EmuTeam& t) { steps(t, *team); });
     for (int l = 1; l <= L; ++l) {
-      const size_t n = serial->W[l].size();
-      ASSERT_EQ(team->W[l].size(), n);
-      EXPECT_EQ(std::memcmp(team->W[l].data(), serial->W[l].data(), n * sizeof(Real)), 0)
+      const size_t n = serial->w.W[l].size();
+      ASSERT_EQ(team->w.W[l].size(), n);
+      EXPECT_EQ(std::memcmp(team->w.W[l].data(), serial->w.W[l].data(), n * sizeof(Real)), 0)
           << (sizeof(Real) == 4 ? "float" : "double") << " " << name(act) << (moment ? " moment" : " data")
           << " path, depth " << L << ", team of "
           << threads << (warp ? " (warp)" : "") << ": W" << l << " differs";
