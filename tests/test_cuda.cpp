@@ -454,25 +454,7 @@ TEST(CudaSmall, TeachersTrainedOnTheDeviceAreTheHosts) {
 TEST(CudaSmall, SeveralWavesEqualOne) {
   NEED_GPU();
   const Poisoned poison;
-  std::vector<TrialParams> ps;
-  for (int i = 0; i < 7; ++i) {
-    TrialParams p = base_params();
-    p.hidden = {6};
-    p.d = 8;
-    p.k = 4;
-    p.n_train = 10;
-    p.n_test = 30;
-    p.steps = 12 + i;
-    p.checkpoints = 3;
-    p.seed = i / 3;  // teachers shared by trials 0-2 (waves 0 and 1), 3-5 (waves 1 and 2), 6
-    p.lambda = 0.3 * (i % 3);
-    p.baseline = i % 2 == 0;
-    p.teacher.kind = TeacherKind::trained;
-    p.teacher.n_train = 16;
-    p.teacher.steps = 30;
-    p.teacher.lr = 0.1;
-    ps.push_back(p);
-  }
+  const std::vector<TrialParams> ps = shared_teacher_trials();
   const Batch b = make_batch(ps);
   RunOptions o;
   o.sweep_seed = 7;

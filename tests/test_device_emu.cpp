@@ -602,18 +602,7 @@ TEST(DeviceEmu, TeachersTrainedOnTheDeviceAreTheHostsBitForBit) {
 // that trials of two waves share is trained once, and its pins end with its
 // wave's set-up.
 TEST(DeviceEmu, SeveralWavesEqualOne) {
-  std::vector<TrialParams> ps;
-  for (int i = 0; i < 7; ++i) {
-    TrialParams p = small(i / 3);  // teachers shared by trials 0-2, 3-5, and 6 alone
-    p.steps = 12 + i;
-    p.lambda = 0.3 * (i % 3);
-    p.baseline = i % 2 == 0;
-    p.teacher.kind = TeacherKind::trained;
-    p.teacher.n_train = 16;
-    p.teacher.steps = 30;
-    p.teacher.lr = 0.1;
-    ps.push_back(p);
-  }
+  const std::vector<TrialParams> ps = shared_teacher_trials();
   const Batch b = make_batch(ps);
   RunOptions o;
   o.sweep_seed = 7;

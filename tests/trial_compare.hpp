@@ -123,6 +123,32 @@ inline TrialParams base_params() {
   return p;
 }
 
+// Seven small trials with trained teachers, shared by trials 0-2, 3-5 and 6
+// alone, of several lengths, lambdas and twins: cut into waves of 2 or 3,
+// teachers are shared across waves (the wave tests of the emulator and the GPU).
+inline std::vector<TrialParams> shared_teacher_trials() {
+  std::vector<TrialParams> ps;
+  for (int i = 0; i < 7; ++i) {
+    TrialParams p = base_params();
+    p.d = 8;
+    p.k = 4;
+    p.hidden = {6};
+    p.n_train = 10;
+    p.n_test = 30;
+    p.steps = 12 + i;
+    p.checkpoints = 3;
+    p.seed = i / 3;
+    p.lambda = 0.3 * (i % 3);
+    p.baseline = i % 2 == 0;
+    p.teacher.kind = TeacherKind::trained;
+    p.teacher.n_train = 16;
+    p.teacher.steps = 30;
+    p.teacher.lr = 0.1;
+    ps.push_back(p);
+  }
+  return ps;
+}
+
 // One random shape and `trials` trials of it (random lambda, lr, steps,
 // checkpoints, twins, seeds, teacher kinds and paths), within `lim`.
 struct RandomLimits {
