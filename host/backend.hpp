@@ -30,6 +30,11 @@ class Backend {
   virtual std::string device() const = 0;  // e.g. "AMD EPYC (2 threads)"
   // Fills one result per trial, in order. A diverging trial is a result.
   virtual std::vector<TrialResult> run(const Batch& batch, const RunOptions& opt) = 0;
+  // Where the time of every run() so far went, one line for `stsweep run` to
+  // print at the end; empty when there is nothing to add to the run's own
+  // figures (the CPU backend). The CUDA backend: host set-up against device
+  // training, evaluation and teachers, and its waves.
+  virtual std::string time_report() const { return ""; }
 };
 
 std::unique_ptr<Backend> make_cpu_backend(const RunOptions& opt);

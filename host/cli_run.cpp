@@ -253,6 +253,8 @@ int run_main(const RunArgs& a) {
   std::printf("results: %s (shard %s: %lld done, %lld diverged, %lld failed, %lld pending of %lld)\n", a.out.c_str(),
               h.shard.c_str(), (long long)h.n_done, (long long)h.n_diverged, (long long)h.n_failed,
               (long long)h.n_pending, (long long)h.rows());
+  if (const std::string tr = backend->time_report(); !tr.empty())
+    std::printf("stsweep: %s time: %s\n", backend->name().c_str(), tr.c_str());
   const TeacherCacheStats tc = teacher_cache_stats();
   if (tc.trained + tc.reused + tc.elsewhere > 0) {
     // Host core-seconds: against the backend's time (x its threads on the

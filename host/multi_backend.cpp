@@ -56,6 +56,18 @@ std::string MultiBackend::device() const {
   return out;
 }
 
+std::string MultiBackend::time_report() const {
+  if (parts_.size() == 1) return parts_[0]->time_report();
+  std::string out;
+  for (size_t i = 0; i < parts_.size(); ++i) {
+    const std::string r = parts_[i]->time_report();
+    if (r.empty()) continue;
+    if (!out.empty()) out += " | ";
+    out += (labels_.empty() ? std::to_string(i) : labels_[i]) + ": " + r;
+  }
+  return out;
+}
+
 std::vector<size_t> MultiBackend::split(size_t n) const {
   const size_t k = parts_.size();
   std::vector<size_t> off(k + 1, 0);

@@ -30,6 +30,8 @@ class MultiBackend final : public Backend {
   // Runs the parts concurrently; when any part throws, waits for all, then
   // rethrows the first failing part's exception (in part order).
   std::vector<TrialResult> run(const Batch& batch, const RunOptions& opt) override;
+  // The parts' reports, each after its label ("0: ...; 1: ...").
+  std::string time_report() const override;
 
   size_t size() const { return parts_.size(); }
 

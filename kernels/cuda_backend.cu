@@ -188,6 +188,7 @@ class CudaBackend final : public Backend {
            std::to_string(prop_.totalGlobalMem >> 20) + " MiB)";
   }
   RunStats stats() const { return stats_; }
+  std::string time_report() const override { return cuda::time_report(total_); }
 
   std::vector<TrialResult> run(const Batch& batch, const RunOptions& opt) override {
     STS_CUDA(cudaSetDevice(dev_));
@@ -202,6 +203,7 @@ class CudaBackend final : public Backend {
       run_all<float>(batch, opt, out);
     for (const auto& p : paths_) stats_.paths += (stats_.paths.empty() ? "" : ", ") + p;
     stats_.total_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+    accumulate(total_, stats_);
     return out;
   }
 
@@ -535,6 +537,7 @@ class CudaBackend final : public Backend {
   Stream teach_{Stream::Urgent{}};
   Wave waves_[2];
   RunStats stats_;
+  RunStats total_;  // every run() so far (time_report)
   bool poison_ = false;
   bool vector_a_ = true;  // STSWEEP_CUDA_VECTOR_A=0: the scalar-A (v2) tiles, float only
   bool one_column_ = true;  // STSWEEP_CUDA_ONE_COLUMN=0: v4's tiles (no one-column shapes)

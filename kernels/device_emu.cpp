@@ -213,6 +213,7 @@ class EmuBackend final : public Backend {
     return "host emulation (" + std::to_string(eo_.block_threads) + "-thread blocks)";
   }
   RunStats stats() const { return stats_; }
+  std::string time_report() const override { return cuda::time_report(total_); }
 
   std::vector<TrialResult> run(const Batch& batch, const RunOptions& opt) override {
     const auto t0 = std::chrono::steady_clock::now();
@@ -254,6 +255,7 @@ class EmuBackend final : public Backend {
     }
     for (const auto& p : paths) stats_.paths += (stats_.paths.empty() ? "" : ", ") + p;
     stats_.total_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    accumulate(total_, stats_);
     return out;
   }
 
@@ -334,6 +336,7 @@ class EmuBackend final : public Backend {
 
   EmuOptions eo_;
   RunStats stats_;
+  RunStats total_;  // every run() so far (time_report)
 };
 
 }  // namespace

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <limits>
 #include <exception>
@@ -39,6 +40,56 @@ Path parse_path(const std::string& v) {
   if (v == "cublas") return Path::cublas;
   throw std::runtime_error("STSWEEP_CUDA_PATH=" + v +
                            ": expected auto, fused, warp, general or cublas");
+}
+
+void accumulate(RunStats& total, const RunStats& s) {
+  total.setup_s += s.setup_s;
+  total.train_s += s.train_s;
+  total.eval_s += s.eval_s;
+  total.total_s += s.total_s;
+  total.net_steps += s.net_steps;
+  total.flops += s.flops;
+  total.chunks += s.chunks;
+  total.teachers += s.teachers;
+  total.teacher_s += s.teacher_s;
+  size_t at = 0;
+  while (at < s.paths.size()) {
+    size_t end = s.paths.find(", ", at);
+    if (end == std::string::npos) end = s.paths.size();
+    const std::string p = s.paths.substr(at, end - at);
+    bool seen = false;
+    for (size_t b = 0; b < total.paths.size() && !seen;) {
+      size_t e = total.paths.find(", ", b);
+      if (e == std::string::npos) e = total.paths.size();
+      seen = total.paths.compare(b, e - b, p) == 0;
+      b = e + 2;
+    }
+    if (!seen && !p.empty()) total.paths += (total.paths.empty() ? "" : ", ") + p;
+    at = end + 2;
+  }
+}
+
+std::string time_report(const RunStats& t) {
+  if (t.chunks == 0) return "";
+  auto fmt = [](const char* f, double x) {
+    char buf[64];
+    std::snprintf(buf, sizeof buf, f, x);
+    return std::string(buf);
+  };
+  std::string out = std::to_string(t.chunks) + (t.chunks == 1 ? " wave" : " waves") +
+                    (t.paths.empty() ? "" : " (" + t.paths + ")") + "; host set-up " + fmt("%.2f", t.setup_s) +
+                    " s (all threads), device training " + fmt("%.2f", t.train_s) + " s, evaluation " +
+                    fmt("%.2f", t.eval_s) + " s";
+  if (t.teachers > 0)
+    out += ", " + std::to_string(t.teachers) + " trained teachers " + fmt("%.2f", t.teacher_s) + " s";
+  out += "; backend wall " + fmt("%.2f", t.total_s) + " s";
+  // The host sets up a wave while the device trains the one before: when
+  // set-up takes longer than the device's work, the host bounds the run.
+  const double device_s = t.train_s + t.eval_s + t.teacher_s;
+  if (t.setup_s > device_s)
+    out += "; set-up took longer than the device's work (" + fmt("%.2f", device_s) +
+           " s): the host bounds this run (more host threads would help)";
+  return out;
 }
 
 // ------------------------------------------------------------------ layout --

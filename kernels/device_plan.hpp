@@ -52,6 +52,13 @@ struct RunStats {
   double teacher_s = 0;    // their device time (not in train_s)
 };
 
+// Adds a run's figures to a total (paths: the union, in first-seen order).
+void accumulate(RunStats& total, const RunStats& s);
+// One line from a total: waves, host set-up, device training, evaluation and
+// teacher seconds, the backend's wall time, and a warning when set-up took
+// longer than the device's work (the host bounds the run).
+std::string time_report(const RunStats& total);
+
 struct Shape {
   tm::Net net;
   int N = 0, n_test = 0, k = 0;

@@ -222,6 +222,23 @@ std::vector<cuda::Prepared> prepare(const std::vector<TrialParams>& ps) {
   return cuda::prepare_trials(b, 0, ps.size(), o, 1, out, nullptr);
 }
 
+// stsweep run's CUDA time line: summed over runs, and a warning only when
+// set-up took longer than everything the device did.
+TEST(DevicePlan, TimeReportSumsRunsAndSaysWhenTheHostBounds) {
+  cuda::RunStats total, a, b;
+  EXPECT_EQ(cuda::time_report(total), "");
+  a.chunks = 1, a.setup_s = 0.5, a.train_s = 1.0, a.eval_s = 0.1, a.total_s = 1.7, a.paths = "fused";
+  b.chunks = 2, b.setup_s = 0.25, b.train_s = 0.5, b.total_s = 0.8, b.paths = "fused, warp";
+  b.teachers = 4, b.teacher_s = 0.125;
+  cuda::accumulate(total, a);
+  cuda::accumulate(total, b);
+  EXPECT_EQ(cuda::time_report(total),
+            "3 waves (fused, warp); host set-up 0.75 s (all threads), device training 1.50 s, evaluation 0.10 s, "
+            "4 trained teachers 0.12 s; backend wall 2.50 s");
+  total.setup_s = 1.8;  // > 1.5 + 0.1 + 0.125
+  EXPECT_NE(cuda::time_report(total).find("the host bounds this run"), std::string::npos);
+}
+
 TEST(DevicePlan, AutomaticPathsAndFallbacks) {
   std::vector<std::string> logs;
   const auto log = [&](const std::string& m) { logs.push_back(m); };
@@ -620,6 +637,14 @@ TEST(DeviceEmu, SeveralWavesEqualOne) {
     const auto got = several->run(b, o);
     EXPECT_EQ(cuda::emulated_stats(*several).chunks, static_cast<int>((ps.size() + wave - 1) / wave));
     EXPECT_EQ(cuda::emulated_stats(*several).teachers, 3) << "a teacher of two waves trained twice";
+    // stsweep run's time line: the waves, host and device seconds, over every run().
+    const std::string rep = several->time_report();
+    const int waves = static_cast<int>((ps.size() + wave - 1) / wave);
+    EXPECT_EQ(rep.rfind(std::to_string(waves) + " waves (", 0), 0u) << rep;
+    EXPECT_NE(rep.find("host set-up "), std::string::npos) << rep;
+    EXPECT_NE(rep.find(", 3 trained teachers "), std::string::npos) << rep;
+    several->run(b, o);
+    EXPECT_EQ(several->time_report().rfind(std::to_string(2 * waves) + " waves (", 0), 0u) << "not summed over runs";
     EXPECT_EQ(teacher_cache_stats().trained, 0);
     for (size_t i = 0; i < ref.size(); ++i) {
       ASSERT_EQ(ref[i].status, Status::done) << ref[i].message;

@@ -326,6 +326,31 @@ TEST(MultiBackend, NameAndDevice) {
   EXPECT_EQ(MultiBackend(std::move(single)).device(), "short");
 }
 
+// Each part's time report after its label; parts with nothing to report
+// (the CPU backend) are left out, and so is the whole line when none has one.
+struct ReportingBackend final : Backend {
+  std::string report;
+  explicit ReportingBackend(std::string r) : report(std::move(r)) {}
+  std::string name() const override { return "cuda"; }
+  std::string device() const override { return "reporting"; }
+  std::vector<TrialResult> run(const Batch& b, const RunOptions&) override {
+    return std::vector<TrialResult>(b.trials.size());
+  }
+  std::string time_report() const override { return report; }
+};
+
+TEST(MultiBackend, TimeReportJoinsThePartsReports) {
+  std::vector<std::unique_ptr<Backend>> parts;
+  parts.push_back(std::make_unique<ReportingBackend>("1 wave"));
+  parts.push_back(std::make_unique<ReportingBackend>(""));
+  parts.push_back(std::make_unique<ReportingBackend>("2 waves"));
+  EXPECT_EQ(MultiBackend(std::move(parts), {"0", "1", "3"}).time_report(), "0: 1 wave | 3: 2 waves");
+  std::vector<std::unique_ptr<Backend>> one;
+  one.push_back(std::make_unique<ReportingBackend>("4 waves"));
+  EXPECT_EQ(MultiBackend(std::move(one)).time_report(), "4 waves");
+  EXPECT_EQ(MultiBackend(std::move(cpu_parts(2).owned)).time_report(), "");
+}
+
 TEST(MultiBackend, SharesFollowTheWeights) {
   MultiBackend equal(std::move(cpu_parts(3).owned));
   EXPECT_EQ(equal.split(10), (std::vector<size_t>{0, 3, 7, 10}));
