@@ -58,6 +58,13 @@ struct TrialParams {
   int64_t seed = 0;
 
   int depth() const { return static_cast<int>(hidden.size()) + 1; }
+  // Layer widths w[0..L]: d, the hidden widths, m.
+  std::vector<int> widths() const {
+    std::vector<int> w{d};
+    w.insert(w.end(), hidden.begin(), hidden.end());
+    w.push_back(m);
+    return w;
+  }
   bool linear() const { return activation == Activation::linear && target == Target::linear; }
 };
 

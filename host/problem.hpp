@@ -109,6 +109,15 @@ void put_trained_teacher(const std::string& recipe, std::vector<Matrix> W, bool 
 // Ends the pins of put_trained_teacher (one per call and recipe); the budget
 // applies again.
 void unpin_teachers(const std::vector<std::string>& recipes);
+// The recipes a backend pinned for one wave, unpinned when it goes out of
+// scope (also when the wave's set-up throws).
+struct PinnedTeachers {
+  std::vector<std::string> recipes;
+  PinnedTeachers() = default;
+  PinnedTeachers(const PinnedTeachers&) = delete;
+  PinnedTeachers& operator=(const PinnedTeachers&) = delete;
+  ~PinnedTeachers() { unpin_teachers(recipes); }
+};
 
 // Everything a trial's trained teacher depends on, as bytes: trials with equal
 // recipes share their teacher. Empty when the teacher is not trained.

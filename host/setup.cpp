@@ -475,6 +475,19 @@ void parallel_for(size_t n, int threads, const std::function<void(size_t)>& f) {
 
 namespace {
 
+// Set-up's InputErrors that come before a trained teacher would be trained,
+// shared with teachers_to_train (which skips those trials: set-up reports them).
+void check_law_inputs(const TrialParams& p) {
+  if (p.k < 1 || p.k > p.d) throw InputError("k", "need 1 <= k <= d");
+  if (p.hidden.empty()) throw InputError("hidden", "need at least one hidden layer (L >= 2)");
+}
+void check_trained_teacher(const TrialParams& p) {
+  if (p.activation != Activation::linear && p.teacher.decomposition != Decomposition::as_trained)
+    throw InputError("teacher.decomposition",
+                     "a trained nonlinear teacher has no linear map to re-factorise; "
+                     "use teacher.decomposition = as_trained");
+}
+
 std::vector<int> matched_set(const TrialParams& p, int L) {
   std::vector<int> M;
   if (p.matched_layers.empty()) {
@@ -549,15 +562,12 @@ double linear_risk(const TrialProblem& pr, const Matrix& We) {
 }
 
 TrialProblem setup_trial(const TrialParams& p, uint64_t sweep_seed) {
-  if (p.k < 1 || p.k > p.d) throw InputError("k", "need 1 <= k <= d");
-  if (p.hidden.empty()) throw InputError("hidden", "need at least one hidden layer (L >= 2)");
+  check_law_inputs(p);
   TrialProblem pr;
   pr.params = p;
   pr.L = p.depth();
   const int L = pr.L, d = p.d, k = p.k, m = p.m, N = p.n_train;
-  pr.w.push_back(d);
-  for (int h : p.hidden) pr.w.push_back(h);
-  pr.w.push_back(m);
+  pr.w = p.widths();
   pr.matched = matched_set(p, L);
   pr.sigma = p.noise;
   pr.sigma_y = p.label_noise;
@@ -610,10 +620,7 @@ TrialProblem setup_trial(const TrialParams& p, uint64_t sweep_seed) {
       }
       break;
     case TeacherKind::trained: {
-      if (p.activation != Activation::linear && tp.decomposition != Decomposition::as_trained)
-        throw InputError("teacher.decomposition",
-                         "a trained nonlinear teacher has no linear map to re-factorise; "
-                         "use teacher.decomposition = as_trained");
+      check_trained_teacher(p);
       const std::shared_ptr<const TrainedTeacher> t =
           teacher_cache().get(teacher_recipe(p, keys),
                               [&] { return train_teacher(teacher_training(p, keys, law, pr.w)); });
@@ -700,8 +707,12 @@ std::vector<TeacherTraining> teachers_to_train(const std::vector<TrialParams>& t
   for (size_t i = lo; i < hi; ++i) {
     const TrialParams& p = trials[i];
     if (p.teacher.kind != TeacherKind::trained) continue;
-    // Set-up fails this trial before it would need the teacher.
-    if (p.activation != Activation::linear && p.teacher.decomposition != Decomposition::as_trained) continue;
+    try {  // set-up fails such a trial before it needs the teacher, and reports it
+      check_law_inputs(p);
+      check_trained_teacher(p);
+    } catch (const InputError&) {
+      continue;
+    }
     std::string recipe = trained_teacher_recipe(p, sweep_seed);
     if (!seen.insert(recipe).second || teacher_cache().holds(recipe)) continue;
     first.push_back(i);
@@ -711,17 +722,13 @@ std::vector<TeacherTraining> teachers_to_train(const std::vector<TrialParams>& t
   std::vector<char> built(first.size(), 0);
   parallel_for(first.size(), threads, [&](size_t j) {
     const TrialParams& p = trials[first[j]];
-    if (p.k < 1 || p.k > p.d || p.hidden.empty()) return;  // set-up's InputErrors
     try {
-      std::vector<int> w{p.d};
-      for (int h : p.hidden) w.push_back(h);
-      w.push_back(p.m);
       const TrialKeys keys = trial_keys(sweep_seed, p);
-      out[j] = teacher_training(p, keys, make_law(p, keys), w);
+      out[j] = teacher_training(p, keys, make_law(p, keys), p.widths());
       out[j].recipe = std::move(recipes[j]);
       built[j] = 1;
     } catch (const std::exception&) {
-      // Left to the trial's set-up, which reports it.
+      // Not trained: left to the trial's set-up, which reports it.
     }
   });
   std::vector<TeacherTraining> kept;

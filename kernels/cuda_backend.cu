@@ -264,10 +264,7 @@ class CudaBackend final : public Backend {
         // The wave's new trained teachers on the device (beside the other
         // wave), then set-up on the host while the other wave trains; the
         // teachers stay pinned in set-up's cache until it is done.
-        struct Unpin {
-          std::vector<std::string> recipes;
-          ~Unpin() { unpin_teachers(recipes); }
-        } pinned;
+        PinnedTeachers pinned;
         if (teachers_on_device_) train_teachers(batch, lo, hi, opt, nthreads, &pinned.recipes);
         std::vector<Prepared> prepared = prepare_trials(batch, lo, hi, opt, nthreads, out, &stats_.setup_s);
         if (w.busy) finish<Real>(w, st, batch, out);
@@ -300,8 +297,7 @@ class CudaBackend final : public Backend {
                       std::vector<std::string>* pinned) {
     const std::vector<Prepared> tw = prepare_teachers(batch, lo, hi, opt, nthreads, &stats_.setup_s);
     if (tw.empty()) return;
-    DeviceLimits lim;
-    lim.shared_per_block = static_cast<size_t>(optin_) > static_shared_ ? optin_ - static_shared_ : 0;
+    const DeviceLimits lim = limits();
     for (const GroupPlan& all : plan_groups(tw, path_, sizeof(double), lim,
                                             [this](const std::string& m) { log_once(m); })) {
       const Layout& y = all.y;
@@ -333,6 +329,7 @@ class CudaBackend final : public Backend {
 
   void train_teacher_chunk(const GroupPlan& g, const std::vector<Prepared>& tw, int nthreads,
                            std::vector<std::string>* pinned) {
+    if (g.path == Path::cublas) throw std::logic_error("cuda: teachers on the cuBLAS path (plan_groups)");
     const Layout& y = g.y;
     const size_t nt = g.members.size(), nn = g.nets.size(), slots = g.slots;
     std::vector<double> h_arena(nt * y.arena), h_snap(nn * slots * y.wsize);
@@ -372,7 +369,6 @@ class CudaBackend final : public Backend {
     a.one_column = one_column_ ? 1 : 0;
     Event t0, t1;
     STS_CUDA(cudaEventRecord(t0.e, s));
-    if (g.path == Path::cublas) throw std::logic_error("cuda: teachers on the cuBLAS path");
     launch_trainer<double>(g, a, s);
     STS_CUDA(cudaEventRecord(t1.e, s));
     STS_CUDA(cudaMemcpyAsync(h_state.data(), d_state, nn * sizeof(NetState), cudaMemcpyDeviceToHost, s));
@@ -383,6 +379,13 @@ class CudaBackend final : public Backend {
     stats_.teacher_s += ms * 1e-3;
     stats_.teachers += static_cast<long long>(nn);
     collect_teachers(g, tw, h_state.data(), h_snap.data(), pinned);
+  }
+
+  // What a block may use: the opt-in shared memory less the kernels' static share.
+  DeviceLimits limits() const {
+    DeviceLimits lim;
+    lim.shared_per_block = static_cast<size_t>(optin_) > static_shared_ ? optin_ - static_shared_ : 0;
+    return lim;
   }
 
   // The group's trainer (fused, warp, general or cuBLAS) on stream s.
@@ -410,8 +413,7 @@ class CudaBackend final : public Backend {
   template <class Real>
   void launch(Wave& w, Stream& st, Path want, int eb, size_t vwork_bytes, int nthreads) {
     w.groups.clear();
-    DeviceLimits lim;
-    lim.shared_per_block = static_cast<size_t>(optin_) > static_shared_ ? optin_ - static_shared_ : 0;
+    const DeviceLimits lim = limits();
     std::vector<GroupPlan> plans =
         plan_groups(w.prepared, want, sizeof(Real), lim, [this](const std::string& m) { log_once(m); });
     double* eval_ws = nullptr;

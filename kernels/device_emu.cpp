@@ -231,10 +231,7 @@ class EmuBackend final : public Backend {
     // until its trials are set up; then its trials.
     for (size_t lo = 0; lo < n; lo += cap) {
       const size_t hi = std::min(n, lo + cap);
-      struct Unpin {
-        std::vector<std::string> recipes;
-        ~Unpin() { unpin_teachers(recipes); }
-      } pinned;
+      PinnedTeachers pinned;
       if (eo_.device_teachers) {
         const std::vector<Prepared> tw = prepare_teachers(batch, lo, hi, opt, 1, &stats_.setup_s);
         for (const GroupPlan& g : plan_groups(tw, eo_.path, sizeof(double), lim, log)) {

@@ -52,19 +52,12 @@ void accumulate(RunStats& total, const RunStats& s) {
   total.chunks += s.chunks;
   total.teachers += s.teachers;
   total.teacher_s += s.teacher_s;
-  size_t at = 0;
-  while (at < s.paths.size()) {
+  for (size_t at = 0; at < s.paths.size();) {  // each of s's paths not yet in total's
     size_t end = s.paths.find(", ", at);
     if (end == std::string::npos) end = s.paths.size();
     const std::string p = s.paths.substr(at, end - at);
-    bool seen = false;
-    for (size_t b = 0; b < total.paths.size() && !seen;) {
-      size_t e = total.paths.find(", ", b);
-      if (e == std::string::npos) e = total.paths.size();
-      seen = total.paths.compare(b, e - b, p) == 0;
-      b = e + 2;
-    }
-    if (!seen && !p.empty()) total.paths += (total.paths.empty() ? "" : ", ") + p;
+    if ((", " + total.paths + ", ").find(", " + p + ", ") == std::string::npos)
+      total.paths += (total.paths.empty() ? "" : ", ") + p;
     at = end + 2;
   }
 }
@@ -236,10 +229,7 @@ int batch_maxck(const Batch& b) {
 TrialBytes worst_trial_bytes(const Batch& b, size_t real, int maxck, size_t* eval_work) {
   const TrialParams& p0 = b.trials.at(0);
   Shape s;
-  std::vector<int> w{p0.d};
-  for (int h : p0.hidden) w.push_back(h);
-  w.push_back(p0.m);
-  s.net = make_net(w, p0.activation);
+  s.net = make_net(p0.widths(), p0.activation);
   s.N = p0.n_train;
   s.n_test = p0.n_test;
   s.k = p0.k;
