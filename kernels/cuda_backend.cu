@@ -43,7 +43,14 @@ constexpr size_t kMinWave = 1024;       // trials of a wave when the batch is cu
 
 // ------------------------------------------------------------------ memory --
 // One device allocation and one pinned host allocation per in-flight wave,
-// carved per group (bump allocation, 256-byte aligned).
+// carved per group (bump allocation, 256-byte aligned); one device allocation
+// for the teacher pass (no host part).
+//
+// Pools are allocated before the work that uses them and kept: cudaMalloc and
+// cudaMallocHost keep commands of different streams from running concurrently
+// (the programming guide's "implicit synchronization"), and cudaFree waits for
+// the whole device, so an allocation or free while a wave trains would stall
+// the overlap of set-up with training.
 class Pool {
  public:
   Pool() = default;
@@ -54,6 +61,7 @@ class Pool {
     release();
     STS_CUDA(cudaMalloc(&dev_, dev_bytes));
     dcap_ = dev_bytes;
+    if (host_bytes == 0) return;
     try {
       STS_CUDA(cudaMallocHost(&host_, host_bytes));
     } catch (...) {
@@ -77,7 +85,7 @@ class Pool {
   // that an element nothing wrote cannot pass for a result.
   void poison(cudaStream_t s) {
     STS_CUDA(cudaMemsetAsync(dev_, 0xFF, dcap_, s));
-    std::memset(host_, 0xFF, hcap_);
+    if (host_) std::memset(host_, 0xFF, hcap_);
   }
   template <class T>
   T* dev(size_t count) { return static_cast<T*>(carve(dev_, dtop_, dcap_, count * sizeof(T), "device")); }
@@ -223,6 +231,9 @@ class CudaBackend final : public Backend {
     const TrialBytes tb = worst_trial_bytes(batch, sizeof(Real), maxck, &vwork);
     // Capacity: half the free memory per wave (two in flight), 1/8 of a wave
     // for the evaluation workspace.
+    // Nothing is in flight between runs: the teacher pool is freed here (no
+    // stall) and sized again by this run's first teachers, after the waves'.
+    teach_pool_.release();
     size_t free_b = 0, total_b = 0;
     STS_CUDA(cudaMemGetInfo(&free_b, &total_b));
     for (const auto& w : waves_) free_b += w.pool.dev_capacity();  // kept from the last run
@@ -300,13 +311,11 @@ class CudaBackend final : public Backend {
     const DeviceLimits lim = limits();
     for (const GroupPlan& all : plan_groups(tw, path_, sizeof(double), lim,
                                             [this](const std::string& m) { log_once(m); })) {
-      const Layout& y = all.y;
       paths_.insert(std::string(cuda::name(all.path)) + " (teachers)");
-      const size_t per = y.arena * sizeof(double) + sizeof(TrialScalars) + sizeof(NetRef) + sizeof(NetState) +
-                         static_cast<size_t>(all.slots) * y.wsize * sizeof(double) +
-                         (all.path == Path::general ? y.work * sizeof(double) : 0) + 6 * 256;
       size_t free_b = 0, total_b = 0;
       STS_CUDA(cudaMemGetInfo(&free_b, &total_b));
+      free_b += teach_pool_.dev_capacity();
+      const size_t per = teacher_chunk_bytes(all, 2) - teacher_chunk_bytes(all, 1);
       size_t chunk = std::max<size_t>(1, std::min<size_t>(free_b / 2 / per, kMaxChunkTrials));
       for (size_t at = 0; at < all.members.size();) {
         GroupPlan g = all;  // members [at, at + chunk): one network each, no twins
@@ -315,8 +324,15 @@ class CudaBackend final : public Backend {
         g.nets.resize(nt);
         for (size_t j = 0; j < nt; ++j) g.nets[j] = {static_cast<int>(j), 0};
         try {
+          // The pool grows (twice what is needed, up to a chunk) only when
+          // too small: the first wave's teachers size it before anything
+          // else runs; a later growth frees, which waits for the device.
+          const size_t need = teacher_chunk_bytes(g, nt);
+          if (!teach_pool_.holds(need, 0))
+            teach_pool_.allocate(teacher_chunk_bytes(g, std::min(chunk, std::max<size_t>(2 * nt, 1))), 0);
           train_teacher_chunk(g, tw, nthreads, pinned);
         } catch (const OutOfMemory&) {
+          teach_pool_.release();
           if (chunk == 1) throw;
           chunk /= 2;
           log_once("out of memory training teachers: " + std::to_string(chunk) + " per launch");
@@ -327,23 +343,33 @@ class CudaBackend final : public Backend {
     }
   }
 
+  // Device bytes of a teacher chunk of nt teachers (one network each) of
+  // group g's layout, as train_teacher_chunk carves them (256-byte aligned).
+  static size_t teacher_chunk_bytes(const GroupPlan& g, size_t nt) {
+    const Layout& y = g.y;
+    const size_t work = g.path == Path::general ? nt * y.work : 0;
+    return 8 * 256 +
+           sizeof(double) * (nt * y.arena + nt * static_cast<size_t>(g.slots) * y.wsize + work) +
+           sizeof(TrialScalars) * nt + sizeof(long long) * std::max(g.ck_total, 1) +
+           (sizeof(NetRef) + sizeof(NetState)) * nt;
+  }
+
+  // One chunk of teachers on the teacher stream, in teach_pool_ (sized by
+  // the caller); waits for it and hands the teachers to set-up's cache.
   void train_teacher_chunk(const GroupPlan& g, const std::vector<Prepared>& tw, int nthreads,
                            std::vector<std::string>* pinned) {
     if (g.path == Path::cublas) throw std::logic_error("cuda: teachers on the cuBLAS path (plan_groups)");
     const Layout& y = g.y;
     const size_t nt = g.members.size(), nn = g.nets.size(), slots = g.slots;
+    if (nn != nt) throw std::logic_error("cuda: a teacher chunk has one network per teacher");
     std::vector<double> h_arena(nt * y.arena), h_snap(nn * slots * y.wsize);
     std::vector<TrialScalars> h_ts(nt);
     std::vector<long long> h_ck(std::max(g.ck_total, 1));
     std::vector<NetState> h_state(nn);
     pack_group<double>(g, tw, h_arena.data(), nullptr, h_ts.data(), h_ck.data(), nthreads);  // no evaluation
-    // One allocation, carved as the waves' pools are.
-    Pool pool;
+    Pool& pool = teach_pool_;
+    pool.reset();
     const size_t work = g.path == Path::general ? nn * y.work : 0;
-    pool.allocate(8 * 256 + sizeof(double) * (h_arena.size() + h_snap.size() + work) +
-                      sizeof(TrialScalars) * nt + sizeof(long long) * h_ck.size() +
-                      (sizeof(NetRef) + sizeof(NetState)) * nn,
-                  256);
     double* d_arena = pool.dev<double>(h_arena.size());
     TrialScalars* d_ts = pool.dev<TrialScalars>(nt);
     long long* d_ck = pool.dev<long long>(h_ck.size());
@@ -537,6 +563,7 @@ class CudaBackend final : public Backend {
   // their blocks go ahead of the training wave's blocks not yet started, and
   // set-up then overlaps the rest of that wave.
   Stream teach_{Stream::Urgent{}};
+  Pool teach_pool_;  // the teacher pass's device memory, kept across waves (see Pool)
   Wave waves_[2];
   RunStats stats_;
   RunStats total_;  // every run() so far (time_report)
