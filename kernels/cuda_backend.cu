@@ -242,7 +242,7 @@ class CudaBackend final : public Backend {
     // The eval workspace, CUB's temporary storage for the largest group, slack.
     select_temp_ = eval_select_temp_bytes(static_cast<long long>(std::min<size_t>(n, kMaxChunkTrials)) *
                                           2 * (maxck + 2));
-    const size_t fixed = static_cast<size_t>(eb) * vwork + select_temp_ + (1 << 20);
+    const size_t fixed = static_cast<size_t>(eb) * vwork + select_temp_ + kPoolSlack + 2 * 256;
     size_t cap = budget > fixed ? (budget - fixed) / tb.dev : 0;
     // Waves of a quarter of the batch (at least kMinWave trials), so that the
     // host sets up the next wave while the device trains this one: with one
@@ -253,7 +253,7 @@ class CudaBackend final : public Backend {
     if (cap == 0) cap = 1;
     for (;;) {
       try {
-        const size_t dev = cap * tb.dev + fixed, host = cap * tb.host + (1 << 20);
+        const size_t dev = cap * tb.dev + fixed, host = cap * tb.host + kPoolSlack;
         for (auto& w : waves_)
           if (!w.pool.holds(dev, host)) w.pool.allocate(dev, host);
         break;
@@ -282,7 +282,7 @@ class CudaBackend final : public Backend {
         w.prepared = std::move(prepared);
         w.pool.reset();
         if (poison_) w.pool.poison(st.s);
-        launch<Real>(w, st, want, eb, vwork, nthreads);
+        launch<Real>(w, st, want, tb, eb, vwork, nthreads);
         w.busy = true;
         ++stats_.chunks;
       }
@@ -343,15 +343,17 @@ class CudaBackend final : public Backend {
     }
   }
 
-  // Device bytes of a teacher chunk of nt teachers (one network each) of
-  // group g's layout, as train_teacher_chunk carves them (256-byte aligned).
+  // Device bytes of a chunk of nt teachers (one network each) of group g's
+  // layout, as train_teacher_chunk carves them (each buffer 256-byte aligned).
   static size_t teacher_chunk_bytes(const GroupPlan& g, size_t nt) {
-    const Layout& y = g.y;
-    const size_t work = g.path == Path::general ? nt * y.work : 0;
-    return 8 * 256 +
-           sizeof(double) * (nt * y.arena + nt * static_cast<size_t>(g.slots) * y.wsize + work) +
-           sizeof(TrialScalars) * nt + sizeof(long long) * std::max(g.ck_total, 1) +
-           (sizeof(NetRef) + sizeof(NetState)) * nt;
+    GroupPlan c;
+    c.y = g.y;
+    c.path = g.path;
+    c.slots = g.slots;
+    c.ck_total = g.ck_total;
+    c.members.resize(nt);
+    c.nets.resize(nt);
+    return group_sizes(c, true).dev_bytes(sizeof(double)) + GroupSizes::kBuffers * 256;
   }
 
   // One chunk of teachers on the teacher stream, in teach_pool_ (sized by
@@ -359,24 +361,23 @@ class CudaBackend final : public Backend {
   void train_teacher_chunk(const GroupPlan& g, const std::vector<Prepared>& tw, int nthreads,
                            std::vector<std::string>* pinned) {
     if (g.path == Path::cublas) throw std::logic_error("cuda: teachers on the cuBLAS path (plan_groups)");
-    const Layout& y = g.y;
-    const size_t nt = g.members.size(), nn = g.nets.size(), slots = g.slots;
+    const size_t nt = g.members.size(), nn = g.nets.size();
     if (nn != nt) throw std::logic_error("cuda: a teacher chunk has one network per teacher");
-    std::vector<double> h_arena(nt * y.arena), h_snap(nn * slots * y.wsize);
-    std::vector<TrialScalars> h_ts(nt);
-    std::vector<long long> h_ck(std::max(g.ck_total, 1));
-    std::vector<NetState> h_state(nn);
+    const GroupSizes z = group_sizes(g, true);
+    std::vector<double> h_arena(z.arena), h_snap(z.snap);
+    std::vector<TrialScalars> h_ts(z.ts);
+    std::vector<long long> h_ck(z.ck);
+    std::vector<NetState> h_state(z.nets);
     pack_group<double>(g, tw, h_arena.data(), nullptr, h_ts.data(), h_ck.data(), nthreads);  // no evaluation
     Pool& pool = teach_pool_;
     pool.reset();
-    const size_t work = g.path == Path::general ? nn * y.work : 0;
-    double* d_arena = pool.dev<double>(h_arena.size());
-    TrialScalars* d_ts = pool.dev<TrialScalars>(nt);
-    long long* d_ck = pool.dev<long long>(h_ck.size());
-    NetRef* d_nets = pool.dev<NetRef>(nn);
-    NetState* d_state = pool.dev<NetState>(nn);
-    double* d_snap = pool.dev<double>(h_snap.size());
-    double* d_work = work ? pool.dev<double>(work) : nullptr;
+    double* d_arena = pool.dev<double>(z.arena);
+    TrialScalars* d_ts = pool.dev<TrialScalars>(z.ts);
+    long long* d_ck = pool.dev<long long>(z.ck);
+    NetRef* d_nets = pool.dev<NetRef>(z.nets);
+    NetState* d_state = pool.dev<NetState>(z.nets);
+    double* d_snap = pool.dev<double>(z.snap);
+    double* d_work = z.work ? pool.dev<double>(z.work) : nullptr;
     if (poison_) pool.poison(teach_.s);
     cudaStream_t s = teach_.s;
     STS_CUDA(cudaMemcpyAsync(d_arena, h_arena.data(), h_arena.size() * sizeof(double), cudaMemcpyHostToDevice, s));
@@ -437,15 +438,15 @@ class CudaBackend final : public Backend {
   }
 
   template <class Real>
-  void launch(Wave& w, Stream& st, Path want, int eb, size_t vwork_bytes, int nthreads) {
+  void launch(Wave& w, Stream& st, Path want, const TrialBytes& tb, int eb, size_t vwork_bytes, int nthreads) {
     w.groups.clear();
     const DeviceLimits lim = limits();
     std::vector<GroupPlan> plans =
         plan_groups(w.prepared, want, sizeof(Real), lim, [this](const std::string& m) { log_once(m); });
+    check_wave_fits(plans, sizeof(Real), w.prepared.size(), tb, kPoolSlack);  // before carving
     double* eval_ws = nullptr;
     void* select_tmp = nullptr;
     for (GroupPlan& plan : plans) {
-      const Layout& y = plan.y;
       const bool scalar_a = !vector_a_ && sizeof(Real) == 4 &&
                             (plan.path == Path::fused || plan.path == Path::warp || plan.path == Path::general);
       paths_.insert(std::string(cuda::name(plan.path)) + (scalar_a ? " (scalar A)" : "") +
@@ -461,38 +462,36 @@ class CudaBackend final : public Backend {
                  (plan.s.moment ? "moment" : "data") + " path: trainer " + how);
       }
       Launched g;
-      const size_t nt = plan.members.size(), nn = plan.nets.size();
-      const size_t items = nn * plan.slots;
+      const GroupSizes z = group_sizes(plan);
+      const size_t items = z.items;
       // Host staging.
-      Real* h_arena = w.pool.host<Real>(nt * y.arena);
-      double* h_eval = w.pool.host<double>(nt * y.eval);
-      TrialScalars* h_ts = w.pool.host<TrialScalars>(nt);
-      long long* h_ck = w.pool.host<long long>(std::max(plan.ck_total, 1));
-      NetRef* h_nets = w.pool.host<NetRef>(nn);
-      NetState* h_state = w.pool.host<NetState>(nn);
-      double* h_metrics = w.pool.host<double>(items * 3);
+      Real* h_arena = w.pool.host<Real>(z.arena);
+      double* h_eval = w.pool.host<double>(z.eval);
+      TrialScalars* h_ts = w.pool.host<TrialScalars>(z.ts);
+      long long* h_ck = w.pool.host<long long>(z.ck);
+      NetRef* h_nets = w.pool.host<NetRef>(z.nets);
+      NetState* h_state = w.pool.host<NetState>(z.nets);
+      double* h_metrics = w.pool.host<double>(z.metrics);
       pack_group<Real>(plan, w.prepared, h_arena, h_eval, h_ts, h_ck, nthreads);
       std::copy(plan.nets.begin(), plan.nets.end(), h_nets);
       // Device buffers and copies.
-      Real* d_arena = w.pool.dev<Real>(nt * y.arena);
-      double* d_eval = w.pool.dev<double>(nt * y.eval);
-      TrialScalars* d_ts = w.pool.dev<TrialScalars>(nt);
-      long long* d_ck = w.pool.dev<long long>(std::max(plan.ck_total, 1));
-      NetRef* d_nets = w.pool.dev<NetRef>(nn);
-      NetState* d_state = w.pool.dev<NetState>(nn);
-      double* d_snap = w.pool.dev<double>(items * y.wsize);
-      double* d_metrics = w.pool.dev<double>(items * 3);
-      long long* d_items = w.pool.dev<long long>(items + 1);  // the list, then its count
-      Real* d_work = nullptr;
-      if (plan.path == Path::general) d_work = w.pool.dev<Real>(nn * y.work);
-      if (plan.path == Path::cublas) d_work = w.pool.dev<Real>(nn * y.cwork);
+      Real* d_arena = w.pool.dev<Real>(z.arena);
+      double* d_eval = w.pool.dev<double>(z.eval);
+      TrialScalars* d_ts = w.pool.dev<TrialScalars>(z.ts);
+      long long* d_ck = w.pool.dev<long long>(z.ck);
+      NetRef* d_nets = w.pool.dev<NetRef>(z.nets);
+      NetState* d_state = w.pool.dev<NetState>(z.nets);
+      double* d_snap = w.pool.dev<double>(z.snap);
+      double* d_metrics = w.pool.dev<double>(z.metrics);
+      long long* d_items = w.pool.dev<long long>(z.items + 1);  // the list, then its count
+      Real* d_work = z.work ? w.pool.dev<Real>(z.work) : nullptr;
       if (!eval_ws) eval_ws = w.pool.dev<double>(static_cast<size_t>(eb) * vwork_bytes / 8);
       if (!select_tmp) select_tmp = w.pool.dev<unsigned char>(std::max<size_t>(select_temp_, 1));
-      STS_CUDA(cudaMemcpyAsync(d_arena, h_arena, nt * y.arena * sizeof(Real), cudaMemcpyHostToDevice, st.s));
-      STS_CUDA(cudaMemcpyAsync(d_eval, h_eval, nt * y.eval * sizeof(double), cudaMemcpyHostToDevice, st.s));
-      STS_CUDA(cudaMemcpyAsync(d_ts, h_ts, nt * sizeof(TrialScalars), cudaMemcpyHostToDevice, st.s));
+      STS_CUDA(cudaMemcpyAsync(d_arena, h_arena, z.arena * sizeof(Real), cudaMemcpyHostToDevice, st.s));
+      STS_CUDA(cudaMemcpyAsync(d_eval, h_eval, z.eval * sizeof(double), cudaMemcpyHostToDevice, st.s));
+      STS_CUDA(cudaMemcpyAsync(d_ts, h_ts, z.ts * sizeof(TrialScalars), cudaMemcpyHostToDevice, st.s));
       STS_CUDA(cudaMemcpyAsync(d_ck, h_ck, plan.ck_total * sizeof(long long), cudaMemcpyHostToDevice, st.s));
-      STS_CUDA(cudaMemcpyAsync(d_nets, h_nets, nn * sizeof(NetRef), cudaMemcpyHostToDevice, st.s));
+      STS_CUDA(cudaMemcpyAsync(d_nets, h_nets, z.nets * sizeof(NetRef), cudaMemcpyHostToDevice, st.s));
       GroupBuffers<Real> buf;
       buf.arena = d_arena;
       buf.work = d_work;
@@ -519,9 +518,8 @@ class CudaBackend final : public Backend {
       e.nitems = d_items + items;
       launch_eval(e, static_cast<int>(std::min<long long>(eb, static_cast<long long>(items))), st.s);
       STS_CUDA(cudaEventRecord(g.t2->e, st.s));
-      STS_CUDA(cudaMemcpyAsync(h_state, d_state, nn * sizeof(NetState), cudaMemcpyDeviceToHost, st.s));
-      STS_CUDA(cudaMemcpyAsync(h_metrics, d_metrics, items * 3 * sizeof(double),
-                               cudaMemcpyDeviceToHost, st.s));
+      STS_CUDA(cudaMemcpyAsync(h_state, d_state, z.nets * sizeof(NetState), cudaMemcpyDeviceToHost, st.s));
+      STS_CUDA(cudaMemcpyAsync(h_metrics, d_metrics, z.metrics * sizeof(double), cudaMemcpyDeviceToHost, st.s));
       g.state = h_state;
       g.metrics = h_metrics;
       g.plan = std::move(plan);

@@ -226,6 +226,8 @@ class EmuBackend final : public Backend {
     const auto log = [](const std::string& m) { std::cerr << "stsweep: cuda-emulated: " << m << "\n"; };
     const size_t n = batch.trials.size(), real = opt.precision == Precision::f64 ? 8 : 4;
     const size_t cap = eo_.wave > 0 ? eo_.wave : n;
+    size_t vwork = 0;
+    const TrialBytes tb = worst_trial_bytes(batch, real, batch_maxck(batch), &vwork);
     // Wave by wave, as the device does (one after the other here): the wave's
     // new trained teachers first (float64), handed to set-up's cache pinned
     // until its trials are set up; then its trials.
@@ -240,7 +242,9 @@ class EmuBackend final : public Backend {
         }
       }
       const std::vector<Prepared> wave = prepare_trials(batch, lo, hi, opt, 1, out, &stats_.setup_s);
-      for (const GroupPlan& g : plan_groups(wave, eo_.path, real, lim, log)) {
+      const std::vector<GroupPlan> plans = plan_groups(wave, eo_.path, real, lim, log);
+      check_wave_fits(plans, real, wave.size(), tb, kPoolSlack);  // as the device's pools are sized
+      for (const GroupPlan& g : plans) {
         paths.insert(cuda::name(g.path));
         if (g.path == Path::cublas) throw std::logic_error("the emulator has no cuBLAS path");
         if (opt.precision == Precision::f64)
@@ -261,24 +265,23 @@ class EmuBackend final : public Backend {
   void run_group(const GroupPlan& g, const std::vector<Prepared>& wave, const Batch& batch,
                  std::vector<TrialResult>& out, std::vector<std::string>* pinned = nullptr) {
     const Layout& y = g.y;
-    const size_t nt = g.members.size(), nn = g.nets.size();
-    // The device buffers, poisoned as STSWEEP_CUDA_POISON does.
-    std::vector<Real> arena(nt * y.arena), work, smem;
-    std::vector<double> eval(nt * y.eval), snap(nn * g.slots * y.wsize), metrics(nn * g.slots * 3),
-        ws(y.vwork);
-    std::vector<TrialScalars> ts(nt);
-    std::vector<long long> ck(std::max(g.ck_total, 1));
-    std::vector<NetState> state(nn);
+    const size_t nn = g.nets.size();
+    // The device buffers, of the CUDA backend's sizes, poisoned as
+    // STSWEEP_CUDA_POISON does.
+    const GroupSizes z = group_sizes(g, pinned != nullptr);
+    std::vector<Real> arena(z.arena), work(z.work), smem;
+    std::vector<double> eval(z.eval), snap(z.snap), metrics(z.metrics), ws(y.vwork);
+    std::vector<TrialScalars> ts(z.ts);
+    std::vector<long long> ck(z.ck);
+    std::vector<NetState> state(z.nets);
     poison(arena);
     poison(eval);
     poison(snap);
     poison(metrics);
     poison(state);
+    poison(work);
     pack_group<Real>(g, wave, arena.data(), pinned ? nullptr : eval.data(), ts.data(), ck.data());
-    if (g.path == Path::general) {
-      work.resize(nn * y.work);
-      poison(work);
-    } else {
+    if (g.path != Path::general) {
       smem.resize(static_cast<size_t>(y.data) + y.work);
       poison(smem);
     }

@@ -206,17 +206,65 @@ Layout make_layout(const Shape& s) {
 }
 
 
-// Bytes one trial needs (two networks), for a layout.
+// Bytes one trial needs: a group of one member with its twin, maxck
+// checkpoints and the larger of the two work areas, sized as the backend
+// carves a group (group_sizes); the pools' alignment is in their slack.
 TrialBytes trial_bytes(const Layout& y, size_t real, int maxck) {
-  const size_t slots = static_cast<size_t>(maxck) + 2;
-  TrialBytes b;
-  const size_t common = y.arena * real + y.eval * 8 + sizeof(TrialScalars) + maxck * 8 +
-                        2 * (sizeof(NetRef) + sizeof(NetState)) + 2 * slots * 3 * 8;
-  b.host = common + 6 * 256 / 16;  // alignment, amortised over >= 16 trials
-  b.dev = common + 2 * slots * (y.wsize + 1) * 8 + 2 * std::max(y.work, y.cwork) * real + 10 * 256 / 16;
-  return b;
+  GroupPlan g;
+  g.y = y;
+  g.path = y.cwork > y.work ? Path::cublas : Path::general;
+  g.members.resize(1);
+  g.nets.resize(2);
+  g.slots = maxck + 2;
+  g.ck_total = maxck;
+  const GroupSizes z = group_sizes(g);
+  return {z.dev_bytes(real), z.host_bytes(real)};
 }
 
+
+GroupSizes group_sizes(const GroupPlan& g, bool teacher) {
+  const Layout& y = g.y;
+  GroupSizes z;
+  const size_t nt = g.members.size(), nn = g.nets.size(), slots = static_cast<size_t>(g.slots);
+  z.arena = nt * y.arena;
+  z.eval = teacher ? 0 : nt * y.eval;
+  z.ts = nt;
+  z.ck = static_cast<size_t>(std::max(g.ck_total, 1));
+  z.nets = nn;
+  z.snap = nn * slots * y.wsize;
+  z.metrics = teacher ? 0 : nn * slots * 3;
+  z.items = teacher ? 0 : nn * slots;
+  z.work = g.path == Path::general ? nn * y.work : g.path == Path::cublas ? nn * y.cwork : 0;
+  return z;
+}
+
+size_t GroupSizes::dev_bytes(size_t real) const {
+  return (arena + work) * real + (eval + snap + metrics) * sizeof(double) + ts * sizeof(TrialScalars) +
+         (ck + items + (items ? 1 : 0)) * sizeof(long long) + nets * (sizeof(NetRef) + sizeof(NetState));
+}
+
+size_t GroupSizes::host_bytes(size_t real) const {
+  return arena * real + (eval + metrics) * sizeof(double) + ts * sizeof(TrialScalars) + ck * sizeof(long long) +
+         nets * (sizeof(NetRef) + sizeof(NetState));
+}
+
+void check_wave_fits(const std::vector<GroupPlan>& plans, size_t real, size_t trials, const TrialBytes& tb,
+                     size_t slack) {
+  size_t dev = 0, host = 0, align = 0;
+  for (const GroupPlan& g : plans) {
+    const GroupSizes z = group_sizes(g);
+    dev += z.dev_bytes(real);
+    host += z.host_bytes(real);
+    align += GroupSizes::kBuffers * 256;
+  }
+  if (dev > trials * tb.dev || host > trials * tb.host || align > slack)
+    throw std::logic_error("cuda: a wave of " + std::to_string(trials) + " trials in " +
+                           std::to_string(plans.size()) + " groups needs " + std::to_string(dev) +
+                           " device and " + std::to_string(host) + " host bytes (+" + std::to_string(align) +
+                           " alignment); its pools hold " + std::to_string(trials * tb.dev) + " and " +
+                           std::to_string(trials * tb.host) + " (+" + std::to_string(slack) +
+                           ") (sizing bug: worst_trial_bytes)");
+}
 
 int batch_maxck(const Batch& b) {
   int maxck = 2;

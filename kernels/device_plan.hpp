@@ -67,7 +67,8 @@ struct Shape {
 };
 Layout make_layout(const Shape& s);
 
-// Device and pinned-host bytes one trial needs (two networks), for a layout.
+// Device and pinned-host bytes one trial needs (two networks), for a layout:
+// a group of one trial with its twin and maxck checkpoints (GroupSizes, below).
 struct TrialBytes {
   size_t dev = 0, host = 0;
 };
@@ -135,6 +136,35 @@ struct GroupPlan {
 std::vector<GroupPlan> plan_groups(const std::vector<Prepared>& wave, Path want, size_t real,
                                    const DeviceLimits& lim,
                                    const std::function<void(const std::string&)>& log);
+
+// A group's buffers in elements, as the CUDA backend carves them from its
+// pools (one place for the sizes: cuda_backend.cu, the emulator and the pool
+// check below). A teacher group has no evaluation buffers (eval, metrics,
+// items) and no pinned staging.
+struct GroupSizes {
+  size_t arena = 0;    // Real: members x y.arena
+  size_t eval = 0;     // double: members x y.eval
+  size_t ts = 0;       // TrialScalars: members
+  size_t ck = 0;       // long long: max(ck_total, 1)
+  size_t nets = 0;     // NetRef and NetState: nets
+  size_t snap = 0;     // double: nets x slots x y.wsize
+  size_t metrics = 0;  // double: nets x slots x 3
+  size_t items = 0;    // long long: nets x slots (the list; its count follows it)
+  size_t work = 0;     // Real: general nets x y.work, cublas nets x y.cwork
+  static constexpr int kBuffers = 10;  // carves on the device (each aligned to 256 bytes)
+  size_t dev_bytes(size_t real) const;   // without the alignment; items + 1 (the count)
+  size_t host_bytes(size_t real) const;  // pinned staging: arena, eval, ts, ck, nets, states, metrics
+};
+GroupSizes group_sizes(const GroupPlan& g, bool teacher = false);
+
+// Checks that a wave of `trials` trials planned as `plans` fits what its pools
+// were sized for: `trials` x tb (worst_trial_bytes) plus `slack` bytes, the
+// pools' allowance for alignment (at most 256 bytes a carve). std::logic_error
+// ("sizing bug") otherwise. The CUDA backend checks before it carves a wave;
+// the emulator checks every wave, so the CPU tests cover the sizing.
+void check_wave_fits(const std::vector<GroupPlan>& plans, size_t real, size_t trials, const TrialBytes& tb,
+                     size_t slack);
+constexpr size_t kPoolSlack = size_t(1) << 20;  // the pools' alignment allowance (bytes)
 
 // Fills a group's staging buffers: arena (members x y.arena), eval
 // (members x y.eval; null: none, for teachers), ts (members), ck (ck_total), the members on `threads`

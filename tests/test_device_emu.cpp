@@ -294,6 +294,62 @@ TEST(DevicePlan, AutomaticPathsAndFallbacks) {
   EXPECT_EQ(cuda::parse_path("warp"), cuda::Path::warp);
 }
 
+// The pools of a wave are sized from the batch's worst trial (worst_trial_bytes)
+// before its trials are set up; check_wave_fits holds the planned groups to
+// that (the emulator checks every wave it runs, so every emulated test covers
+// the sizing). Here: a wave of worst-case trials fills its pools to within one
+// trial, and a pool one trial short is refused with the reason.
+TEST(DevicePlan, WavesFitThePoolsSizedForThem) {
+  std::vector<TrialParams> ps;
+  for (int s = 1; s <= 4; ++s) {
+    TrialParams p = small(s);
+    p.lambda = 0.7;  // teacher features in the arena, and a twin
+    p.baseline = true;
+    p.path = TrainPath::data;
+    ps.push_back(p);
+  }
+  ps[2].checkpoints = 3;  // fewer checkpoint steps than the worst
+  const Batch b = make_batch(ps);
+  const auto w = prepare(ps);
+  ASSERT_EQ(w.size(), ps.size());
+  cuda::DeviceLimits big;
+  big.shared_per_block = 227 * 1024;
+  for (size_t real : {size_t(4), size_t(8)})
+    for (cuda::Path path : {cuda::Path::fused, cuda::Path::general, cuda::Path::cublas}) {
+      SCOPED_TRACE(std::string(cuda::name(path)) + ", " + std::to_string(real) + "-byte reals");
+      const auto plans = cuda::plan_groups(w, path, real, big, [](const std::string&) {});
+      size_t vwork = 0;
+      const cuda::TrialBytes tb = cuda::worst_trial_bytes(b, real, cuda::batch_maxck(b), &vwork);
+      EXPECT_GT(vwork, 0u);
+      EXPECT_NO_THROW(cuda::check_wave_fits(plans, real, w.size(), tb, cuda::kPoolSlack));
+      // The alignment allowance is checked too: 256 bytes a buffer.
+      EXPECT_THROW(cuda::check_wave_fits(plans, real, w.size(), tb, 256), std::logic_error);
+      size_t dev = 0, host = 0;
+      for (const auto& g : plans) {
+        const cuda::GroupSizes z = cuda::group_sizes(g);
+        dev += z.dev_bytes(real);
+        host += z.host_bytes(real);
+        // A teacher group carries no evaluation: no eval data, metrics or items.
+        const cuda::GroupSizes t = cuda::group_sizes(g, true);
+        EXPECT_EQ(t.eval + t.metrics + t.items, 0u);
+        EXPECT_EQ(t.arena, z.arena);
+        EXPECT_LT(t.dev_bytes(real), z.dev_bytes(real));
+      }
+      EXPECT_GT(host, (w.size() - 1) * tb.host);
+      // The worst trial reserves a work area in global memory, which only the
+      // general and cuBLAS trainers use (the fused trainer's is in shared
+      // memory): for those two the estimate is tight.
+      if (path == cuda::Path::fused) continue;
+      EXPECT_GT(dev, (w.size() - 1) * tb.dev);
+      try {
+        cuda::check_wave_fits(plans, real, w.size() - 1, tb, cuda::kPoolSlack);
+        ADD_FAILURE() << "a pool one trial short was accepted";
+      } catch (const std::logic_error& e) {
+        EXPECT_NE(std::string(e.what()).find("sizing bug"), std::string::npos) << e.what();
+      }
+    }
+}
+
 // ------------------------------------------- the kernels against the CPU --
 
 std::vector<TrialParams> variety() {
