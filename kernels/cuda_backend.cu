@@ -105,6 +105,80 @@ class Pool {
   size_t dcap_ = 0, hcap_ = 0, dtop_ = 0, htop_ = 0;
 };
 
+// One side of a group's buffers (GroupSizes): on the device every buffer, in
+// pinned host staging the inputs, the states and the metrics; a buffer of
+// size 0 is null.
+template <class Real>
+struct GroupMemory {
+  Real* arena = nullptr;
+  double* eval = nullptr;
+  TrialScalars* ts = nullptr;
+  long long* ck = nullptr;
+  NetRef* nets = nullptr;
+  NetState* state = nullptr;
+  double* snap = nullptr;
+  double* metrics = nullptr;
+  long long* items = nullptr;  // items + 1: the list, then its count
+  Real* work = nullptr;
+
+  static GroupMemory device(Pool& p, const GroupSizes& z) {
+    GroupMemory m;
+    m.carve(p, z, true);
+    return m;
+  }
+  static GroupMemory host(Pool& p, const GroupSizes& z) {
+    GroupMemory m;
+    m.carve(p, z, false);
+    return m;
+  }
+  GroupBuffers<Real> buffers() const {
+    GroupBuffers<Real> b;
+    b.arena = arena;
+    b.work = work;
+    b.eval = eval;
+    b.ts = ts;
+    b.ck = ck;
+    b.nets = nets;
+    b.state = state;
+    b.snap = snap;
+    b.metrics = metrics;
+    return b;
+  }
+  // The inputs (arena, evaluation data, trial scalars, checkpoints, network
+  // list) from host staging h to this device side, on stream s.
+  void copy_inputs(const GroupMemory& h, const GroupSizes& z, cudaStream_t s) const {
+    put(arena, h.arena, z.arena, s);
+    put(eval, h.eval, z.eval, s);
+    put(ts, h.ts, z.ts, s);
+    put(ck, h.ck, z.ck, s);
+    put(nets, h.nets, z.nets, s);
+  }
+
+ private:
+  template <class T>
+  static T* take(Pool& p, size_t n, bool device) {
+    if (n == 0) return nullptr;
+    return device ? p.dev<T>(n) : p.host<T>(n);
+  }
+  void carve(Pool& p, const GroupSizes& z, bool device) {
+    arena = take<Real>(p, z.arena, device);
+    eval = take<double>(p, z.eval, device);
+    ts = take<TrialScalars>(p, z.ts, device);
+    ck = take<long long>(p, z.ck, device);
+    nets = take<NetRef>(p, z.nets, device);
+    state = take<NetState>(p, z.nets, device);
+    metrics = take<double>(p, z.metrics, device);
+    if (!device) return;
+    snap = take<double>(p, z.snap, true);
+    items = take<long long>(p, z.items ? z.items + 1 : 0, true);
+    work = take<Real>(p, z.work, true);
+  }
+  template <class T>
+  static void put(T* dst, const T* src, size_t n, cudaStream_t s) {
+    if (n) STS_CUDA(cudaMemcpyAsync(dst, src, n * sizeof(T), cudaMemcpyHostToDevice, s));
+  }
+};
+
 // ----------------------------------------------------------------- backend --
 // A 0/1 switch from the environment: `dflt` when unset or empty, off for "0".
 bool env_switch(const char* name, bool dflt) {
@@ -364,42 +438,31 @@ class CudaBackend final : public Backend {
     const size_t nt = g.members.size(), nn = g.nets.size();
     if (nn != nt) throw std::logic_error("cuda: a teacher chunk has one network per teacher");
     const GroupSizes z = group_sizes(g, true);
+    // Host side in pageable vectors (a teacher chunk is copied once, then waited for).
     std::vector<double> h_arena(z.arena), h_snap(z.snap);
     std::vector<TrialScalars> h_ts(z.ts);
     std::vector<long long> h_ck(z.ck);
+    std::vector<NetRef> h_nets(g.nets);
     std::vector<NetState> h_state(z.nets);
     pack_group<double>(g, tw, h_arena.data(), nullptr, h_ts.data(), h_ck.data(), nthreads);  // no evaluation
-    Pool& pool = teach_pool_;
-    pool.reset();
-    double* d_arena = pool.dev<double>(z.arena);
-    TrialScalars* d_ts = pool.dev<TrialScalars>(z.ts);
-    long long* d_ck = pool.dev<long long>(z.ck);
-    NetRef* d_nets = pool.dev<NetRef>(z.nets);
-    NetState* d_state = pool.dev<NetState>(z.nets);
-    double* d_snap = pool.dev<double>(z.snap);
-    double* d_work = z.work ? pool.dev<double>(z.work) : nullptr;
-    if (poison_) pool.poison(teach_.s);
+    GroupMemory<double> h;
+    h.arena = h_arena.data();
+    h.ts = h_ts.data();
+    h.ck = h_ck.data();
+    h.nets = h_nets.data();
+    teach_pool_.reset();
+    const GroupMemory<double> d = GroupMemory<double>::device(teach_pool_, z);
     cudaStream_t s = teach_.s;
-    STS_CUDA(cudaMemcpyAsync(d_arena, h_arena.data(), h_arena.size() * sizeof(double), cudaMemcpyHostToDevice, s));
-    STS_CUDA(cudaMemcpyAsync(d_ts, h_ts.data(), nt * sizeof(TrialScalars), cudaMemcpyHostToDevice, s));
-    STS_CUDA(cudaMemcpyAsync(d_ck, h_ck.data(), h_ck.size() * sizeof(long long), cudaMemcpyHostToDevice, s));
-    STS_CUDA(cudaMemcpyAsync(d_nets, g.nets.data(), nn * sizeof(NetRef), cudaMemcpyHostToDevice, s));
-    GroupBuffers<double> buf;
-    buf.arena = d_arena;
-    buf.work = d_work;
-    buf.ts = d_ts;
-    buf.ck = d_ck;
-    buf.nets = d_nets;
-    buf.state = d_state;
-    buf.snap = d_snap;
-    TrainArgs<double> a = train_args(g, buf);
+    if (poison_) teach_pool_.poison(s);
+    d.copy_inputs(h, z, s);
+    TrainArgs<double> a = train_args(g, d.buffers());
     a.one_column = one_column_ ? 1 : 0;
     Event t0, t1;
     STS_CUDA(cudaEventRecord(t0.e, s));
     launch_trainer<double>(g, a, s);
     STS_CUDA(cudaEventRecord(t1.e, s));
-    STS_CUDA(cudaMemcpyAsync(h_state.data(), d_state, nn * sizeof(NetState), cudaMemcpyDeviceToHost, s));
-    STS_CUDA(cudaMemcpyAsync(h_snap.data(), d_snap, h_snap.size() * sizeof(double), cudaMemcpyDeviceToHost, s));
+    STS_CUDA(cudaMemcpyAsync(h_state.data(), d.state, nn * sizeof(NetState), cudaMemcpyDeviceToHost, s));
+    STS_CUDA(cudaMemcpyAsync(h_snap.data(), d.snap, h_snap.size() * sizeof(double), cudaMemcpyDeviceToHost, s));
     STS_CUDA(cudaStreamSynchronize(s));
     float ms = 0;
     STS_CUDA(cudaEventElapsedTime(&ms, t0.e, t1.e));
@@ -464,44 +527,16 @@ class CudaBackend final : public Backend {
       Launched g;
       const GroupSizes z = group_sizes(plan);
       const size_t items = z.items;
-      // Host staging.
-      Real* h_arena = w.pool.host<Real>(z.arena);
-      double* h_eval = w.pool.host<double>(z.eval);
-      TrialScalars* h_ts = w.pool.host<TrialScalars>(z.ts);
-      long long* h_ck = w.pool.host<long long>(z.ck);
-      NetRef* h_nets = w.pool.host<NetRef>(z.nets);
-      NetState* h_state = w.pool.host<NetState>(z.nets);
-      double* h_metrics = w.pool.host<double>(z.metrics);
-      pack_group<Real>(plan, w.prepared, h_arena, h_eval, h_ts, h_ck, nthreads);
-      std::copy(plan.nets.begin(), plan.nets.end(), h_nets);
+      // Host staging (pinned), packed on the host threads.
+      const GroupMemory<Real> h = GroupMemory<Real>::host(w.pool, z);
+      pack_group<Real>(plan, w.prepared, h.arena, h.eval, h.ts, h.ck, nthreads);
+      std::copy(plan.nets.begin(), plan.nets.end(), h.nets);
       // Device buffers and copies.
-      Real* d_arena = w.pool.dev<Real>(z.arena);
-      double* d_eval = w.pool.dev<double>(z.eval);
-      TrialScalars* d_ts = w.pool.dev<TrialScalars>(z.ts);
-      long long* d_ck = w.pool.dev<long long>(z.ck);
-      NetRef* d_nets = w.pool.dev<NetRef>(z.nets);
-      NetState* d_state = w.pool.dev<NetState>(z.nets);
-      double* d_snap = w.pool.dev<double>(z.snap);
-      double* d_metrics = w.pool.dev<double>(z.metrics);
-      long long* d_items = w.pool.dev<long long>(z.items + 1);  // the list, then its count
-      Real* d_work = z.work ? w.pool.dev<Real>(z.work) : nullptr;
+      const GroupMemory<Real> d = GroupMemory<Real>::device(w.pool, z);
       if (!eval_ws) eval_ws = w.pool.dev<double>(static_cast<size_t>(eb) * vwork_bytes / 8);
       if (!select_tmp) select_tmp = w.pool.dev<unsigned char>(std::max<size_t>(select_temp_, 1));
-      STS_CUDA(cudaMemcpyAsync(d_arena, h_arena, z.arena * sizeof(Real), cudaMemcpyHostToDevice, st.s));
-      STS_CUDA(cudaMemcpyAsync(d_eval, h_eval, z.eval * sizeof(double), cudaMemcpyHostToDevice, st.s));
-      STS_CUDA(cudaMemcpyAsync(d_ts, h_ts, z.ts * sizeof(TrialScalars), cudaMemcpyHostToDevice, st.s));
-      STS_CUDA(cudaMemcpyAsync(d_ck, h_ck, plan.ck_total * sizeof(long long), cudaMemcpyHostToDevice, st.s));
-      STS_CUDA(cudaMemcpyAsync(d_nets, h_nets, z.nets * sizeof(NetRef), cudaMemcpyHostToDevice, st.s));
-      GroupBuffers<Real> buf;
-      buf.arena = d_arena;
-      buf.work = d_work;
-      buf.eval = d_eval;
-      buf.ts = d_ts;
-      buf.ck = d_ck;
-      buf.nets = d_nets;
-      buf.state = d_state;
-      buf.snap = d_snap;
-      buf.metrics = d_metrics;
+      d.copy_inputs(h, z, st.s);
+      const GroupBuffers<Real> buf = d.buffers();
       TrainArgs<Real> a = train_args(plan, buf);
       a.one_column = one_column_ ? 1 : 0;
       g.t0 = std::make_unique<Event>();
@@ -511,17 +546,17 @@ class CudaBackend final : public Backend {
       launch_trainer<Real>(plan, a, st.s);
       STS_CUDA(cudaEventRecord(g.t1->e, st.s));
       // Only the snapshots the networks wrote are measured.
-      launch_eval_select(select_tmp, select_temp_, d_state, plan.slots, plan.maxck,
-                         static_cast<long long>(items), d_items, d_items + items, st.s);
+      launch_eval_select(select_tmp, select_temp_, d.state, plan.slots, plan.maxck,
+                         static_cast<long long>(items), d.items, d.items + items, st.s);
       EvalArgs e = eval_args(plan, buf, eval_ws);
-      e.items = d_items;
-      e.nitems = d_items + items;
+      e.items = d.items;
+      e.nitems = d.items + items;
       launch_eval(e, static_cast<int>(std::min<long long>(eb, static_cast<long long>(items))), st.s);
       STS_CUDA(cudaEventRecord(g.t2->e, st.s));
-      STS_CUDA(cudaMemcpyAsync(h_state, d_state, z.nets * sizeof(NetState), cudaMemcpyDeviceToHost, st.s));
-      STS_CUDA(cudaMemcpyAsync(h_metrics, d_metrics, z.metrics * sizeof(double), cudaMemcpyDeviceToHost, st.s));
-      g.state = h_state;
-      g.metrics = h_metrics;
+      STS_CUDA(cudaMemcpyAsync(h.state, d.state, z.nets * sizeof(NetState), cudaMemcpyDeviceToHost, st.s));
+      STS_CUDA(cudaMemcpyAsync(h.metrics, d.metrics, z.metrics * sizeof(double), cudaMemcpyDeviceToHost, st.s));
+      g.state = h.state;
+      g.metrics = h.metrics;
       g.plan = std::move(plan);
       w.groups.push_back(std::move(g));
     }
