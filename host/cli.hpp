@@ -20,6 +20,16 @@ struct Registry {
   void add(CLI::App* sub, Action a) { actions.emplace_back(sub, std::move(a)); }
 };
 
+// Checks for numeric options, with messages that say what is expected (CLI11's
+// own NonNegativeNumber says "not in range 0.000000 to 1.797...e308", lets
+// "nan" through and lets "-3" wrap round into an unsigned option).
+// A whole number in [lo, hi], in decimal digits (no sign, point or exponent).
+CLI::Validator count_check(long long lo, long long hi = 999999999999999999LL);
+inline const CLI::Validator kCount = count_check(0);          // 0, 1, 2, ...
+inline const CLI::Validator kPositiveCount = count_check(1);  // 1, 2, 3, ...
+// A finite number >= 0 (seconds, megabytes).
+extern const CLI::Validator kFiniteNonNegative;
+
 void add_sweep_commands(CLI::App& app, Registry& r);    // validate, list   (cli_sweep.cpp)
 void add_run_command(CLI::App& app, Registry& r);       // run              (cli_run.cpp)
 void add_results_commands(CLI::App& app, Registry& r);  // merge, info, summary (cli_results.cpp)

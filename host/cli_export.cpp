@@ -268,7 +268,7 @@ void add_export_command(CLI::App& app, Registry& r) {
   sub->add_option("file", a->file, "results file (HDF5) written by `stsweep run`")->required();
   sub->add_option("--trial", a->trial, "trial id (as in the file's `trial` column)")
       ->required()
-      ->check(CLI::NonNegativeNumber);
+      ->check(kCount);
   sub->add_option("-o,--output", a->out, "output file (HDF5), e.g. trial42.h5")->required();
   sub->add_option("--precision", a->precision, "f32 or f64 (default: the precision recorded in the file)")
       ->check(CLI::IsMember({"f32", "f64"}));

@@ -275,18 +275,6 @@ int run_main(const RunArgs& a) {
   return kExitOk;
 }
 
-// CLI11's NonNegativeNumber lets "nan" through (and "inf" where no upper
-// bound stops it): a number of seconds or megabytes must be finite.
-const CLI::Validator kFiniteNonNegative(
-    [](std::string& text) -> std::string {
-      char* end = nullptr;
-      const double v = std::strtod(text.c_str(), &end);
-      if (text.empty() || *end != '\0') return "expected a number, got \"" + text + "\"";
-      if (!std::isfinite(v) || v < 0) return "expected a finite number >= 0, got " + text;
-      return "";
-    },
-    "NUMBER >= 0");
-
 }  // namespace
 
 void add_run_command(CLI::App& app, Registry& r) {
@@ -300,14 +288,14 @@ void add_run_command(CLI::App& app, Registry& r) {
   sub->add_flag("--resume", a->resume, "continue OUT.h5: run only the trials not finished (starts it if absent)");
   sub->add_flag("--force", a->force,
                 "overwrite an existing OUT.h5 (without --resume); with --resume, accept a different --precision");
-  sub->add_option("--threads", a->threads, "CPU threads (0: all cores)")->check(CLI::NonNegativeNumber);
+  sub->add_option("--threads", a->threads, "CPU threads (0: all cores)")->check(count_check(0, 1 << 20));
   sub->add_option("--precision", a->precision, "f32 or f64")->check(CLI::IsMember({"f32", "f64"}));
   CLI::Option* devices = sub->add_option("--devices", a->devices,
                   "CUDA devices: a comma list of ordinals (e.g. 0,1,3) or all; the trials of each batch are "
                   "shared among them (default: 0, one GPU; not with --backend cpu)");
   sub->add_option("--batch-size", a->batch_size,
                   "trials per batch (default: 64 on CPU, 4096 per device on CUDA)")
-      ->check(CLI::PositiveNumber);
+      ->check(kPositiveCount);
   sub->add_option("--progress", a->progress, "auto (bar on a terminal, else JSON lines), bar, jsonl or none")
       ->check(CLI::IsMember({"auto", "bar", "jsonl", "none"}));
   sub->add_option("--checkpoint-every", a->checkpoint_every,

@@ -195,8 +195,8 @@ void add_sweep_commands(CLI::App& app, Registry& r) {
   l->add_option("--format", o->format, "table | csv | json (JSON lines)")
       ->check(CLI::IsMember({"table", "csv", "json"}));
   l->add_option("--shard", o->shard, "I/N: only shard I (0-based) of N contiguous shards");
-  l->add_option("--offset", o->offset, "skip the first J selected trials");
-  l->add_option("--limit", o->limit, "print at most K trials");
+  l->add_option("--offset", o->offset, "skip the first J selected trials")->check(kCount);
+  l->add_option("--limit", o->limit, "print at most K trials")->check(kCount);
   l->add_option("--columns", o->columns, "comma-separated parameter columns (default: all)");
   r.add(l, [o] { return list(*o); });
 }

@@ -2,6 +2,7 @@
 #include <cstdio>
 #include <exception>
 #include <iostream>
+#include <string>
 
 #include "cli.hpp"
 #include "params.hpp"
@@ -21,8 +22,10 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    int rc = app.exit(e);  // prints help or the error
-    return rc == 0 ? cli::kExitOk : cli::kExitBadInput;
+    if (e.get_exit_code() == 0) return app.exit(e);  // --help, --version
+    std::cerr << "stsweep: error: " << e.what() << "\n(the options: stsweep "
+              << (argc > 1 && argv[1][0] != '-' ? std::string(argv[1]) + " " : "") << "--help)\n";
+    return cli::kExitBadInput;
   }
   try {
     for (auto& [sub, action] : reg.actions)

@@ -162,6 +162,23 @@ TEST(Cli, BadInputExitsTwoWithThePath) {
   EXPECT_FALSE(fs::exists(nan_out));
   Outcome none = run("");
   EXPECT_EQ(none.rc, 2);
+  // Counts say what they expect and which option; "-3" does not wrap round
+  // into an unsigned limit, and no results file is started.
+  const std::string tiny = sweep_file("tiny.json");
+  for (const auto& [args, want] : std::vector<std::pair<std::string, std::string>>{
+           {"run " + tiny + " -o '" + nan_out + "' --batch-size 0", "--batch-size: expected an integer >= 1, got \"0\""},
+           {"run " + tiny + " -o '" + nan_out + "' --batch-size 1.5", "--batch-size: expected an integer >= 1, got \"1.5\""},
+           {"run " + tiny + " -o '" + nan_out + "' --threads -1", "--threads: expected an integer >= 0 and <= 1048576, got \"-1\""},
+           {"run " + tiny + " -o '" + nan_out + "' --threads 99999999999", "--threads: expected an integer >= 0 and <= 1048576"},
+           {"list " + tiny + " --limit -3", "--limit: expected an integer >= 0, got \"-3\""},
+           {"list " + tiny + " --offset x", "--offset: expected an integer >= 0, got \"x\""},
+           {"run " + tiny + " --progress none", "--output is required"}}) {
+    Outcome o = run(args);
+    EXPECT_EQ(o.rc, 2) << args;
+    EXPECT_NE(o.err.find("stsweep: error: " + want), std::string::npos) << args << ": " << o.err;
+    EXPECT_TRUE(o.out.empty()) << args << ": " << o.out;
+  }
+  EXPECT_FALSE(fs::exists(nan_out));
 }
 
 // Without a usable GPU (this machine, CI): --backend cuda is a clear run-time

@@ -1,0 +1,34 @@
+// Checks for the subcommands' numeric options (cli.hpp).
+#include <cmath>
+#include <cstdlib>
+#include <string>
+
+#include "cli.hpp"
+
+namespace stsweep::cli {
+
+CLI::Validator count_check(long long lo, long long hi) {
+  const std::string want = "an integer >= " + std::to_string(lo) +
+                           (hi < 999999999999999999LL ? " and <= " + std::to_string(hi) : "");
+  return CLI::Validator(
+      [lo, hi, want](std::string& text) -> std::string {
+        const bool digits = !text.empty() && text.size() <= 18 &&
+                            text.find_first_not_of("0123456789") == std::string::npos;
+        if (!digits || std::stoll(text) < lo || std::stoll(text) > hi)
+          return "expected " + want + ", got \"" + text + "\"";
+        return "";
+      },
+      "INTEGER >= " + std::to_string(lo));
+}
+
+const CLI::Validator kFiniteNonNegative(
+    [](std::string& text) -> std::string {
+      char* end = nullptr;
+      const double v = std::strtod(text.c_str(), &end);
+      if (text.empty() || *end != '\0') return "expected a number, got \"" + text + "\"";
+      if (!std::isfinite(v) || v < 0) return "expected a finite number >= 0, got " + text;
+      return "";
+    },
+    "NUMBER >= 0");
+
+}  // namespace stsweep::cli
