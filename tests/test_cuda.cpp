@@ -68,6 +68,42 @@ std::vector<TrialResult> run_gpu(const Batch& b, Precision prec, cuda::Path path
 
 // ------------------------------------------------------------------ tests --
 
+// The overlap of set-up with training needs every device and pinned-host
+// allocation and free to happen while no wave is in flight: cudaMalloc and
+// cudaMallocHost keep commands of different streams from running concurrently
+// and cudaFree waits for the device (the programming guide's implicit
+// synchronisation). So the CUDA sources allocate, free and synchronise the
+// device only in class Pool (sized before a run's waves) and in
+// fma_peak_gflops (a measurement run on its own). A source check: no GPU needed.
+TEST(CudaSource, AllocatesAndFreesOnlyInPools) {
+  const std::string dir = std::string(STSWEEP_SOURCE_DIR) + "/kernels/";
+  // tools/device-check runs this binary on another machine, without the tree
+  // it was built from; everywhere else (CI) the sources are there.
+  if (FILE* probe = std::fopen((dir + "cuda_backend.cu").c_str(), "r")) std::fclose(probe);
+  else GTEST_SKIP() << "the sources are not at " << dir << " (a binary carried to another machine)";
+  const char* calls[] = {"cudaMalloc", "cudaFree", "cudaHostAlloc", "cudaDeviceSynchronize", "cudaMemset("};
+  int files = 0;
+  for (const char* name : {"cuda_backend.cu", "cuda_fused.cu", "cuda_cublas.cu", "cuda_select.cu", "cuda_common.cuh"}) {
+    FILE* f = std::fopen((dir + name).c_str(), "r");
+    ASSERT_NE(f, nullptr) << dir + name;
+    ++files;
+    std::string allowed;  // the block being read: "Pool", "fma_peak_gflops" or ""
+    char buf[4096];
+    for (int line = 1; std::fgets(buf, sizeof buf, f); ++line) {
+      const std::string text = buf;
+      if (text.rfind("class Pool {", 0) == 0) allowed = "Pool";
+      if (text.rfind("double fma_peak_gflops()", 0) == 0) allowed = "fma_peak_gflops";
+      if (text.rfind("};", 0) == 0 || text.rfind("}\n", 0) == 0) allowed.clear();
+      const std::string code = text.substr(0, text.find("//"));
+      for (const char* c : calls)
+        if (code.find(c) != std::string::npos)
+          EXPECT_FALSE(allowed.empty()) << name << ":" << line << ": " << c << " outside Pool: " << text;
+    }
+    std::fclose(f);
+  }
+  EXPECT_EQ(files, 5);
+}
+
 TEST(CudaBackend, WithoutGpuSaysWhy) {
 #if STSWEEP_HAVE_CUDA
   std::string why;
