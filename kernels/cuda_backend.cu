@@ -325,6 +325,7 @@ class CudaBackend final : public Backend {
     const size_t wave = wave_ > 0 ? wave_ : std::max<size_t>(kMinWave, (n + 3) / 4);
     cap = std::min<size_t>({cap, wave, n, kMaxChunkTrials});
     if (cap == 0) cap = 1;
+    wave_cap_ = cap;
     for (;;) {
       try {
         const size_t dev = cap * tb.dev + fixed, host = cap * tb.host + kPoolSlack;
@@ -335,6 +336,7 @@ class CudaBackend final : public Backend {
         for (auto& w : waves_) w.pool.release();
         if (cap == 1) throw;
         cap /= 2;
+        wave_cap_ = cap;
         std::cerr << "stsweep: cuda: out of memory, " << cap << " trials per chunk\n";
       }
     }
@@ -398,12 +400,14 @@ class CudaBackend final : public Backend {
         g.nets.resize(nt);
         for (size_t j = 0; j < nt; ++j) g.nets[j] = {static_cast<int>(j), 0};
         try {
-          // The pool grows (twice what is needed, up to a chunk) only when
-          // too small: the first wave's teachers size it before anything
-          // else runs; a later growth frees, which waits for the device.
+          // Sized for a wave's worth of this layout's teachers (a wave of
+          // wave_cap_ trials needs at most that many), up to a chunk, by the
+          // first wave's teachers, before anything else runs. It grows only
+          // for a larger layout in a later wave, and then stalls once: a free
+          // waits for the device.
           const size_t need = teacher_chunk_bytes(g, nt);
           if (!teach_pool_.holds(need, 0))
-            teach_pool_.allocate(teacher_chunk_bytes(g, std::min(chunk, std::max<size_t>(2 * nt, 1))), 0);
+            teach_pool_.allocate(teacher_chunk_bytes(g, std::min(chunk, std::max(nt, wave_cap_))), 0);
           train_teacher_chunk(g, tw, nthreads, pinned);
         } catch (const OutOfMemory&) {
           teach_pool_.release();
@@ -605,6 +609,7 @@ class CudaBackend final : public Backend {
   bool one_column_ = true;  // STSWEEP_CUDA_ONE_COLUMN=0: v4's tiles (no one-column shapes)
   bool teachers_on_device_ = true;  // STSWEEP_CUDA_TEACHERS=host: trained teachers in set-up
   size_t wave_ = 0;                 // STSWEEP_CUDA_WAVE: most trials per wave (0: automatic)
+  size_t wave_cap_ = 1;             // this run's trials per wave (run_all)
   size_t select_temp_ = 0;
   std::set<std::string> paths_, logged_;
 };
@@ -628,6 +633,7 @@ std::string probe_impl(int* count_out) {
   return "";
 }
 
+#ifdef __CUDACC__  // not in tests/fake_cuda's host-compiled build of this file
 __global__ void fma_chain(float* out, int iters, float a, float b) {
   // 8 independent chains per thread: enough instruction-level parallelism to
   // fill the FMA pipes; the result is stored so nothing is optimised away.
@@ -643,6 +649,7 @@ __global__ void fma_chain(float* out, int iters, float a, float b) {
   for (int j = 0; j < 8; ++j) s += x[j];
   out[blockIdx.x * blockDim.x + threadIdx.x] = s;
 }
+#endif
 
 }  // namespace
 
@@ -682,6 +689,9 @@ RunStats last_stats(const Backend& b) {
   return c ? c->stats() : RunStats{};
 }
 
+#ifndef __CUDACC__
+double fma_peak_gflops() { throw std::logic_error("fma_peak_gflops: no device (host-compiled build)"); }
+#else
 double fma_peak_gflops() {
   STS_CUDA(cudaSetDevice(0));
   cudaDeviceProp p{};
@@ -709,9 +719,13 @@ double fma_peak_gflops() {
   cudaFree(out);
   return best;
 }
+#endif
 
 }  // namespace stsweep::cuda
 
+// tests/fake_cuda builds this file against a fake runtime beside host/cuda_stub.cpp,
+// which then defines these two.
+#ifndef STSWEEP_FAKE_CUDA
 namespace stsweep {
 std::unique_ptr<Backend> make_cuda_backend(const RunOptions& opt, std::string* why, int device) {
   cuda::Path path = cuda::Path::automatic;
@@ -733,3 +747,4 @@ int cuda_device_count() {
   }
 }
 }  // namespace stsweep
+#endif  // STSWEEP_FAKE_CUDA

@@ -13,7 +13,9 @@
 
 // trial_math.hpp's host loops carry "#pragma GCC unroll", which nvcc's front
 // end does not know (warning 1675); the device code uses its own unroll pragma.
+#ifdef __CUDACC__
 #pragma nv_diag_suppress 1675
+#endif
 #include "device_records.hpp"
 #include "trial_math.hpp"
 

@@ -1,0 +1,34 @@
+// Controls and counters of the fake CUDA runtime (tests/fake_cuda/cuda_runtime.h).
+#pragma once
+
+#include <cstddef>
+#include <string>
+#include <vector>
+
+namespace fake_cuda {
+
+struct Config {
+  int devices = 1;                       // what cudaGetDeviceCount says
+  size_t memory = size_t(256) << 20;     // bytes of device memory per device
+  size_t shared_optin = 227 * 1024;      // cudaDevAttrMaxSharedMemoryPerBlockOptin
+  size_t reported_extra = 0;             // cudaMemGetInfo says this much more is free than is
+};
+// Starts afresh: the configuration, zero counters. Allocations still live are
+// kept (and counted).
+void reset(const Config& c = Config{});
+
+struct Counters {
+  long long launches = 0;        // kernels run
+  long long allocations = 0;     // cudaMalloc and cudaMallocHost that succeeded
+  long long out_of_memory = 0;   // cudaMalloc refused for the configured memory
+  long long live = 0;            // allocations not freed
+  size_t peak = 0;               // most device bytes in use on one device at once
+  // Rule breaks, each also described in `notes`:
+  long long stalls = 0;          // an allocation or free while another stream had work pending
+  long long wrong_device = 0;    // work for a stream of another device than the current one
+  long long bad_pointers = 0;    // a copy, set or kernel argument outside the allocations
+  std::vector<std::string> notes;
+};
+Counters counters();
+
+}  // namespace fake_cuda

@@ -1,0 +1,510 @@
+// The fake CUDA runtime (cuda_runtime.h, cublas_v2.h, fake_device.hpp) and the
+// fake device's kernel launchers (kernels/cuda_common.cuh's declarations),
+// which run kernels/device_body.hpp's bodies on one-thread host teams.
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <set>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "cublas_v2.h"
+#include "cuda_common.cuh"
+#include "cuda_runtime.h"
+#include "device_body.hpp"
+#include "device_emu.hpp"
+#include "fake_device.hpp"
+
+struct CUstream_st {
+  int device = 0;
+  std::deque<std::function<void()>> q;  // deferred operations, in order
+};
+struct CUevent_st {
+  bool done = false;  // recorded and reached by its stream
+  std::chrono::steady_clock::time_point t;
+};
+struct cublasContext {};
+
+namespace fake_cuda {
+namespace {
+
+struct Alloc {
+  size_t bytes = 0;
+  int device = 0;
+  bool pinned = false;  // cudaMallocHost
+};
+
+struct State {
+  std::mutex mu;
+  Config cfg;
+  Counters c;
+  std::map<const char*, Alloc> allocs;  // by first byte
+  std::map<int, size_t> used;           // device bytes in use, per device
+  std::set<CUstream_st*> streams;
+  cudaError_t last = cudaSuccess;
+};
+State& st() {
+  static State s;
+  return s;
+}
+thread_local int current = 0;
+
+// Under st().mu.
+void broke(long long Counters::*what, const std::string& msg) {
+  ++(st().c.*what);
+  if (st().c.notes.size() < 100) st().c.notes.push_back(msg);
+}
+cudaError_t fail(cudaError_t e) {
+  st().last = e;
+  return e;
+}
+
+// The allocation that holds [p, p + n) (under st().mu), or null.
+const Alloc* holding(const void* p, size_t n) {
+  auto& a = st().allocs;
+  const char* c = static_cast<const char*>(p);
+  auto it = a.upper_bound(c);
+  if (it == a.begin()) return nullptr;
+  --it;
+  if (c < it->first || c + n > it->first + it->second.bytes) return nullptr;
+  return &it->second;
+}
+bool in_device(const void* p, size_t n, int device) {
+  const Alloc* a = holding(p, n);
+  return a && !a->pinned && a->device == device;
+}
+bool in_pinned(const void* p, size_t n) {
+  const Alloc* a = holding(p, n);
+  return a && a->pinned;
+}
+
+// Streams of `device` with work pending (under st().mu), for the notes.
+std::string pending(int device) {
+  std::string s;
+  for (CUstream_st* x : st().streams)
+    if (x->device == device && !x->q.empty())
+      s += (s.empty() ? "" : ", ") + std::to_string(x->q.size()) + " operations";
+  return s;
+}
+
+// Runs a stream's queue to its end (not under st().mu: the operations run the kernels).
+void flush(CUstream_st* s) {
+  for (;;) {
+    std::function<void()> op;
+    {
+      std::lock_guard<std::mutex> lock(st().mu);
+      if (s->q.empty()) return;
+      op = std::move(s->q.front());
+      s->q.pop_front();
+    }
+    op();
+  }
+}
+void flush_device(int device) {
+  std::vector<CUstream_st*> v;
+  {
+    std::lock_guard<std::mutex> lock(st().mu);
+    for (CUstream_st* x : st().streams)
+      if (x->device == device) v.push_back(x);
+  }
+  for (CUstream_st* x : v) flush(x);
+}
+
+// An allocation or free: stalls the overlap when a stream has work pending.
+void check_quiet(const char* call) {
+  const std::string p = pending(current);
+  if (!p.empty())
+    broke(&Counters::stalls, std::string(call) + " on device " + std::to_string(current) +
+                                 " while streams have work pending (" + p + ")");
+}
+
+void enqueue(CUstream_st* s, const char* what, std::function<void()> op) {
+  std::lock_guard<std::mutex> lock(st().mu);
+  if (s->device != current)
+    broke(&Counters::wrong_device, std::string(what) + " on a stream of device " + std::to_string(s->device) +
+                                       " while device " + std::to_string(current) + " is current");
+  s->q.push_back(std::move(op));
+}
+
+}  // namespace
+
+void reset(const Config& c) {
+  std::lock_guard<std::mutex> lock(st().mu);
+  st().cfg = c;
+  const long long live = static_cast<long long>(st().allocs.size());
+  st().c = Counters{};
+  st().c.live = live;
+  st().last = cudaSuccess;
+}
+
+Counters counters() {
+  std::lock_guard<std::mutex> lock(st().mu);
+  Counters c = st().c;
+  c.live = static_cast<long long>(st().allocs.size());
+  return c;
+}
+
+// Checks that a kernel argument lies in device memory of `device` (null: an
+// optional buffer the kernel does not touch).
+void kernel_arg(const void* p, size_t bytes, int device, const char* what) {
+  if (!p) return;
+  std::lock_guard<std::mutex> lock(st().mu);
+  if (!in_device(p, std::max<size_t>(bytes, 1), device))
+    broke(&Counters::bad_pointers, std::string("kernel argument ") + what + " is not device memory of device " +
+                                       std::to_string(device));
+}
+
+// A kernel for stream s: counted, then queued like any other operation.
+void enqueue_kernel(cudaStream_t s, const char* name, std::function<void()> op) {
+  {
+    std::lock_guard<std::mutex> lock(st().mu);
+    ++st().c.launches;
+  }
+  enqueue(s, name, std::move(op));
+}
+
+}  // namespace fake_cuda
+
+using namespace fake_cuda;
+
+const char* cudaGetErrorName(cudaError_t e) {
+  switch (e) {
+    case cudaSuccess: return "cudaSuccess";
+    case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
+    case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
+    case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
+    case cudaErrorNoDevice: return "cudaErrorNoDevice";
+    case cudaErrorInvalidResourceHandle: return "cudaErrorInvalidResourceHandle";
+    case cudaErrorNotReady: return "cudaErrorNotReady";
+  }
+  return "cudaError(fake)";
+}
+const char* cudaGetErrorString(cudaError_t e) {
+  switch (e) {
+    case cudaErrorMemoryAllocation: return "out of memory (fake device)";
+    case cudaErrorNotReady: return "device not ready (fake device)";
+    default: return "fake device error";
+  }
+}
+cudaError_t cudaGetLastError() {
+  std::lock_guard<std::mutex> lock(st().mu);
+  const cudaError_t e = st().last;
+  st().last = cudaSuccess;
+  return e;
+}
+cudaError_t cudaGetDeviceCount(int* count) {
+  std::lock_guard<std::mutex> lock(st().mu);
+  *count = st().cfg.devices;
+  return st().cfg.devices > 0 ? cudaSuccess : fail(cudaErrorNoDevice);
+}
+cudaError_t cudaSetDevice(int device) {
+  std::lock_guard<std::mutex> lock(st().mu);
+  if (device < 0 || device >= st().cfg.devices) return fail(cudaErrorInvalidDevice);
+  current = device;
+  return cudaSuccess;
+}
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int device) {
+  std::lock_guard<std::mutex> lock(st().mu);
+  if (device < 0 || device >= st().cfg.devices) return fail(cudaErrorInvalidDevice);
+  std::memset(p, 0, sizeof *p);
+  std::snprintf(p->name, sizeof p->name, "fake device %d (host)", device);
+  p->totalGlobalMem = st().cfg.memory;
+  p->major = 9;
+  p->minor = 0;
+  p->multiProcessorCount = 4;
+  return cudaSuccess;
+}
+cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) {
+  std::lock_guard<std::mutex> lock(st().mu);
+  if (device < 0 || device >= st().cfg.devices) return fail(cudaErrorInvalidDevice);
+  if (attr != cudaDevAttrMaxSharedMemoryPerBlockOptin) return fail(cudaErrorInvalidValue);
+  *value = static_cast<int>(st().cfg.shared_optin);
+  return cudaSuccess;
+}
+cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
+  std::lock_guard<std::mutex> lock(st().mu);
+  *total_bytes = st().cfg.memory;
+  *free_bytes = st().cfg.memory - std::min(st().cfg.memory, st().used[current]) + st().cfg.reported_extra;
+  return cudaSuccess;
+}
+
+namespace {
+cudaError_t allocate(void** p, size_t bytes, bool pinned) {
+  std::lock_guard<std::mutex> lock(st().mu);
+  check_quiet(pinned ? "cudaMallocHost" : "cudaMalloc");
+  if (!pinned && st().used[current] + bytes > st().cfg.memory) {
+    ++st().c.out_of_memory;
+    return fail(cudaErrorMemoryAllocation);
+  }
+  const size_t n = (std::max<size_t>(bytes, 1) + 255) / 256 * 256;
+  char* m = static_cast<char*>(std::aligned_alloc(256, n));
+  if (!m) return fail(cudaErrorMemoryAllocation);
+  std::memset(m, 0xFF, n);  // NaN bytes: what no one wrote cannot pass for a result
+  st().allocs[m] = Alloc{std::max<size_t>(bytes, 1), current, pinned};
+  if (!pinned) {
+    st().used[current] += bytes;
+    st().c.peak = std::max(st().c.peak, st().used[current]);
+  }
+  ++st().c.allocations;
+  *p = m;
+  return cudaSuccess;
+}
+cudaError_t release(void* p, bool pinned) {
+  if (!p) return cudaSuccess;
+  {
+    std::lock_guard<std::mutex> lock(st().mu);
+    check_quiet(pinned ? "cudaFreeHost" : "cudaFree");
+  }
+  flush_device(current);  // a free waits for the device
+  std::lock_guard<std::mutex> lock(st().mu);
+  auto it = st().allocs.find(static_cast<const char*>(p));
+  if (it == st().allocs.end() || it->second.pinned != pinned) {
+    broke(&Counters::bad_pointers, std::string(pinned ? "cudaFreeHost" : "cudaFree") + " of an unknown pointer");
+    return fail(cudaErrorInvalidValue);
+  }
+  if (!pinned) st().used[it->second.device] -= it->second.bytes;
+  st().allocs.erase(it);
+  std::free(p);
+  return cudaSuccess;
+}
+}  // namespace
+
+cudaError_t cudaMalloc(void** p, size_t bytes) { return allocate(p, bytes, false); }
+cudaError_t cudaMallocHost(void** p, size_t bytes) { return allocate(p, bytes, true); }
+cudaError_t cudaFree(void* p) { return release(p, false); }
+cudaError_t cudaFreeHost(void* p) { return release(p, true); }
+
+cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t s) {
+  {
+    std::lock_guard<std::mutex> lock(st().mu);
+    if (bytes && !in_device(p, bytes, s->device)) {
+      broke(&Counters::bad_pointers, "cudaMemsetAsync outside device memory");
+      return fail(cudaErrorInvalidValue);
+    }
+  }
+  enqueue(s, "cudaMemsetAsync", [p, value, bytes] { std::memset(p, value, bytes); });
+  return cudaSuccess;
+}
+
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t s) {
+  if (bytes == 0) return cudaSuccess;
+  bool pinned = false;
+  {
+    std::lock_guard<std::mutex> lock(st().mu);
+    const void* dev = kind == cudaMemcpyHostToDevice ? dst : src;
+    const void* host = kind == cudaMemcpyHostToDevice ? src : dst;
+    if (!in_device(dev, bytes, s->device) || holding(host, bytes) && !in_pinned(host, bytes)) {
+      broke(&Counters::bad_pointers, std::string("cudaMemcpyAsync ") +
+                                         (kind == cudaMemcpyHostToDevice ? "to" : "from") +
+                                         " something that is not device memory of the stream's device");
+      return fail(cudaErrorInvalidValue);
+    }
+    pinned = in_pinned(host, bytes);
+  }
+  if (kind == cudaMemcpyHostToDevice) {
+    if (pinned) {  // read when the copy runs: the host must not touch it before
+      enqueue(s, "cudaMemcpyAsync", [dst, src, bytes] { std::memcpy(dst, src, bytes); });
+    } else {  // pageable: staged at once
+      auto copy = std::make_shared<std::vector<char>>(static_cast<const char*>(src),
+                                                      static_cast<const char*>(src) + bytes);
+      enqueue(s, "cudaMemcpyAsync", [dst, copy] { std::memcpy(dst, copy->data(), copy->size()); });
+    }
+  } else {
+    enqueue(s, "cudaMemcpyAsync", [dst, src, bytes] { std::memcpy(dst, src, bytes); });
+    if (!pinned) flush(s);  // into pageable memory: returns when the copy is done
+  }
+  return cudaSuccess;
+}
+
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned) {
+  std::lock_guard<std::mutex> lock(st().mu);
+  *s = new CUstream_st;
+  (*s)->device = current;
+  st().streams.insert(*s);
+  return cudaSuccess;
+}
+cudaError_t cudaDeviceGetStreamPriorityRange(int* least, int* greatest) {
+  *least = 0;
+  *greatest = -5;
+  return cudaSuccess;
+}
+cudaError_t cudaStreamCreateWithPriority(cudaStream_t* s, unsigned flags, int) {
+  return cudaStreamCreateWithFlags(s, flags);
+}
+cudaError_t cudaStreamDestroy(cudaStream_t s) {
+  flush(s);
+  std::lock_guard<std::mutex> lock(st().mu);
+  st().streams.erase(s);
+  delete s;
+  return cudaSuccess;
+}
+cudaError_t cudaStreamSynchronize(cudaStream_t s) {
+  flush(s);
+  return cudaSuccess;
+}
+cudaError_t cudaEventCreate(cudaEvent_t* e) {
+  *e = new CUevent_st;
+  return cudaSuccess;
+}
+cudaError_t cudaEventDestroy(cudaEvent_t e) {
+  delete e;  // the backend destroys events only after their streams are synchronised
+  return cudaSuccess;
+}
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
+  e->done = false;
+  enqueue(s, "cudaEventRecord", [e] {
+    e->t = std::chrono::steady_clock::now();
+    e->done = true;
+  });
+  return cudaSuccess;
+}
+cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t a, cudaEvent_t b) {
+  if (!a->done || !b->done) return fail(cudaErrorNotReady);
+  *ms = std::chrono::duration<float, std::milli>(b->t - a->t).count();
+  return cudaSuccess;
+}
+
+cublasStatus_t cublasCreate(cublasHandle_t* h) {
+  *h = new cublasContext;
+  return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasDestroy(cublasHandle_t h) {
+  delete h;
+  return CUBLAS_STATUS_SUCCESS;
+}
+const char* cublasGetStatusString(cublasStatus_t) { return "fake cuBLAS"; }
+
+// ------------------------------------------------------------- launchers --
+namespace stsweep::cuda {
+namespace {
+
+int device_of(cudaStream_t s) { return s->device; }
+
+template <class Real>
+void train_args_on_device(const TrainArgs<Real>& a, int dev) {
+  fake_cuda::kernel_arg(a.arena, 1, dev, "arena");
+  fake_cuda::kernel_arg(a.work, 1, dev, "work");
+  fake_cuda::kernel_arg(a.nets, sizeof(NetRef) * a.nnets, dev, "nets");
+  fake_cuda::kernel_arg(a.trials, sizeof(TrialScalars), dev, "trial scalars");
+  fake_cuda::kernel_arg(a.ck, 1, dev, "checkpoints");
+  fake_cuda::kernel_arg(a.snap, 1, dev, "snapshots");
+  fake_cuda::kernel_arg(a.state, sizeof(NetState) * a.nnets, dev, "states");
+}
+
+// Every network of the launch, one after the other, on a one-thread team with
+// `reals` of "shared memory" (none: the general path's global work).
+template <class Real>
+void train_all(const TrainArgs<Real>& a, size_t reals, bool vector_a) {
+  std::vector<Real> sm(reals);
+  std::memset(static_cast<void*>(sm.data()), 0xFF, sm.size() * sizeof(Real));
+  run_emulated_team(1, false, [&](const EmuTeam& team) {
+    EmuTeam t = team;
+    t.one_column = a.one_column != 0;
+    Real* p = sm.empty() ? nullptr : sm.data();
+    if (vector_a) {
+      for (int k = 0; k < a.nnets; ++k) train_network(t, a, k, p);
+    } else {
+      const EmuTeamScalarA sa{t};
+      for (int k = 0; k < a.nnets; ++k) train_network(sa, a, k, p);
+    }
+  });
+}
+
+size_t optin() {
+  int v = 0;
+  cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, 0);
+  return static_cast<size_t>(v);
+}
+
+}  // namespace
+
+template <class Real>
+void fused_prepare(size_t shared_bytes) {
+  if (shared_bytes > optin()) throw std::runtime_error("fake device: fused_prepare beyond the opt-in shared memory");
+}
+template <class Real>
+void warp_prepare(size_t shared_bytes) {
+  if (shared_bytes > optin()) throw std::runtime_error("fake device: warp_prepare beyond the opt-in shared memory");
+}
+
+template <class Real>
+void launch_fused(const TrainArgs<Real>& a, size_t shared_bytes, bool vector_a, cudaStream_t s) {
+  if (a.nnets == 0) return;
+  if (shared_bytes > optin()) throw std::runtime_error("fake device: launch_fused beyond the opt-in shared memory");
+  if (a.shared && shared_bytes < (static_cast<size_t>(a.lay.data) + a.lay.work) * sizeof(Real))
+    throw std::runtime_error("fake device: launch_fused with less shared memory than the layout needs");
+  train_args_on_device(a, device_of(s));
+  fake_cuda::enqueue_kernel(s, "fused_train", [a, shared_bytes, vector_a] {
+    train_all(a, a.shared ? shared_bytes / sizeof(Real) : 0, vector_a || sizeof(Real) == 8);
+  });
+}
+
+template <class Real>
+void launch_warp(const TrainArgs<Real>& a, int warps, size_t net_shared, bool vector_a, cudaStream_t s) {
+  if (a.nnets == 0) return;
+  if (warps < 1 || warps > kWarpsPerBlock || net_shared % 16 != 0)
+    throw std::logic_error("launch_warp: bad warps or slice size");
+  if (!a.shared) throw std::logic_error("launch_warp: the warp path needs the data in shared memory");
+  if (warps * net_shared > optin()) throw std::runtime_error("fake device: launch_warp beyond the opt-in shared memory");
+  train_args_on_device(a, device_of(s));
+  fake_cuda::enqueue_kernel(s, "warp_train", [a, net_shared, vector_a] {
+    train_all(a, net_shared / sizeof(Real), vector_a || sizeof(Real) == 8);
+  });
+}
+
+void launch_eval(const EvalArgs& a, int blocks, cudaStream_t s) {
+  if (a.nnets == 0) return;
+  fake_cuda::kernel_arg(a.work, static_cast<size_t>(blocks) * a.lay.vwork * sizeof(double), device_of(s), "eval workspace");
+  fake_cuda::kernel_arg(a.arena, 1, device_of(s), "eval data");
+  fake_cuda::kernel_arg(a.metrics, 1, device_of(s), "metrics");
+  fake_cuda::kernel_arg(a.items, 1, device_of(s), "items");
+  fake_cuda::enqueue_kernel(s, "eval_snapshots", [a] {
+    run_emulated_team(1, false, [&](const EmuTeam& team) {
+      const long long n = a.items ? *a.nitems : static_cast<long long>(a.nnets) * a.slots;
+      for (long long i = 0; i < n; ++i) eval_item(team, a, a.items ? a.items[i] : i, a.work);
+    });
+  });
+}
+
+size_t fused_static_shared_bytes() { return 32 * sizeof(double); }
+
+size_t eval_select_temp_bytes(long long items) { return 512 + static_cast<size_t>(items) * 4; }
+
+void launch_eval_select(void* temp, size_t temp_bytes, const NetState* state, int slots, int maxck,
+                        long long items, long long* out, long long* nitems, cudaStream_t s) {
+  if (temp_bytes < eval_select_temp_bytes(items))
+    throw std::runtime_error("fake device: CUB's temporary storage is too small for " + std::to_string(items) +
+                             " items");
+  fake_cuda::kernel_arg(temp, temp_bytes, device_of(s), "select temporary storage");
+  fake_cuda::kernel_arg(out, sizeof(long long) * (items + 1), device_of(s), "item list");
+  fake_cuda::enqueue_kernel(s, "select", [state, slots, maxck, items, out, nitems] {
+    long long n = 0;
+    for (long long it = 0; it < items; ++it)
+      if (eval_needed(state[it / slots], static_cast<int>(it % slots), maxck)) out[n++] = it;
+    *nitems = n;
+  });
+}
+
+template <class Real>
+void train_cublas(void*, const TrainArgs<Real>&, long long, cudaStream_t) {
+  throw std::logic_error("fake device: no cuBLAS trainer");
+}
+
+template void fused_prepare<float>(size_t);
+template void fused_prepare<double>(size_t);
+template void warp_prepare<float>(size_t);
+template void warp_prepare<double>(size_t);
+template void launch_fused<float>(const TrainArgs<float>&, size_t, bool, cudaStream_t);
+template void launch_fused<double>(const TrainArgs<double>&, size_t, bool, cudaStream_t);
+template void launch_warp<float>(const TrainArgs<float>&, int, size_t, bool, cudaStream_t);
+template void launch_warp<double>(const TrainArgs<double>&, int, size_t, bool, cudaStream_t);
+template void train_cublas<float>(void*, const TrainArgs<float>&, long long, cudaStream_t);
+template void train_cublas<double>(void*, const TrainArgs<double>&, long long, cudaStream_t);
+
+}  // namespace stsweep::cuda
