@@ -9,7 +9,7 @@
 // Times are device time of the training launches (events), set-up and
 // evaluation reported beside them.
 //
-//   bench_cuda [--trials N] [--steps T] [--checkpoints C]
+//   bench_cuda [--trials N] [--steps T] [--checkpoints C] [--teacher-steps S]
 //
 // A plain main (not Google Benchmark): one timed run per path is already
 // 32768 networks x T steps. Exits 0 with a message when there is no GPU.
@@ -25,8 +25,14 @@
 #include "problem.hpp"
 #include "trial_math.hpp"
 
-#if STSWEEP_HAVE_CUDA
+// bench_cuda_fake (CPU-only builds) is this file on tests/fake_cuda's fake
+// runtime: a ctest smoke run of the benchmark's own code before a GPU session
+// depends on it. Its figures mean nothing.
+#if STSWEEP_HAVE_CUDA || defined(STSWEEP_FAKE_CUDA)
+#define STS_BENCH_CUDA 1
 #include "cuda_backend.cuh"
+#else
+#define STS_BENCH_CUDA 0
 #endif
 
 namespace {
@@ -40,7 +46,7 @@ namespace {
 }  // namespace
 
 int main(int argc, char** argv) {
-#if !STSWEEP_HAVE_CUDA
+#if !STS_BENCH_CUDA
   (void)argc;
   (void)argv;
   std::printf("bench_cuda: built without CUDA, nothing to measure\n");
@@ -55,6 +61,7 @@ int main(int argc, char** argv) {
   const int trials = arg_int(argc, argv, "--trials", 16384);
   const int steps = arg_int(argc, argv, "--steps", 1000);
   const int checkpoints = arg_int(argc, argv, "--checkpoints", 8);
+  const int teacher_steps = arg_int(argc, argv, "--teacher-steps", 1000);
 
   TrialParams p = bench::standard_gpu_trial();
   p.steps = steps;
@@ -71,7 +78,11 @@ int main(int argc, char** argv) {
   opt.sweep_seed = 1;
   opt.precision = Precision::f32;
 
+#ifdef STSWEEP_FAKE_CUDA
+  const double peak = 1.0;  // the fake device has no FMA rate
+#else
   const double peak = cuda::fma_peak_gflops();
+#endif
   std::string dev;
   struct Row {
     std::string what;
@@ -127,7 +138,7 @@ int main(int argc, char** argv) {
       TrialParams& t = batch.trials[i];
       t.teacher.kind = TeacherKind::trained;
       t.teacher.n_train = 128;
-      t.teacher.steps = 1000;
+      t.teacher.steps = teacher_steps;
       t.teacher.lr = 0.02;
       t.seed = static_cast<int>(i / 16);
       t.noise = 0.25 * static_cast<double>(1 + i % 4);
@@ -181,8 +192,9 @@ int main(int argc, char** argv) {
     std::printf("| %s | %.3f | %.3e | %.0f | %.1f | %.2fx |\n", r.what.c_str(), r.s.train_s,
                 r.s.net_steps / r.s.train_s, gf, 100.0 * gf / peak, fused_s / r.s.train_s);
   }
-  std::printf("\n# trained teachers (float64, 1000 steps, 128 samples), standard grid; teacher s: the\n"
-              "# device's teacher launches (beside the other wave), set-up s: host wall (all cores)\n");
+  std::printf("\n# trained teachers (float64, %d steps, 128 samples), standard grid; teacher s: the\n"
+              "# device's teacher launches (beside the other wave), set-up s: host wall (all cores)\n",
+              teacher_steps);
   std::printf("| row | teachers on the device | teacher s | host set-up s | train s | total s | trials/s |\n");
   std::printf("|---|---|---|---|---|---|---|\n");
   for (const Row& r : rows) {

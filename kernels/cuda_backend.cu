@@ -723,9 +723,8 @@ double fma_peak_gflops() {
 
 }  // namespace stsweep::cuda
 
-// tests/fake_cuda builds this file against a fake runtime beside host/cuda_stub.cpp,
-// which then defines these two.
-#ifndef STSWEEP_FAKE_CUDA
+// (In tests/fake_cuda's build these two come before host/cuda_stub.cpp's on the
+// link line, so the linker never takes the stub's from the core library.)
 namespace stsweep {
 std::unique_ptr<Backend> make_cuda_backend(const RunOptions& opt, std::string* why, int device) {
   cuda::Path path = cuda::Path::automatic;
@@ -747,4 +746,3 @@ int cuda_device_count() {
   }
 }
 }  // namespace stsweep
-#endif  // STSWEEP_FAKE_CUDA

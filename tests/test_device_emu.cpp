@@ -49,20 +49,6 @@ std::vector<TrialResult> run_emu(const Batch& b, Precision prec, cuda::Path path
   return run_emu_with(b, prec, eo, paths);
 }
 
-TrialParams small(int seed) {
-  TrialParams p = base_params();
-  p.d = 8;
-  p.k = 4;
-  p.m = 3;
-  p.hidden = {6};
-  p.n_train = 12;
-  p.n_test = 40;
-  p.steps = 30;
-  p.checkpoints = 4;
-  p.seed = seed;
-  return p;
-}
-
 // ------------------------------------------------------------ the teams --
 
 // Every rank of an emulated team gets the same sum, bit for bit (the kernels
@@ -245,14 +231,14 @@ TEST(DevicePlan, AutomaticPathsAndFallbacks) {
   cuda::DeviceLimits big;
   big.shared_per_block = 227 * 1024;
   // Small widths: a warp per network.
-  auto w = prepare({small(1), small(2)});
+  auto w = prepare({small_trial(1), small_trial(2)});
   auto g = cuda::plan_groups(w, cuda::Path::automatic, 4, big, log);
   ASSERT_EQ(g.size(), 1u);
   EXPECT_EQ(g[0].path, cuda::Path::warp);
   EXPECT_EQ(g[0].warps_per_block, cuda::kWarpsPerBlock);
   EXPECT_EQ(g[0].nets.size(), 4u);  // students and twins
   // Width 64 (the standard grid): a block per network.
-  TrialParams wide = small(3);
+  TrialParams wide = small_trial(3);
   wide.d = 64;
   wide.k = 16;
   wide.hidden = {64};
@@ -279,7 +265,7 @@ TEST(DevicePlan, AutomaticPathsAndFallbacks) {
   EXPECT_EQ(g[0].path, cuda::Path::general);
   EXPECT_NE(logs.back().find("no moment path"), std::string::npos) << logs.back();
   // Mixed matched layers and paths: one group each; members most steps first.
-  std::vector<TrialParams> mixed{small(1), small(2), small(3), small(4)};
+  std::vector<TrialParams> mixed{small_trial(1), small_trial(2), small_trial(3), small_trial(4)};
   mixed[1].path = TrainPath::moment;
   mixed[2].steps = 50;
   mixed[3].steps = 70;
@@ -302,7 +288,7 @@ TEST(DevicePlan, AutomaticPathsAndFallbacks) {
 TEST(DevicePlan, WavesFitThePoolsSizedForThem) {
   std::vector<TrialParams> ps;
   for (int s = 1; s <= 4; ++s) {
-    TrialParams p = small(s);
+    TrialParams p = small_trial(s);
     p.lambda = 0.7;  // teacher features in the arena, and a twin
     p.baseline = true;
     p.path = TrainPath::data;
@@ -352,35 +338,12 @@ TEST(DevicePlan, WavesFitThePoolsSizedForThem) {
 
 // ------------------------------------------- the kernels against the CPU --
 
-std::vector<TrialParams> variety() {
-  std::vector<TrialParams> ps;
-  int seed = 0;
-  for (std::vector<int> hidden : {std::vector<int>{6}, std::vector<int>{7, 5}})
-    for (Activation act : {Activation::linear, Activation::relu, Activation::tanh})
-      for (TrainPath path : {TrainPath::data, TrainPath::moment}) {
-        if (act != Activation::linear && path == TrainPath::moment) continue;
-        for (double lambda : {0.0, 0.7}) {
-          TrialParams p = small(seed++);
-          p.hidden = hidden;
-          p.activation = act;
-          p.path = path;
-          p.lambda = lambda;
-          p.steps = 20 + 7 * (seed % 4);  // several lengths per launch
-          p.checkpoints = 2 + seed % 4;
-          p.baseline = seed % 3 != 0;
-          p.teacher.kind = seed % 2 ? TeacherKind::perturbed : TeacherKind::oracle;
-          ps.push_back(p);
-        }
-      }
-  return ps;
-}
-
 // A team of one thread runs each product and sum in the CPU's order, so the
 // emulated device equals the CPU backend BIT FOR BIT: the layouts, packing,
 // loop, snapshots, evaluation and result assembly of the device code add
 // nothing of their own. Every path the emulator has, float32 and float64.
 TEST(DeviceEmu, OneThreadTeamsEqualTheCpuBitForBit) {
-  for (const Batch& b : by_shape(variety()))
+  for (const Batch& b : by_shape(variety_trials()))
     for (Precision prec : {Precision::f32, Precision::f64}) {
       const auto ref = run_cpu(b, prec);
       for (cuda::Path path : {cuda::Path::fused, cuda::Path::general}) {
@@ -402,7 +365,7 @@ TEST(DeviceEmu, OneThreadTeamsEqualTheCpuBitForBit) {
 // product and sum as the device does: the CPU's metrics to float32 rounding
 // in float32 and to 1e-9 in float64.
 TEST(DeviceEmu, TeamsMatchTheCpu) {
-  std::vector<TrialParams> ps = variety();
+  std::vector<TrialParams> ps = variety_trials();
   for (TrialParams& p : ps) p.steps = std::min<int64_t>(p.steps, 25);
   const std::vector<Batch> batches = by_shape(ps);
   for (const Batch& b : batches) {
@@ -506,7 +469,7 @@ TEST(DeviceEmu, TeamTrainedWeightsEqualTheSerialPathBitForBit) {
 TEST(DeviceEmu, GeneralEqualsFusedAndCompactionIsInvisible) {
   std::vector<TrialParams> ps;
   for (int i = 0; i < 4; ++i) {
-    TrialParams p = small(i);
+    TrialParams p = small_trial(i);
     p.hidden = {7, 5};
     p.path = TrainPath::data;
     p.lambda = 0.3 * i;
@@ -530,7 +493,7 @@ TEST(DeviceEmu, GeneralEqualsFusedAndCompactionIsInvisible) {
 TEST(DeviceEmu, DivergenceLeavesBatchMatesUntouched) {
   std::vector<TrialParams> ps;
   for (int i = 0; i < 4; ++i) {
-    TrialParams p = small(i);
+    TrialParams p = small_trial(i);
     p.lambda = 0.25 * i;
     p.path = TrainPath::data;
     ps.push_back(p);
@@ -569,7 +532,7 @@ TEST(DeviceEmu, DivergenceLeavesBatchMatesUntouched) {
 std::vector<Batch> teacher_batches() {
   std::vector<Batch> out;
   auto make = [](int seed, int n_train, double lr) {
-    TrialParams p = small(seed);
+    TrialParams p = small_trial(seed);
     p.teacher.kind = TeacherKind::trained;
     p.teacher.n_train = n_train;
     p.teacher.steps = 20;

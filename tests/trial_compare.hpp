@@ -123,6 +123,47 @@ inline TrialParams base_params() {
   return p;
 }
 
+// A small linear trial of widths 8-6-3 the device tests vary.
+inline TrialParams small_trial(int seed) {
+  TrialParams p = base_params();
+  p.d = 8;
+  p.k = 4;
+  p.m = 3;
+  p.hidden = {6};
+  p.n_train = 12;
+  p.n_test = 40;
+  p.steps = 30;
+  p.checkpoints = 4;
+  p.seed = seed;
+  return p;
+}
+
+// Linear, relu and tanh students, data and moment paths, lambdas, twins,
+// teacher kinds, lengths and checkpoint counts, in two shapes (depth 2 and 3):
+// the emulator's and the fake device's trials against the CPU.
+inline std::vector<TrialParams> variety_trials() {
+  std::vector<TrialParams> ps;
+  int seed = 0;
+  for (std::vector<int> hidden : {std::vector<int>{6}, std::vector<int>{7, 5}})
+    for (Activation act : {Activation::linear, Activation::relu, Activation::tanh})
+      for (TrainPath path : {TrainPath::data, TrainPath::moment}) {
+        if (act != Activation::linear && path == TrainPath::moment) continue;
+        for (double lambda : {0.0, 0.7}) {
+          TrialParams p = small_trial(seed++);
+          p.hidden = hidden;
+          p.activation = act;
+          p.path = path;
+          p.lambda = lambda;
+          p.steps = 20 + 7 * (seed % 4);  // several lengths per launch
+          p.checkpoints = 2 + seed % 4;
+          p.baseline = seed % 3 != 0;
+          p.teacher.kind = seed % 2 ? TeacherKind::perturbed : TeacherKind::oracle;
+          ps.push_back(p);
+        }
+      }
+  return ps;
+}
+
 // Seven small trials with trained teachers, shared by trials 0-2, 3-5 and 6
 // alone, of several lengths, lambdas and twins: cut into waves of 2 or 3,
 // teachers are shared across waves (the wave tests of the emulator and the GPU).

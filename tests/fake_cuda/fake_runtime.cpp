@@ -491,9 +491,20 @@ void launch_eval_select(void* temp, size_t temp_bytes, const NetState* state, in
   });
 }
 
+// The fake has no cuBLAS: a cuBLAS group trains with the general trainer's body
+// on a work area of its own (the group's is laid out for cuBLAS). The
+// backend's handling of the group is real; its products are not cuBLAS's.
 template <class Real>
-void train_cublas(void*, const TrainArgs<Real>&, long long, cudaStream_t) {
-  throw std::logic_error("fake device: no cuBLAS trainer");
+void train_cublas(void*, const TrainArgs<Real>& a, long long, cudaStream_t s) {
+  if (a.nnets == 0) return;
+  train_args_on_device(a, device_of(s));
+  fake_cuda::enqueue_kernel(s, "train_cublas (general body)", [a] {
+    std::vector<Real> work(static_cast<size_t>(a.nnets) * a.lay.work);
+    TrainArgs<Real> g = a;
+    g.work = work.data();
+    g.shared = 0;
+    train_all(g, 0, true);
+  });
 }
 
 template void fused_prepare<float>(size_t);

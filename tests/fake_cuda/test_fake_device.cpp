@@ -50,45 +50,6 @@ std::unique_ptr<Backend> fake_backend(cuda::Path path, int device = 0) {
   return be;
 }
 
-TrialParams small(int seed) {
-  TrialParams p = base_params();
-  p.d = 8;
-  p.k = 4;
-  p.m = 3;
-  p.hidden = {6};
-  p.n_train = 12;
-  p.n_test = 40;
-  p.steps = 30;
-  p.checkpoints = 4;
-  p.seed = seed;
-  return p;
-}
-
-// Linear, relu and tanh students, data and moment paths, lambdas, twins,
-// teacher kinds, lengths and checkpoint counts: two shapes.
-std::vector<TrialParams> variety() {
-  std::vector<TrialParams> ps;
-  int seed = 0;
-  for (std::vector<int> hidden : {std::vector<int>{6}, std::vector<int>{7, 5}})
-    for (Activation act : {Activation::linear, Activation::relu, Activation::tanh})
-      for (TrainPath path : {TrainPath::data, TrainPath::moment}) {
-        if (act != Activation::linear && path == TrainPath::moment) continue;
-        for (double lambda : {0.0, 0.7}) {
-          TrialParams p = small(seed++);
-          p.hidden = hidden;
-          p.activation = act;
-          p.path = path;
-          p.lambda = lambda;
-          p.steps = 20 + 7 * (seed % 4);
-          p.checkpoints = 2 + seed % 4;
-          p.baseline = seed % 3 != 0;
-          p.teacher.kind = seed % 2 ? TeacherKind::perturbed : TeacherKind::oracle;
-          ps.push_back(p);
-        }
-      }
-  return ps;
-}
-
 TEST(FakeDevice, WithoutADeviceSaysWhy) {
   fake_cuda::Config none;
   none.devices = 0;
@@ -106,7 +67,7 @@ TEST(FakeDevice, WithoutADeviceSaysWhy) {
 TEST(FakeDevice, CudaBackendEqualsTheCpuBitForBit) {
   const ScopedEnv poison("STSWEEP_CUDA_POISON", "1");
   const ScopedEnv wave("STSWEEP_CUDA_WAVE", "3");
-  for (const Batch& b : by_shape(variety()))
+  for (const Batch& b : by_shape(variety_trials()))
     for (Precision prec : {Precision::f32, Precision::f64}) {
       const auto ref = run_cpu(b, prec);
       for (cuda::Path path : {cuda::Path::fused, cuda::Path::warp, cuda::Path::general}) {
@@ -167,7 +128,7 @@ TEST(FakeDevice, TeachersOnTheDeviceDoNotStallTheWaves) {
 // the results do not change. With less memory than one trial needs, the run
 // fails with the out-of-memory error, and the next run on the same backend works.
 TEST(FakeDevice, OutOfMemoryHalvesTheWave) {
-  const Batch b = by_shape(variety())[0];
+  const Batch b = by_shape(variety_trials())[0];
   const auto ref = run_cpu(b, Precision::f32);
   // What the batch takes in waves of all its trials and of one trial (the
   // pools' fixed part is most of it at this size): the device gets half way.
@@ -217,7 +178,7 @@ TEST(FakeDevice, OutOfMemoryHalvesTheWave) {
 TEST(FakeDevice, TwoDevicesEqualOne) {
   std::vector<TrialParams> ps;
   for (int i = 0; i < 7; ++i) {
-    TrialParams p = small(i);
+    TrialParams p = small_trial(i);
     p.lambda = 0.2 * i;
     p.path = i % 2 ? TrainPath::moment : TrainPath::data;
     ps.push_back(p);
