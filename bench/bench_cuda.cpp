@@ -25,7 +25,7 @@
 #include "problem.hpp"
 #include "trial_math.hpp"
 
-// bench_cuda_fake (CPU-only builds) is this file on tests/fake_cuda's fake
+// bench_cuda_fake (every build) is this file on tests/fake_cuda's fake
 // runtime: a ctest smoke run of the benchmark's own code before a GPU session
 // depends on it. Its figures mean nothing.
 #if STSWEEP_HAVE_CUDA || defined(STSWEEP_FAKE_CUDA)

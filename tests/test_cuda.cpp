@@ -22,7 +22,7 @@
 #include "trial_compare.hpp"
 
 // The GPU tests are built with the CUDA build, and also, as test_cuda_fake, in
-// the CPU-only build against tests/fake_cuda's fake runtime (one-thread teams,
+// every build against tests/fake_cuda's fake runtime (one-thread teams,
 // no cuBLAS of its own): there they run the backend's host code and check the
 // tests themselves before a GPU session depends on them.
 #if STSWEEP_HAVE_CUDA || defined(STSWEEP_FAKE_CUDA)

@@ -16,7 +16,8 @@
 //     guide's implicit synchronisation, which stalls the overlap of set-up with
 //     training), work submitted to a stream of another device than the current
 //     one, pointers outside any allocation.
-// Only tests/fake_cuda's build sees this header (CPU-only builds).
+// Only the fake targets see this header (test_fake_device, test_cuda_fake,
+// bench_cuda_fake); they are built with or without the real toolkit.
 #pragma once
 
 #include <cstddef>
