@@ -40,9 +40,18 @@ struct Alloc {
   bool pinned = false;  // cudaMallocHost
 };
 
+// The configuration a process starts with: the defaults, or the environment
+// (STSWEEP_FAKE_CUDA_DEVICES, STSWEEP_FAKE_CUDA_MEMORY_MB) for stsweep_fake.
+Config initial() {
+  Config c;
+  if (const char* e = std::getenv("STSWEEP_FAKE_CUDA_DEVICES")) c.devices = std::atoi(e);
+  if (const char* e = std::getenv("STSWEEP_FAKE_CUDA_MEMORY_MB")) c.memory = size_t(std::atoll(e)) << 20;
+  return c;
+}
+
 struct State {
   std::mutex mu;
-  Config cfg;
+  Config cfg = initial();
   Counters c;
   std::map<const char*, Alloc> allocs;  // by first byte
   std::map<int, size_t> used;           // device bytes in use, per device

@@ -1,0 +1,98 @@
+#!/usr/bin/python3
+"""`stsweep run` on the CUDA backend end to end, on the fake CUDA runtime
+(tests/fake_cuda; stsweep_fake is stsweep linked against it), run by ctest:
+
+    fake_cli.py --stsweep PATH --fake PATH --sweeps DIR --workdir DIR
+
+The fake's kernels are the device bodies on one-thread host teams, so every
+dataset of the results file must be the CPU backend's bit for bit: with
+`--backend auto` (which must pick cuda and print the `cuda time` line), in
+small waves, on two devices (`--devices all`), and with trained teachers
+trained on the device (none by set-up). Exit 77 (skip) when h5py is missing.
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+from stsweep_testlib import FAILURES, check, datasets, same_bits
+
+try:
+    import h5py  # noqa: F401
+except ImportError as e:  # pragma: no cover
+    print(f"skip: {e}")
+    sys.exit(77)
+
+
+def run(binary, args, env=None):
+    e = dict(os.environ)
+    e.update(env or {})
+    p = subprocess.run([binary] + args, capture_output=True, text=True, env=e)
+    if p.returncode != 0:
+        print(f"command {binary} {args} -> {p.returncode}\nstdout: {p.stdout}\nstderr: {p.stderr}")
+    return p
+
+
+def same_file(a, b, what):
+    da, db = datasets(a), datasets(b)
+    check(sorted(da) == sorted(db), f"{what}: the same datasets")
+    differ = [k for k in da if k in db and not same_bits(da[k], db[k])]
+    check(not differ, f"{what}: every dataset bit for bit the CPU's" + (f" (differ: {differ})" if differ else ""))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--stsweep", required=True)
+    ap.add_argument("--fake", required=True)
+    ap.add_argument("--sweeps", required=True)
+    ap.add_argument("--workdir", required=True)
+    a = ap.parse_args()
+    shutil.rmtree(a.workdir, ignore_errors=True)
+    os.makedirs(a.workdir)
+    w = lambda name: os.path.join(a.workdir, name)  # noqa: E731
+
+    # Trained teachers (3, each shared by 4 trials), small enough for the
+    # fake's one-thread kernels.
+    teachers = {
+        "name": "fake-teachers", "seed": 3,
+        "defaults": {"d": 8, "k": 4, "m": 4, "hidden": [8], "n_train": 8, "steps": 300, "lr": 0.05,
+                     "checkpoints": 6, "teacher": {"kind": "trained", "n_train": 32, "steps": 300, "lr": 0.05}},
+        "grid": {"seed": {"range": [0, 3]}, "noise": [0.1, 0.5], "lambda": [0, 1]},
+    }
+    with open(w("trained_teachers.json"), "w") as f:
+        json.dump(teachers, f)
+    for sweep in ("tiny", "trained_teachers"):
+        path = os.path.join(a.sweeps, "tiny.json") if sweep == "tiny" else w("trained_teachers.json")
+        ref = w(sweep + "_cpu.h5")
+        p = run(a.stsweep, ["run", path, "-o", ref, "--backend", "cpu", "--progress", "none"])
+        check(p.returncode == 0, f"{sweep}: the CPU run")
+        cases = [
+            ("auto", ["--backend", "auto"], {}),
+            ("waves of 5", ["--backend", "cuda", "--batch-size", "16"], {"STSWEEP_CUDA_WAVE": "5"}),
+            ("two devices", ["--backend", "cuda", "--devices", "all"], {"STSWEEP_FAKE_CUDA_DEVICES": "2"}),
+        ]
+        for what, args, env in cases:
+            out = w(f"{sweep}_{what.replace(' ', '_')}.h5")
+            p = run(a.fake, ["run", path, "-o", out, "--progress", "none"] + args, env)
+            if not check(p.returncode == 0, f"{sweep}, {what}: stsweep_fake run exits 0"):
+                continue
+            said = p.stdout + p.stderr
+            check("stsweep: backend cuda" in said, f"{sweep}, {what}: ran on cuda")
+            check("stsweep: cuda time:" in said, f"{sweep}, {what}: printed the cuda time line")
+            if what == "two devices":
+                check("2 devices" in said, f"{sweep}, {what}: on two devices")
+            if sweep == "trained_teachers":
+                check("0 trained (" in said and " on the device" in said and " 0 on the device" not in said,
+                      f"{sweep}, {what}: teachers trained on the device, none by set-up")
+            same_file(out, ref, f"{sweep}, {what}")
+
+    if FAILURES:
+        print(f"{len(FAILURES)} check(s) failed")
+        sys.exit(1)
+    print("all checks passed")
+
+
+if __name__ == "__main__":
+    main()
