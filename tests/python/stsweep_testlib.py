@@ -32,3 +32,11 @@ def same_bits(a, b):
     if a.dtype.kind == "O":
         return list(a) == list(b)
     return a.tobytes() == b.tobytes()
+
+
+def compare_files(path, ref, what):
+    """Checks that two results files hold the same datasets, bit for bit."""
+    got, exp = datasets(path), datasets(ref)
+    check(sorted(got) == sorted(exp), f"{what}: same datasets")
+    bad = [k for k in exp if k in got and not same_bits(got[k], exp[k])]
+    check(not bad, f"{what}: every dataset equal bit for bit" + (f" (differ: {bad})" if bad else ""))

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 
-from stsweep_testlib import FAILURES, check, datasets, same_bits
+from stsweep_testlib import FAILURES, check, compare_files as compare
 
 try:
     import h5py
@@ -46,13 +46,6 @@ def run(args, ok=(0,), **kw):
     if p.returncode not in ok:
         print(f"command {args} -> {p.returncode}\nstdout: {p.stdout}\nstderr: {p.stderr}")
     return p
-
-
-def compare(path, ref, what):
-    got, exp = datasets(path), datasets(ref)
-    check(sorted(got) == sorted(exp), f"{what}: same datasets")
-    bad = [k for k in exp if k in got and not same_bits(got[k], exp[k])]
-    check(not bad, f"{what}: every dataset equal bit for bit" + (f" (differ: {bad})" if bad else ""))
 
 
 def opens(path):
