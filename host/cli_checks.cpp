@@ -8,17 +8,17 @@
 namespace stsweep::cli {
 
 CLI::Validator count_check(long long lo, long long hi) {
-  const std::string want = "an integer >= " + std::to_string(lo) +
-                           (hi < 999999999999999999LL ? " and <= " + std::to_string(hi) : "");
+  const std::string range =
+      ">= " + std::to_string(lo) + (hi < 999999999999999999LL ? " and <= " + std::to_string(hi) : "");
   return CLI::Validator(
-      [lo, hi, want](std::string& text) -> std::string {
+      [lo, hi, range](std::string& text) -> std::string {
         const bool digits = !text.empty() && text.size() <= 18 &&
                             text.find_first_not_of("0123456789") == std::string::npos;
-        if (!digits || std::stoll(text) < lo || std::stoll(text) > hi)
-          return "expected " + want + ", got \"" + text + "\"";
+        const long long v = digits ? std::stoll(text) : lo - 1;
+        if (v < lo || v > hi) return "expected an integer " + range + ", got \"" + text + "\"";
         return "";
       },
-      "INTEGER >= " + std::to_string(lo));
+      "INTEGER " + range);
 }
 
 const CLI::Validator kFiniteNonNegative(

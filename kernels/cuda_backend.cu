@@ -325,7 +325,6 @@ class CudaBackend final : public Backend {
     const size_t wave = wave_ > 0 ? wave_ : std::max<size_t>(kMinWave, (n + 3) / 4);
     cap = std::min<size_t>({cap, wave, n, kMaxChunkTrials});
     if (cap == 0) cap = 1;
-    wave_cap_ = cap;
     for (;;) {
       try {
         const size_t dev = cap * tb.dev + fixed, host = cap * tb.host + kPoolSlack;
@@ -336,7 +335,6 @@ class CudaBackend final : public Backend {
         for (auto& w : waves_) w.pool.release();
         if (cap == 1) throw;
         cap /= 2;
-        wave_cap_ = cap;
         std::cerr << "stsweep: cuda: out of memory, " << cap << " trials per chunk\n";
       }
     }
@@ -401,13 +399,13 @@ class CudaBackend final : public Backend {
         for (size_t j = 0; j < nt; ++j) g.nets[j] = {static_cast<int>(j), 0};
         try {
           // Sized for a wave's worth of this layout's teachers (a wave of
-          // wave_cap_ trials needs at most that many), up to a chunk, by the
-          // first wave's teachers, before anything else runs. It grows only
-          // for a larger layout in a later wave, and then stalls once: a free
-          // waits for the device.
+          // hi - lo trials needs at most that many; the first wave is a full
+          // one), up to a chunk, by the first wave's teachers, before anything
+          // else runs. It grows only for a larger layout in a later wave, and
+          // then stalls once: a free waits for the device.
           const size_t need = teacher_chunk_bytes(g, nt);
           if (!teach_pool_.holds(need, 0))
-            teach_pool_.allocate(teacher_chunk_bytes(g, std::min(chunk, std::max(nt, wave_cap_))), 0);
+            teach_pool_.allocate(teacher_chunk_bytes(g, std::min(chunk, std::max(nt, hi - lo))), 0);
           train_teacher_chunk(g, tw, nthreads, pinned);
         } catch (const OutOfMemory&) {
           teach_pool_.release();
@@ -424,14 +422,8 @@ class CudaBackend final : public Backend {
   // Device bytes of a chunk of nt teachers (one network each) of group g's
   // layout, as train_teacher_chunk carves them (each buffer 256-byte aligned).
   static size_t teacher_chunk_bytes(const GroupPlan& g, size_t nt) {
-    GroupPlan c;
-    c.y = g.y;
-    c.path = g.path;
-    c.slots = g.slots;
-    c.ck_total = g.ck_total;
-    c.members.resize(nt);
-    c.nets.resize(nt);
-    return group_sizes(c, true).dev_bytes(sizeof(double)) + GroupSizes::kBuffers * 256;
+    return group_sizes(g.y, g.path, nt, nt, g.slots, g.ck_total, true).dev_bytes(sizeof(double)) +
+           GroupSizes::kBuffers * 256;
   }
 
   // One chunk of teachers on the teacher stream, in teach_pool_ (sized by
@@ -609,7 +601,6 @@ class CudaBackend final : public Backend {
   bool one_column_ = true;  // STSWEEP_CUDA_ONE_COLUMN=0: v4's tiles (no one-column shapes)
   bool teachers_on_device_ = true;  // STSWEEP_CUDA_TEACHERS=host: trained teachers in set-up
   size_t wave_ = 0;                 // STSWEEP_CUDA_WAVE: most trials per wave (0: automatic)
-  size_t wave_cap_ = 1;             // this run's trials per wave (run_all)
   size_t select_temp_ = 0;
   std::set<std::string> paths_, logged_;
 };

@@ -210,32 +210,29 @@ Layout make_layout(const Shape& s) {
 // checkpoints and the larger of the two work areas, sized as the backend
 // carves a group (group_sizes); the pools' alignment is in their slack.
 TrialBytes trial_bytes(const Layout& y, size_t real, int maxck) {
-  GroupPlan g;
-  g.y = y;
-  g.path = y.cwork > y.work ? Path::cublas : Path::general;
-  g.members.resize(1);
-  g.nets.resize(2);
-  g.slots = maxck + 2;
-  g.ck_total = maxck;
-  const GroupSizes z = group_sizes(g);
+  const Path widest = y.cwork > y.work ? Path::cublas : Path::general;
+  const GroupSizes z = group_sizes(y, widest, 1, 2, maxck + 2, maxck, false);
   return {z.dev_bytes(real), z.host_bytes(real)};
 }
 
 
-GroupSizes group_sizes(const GroupPlan& g, bool teacher) {
-  const Layout& y = g.y;
+GroupSizes group_sizes(const Layout& y, Path path, size_t nt, size_t nn, int slots_, int ck_total, bool teacher) {
   GroupSizes z;
-  const size_t nt = g.members.size(), nn = g.nets.size(), slots = static_cast<size_t>(g.slots);
+  const size_t slots = static_cast<size_t>(slots_);
   z.arena = nt * y.arena;
   z.eval = teacher ? 0 : nt * y.eval;
   z.ts = nt;
-  z.ck = static_cast<size_t>(std::max(g.ck_total, 1));
+  z.ck = static_cast<size_t>(std::max(ck_total, 1));
   z.nets = nn;
   z.snap = nn * slots * y.wsize;
   z.metrics = teacher ? 0 : nn * slots * 3;
   z.items = teacher ? 0 : nn * slots;
-  z.work = g.path == Path::general ? nn * y.work : g.path == Path::cublas ? nn * y.cwork : 0;
+  z.work = path == Path::general ? nn * y.work : path == Path::cublas ? nn * y.cwork : 0;
   return z;
+}
+
+GroupSizes group_sizes(const GroupPlan& g, bool teacher) {
+  return group_sizes(g.y, g.path, g.members.size(), g.nets.size(), g.slots, g.ck_total, teacher);
 }
 
 size_t GroupSizes::dev_bytes(size_t real) const {

@@ -156,6 +156,10 @@ struct GroupSizes {
   size_t host_bytes(size_t real) const;  // pinned staging: arena, eval, ts, ck, nets, states, metrics
 };
 GroupSizes group_sizes(const GroupPlan& g, bool teacher = false);
+// The same for `members` trials and `nets` networks of layout y on `path`,
+// without a plan (the pools' sizing: one trial and its twin, a chunk of teachers).
+GroupSizes group_sizes(const Layout& y, Path path, size_t members, size_t nets, int slots, int ck_total,
+                       bool teacher);
 
 // Checks that a wave of `trials` trials planned as `plans` fits what its pools
 // were sized for: `trials` x tb (worst_trial_bytes) plus `slack` bytes, the
