@@ -41,6 +41,17 @@ inline void check(cudaError_t e, const char* what, const char* file, int line) {
 #define STS_CUDA(expr) ::stsweep::cuda::check((expr), #expr, __FILE__, __LINE__)
 // After a launch: configuration errors now, execution errors at the next sync.
 #define STS_CUDA_LAUNCHED(name) ::stsweep::cuda::check(cudaGetLastError(), name, __FILE__, __LINE__)
+// A launch, STS_LAUNCH(kernel, grid, block, shared, stream)(args...): CUDA's
+// kernel<<<grid, block, shared, stream>>>(args...) for nvcc; for the host
+// compiler against the fake runtime (tests/fake_cuda), a launch the fake
+// checks, queues and runs block by block, so files that launch their own
+// kernels (cuda_cublas.cu) run in the CPU test suite as they are.
+#if defined(__CUDACC__)
+#define STS_LAUNCH(kernel, grid, block, shared, stream) kernel<<<grid, block, shared, stream>>>
+#elif defined(STSWEEP_FAKE_CUDA)
+#define STS_LAUNCH(kernel, grid, block, shared, stream) \
+  ::fake_cuda::launch(#kernel, grid, block, shared, stream, kernel)
+#endif
 
 // ------------------------------------------------------------------- team --
 // One thread block working on one network. VA: the GEMM tiles load A four k

@@ -211,7 +211,7 @@ void train_cublas(void* handle, const TrainArgs<Real>& a, long long maxT, cudaSt
   const long long st = lay.cwork;
   Real* w = a.work;
   const auto OpN = CUBLAS_OP_N, OpT = CUBLAS_OP_T;
-  cublas_init<Real><<<B, kThreads, 0, s>>>(a);
+  STS_LAUNCH(cublas_init<Real>, B, kThreads, 0, s)(a);
   STS_CUDA_LAUNCHED("cublas_init");
   auto hidden = [&](int l) { return w + (lay.cH[l] == kNone ? lay.cZ[l] : lay.cH[l]); };
   for (long long t = 0; t <= maxT; ++t) {
@@ -220,11 +220,11 @@ void train_cublas(void* handle, const TrainArgs<Real>& a, long long maxT, cudaSt
       STS_CUBLAS(gemm(h, OpT, OpN, net.w[l], N, net.w[l - 1], w + lay.cW[l], net.w[l - 1], Hp,
                       net.w[l - 1], w + lay.cZ[l], net.w[l], st, B));
       if (l < L && lay.cH[l] != kNone) {
-        cublas_activate<Real><<<dim3(blocks_for(N * net.w[l]), B), kThreads, 0, s>>>(a, l);
+        STS_LAUNCH(cublas_activate<Real>, dim3(blocks_for(N * net.w[l]), B), kThreads, 0, s)(a, l);
         STS_CUDA_LAUNCHED("cublas_activate");
       }
     }
-    cublas_control<Real><<<B, kThreads, 0, s>>>(a, t);
+    STS_LAUNCH(cublas_control<Real>, B, kThreads, 0, s)(a, t);
     STS_CUDA_LAUNCHED("cublas_control");
     if (t == maxT) break;
     for (int l = L; l >= 1; --l) {
@@ -238,11 +238,11 @@ void train_cublas(void* handle, const TrainArgs<Real>& a, long long maxT, cudaSt
       STS_CUBLAS(gemm(h, OpN, OpN, net.w[l - 1], N, net.w[l], w + lay.cW[l], net.w[l - 1], Dl,
                       net.w[l], w + lay.cD[(l - 1) % 2], net.w[l - 1], st, B));
       if (net.act != tm::kLinear || (a.mask >> (l - 1) & 1u)) {
-        cublas_delta<Real><<<dim3(blocks_for(N * net.w[l - 1]), B), kThreads, 0, s>>>(a, l - 1);
+        STS_LAUNCH(cublas_delta<Real>, dim3(blocks_for(N * net.w[l - 1]), B), kThreads, 0, s)(a, l - 1);
         STS_CUDA_LAUNCHED("cublas_delta");
       }
     }
-    cublas_update<Real><<<dim3(8, B), kThreads, 0, s>>>(a);
+    STS_LAUNCH(cublas_update<Real>, dim3(8, B), kThreads, 0, s)(a);
     STS_CUDA_LAUNCHED("cublas_update");
   }
 }

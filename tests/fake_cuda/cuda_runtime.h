@@ -11,6 +11,12 @@
 //   - kernels are launched by tests/fake_cuda/fake_runtime.cpp's launchers, which
 //     run kernels/device_body.hpp's bodies on one-thread host teams (the CPU's
 //     bits: tests compare with the CPU backend bit for bit);
+//   - a file that launches its own kernels (kernels/cuda_cublas.cu) is compiled
+//     as it is: __global__ functions are host functions, and STS_LAUNCH
+//     (cuda_common.cuh) queues fake_cuda::launch, which runs the grid's blocks one
+//     after another, each with ONE thread (blockDim 1, threadIdx 0): kernels that
+//     stride by blockDim and sync with __syncthreads compute what they would
+//     compute with a full block, up to the order of their sums;
 //   - what real CUDA would do silently is counted instead (fake_device.hpp): an
 //     allocation or free while another stream has work pending (the programming
 //     guide's implicit synchronisation, which stalls the overlap of set-up with
@@ -21,11 +27,16 @@
 #pragma once
 
 #include <cstddef>
+#include <functional>
+#include <tuple>
+#include <type_traits>
+#include <utility>
 
 enum cudaError_t {
   cudaSuccess = 0,
   cudaErrorInvalidValue = 1,
   cudaErrorMemoryAllocation = 2,
+  cudaErrorInvalidConfiguration = 9,
   cudaErrorInvalidDevice = 101,
   cudaErrorNoDevice = 100,
   cudaErrorInvalidResourceHandle = 400,
@@ -70,3 +81,67 @@ cudaError_t cudaEventCreate(cudaEvent_t* e);
 cudaError_t cudaEventDestroy(cudaEvent_t e);
 cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s);
 cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end);
+
+// ----------------------------------------------------- kernels on the host --
+// What a .cu file that launches its own kernels needs from CUDA C++, for the
+// host compiler: the qualifiers are nothing (shared memory is per host thread),
+// the built-in indices are per host thread, __syncthreads is nothing (one
+// thread a block).
+struct dim3 {
+  unsigned x, y, z;
+  constexpr dim3(unsigned vx = 1, unsigned vy = 1, unsigned vz = 1) : x(vx), y(vy), z(vz) {}
+};
+inline thread_local dim3 threadIdx{0, 0, 0}, blockIdx{0, 0, 0}, blockDim, gridDim;
+#define __global__
+#define __device__
+#define __shared__ static thread_local
+#define __launch_bounds__(...)
+inline void __syncthreads() {}
+
+namespace fake_cuda {
+// fake_runtime.cpp: the launch's configuration against CUDA's limits (a
+// refused launch sets cudaGetLastError's error, as CUDA's does), the queue.
+bool launch_ok(const char* kernel, dim3 grid, dim3 block, size_t shared, cudaStream_t s);
+int stream_device(cudaStream_t s);
+void enqueue_kernel(cudaStream_t s, const char* name, std::function<void()> op);
+void kernel_arg(const void* p, size_t bytes, int device, const char* what);
+
+// A kernel argument's pointers checked against the stream's device memory:
+// nothing for scalars; records overload it (found by argument-dependent lookup).
+template <class T>
+void kernel_args_on_device(const T&, int) {}
+
+// kernel<<<grid, block, shared, stream>>>(args...) on the fake device: checked
+// now, queued on the stream with the arguments copied (as CUDA copies them),
+// run block by block when the host synchronises with the stream.
+template <class... P>
+struct Launch {
+  const char* name;
+  dim3 grid, block;
+  size_t shared;
+  cudaStream_t stream;
+  void (*kernel)(P...);
+  template <class... A>
+  void operator()(A&&... args) const {
+    if (!launch_ok(name, grid, block, shared, stream)) return;
+    std::tuple<std::decay_t<P>...> t(std::forward<A>(args)...);
+    const int dev = stream_device(stream);
+    std::apply([dev](const auto&... x) { (kernel_args_on_device(x, dev), ...); }, t);
+    enqueue_kernel(stream, name, [k = kernel, g = grid, t] {
+      gridDim = g;
+      blockDim = dim3(1, 1, 1);
+      threadIdx = dim3(0, 0, 0);
+      for (unsigned z = 0; z < g.z; ++z)
+        for (unsigned y = 0; y < g.y; ++y)
+          for (unsigned x = 0; x < g.x; ++x) {
+            blockIdx = dim3(x, y, z);
+            std::apply(k, t);
+          }
+    });
+  }
+};
+template <class... P>
+Launch<P...> launch(const char* name, dim3 grid, dim3 block, size_t shared, cudaStream_t s, void (*k)(P...)) {
+  return Launch<P...>{name, grid, block, shared, s, k};
+}
+}  // namespace fake_cuda

@@ -18,7 +18,8 @@ struct Config {
 void reset(const Config& c = Config{});
 
 struct Counters {
-  long long launches = 0;        // kernels run
+  long long launches = 0;        // kernels run (cuBLAS products included)
+  long long gemms = 0;           // cuBLAS strided-batched products queued
   long long allocations = 0;     // cudaMalloc and cudaMallocHost that succeeded
   long long out_of_memory = 0;   // cudaMalloc refused for the configured memory
   long long live = 0;            // allocations not freed

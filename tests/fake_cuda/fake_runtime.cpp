@@ -1,8 +1,11 @@
 // The fake CUDA runtime (cuda_runtime.h, cublas_v2.h, fake_device.hpp) and the
 // fake device's kernel launchers (kernels/cuda_common.cuh's declarations),
-// which run kernels/device_body.hpp's bodies on one-thread host teams.
+// which run kernels/device_body.hpp's bodies on one-thread host teams. The
+// cuBLAS trainer is kernels/cuda_cublas.cu itself (cuda_cublas_fake.cpp) on
+// this file's cuBLAS and fake_cuda::launch.
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
@@ -29,7 +32,11 @@ struct CUevent_st {
   bool done = false;  // recorded and reached by its stream
   std::chrono::steady_clock::time_point t;
 };
-struct cublasContext {};
+struct cublasContext {
+  int device = 0;                  // current at cublasCreate
+  cudaStream_t stream = nullptr;   // cublasSetStream (null: the legacy default stream, which the fake lacks)
+  cublasMath_t math = CUBLAS_DEFAULT_MATH;
+};
 
 namespace fake_cuda {
 namespace {
@@ -379,24 +386,164 @@ cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t a, cudaEvent_t b) {
   return cudaSuccess;
 }
 
+// ------------------------------------------------------------------ cuBLAS --
 cublasStatus_t cublasCreate(cublasHandle_t* h) {
   *h = new cublasContext;
+  (*h)->device = current;
   return CUBLAS_STATUS_SUCCESS;
 }
 cublasStatus_t cublasDestroy(cublasHandle_t h) {
   delete h;
   return CUBLAS_STATUS_SUCCESS;
 }
-const char* cublasGetStatusString(cublasStatus_t) { return "fake cuBLAS"; }
+const char* cublasGetStatusString(cublasStatus_t s) {
+  switch (s) {
+    case CUBLAS_STATUS_SUCCESS: return "success (fake cuBLAS)";
+    case CUBLAS_STATUS_NOT_INITIALIZED: return "the handle has no stream (fake cuBLAS)";
+    case CUBLAS_STATUS_ALLOC_FAILED: return "resource allocation failed (fake cuBLAS)";
+    case CUBLAS_STATUS_INVALID_VALUE: return "an unsupported value or parameter was passed (fake cuBLAS)";
+  }
+  return "unknown (fake cuBLAS)";
+}
+const char* cublasGetStatusName(cublasStatus_t s) {
+  switch (s) {
+    case CUBLAS_STATUS_SUCCESS: return "CUBLAS_STATUS_SUCCESS";
+    case CUBLAS_STATUS_NOT_INITIALIZED: return "CUBLAS_STATUS_NOT_INITIALIZED";
+    case CUBLAS_STATUS_ALLOC_FAILED: return "CUBLAS_STATUS_ALLOC_FAILED";
+    case CUBLAS_STATUS_INVALID_VALUE: return "CUBLAS_STATUS_INVALID_VALUE";
+  }
+  return "CUBLAS_STATUS_UNKNOWN";
+}
+cublasStatus_t cublasSetStream(cublasHandle_t h, cudaStream_t s) {
+  h->stream = s;
+  return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasSetMathMode(cublasHandle_t h, cublasMath_t mode) {
+  h->math = mode;
+  return CUBLAS_STATUS_SUCCESS;
+}
+
+namespace {
+// [lo, hi) of one column-major rows x cols matrix with leading dimension ld.
+struct Span {
+  const char* lo;
+  const char* hi;
+  bool overlaps(const Span& o) const { return lo < o.hi && o.lo < hi; }
+};
+template <class Real>
+Span span(const Real* p, int rows, int cols, int ld) {
+  const size_t n = rows > 0 && cols > 0 ? static_cast<size_t>(cols - 1) * ld + rows : 0;
+  return {reinterpret_cast<const char*>(p), reinterpret_cast<const char*>(p + n)};
+}
+
+template <class Real>
+cublasStatus_t gemm_strided_batched(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n,
+                                    int k, const Real* alpha, const Real* A, int lda, long long sA, const Real* B,
+                                    int ldb, long long sB, const Real* beta, Real* C, int ldc, long long sC,
+                                    int batch) {
+  if (!h) return CUBLAS_STATUS_NOT_INITIALIZED;
+  const bool tA = ta == CUBLAS_OP_T, tB = tb == CUBLAS_OP_T;
+  const int rA = tA ? k : m, cA = tA ? m : k, rB = tB ? n : k, cB = tB ? k : n;
+  if (m < 0 || n < 0 || k < 0 || batch < 0 || lda < std::max(1, rA) || ldb < std::max(1, rB) ||
+      ldc < std::max(1, m) || (ta != CUBLAS_OP_N && !tA) || (tb != CUBLAS_OP_N && !tB))
+    return CUBLAS_STATUS_INVALID_VALUE;
+  if (m == 0 || n == 0 || batch == 0) return CUBLAS_STATUS_SUCCESS;
+  if (!h->stream) {
+    std::lock_guard<std::mutex> lock(st().mu);
+    broke(&Counters::bad_pointers, "cuBLAS GEMM on the legacy default stream (no cublasSetStream)");
+    return CUBLAS_STATUS_NOT_INITIALIZED;
+  }
+  {
+    std::lock_guard<std::mutex> lock(st().mu);
+    if (h->device != current || h->stream->device != h->device)
+      broke(&Counters::wrong_device, "cuBLAS handle of device " + std::to_string(h->device) + " used with device " +
+                                         std::to_string(current) + " current and a stream of device " +
+                                         std::to_string(h->stream->device));
+    // Every matrix of the batch, and C apart from A and B (cuBLAS's products
+    // are undefined when the output aliases an input).
+    const Span a0 = span(A, rA, cA, lda), b0 = span(B, rB, cB, ldb), c0 = span(C, m, n, ldc);
+    const long long last = batch - 1;
+    const auto whole = [&](const Span& s0, long long stride, const char* what) {
+      const char* hi = s0.hi + last * stride * static_cast<long long>(sizeof(Real));
+      if (stride < 0 || !in_device(s0.lo, static_cast<size_t>(hi - s0.lo), h->device))
+        broke(&Counters::bad_pointers, std::string("cuBLAS GEMM: the batch's ") + what +
+                                           " matrices are not device memory of device " + std::to_string(h->device));
+    };
+    whole(a0, sA, "A");
+    whole(b0, sB, "B");
+    whole(c0, sC, "C");
+    if (c0.overlaps(a0) || c0.overlaps(b0))
+      broke(&Counters::bad_pointers, "cuBLAS GEMM: C overlaps A or B");
+    ++st().c.gemms;
+  }
+  const Real al = *alpha, be = *beta;  // host pointer mode: read at the call
+  enqueue_kernel(h->stream, "gemm_strided_batched", [=] {
+    for (long long b = 0; b < batch; ++b) {
+      const Real* Ab = A + b * sA;
+      const Real* Bb = B + b * sB;
+      Real* Cb = C + b * sC;
+      for (int j = 0; j < n; ++j)
+        for (int i = 0; i < m; ++i) {
+          Real acc = 0;
+          for (int p = k - 1; p >= 0; --p) {
+            const Real x = tA ? Ab[p + static_cast<size_t>(i) * lda] : Ab[i + static_cast<size_t>(p) * lda];
+            const Real y = tB ? Bb[j + static_cast<size_t>(p) * ldb] : Bb[p + static_cast<size_t>(j) * ldb];
+            acc = std::fma(x, y, acc);
+          }
+          Real& c = Cb[i + static_cast<size_t>(j) * ldc];
+          c = be == Real(0) ? al * acc : al * acc + be * c;
+        }
+    }
+  });
+  return CUBLAS_STATUS_SUCCESS;
+}
+}  // namespace
+
+cublasStatus_t cublasSgemmStridedBatched(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m,
+                                         int n, int k, const float* alpha, const float* A, int lda,
+                                         long long sA, const float* B, int ldb, long long sB,
+                                         const float* beta, float* C, int ldc, long long sC, int batch) {
+  return gemm_strided_batched(h, ta, tb, m, n, k, alpha, A, lda, sA, B, ldb, sB, beta, C, ldc, sC, batch);
+}
+cublasStatus_t cublasDgemmStridedBatched(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m,
+                                         int n, int k, const double* alpha, const double* A, int lda,
+                                         long long sA, const double* B, int ldb, long long sB,
+                                         const double* beta, double* C, int ldc, long long sC, int batch) {
+  return gemm_strided_batched(h, ta, tb, m, n, k, alpha, A, lda, sA, B, ldb, sB, beta, C, ldc, sC, batch);
+}
+
+// --------------------------------------------------------- host launches --
+namespace fake_cuda {
+bool launch_ok(const char* kernel, dim3 g, dim3 b, size_t shared, cudaStream_t s) {
+  std::lock_guard<std::mutex> lock(st().mu);
+  const unsigned long long threads = 1ull * b.x * b.y * b.z;
+  const bool ok = g.x >= 1 && g.x <= 2147483647u && g.y >= 1 && g.y <= 65535 && g.z >= 1 && g.z <= 65535 &&
+                  b.x >= 1 && b.x <= 1024 && b.y >= 1 && b.y <= 1024 && b.z >= 1 && b.z <= 64 &&
+                  threads <= 1024 && shared <= 48 * 1024;
+  if (!ok) {
+    st().last = cudaErrorInvalidConfiguration;
+    if (st().c.notes.size() < 100)
+      st().c.notes.push_back(std::string(kernel) + ": launch refused (grid " + std::to_string(g.x) + "x" +
+                             std::to_string(g.y) + "x" + std::to_string(g.z) + ", block " +
+                             std::to_string(b.x) + "x" + std::to_string(b.y) + "x" + std::to_string(b.z) + ")");
+    return false;
+  }
+  if (!s || !st().streams.count(s)) {
+    st().last = cudaErrorInvalidResourceHandle;
+    return false;
+  }
+  return true;
+}
+int stream_device(cudaStream_t s) { return s ? s->device : current; }
+}  // namespace fake_cuda
 
 // ------------------------------------------------------------- launchers --
 namespace stsweep::cuda {
-namespace {
 
-int device_of(cudaStream_t s) { return s->device; }
-
+// A launch's records in device memory of the stream's device (the fake's
+// launchers here, and fake_cuda::launch for cuda_cublas.cu's kernels).
 template <class Real>
-void train_args_on_device(const TrainArgs<Real>& a, int dev) {
+void kernel_args_on_device(const TrainArgs<Real>& a, int dev) {
   fake_cuda::kernel_arg(a.arena, 1, dev, "arena");
   fake_cuda::kernel_arg(a.work, 1, dev, "work");
   fake_cuda::kernel_arg(a.nets, sizeof(NetRef) * a.nnets, dev, "nets");
@@ -405,6 +552,12 @@ void train_args_on_device(const TrainArgs<Real>& a, int dev) {
   fake_cuda::kernel_arg(a.snap, 1, dev, "snapshots");
   fake_cuda::kernel_arg(a.state, sizeof(NetState) * a.nnets, dev, "states");
 }
+template void kernel_args_on_device<float>(const TrainArgs<float>&, int);
+template void kernel_args_on_device<double>(const TrainArgs<double>&, int);
+
+namespace {
+
+int device_of(cudaStream_t s) { return s->device; }
 
 // Every network of the launch, one after the other, on a one-thread team with
 // `reals` of "shared memory" (none: the general path's global work).
@@ -448,7 +601,7 @@ void launch_fused(const TrainArgs<Real>& a, size_t shared_bytes, bool vector_a, 
   if (shared_bytes > optin()) throw std::runtime_error("fake device: launch_fused beyond the opt-in shared memory");
   if (a.shared && shared_bytes < (static_cast<size_t>(a.lay.data) + a.lay.work) * sizeof(Real))
     throw std::runtime_error("fake device: launch_fused with less shared memory than the layout needs");
-  train_args_on_device(a, device_of(s));
+  kernel_args_on_device(a, device_of(s));
   fake_cuda::enqueue_kernel(s, "fused_train", [a, shared_bytes, vector_a] {
     train_all(a, a.shared ? shared_bytes / sizeof(Real) : 0, vector_a || sizeof(Real) == 8);
   });
@@ -461,7 +614,7 @@ void launch_warp(const TrainArgs<Real>& a, int warps, size_t net_shared, bool ve
     throw std::logic_error("launch_warp: bad warps or slice size");
   if (!a.shared) throw std::logic_error("launch_warp: the warp path needs the data in shared memory");
   if (warps * net_shared > optin()) throw std::runtime_error("fake device: launch_warp beyond the opt-in shared memory");
-  train_args_on_device(a, device_of(s));
+  kernel_args_on_device(a, device_of(s));
   fake_cuda::enqueue_kernel(s, "warp_train", [a, net_shared, vector_a] {
     train_all(a, net_shared / sizeof(Real), vector_a || sizeof(Real) == 8);
   });
@@ -500,22 +653,6 @@ void launch_eval_select(void* temp, size_t temp_bytes, const NetState* state, in
   });
 }
 
-// The fake has no cuBLAS: a cuBLAS group trains with the general trainer's body
-// on a work area of its own (the group's is laid out for cuBLAS). The
-// backend's handling of the group is real; its products are not cuBLAS's.
-template <class Real>
-void train_cublas(void*, const TrainArgs<Real>& a, long long, cudaStream_t s) {
-  if (a.nnets == 0) return;
-  train_args_on_device(a, device_of(s));
-  fake_cuda::enqueue_kernel(s, "train_cublas (general body)", [a] {
-    std::vector<Real> work(static_cast<size_t>(a.nnets) * a.lay.work);
-    TrainArgs<Real> g = a;
-    g.work = work.data();
-    g.shared = 0;
-    train_all(g, 0, true);
-  });
-}
-
 template void fused_prepare<float>(size_t);
 template void fused_prepare<double>(size_t);
 template void warp_prepare<float>(size_t);
@@ -524,7 +661,5 @@ template void launch_fused<float>(const TrainArgs<float>&, size_t, bool, cudaStr
 template void launch_fused<double>(const TrainArgs<double>&, size_t, bool, cudaStream_t);
 template void launch_warp<float>(const TrainArgs<float>&, int, size_t, bool, cudaStream_t);
 template void launch_warp<double>(const TrainArgs<double>&, int, size_t, bool, cudaStream_t);
-template void train_cublas<float>(void*, const TrainArgs<float>&, long long, cudaStream_t);
-template void train_cublas<double>(void*, const TrainArgs<double>&, long long, cudaStream_t);
 
 }  // namespace stsweep::cuda

@@ -7,11 +7,14 @@
 // the fake cannot tell (the kernels' own speed and races) is for the GPU.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <string>
 #include <vector>
 
+#include "cublas_v2.h"
 #include "cuda_backend.cuh"
+#include "cuda_runtime.h"
 #include "fake_device.hpp"
 #include "multi_backend.hpp"
 #include "problem.hpp"
@@ -89,6 +92,125 @@ TEST(FakeDevice, CudaBackendEqualsTheCpuBitForBit) {
         EXPECT_EQ(fake_cuda::counters().live, 0) << what << ": allocations left after the backend";
       }
     }
+}
+
+// The cuBLAS trainer is kernels/cuda_cublas.cu itself on the fake cuBLAS
+// (GEMMs summed in an order of their own, as cuBLAS's are): the CPU's results
+// to rounding, in waves of 3 with poisoned buffers, every product's matrices
+// in the wave's device memory, its output apart from its inputs. Moment-path
+// trials fall back to the general trainer (the cuBLAS path is data only).
+TEST(FakeDevice, CublasTrainerMatchesTheCpu) {
+  const ScopedEnv poison("STSWEEP_CUDA_POISON", "1");
+  const ScopedEnv wave("STSWEEP_CUDA_WAVE", "3");
+  for (const Batch& b : by_shape(variety_trials()))
+    for (Precision prec : {Precision::f32, Precision::f64}) {
+      const bool f32 = prec == Precision::f32;
+      const std::string what = std::string(f32 ? "f32" : "f64") + ", L = " +
+                               std::to_string(b.trials[0].hidden.size() + 1) +
+                               (b.trials[0].path == TrainPath::moment ? ", moment" : ", data");
+      const auto ref = run_cpu(b, prec);
+      fake_cuda::reset();
+      {
+        auto be = fake_backend(cuda::Path::cublas);
+        ASSERT_TRUE(be);
+        const auto got = be->run(b, options(prec));
+        ASSERT_EQ(got.size(), ref.size());
+        for (size_t i = 0; i < ref.size(); ++i)
+          expect_close(got[i], ref[i], f32 ? 2e-4 : 1e-11, f32 ? 1e-6 : 1e-14, what + " trial " + std::to_string(i));
+        const cuda::RunStats s = cuda::last_stats(*be);
+        if (b.trials[0].path == TrainPath::data) {
+          EXPECT_NE(s.paths.find("cublas"), std::string::npos) << what << ": " << s.paths;
+          EXPECT_GT(fake_cuda::counters().gemms, 0) << what;
+        } else {
+          EXPECT_EQ(fake_cuda::counters().gemms, 0) << what << ": " << s.paths;
+        }
+      }
+      expect_no_rule_broken(what);
+      EXPECT_EQ(fake_cuda::counters().live, 0) << what << ": allocations left after the backend";
+    }
+}
+
+// The fake cuBLAS product itself against the BLAS definition, worked by hand:
+// [1 2 3; 4 5 6] [7 8; 9 10; 11 12] = [58 64; 139 154], column-major, for every
+// transposition of the stored operands, with leading dimensions longer than
+// the rows, a batch of two (the second A doubled), C's NaN ignored when beta
+// is 0 and added when beta is 1; and cuBLAS's argument rules.
+TEST(FakeDevice, GemmFollowsTheBlasDefinition) {
+  fake_cuda::reset();
+  cudaStream_t s = nullptr;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), cudaSuccess);
+  cublasHandle_t h = nullptr;
+  ASSERT_EQ(cublasCreate(&h), CUBLAS_STATUS_SUCCESS);
+  ASSERT_EQ(cublasSetStream(h, s), CUBLAS_STATUS_SUCCESS);
+  const float pad = -100.f;
+  // A (2 x 3) stored as itself (lda 3) or as its transpose (3 x 2, lda 4);
+  // B (3 x 2) as itself (ldb 3) or as its transpose (2 x 3, ldb 2). Batch
+  // stride 12 floats; the second batch's A is doubled.
+  const std::vector<float> A_n = {1, 4, pad, 2, 5, pad, 3, 6, pad};
+  const std::vector<float> A_t = {1, 2, 3, pad, 4, 5, 6, pad};
+  const std::vector<float> B_n = {7, 9, 11, 8, 10, 12};
+  const std::vector<float> B_t = {7, 8, 9, 10, 11, 12};
+  const std::vector<float> want = {58, 139, 64, 154};
+  const int stride = 12;
+  float *A = nullptr, *B = nullptr, *C = nullptr;
+  ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&A), 2 * stride * sizeof(float)), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&B), 2 * stride * sizeof(float)), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&C), 2 * stride * sizeof(float)), cudaSuccess);
+  for (cublasOperation_t ta : {CUBLAS_OP_N, CUBLAS_OP_T})
+    for (cublasOperation_t tb : {CUBLAS_OP_N, CUBLAS_OP_T}) {
+      const std::string what = std::string(ta == CUBLAS_OP_T ? "T" : "N") + (tb == CUBLAS_OP_T ? "T" : "N");
+      std::vector<float> a(2 * stride, pad), b(2 * stride, pad), c(2 * stride, NAN);
+      const std::vector<float>& a1 = ta == CUBLAS_OP_T ? A_t : A_n;
+      const std::vector<float>& b1 = tb == CUBLAS_OP_T ? B_t : B_n;
+      for (size_t i = 0; i < a1.size(); ++i) {
+        a[i] = a1[i];
+        a[stride + i] = a1[i] == pad ? pad : 2 * a1[i];
+      }
+      for (size_t i = 0; i < b1.size(); ++i) b[i] = b[stride + i] = b1[i];
+      const int lda = ta == CUBLAS_OP_T ? 4 : 3, ldb = tb == CUBLAS_OP_T ? 2 : 3;
+      const size_t bytes = a.size() * sizeof(float);
+      ASSERT_EQ(cudaMemcpyAsync(A, a.data(), bytes, cudaMemcpyHostToDevice, s), cudaSuccess);
+      ASSERT_EQ(cudaMemcpyAsync(B, b.data(), bytes, cudaMemcpyHostToDevice, s), cudaSuccess);
+      ASSERT_EQ(cudaMemcpyAsync(C, c.data(), bytes, cudaMemcpyHostToDevice, s), cudaSuccess);
+      const float one = 1.f, zero = 0.f;
+      ASSERT_EQ(cublasSgemmStridedBatched(h, ta, tb, 2, 2, 3, &one, A, lda, stride, B, ldb, stride, &zero, C, 2,
+                                          stride, 2),
+                CUBLAS_STATUS_SUCCESS);
+      ASSERT_EQ(cudaMemcpyAsync(c.data(), C, bytes, cudaMemcpyDeviceToHost, s), cudaSuccess);
+      for (int i = 0; i < 4; ++i) {
+        EXPECT_EQ(c[i], want[i]) << what << " element " << i;
+        EXPECT_EQ(c[stride + i], 2 * want[i]) << what << " batch 1, element " << i;
+      }
+      EXPECT_TRUE(std::isnan(c[4])) << what << ": written beyond C";
+      // beta = 1: C += A B.
+      ASSERT_EQ(cublasSgemmStridedBatched(h, ta, tb, 2, 2, 3, &one, A, lda, stride, B, ldb, stride, &one, C, 2,
+                                          stride, 1),
+                CUBLAS_STATUS_SUCCESS);
+      ASSERT_EQ(cudaMemcpyAsync(c.data(), C, bytes, cudaMemcpyDeviceToHost, s), cudaSuccess);
+      for (int i = 0; i < 4; ++i) EXPECT_EQ(c[i], 2 * want[i]) << what << " beta 1, element " << i;
+    }
+  const float one = 1.f, zero = 0.f;
+  EXPECT_EQ(cublasSgemmStridedBatched(h, CUBLAS_OP_N, CUBLAS_OP_N, 2, 2, 3, &one, A, 1, stride, B, 3, stride, &zero,
+                                      C, 2, stride, 1),
+            CUBLAS_STATUS_INVALID_VALUE)
+      << "lda below the rows of A";
+  expect_no_rule_broken("the products");
+  // C over A: refused as an aliasing product; A's batch beyond its allocation.
+  EXPECT_EQ(cublasSgemmStridedBatched(h, CUBLAS_OP_N, CUBLAS_OP_N, 2, 2, 3, &one, A, 3, stride, B, 3, stride, &zero,
+                                      A + 1, 2, stride, 1),
+            CUBLAS_STATUS_SUCCESS);
+  EXPECT_EQ(cublasSgemmStridedBatched(h, CUBLAS_OP_N, CUBLAS_OP_N, 2, 2, 3, &one, A, 3, stride, B, 3, stride, &zero,
+                                      C, 2, stride, 3),
+            CUBLAS_STATUS_SUCCESS);
+  const fake_cuda::Counters k = fake_cuda::counters();
+  EXPECT_EQ(k.bad_pointers, 4) << "C over A; the third matrices of A, B and C beyond their allocations";
+  ASSERT_EQ(cudaStreamSynchronize(s), cudaSuccess);
+  cublasDestroy(h);
+  cudaFree(A);
+  cudaFree(B);
+  cudaFree(C);
+  cudaStreamDestroy(s);
+  fake_cuda::reset();
 }
 
 // Trained teachers shared across waves are trained on the device once each,
@@ -187,7 +309,7 @@ TEST(FakeDevice, TwoDevicesEqualOne) {
   fake_cuda::Config two;
   two.devices = 2;
   fake_cuda::reset(two);
-  for (cuda::Path path : {cuda::Path::fused, cuda::Path::warp}) {
+  for (cuda::Path path : {cuda::Path::fused, cuda::Path::warp, cuda::Path::cublas}) {
     auto one = fake_backend(path);
     ASSERT_TRUE(one);
     const auto ref = one->run(b, options(Precision::f32));
