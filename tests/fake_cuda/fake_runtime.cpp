@@ -15,6 +15,7 @@
 #include <set>
 #include <stdexcept>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "cublas_v2.h"
@@ -580,25 +581,56 @@ void train_all(const TrainArgs<Real>& a, size_t reals, bool vector_a) {
 
 size_t optin() {
   int v = 0;
-  cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, 0);
+  cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, fake_cuda::current);
   return static_cast<size_t>(v);
+}
+constexpr size_t kStaticFused = 32 * sizeof(double);  // fused_train's `red`
+
+// cudaFuncSetAttribute(MaxDynamicSharedMemorySize) as *_prepare makes it: per
+// kernel and device (a launch with more than 48 KB of dynamic shared memory
+// fails unless the current device's attribute allows it).
+std::map<std::tuple<std::string, size_t, int>, size_t>& allowed() {
+  static std::map<std::tuple<std::string, size_t, int>, size_t> m;
+  return m;
+}
+void allow(const char* kernel, size_t real, size_t bytes, size_t static_bytes) {
+  if (bytes + static_bytes > optin())
+    throw std::runtime_error(std::string("fake device: cudaFuncSetAttribute(") + kernel + ", " +
+                             std::to_string(bytes) + " bytes): beyond the opt-in shared memory");
+  std::lock_guard<std::mutex> lock(fake_cuda::st().mu);
+  allowed()[{kernel, real, fake_cuda::current}] = bytes;
+}
+void check_dynamic(const char* kernel, size_t real, size_t bytes, size_t static_bytes) {
+  if (bytes + static_bytes > optin())
+    throw std::runtime_error(std::string("fake device: ") + kernel + " launched beyond the opt-in shared memory");
+  if (bytes <= 48 * 1024) return;
+  std::lock_guard<std::mutex> lock(fake_cuda::st().mu);
+  auto it = allowed().find({kernel, real, fake_cuda::current});
+  if (it == allowed().end() || it->second < bytes)
+    throw std::runtime_error(std::string("fake device: ") + kernel + " launched with " + std::to_string(bytes) +
+                             " bytes of dynamic shared memory, more than cudaFuncSetAttribute allowed on device " +
+                             std::to_string(fake_cuda::current) + " (invalid argument on a GPU)");
 }
 
 }  // namespace
 
 template <class Real>
 void fused_prepare(size_t shared_bytes) {
-  if (shared_bytes > optin()) throw std::runtime_error("fake device: fused_prepare beyond the opt-in shared memory");
+  allow("fused_train", sizeof(Real), shared_bytes, kStaticFused);
 }
 template <class Real>
 void warp_prepare(size_t shared_bytes) {
-  if (shared_bytes > optin()) throw std::runtime_error("fake device: warp_prepare beyond the opt-in shared memory");
+  allow("warp_train", sizeof(Real), shared_bytes, 0);
 }
 
 template <class Real>
 void launch_fused(const TrainArgs<Real>& a, size_t shared_bytes, bool vector_a, cudaStream_t s) {
   if (a.nnets == 0) return;
-  if (shared_bytes > optin()) throw std::runtime_error("fake device: launch_fused beyond the opt-in shared memory");
+  if (a.shared) {  // the general variant (data in global memory) is never given more than 48 KB
+    check_dynamic("fused_train", sizeof(Real), shared_bytes, kStaticFused);
+  } else if (shared_bytes > 48 * 1024) {
+    throw std::runtime_error("fake device: the general trainer launched with more than 48 KB of dynamic shared memory");
+  }
   if (a.shared && shared_bytes < (static_cast<size_t>(a.lay.data) + a.lay.work) * sizeof(Real))
     throw std::runtime_error("fake device: launch_fused with less shared memory than the layout needs");
   kernel_args_on_device(a, device_of(s));
@@ -613,7 +645,7 @@ void launch_warp(const TrainArgs<Real>& a, int warps, size_t net_shared, bool ve
   if (warps < 1 || warps > kWarpsPerBlock || net_shared % 16 != 0)
     throw std::logic_error("launch_warp: bad warps or slice size");
   if (!a.shared) throw std::logic_error("launch_warp: the warp path needs the data in shared memory");
-  if (warps * net_shared > optin()) throw std::runtime_error("fake device: launch_warp beyond the opt-in shared memory");
+  check_dynamic("warp_train", sizeof(Real), warps * net_shared, 0);
   kernel_args_on_device(a, device_of(s));
   fake_cuda::enqueue_kernel(s, "warp_train", [a, net_shared, vector_a] {
     train_all(a, net_shared / sizeof(Real), vector_a || sizeof(Real) == 8);
@@ -634,7 +666,7 @@ void launch_eval(const EvalArgs& a, int blocks, cudaStream_t s) {
   });
 }
 
-size_t fused_static_shared_bytes() { return 32 * sizeof(double); }
+size_t fused_static_shared_bytes() { return kStaticFused; }
 
 size_t eval_select_temp_bytes(long long items) { return 512 + static_cast<size_t>(items) * 4; }
 
