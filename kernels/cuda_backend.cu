@@ -209,6 +209,15 @@ struct Stream {
     if (s) cudaStreamDestroy(s);
   }
 };
+struct Blas {
+  cublasHandle_t h = nullptr;  // of the device current at cublasCreate
+  Blas() = default;
+  Blas(const Blas&) = delete;
+  Blas& operator=(const Blas&) = delete;
+  ~Blas() {
+    if (h) cublasDestroy(h);
+  }
+};
 struct Event {
   cudaEvent_t e = nullptr;
   Event() { STS_CUDA(cudaEventCreate(&e)); }
@@ -242,9 +251,15 @@ class CudaBackend final : public Backend {
       : threads_(opt.threads), path_(path), dev_(make_current(device)) {
     STS_CUDA(cudaGetDeviceProperties(&prop_, dev_));
     STS_CUDA(cudaDeviceGetAttribute(&optin_, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev_));
-    const cublasStatus_t cs = cublasCreate(&cublas_);
-    if (cs != CUBLAS_STATUS_SUCCESS)
-      throw std::runtime_error(std::string("cublasCreate: ") + cublasGetStatusString(cs));
+    // A cuBLAS handle per wave stream: two waves in flight on one handle
+    // would share its workspace, and the cuBLAS guide ("Results
+    // reproducibility") then promises no bitwise reproducibility. Made here,
+    // not at the first product: cublasCreate allocates.
+    for (Blas& b : cublas_) {
+      const cublasStatus_t cs = cublasCreate(&b.h);
+      if (cs != CUBLAS_STATUS_SUCCESS)
+        throw std::runtime_error(std::string("cublasCreate: ") + cublasGetStatusString(cs));
+    }
     static_shared_ = fused_static_shared_bytes();
     vector_a_ = env_switch("STSWEEP_CUDA_VECTOR_A", true);
     one_column_ = env_switch("STSWEEP_CUDA_ONE_COLUMN", true);
@@ -261,7 +276,6 @@ class CudaBackend final : public Backend {
       if (w.busy) cudaStreamSynchronize(streams_[&w - waves_].s);
       w.pool.release();
     }
-    if (cublas_) cublasDestroy(cublas_);
   }
   std::string name() const override { return "cuda"; }
   std::string device() const override {
@@ -478,7 +492,9 @@ class CudaBackend final : public Backend {
   template <class Real>
   void launch_trainer(const GroupPlan& g, const TrainArgs<Real>& a, cudaStream_t s) {
     if (g.path == Path::cublas) {
-      train_cublas<Real>(cublas_, a, g.maxT, s);
+      const int k = s == streams_[0].s ? 0 : s == streams_[1].s ? 1 : -1;
+      if (k < 0) throw std::logic_error("cuda: a cuBLAS group on a stream that is not a wave's");
+      train_cublas<Real>(cublas_[k].h, a, g.maxT, s);
     } else if (g.path == Path::warp) {
       const size_t dyn = g.warps_per_block * g.net_shared;
       if (dyn > 48 * 1024) warp_prepare<Real>(dyn);
@@ -585,8 +601,8 @@ class CudaBackend final : public Backend {
   cudaDeviceProp prop_{};
   int optin_ = 0;
   size_t static_shared_ = 0;
-  cublasHandle_t cublas_ = nullptr;
   Stream streams_[2];
+  Blas cublas_[2];  // one per wave stream (after streams_: destroyed before them)
   // Trained teachers (train_teachers), beside the waves, at the highest
   // priority: the host waits for them before it can set up the next wave, so
   // their blocks go ahead of the training wave's blocks not yet started, and

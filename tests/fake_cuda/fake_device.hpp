@@ -28,6 +28,9 @@ struct Counters {
   long long stalls = 0;          // an allocation or free while another stream had work pending
   long long wrong_device = 0;    // work for a stream of another device than the current one
   long long bad_pointers = 0;    // a copy, set or kernel argument outside the allocations
+  long long shared_blas = 0;     // a cuBLAS handle's product queued while another stream's product of the
+                                 // same handle is pending (they share its workspace: cuBLAS then gives no
+                                 // bitwise reproducibility)
   std::vector<std::string> notes;
 };
 Counters counters();

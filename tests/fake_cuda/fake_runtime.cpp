@@ -37,6 +37,7 @@ struct cublasContext {
   int device = 0;                  // current at cublasCreate
   cudaStream_t stream = nullptr;   // cublasSetStream (null: the legacy default stream, which the fake lacks)
   cublasMath_t math = CUBLAS_DEFAULT_MATH;
+  cudaStream_t last = nullptr;     // the stream of the handle's last product
 };
 
 namespace fake_cuda {
@@ -475,6 +476,12 @@ cublasStatus_t gemm_strided_batched(cublasHandle_t h, cublasOperation_t ta, cubl
     whole(c0, sC, "C");
     if (c0.overlaps(a0) || c0.overlaps(b0))
       broke(&Counters::bad_pointers, "cuBLAS GEMM: C overlaps A or B");
+    // The cuBLAS guide (results reproducibility): streams that share a handle
+    // share its workspace, and concurrent products then lose bitwise
+    // reproducibility; a handle per stream (or a workspace per stream) keeps it.
+    if (h->last && h->last != h->stream && st().streams.count(h->last) && !h->last->q.empty())
+      broke(&Counters::shared_blas, "cuBLAS handle used on two streams with work in flight (shared workspace)");
+    h->last = h->stream;
     ++st().c.gemms;
   }
   const Real al = *alpha, be = *beta;  // host pointer mode: read at the call
