@@ -40,11 +40,16 @@ constexpr double kTeacherInitScale = 1e-2;
 Matrix gaussian(uint64_t key, Stream s, uint32_t sub, int r, int c, double scale = 1.0) {
   Matrix M(r, c);
   const uint64_t n = static_cast<uint64_t>(r) * c;
+  int i = 0, j = 0;  // (i, j) of draw idx: idx = j * r + i, stepped without dividing
+  auto put = [&](double z) {
+    M(i, j) = scale * z;
+    if (++i == r) i = 0, ++j;
+  };
   for (uint64_t idx = 0; idx < n; idx += 2) {
     double z0, z1;
     rng::normal_pair(key, s, sub, idx / 2, &z0, &z1);
-    M(static_cast<int>(idx % r), static_cast<int>(idx / r)) = scale * z0;
-    if (idx + 1 < n) M(static_cast<int>((idx + 1) % r), static_cast<int>((idx + 1) / r)) = scale * z1;
+    put(z0);
+    if (idx + 1 < n) put(z1);
   }
   return M;
 }

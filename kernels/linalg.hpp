@@ -150,11 +150,28 @@ inline Matrix embed(const Matrix& B, int r, int c) {
 }
 
 // M <- (I - 2 v v^T / vn) M on rows [j, n) and columns [c0, cols); v has length
-// n - j. Row-wise loops: M is row-major.
+// n - j. Row-wise loops: M is row-major. s = v^T M is summed over rows in
+// order for every column, eight columns at a time in registers (one pass
+// over M's rows per eight columns instead of a load and store of s per
+// element: the same sums in the same order, so the same bits).
 inline void reflect(Matrix& M, const std::vector<double>& v, double vn, int j, int c0) {
   std::vector<double> s(M.cols, 0.0);  // s = v^T M
-  for (int i = j; i < M.rows; ++i)
-    for (int c = c0; c < M.cols; ++c) s[c] += v[i - j] * M(i, c);
+  constexpr int kB = 8;
+  int c = c0;
+  for (; c + kB <= M.cols; c += kB) {
+    double acc[kB] = {};
+    for (int i = j; i < M.rows; ++i) {
+      const double vi = v[i - j];
+      const double* row = &M(i, c);
+      for (int q = 0; q < kB; ++q) acc[q] += vi * row[q];
+    }
+    for (int q = 0; q < kB; ++q) s[c + q] = acc[q];
+  }
+  for (; c < M.cols; ++c) {
+    double acc = 0.0;
+    for (int i = j; i < M.rows; ++i) acc += v[i - j] * M(i, c);
+    s[c] = acc;
+  }
   for (int i = j; i < M.rows; ++i) {
     const double f = 2.0 / vn * v[i - j];
     for (int c = c0; c < M.cols; ++c) M(i, c) -= f * s[c];
@@ -170,6 +187,7 @@ inline Matrix qr_orthonormal(const Matrix& A, Matrix* R_out = nullptr) {
   if (n < p) throw std::logic_error("linalg::qr_orthonormal: needs rows >= cols");
   Matrix Rw = A;                       // reduced in place to R
   std::vector<std::vector<double>> V;  // Householder vectors v_j (length n - j)
+  std::vector<double> VN(p, 0.0);      // their squared norms, reused to form Q
   for (int j = 0; j < p; ++j) {
     double norm = 0;
     for (int i = j; i < n; ++i) norm += Rw(i, j) * Rw(i, j);
@@ -184,17 +202,18 @@ inline Matrix qr_orthonormal(const Matrix& A, Matrix* R_out = nullptr) {
     v[0] -= alpha;
     double vn = 0;
     for (double x : v) vn += x * x;
+    VN[j] = vn;
     if (vn > 0) reflect(Rw, v, vn, j, j);  // Rw <- H_j Rw
     V.push_back(std::move(v));
   }
-  // Q = H_0 H_1 ... H_{p-1} applied to the first p columns of I.
+  // Q = H_0 H_1 ... H_{p-1} applied to the first p columns of I. When H_j is
+  // applied, columns c < j are still e_c, zero on rows >= j where H_j acts:
+  // their update would subtract exact zeros, so it starts at column j (the
+  // same bits, a third less work).
   Matrix Q(n, p);
   for (int j = 0; j < p; ++j) Q(j, j) = 1.0;
   for (int j = p - 1; j >= 0; --j) {
-    const std::vector<double>& v = V[j];
-    double vn = 0;
-    for (double x : v) vn += x * x;
-    if (vn > 0) reflect(Q, v, vn, j, 0);
+    if (VN[j] > 0) reflect(Q, V[j], VN[j], j, j);
   }
   // Make diag(R) >= 0 by flipping column signs of Q (and rows of R).
   for (int j = 0; j < p; ++j) {

@@ -581,6 +581,73 @@ TEST(Linalg, MatmulNtIsOneChainPerElementInOrder) {
       }
 }
 
+// The textbook Householder QR, written plainly: v^T M summed row by row into
+// a vector, every reflection over all columns of Q, vn recomputed. The
+// library's QR (register-blocked sums, zero columns of Q skipped, vn kept)
+// must give its bits exactly: every trial's U, interp_risk and rotations
+// come from it, so a change of bits would change every results file.
+std::pair<Matrix, Matrix> textbook_qr(const Matrix& A) {
+  const int n = A.rows, p = A.cols;
+  Matrix Rw = A, Q(n, p);
+  auto reflect = [](Matrix& M, const std::vector<double>& v, double vn, int j, int c0) {
+    std::vector<double> s(M.cols, 0.0);
+    for (int i = j; i < M.rows; ++i)
+      for (int c = c0; c < M.cols; ++c) s[c] += v[i - j] * M(i, c);
+    for (int i = j; i < M.rows; ++i) {
+      const double f = 2.0 / vn * v[i - j];
+      for (int c = c0; c < M.cols; ++c) M(i, c) -= f * s[c];
+    }
+  };
+  std::vector<std::vector<double>> V;
+  for (int j = 0; j < p; ++j) {
+    double norm = 0;
+    for (int i = j; i < n; ++i) norm += Rw(i, j) * Rw(i, j);
+    norm = std::sqrt(norm);
+    std::vector<double> v(n - j, 0.0);
+    if (norm > 0) {
+      const double alpha = Rw(j, j) >= 0 ? -norm : norm;
+      for (int i = j; i < n; ++i) v[i - j] = Rw(i, j);
+      v[0] -= alpha;
+      double vn = 0;
+      for (double x : v) vn += x * x;
+      if (vn > 0) reflect(Rw, v, vn, j, j);
+    }
+    V.push_back(v);
+  }
+  for (int j = 0; j < p; ++j) Q(j, j) = 1.0;
+  for (int j = p - 1; j >= 0; --j) {
+    double vn = 0;
+    for (double x : V[j]) vn += x * x;
+    if (vn > 0) reflect(Q, V[j], vn, j, 0);
+  }
+  Matrix R(p, p);
+  for (int j = 0; j < p; ++j) {
+    if (Rw(j, j) < 0) {
+      for (int i = 0; i < n; ++i) Q(i, j) = -Q(i, j);
+      for (int c = 0; c < p; ++c) Rw(j, c) = -Rw(j, c);
+    }
+    for (int c = j; c < p; ++c) R(j, c) = Rw(j, c);
+  }
+  return {Q, R};
+}
+
+TEST(Linalg, QrIsTheTextbookHouseholderBitForBit) {
+  uint32_t sub = 40;
+  for (auto [r, c] : {std::pair{128, 64}, {64, 16}, {9, 5}, {13, 13}, {20, 11}, {33, 17}}) {
+    Matrix A(r, c);
+    for (int i = 0; i < r * c; ++i) A.a[i] = rng::normal(5, rng::Stream::G, sub, i);
+    ++sub;
+    if (c > 3)
+      for (int i = 0; i < r; ++i) A(i, 2) = 0.0;  // a zero column: an identity reflection
+    Matrix R;
+    const Matrix Q = qr_orthonormal(A, &R);
+    const auto [Qt, Rt] = textbook_qr(A);
+    EXPECT_TRUE(same_bits(Q, Qt)) << r << "x" << c;
+    EXPECT_TRUE(same_bits(R, Rt)) << r << "x" << c;
+    EXPECT_LT(rel_diff(matmul(Q, R), A), 1e-13) << r << "x" << c;
+  }
+}
+
 TEST(Linalg, QrSvdPinvCholesky) {
   auto random = [](int r, int c, uint32_t sub) {
     Matrix M(r, c);
