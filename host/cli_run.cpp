@@ -40,6 +40,7 @@ struct RunArgs {
   size_t batch_size = 0;
   double checkpoint_every = 30;
   double teacher_cache_mb = kTeacherCacheDefaultMb;
+  double setup_cache_mb = kSetupCacheDefaultMb;
 };
 
 volatile std::sig_atomic_t g_signal = 0;
@@ -126,6 +127,7 @@ int run_main(const RunArgs& a) {
   ro.precision = a.precision == "f64" ? Precision::f64 : Precision::f32;
   ro.threads = a.threads;
   reset_teacher_cache(static_cast<size_t>(std::min(a.teacher_cache_mb * 1048576.0, 0x1p62)));
+  reset_setup_cache(static_cast<size_t>(std::min(a.setup_cache_mb * 1048576.0, 0x1p62)));
 
   // The backend first: a missing GPU must not leave a results file behind.
   std::unique_ptr<Backend> backend;
@@ -267,6 +269,17 @@ int run_main(const RunArgs& a) {
                   a.teacher_cache_mb);
     std::printf("\n");
   }
+  const SetupCacheStats sc = setup_cache_stats();
+  if (sc.reused > 0 || sc.evicted > 0) {
+    // Trials that differ only in what training reads share one set-up.
+    std::printf("stsweep: set-up: %lld problems built, %lld trials copied one (they differ only in lambda, lr, "
+                "steps, checkpoints, baseline or path)",
+                sc.built, sc.reused);
+    if (sc.evicted > 0)
+      std::printf("; %lld dropped for the --setup-cache-mb budget (%g MB; more would reuse more)", sc.evicted,
+                  a.setup_cache_mb);
+    std::printf("\n");
+  }
   if (h.n_failed > 0) {
     std::fprintf(stderr, "stsweep: %lld trials failed; rerun them with: %s\n", (long long)h.n_failed,
                  resume_command(a).c_str());
@@ -300,6 +313,10 @@ void add_run_command(CLI::App& app, Registry& r) {
       ->check(CLI::IsMember({"auto", "bar", "jsonl", "none"}));
   sub->add_option("--checkpoint-every", a->checkpoint_every,
                   "seconds between updates of OUT.h5 (at least; finished batches are journaled at once)")
+      ->check(kFiniteNonNegative);
+  sub->add_option("--setup-cache-mb", a->setup_cache_mb,
+                  "memory for set-up problems kept for reuse: trials that differ only in lambda, lr, steps, "
+                  "checkpoints, baseline or path share one set-up, copied (0: set up every trial afresh)")
       ->check(kFiniteNonNegative);
   sub->add_option("--teacher-cache-mb", a->teacher_cache_mb,
                   "memory for trained teachers kept for reuse: trials whose teacher training reads the same "

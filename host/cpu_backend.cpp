@@ -37,10 +37,10 @@ int resolve_threads(int requested) {
   return hw > 0 ? static_cast<int>(hw) : 1;
 }
 
-TrialResult run_one(int64_t id, const TrialParams& p, const RunOptions& opt) {
+TrialResult run_one(int64_t id, const TrialParams& p, const RunOptions& opt, SetupShare& share) {
   TrialResult r;
   try {
-    const TrialProblem pr = setup_trial(p, opt.sweep_seed);
+    const TrialProblem pr = share.setup(p);
     r = opt.precision == Precision::f64 ? train_trial<double>(pr) : train_trial<float>(pr);
   } catch (const InputError& e) {
     r = TrialResult{};
@@ -70,11 +70,13 @@ class CpuBackend final : public Backend {
     const size_t n = batch.trials.size();
     std::vector<TrialResult> out(n);
     // Trials that share a trained teacher wait for its training: each
-    // teacher's first trial starts before them (setup_order).
+    // teacher's first trial starts before them (setup_order). Trials that
+    // share a whole problem (SetupShare) build it once.
+    SetupShare share(batch.trials, 0, n, opt.sweep_seed);
     for_each_in_setup_order(batch.trials, 0, n, opt.sweep_seed, opt.threads > 0 ? opt.threads : threads_,
                             [&](size_t i) {
                               const int64_t id = i < batch.ids.size() ? batch.ids[i] : static_cast<int64_t>(i);
-                              out[i] = run_one(id, batch.trials[i], opt);
+                              out[i] = run_one(id, batch.trials[i], opt, share);
                             });
     return out;
   }

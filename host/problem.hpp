@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -58,6 +59,47 @@ struct TrialProblem {
 // Builds the problem of one trial (throws InputError for a decomposition the
 // widths cannot hold). Deterministic in (sweep_seed, params).
 TrialProblem setup_trial(const TrialParams& p, uint64_t sweep_seed);
+
+// Trials whose parameters differ only in what training reads (kSetupIgnores)
+// have the same problem but for `params` and `checkpoints`. A SetupShare
+// covers the trials [lo, hi) of one batch: a problem two or more of them have
+// is built once, by the first trial that asks, and copied for the others (a
+// trial asking while it is built waits for it); it is dropped when its last
+// trial has taken it. A copy has the bits a new build has (SetupShare tests).
+// The problems kept at once are held to a budget (`stsweep run
+// --setup-cache-mb`, default 512; reset_setup_cache; 0 turns sharing off):
+// past it, a problem is not kept and its other trials build their own. In the
+// standard GPU grid (4 lambdas) three set-ups of four are copies. The CPU
+// backend shares within a batch, the CUDA backend within a batch across its
+// waves. Thread-safe; every trial of the range is set up once.
+inline constexpr const char* kSetupIgnores[] = {"lambda", "lr", "steps", "checkpoints", "baseline", "path"};
+constexpr int kSetupCacheDefaultMb = 512;
+class SetupShare {
+ public:
+  SetupShare(const std::vector<TrialParams>& trials, size_t lo, size_t hi, uint64_t sweep_seed);
+  ~SetupShare();
+  SetupShare(const SetupShare&) = delete;
+  SetupShare& operator=(const SetupShare&) = delete;
+  // setup_trial(p, sweep_seed), built or copied; p must be one of the range's trials.
+  TrialProblem setup(const TrialParams& p);
+
+ private:
+  struct Impl;
+  uint64_t seed_;
+  std::unique_ptr<Impl> impl_;  // null: nothing to share (or sharing off)
+};
+// The key of that sharing: the sweep seed and every parameter but kSetupIgnores.
+std::string problem_recipe(const TrialParams& p, uint64_t sweep_seed);
+// Process totals of the SetupShares since reset_setup_cache.
+struct SetupCacheStats {
+  long long built = 0;    // shared problems built (one per recipe of two or more trials)
+  long long reused = 0;   // trials that took a copy
+  long long evicted = 0;  // problems not kept for the budget (their other trials built their own)
+  size_t bytes = 0;       // most bytes one SetupShare kept at once
+};
+SetupCacheStats setup_cache_stats();
+// Zeroes the totals and sets the budget of the SetupShares made after it (0: off).
+void reset_setup_cache(size_t capacity_bytes);
 
 // Trained teachers (teacher.kind = trained) are kept per process and reused by
 // every trial whose teacher training reads the same inputs (seed, data law,

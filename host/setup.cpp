@@ -223,28 +223,53 @@ std::string teacher_recipe(const TrialParams& p, const TrialKeys& keys) {
   return r;
 }
 
-// Trained teachers by recipe, shared by the threads that set trials up.
-// Training a teacher costs as much as training a student (T steps of the data
-// path, in float64, on one core); in a sweep over noise, lambda, the student's
-// optimiser or the decomposition, every one of those trials has the same
-// teacher. Least recently used recipes go first past the byte budget; a recipe
-// another thread is training is waited for, not trained twice.
-class TeacherCache {
+// Values built once per recipe and shared by the threads that set trials up:
+// trained teachers (a teacher's training costs as much as a student's: T
+// steps of the data path in float64 on one core; in a sweep over noise,
+// lambda, the student's optimiser or the decomposition, those trials share
+// it) and whole problems (setup_trial: trials that differ only in what
+// training reads share everything set-up builds). Least recently used recipes
+// go first past the byte budget; a recipe another thread is building is
+// waited for, not built twice; put() entries are pinned past the budget until
+// unpinned.
+struct CacheCounts {
+  long long built = 0;      // builds run (or running)
+  long long reused = 0;     // gets that took a kept value
+  long long evicted = 0;    // values dropped for the budget
+  long long elsewhere = 0;  // values handed in by put()
+  size_t bytes = 0;         // kept now
+  double seconds = 0;       // wall time of the builds, summed over the threads
+};
+
+size_t value_bytes(const TrainedTeacher& t) { return t.bytes(); }
+size_t value_bytes(const TrialProblem& pr) {
+  size_t b = sizeof(pr);
+  auto add = [&b](const Matrix& M) { b += sizeof(Matrix) + M.a.size() * sizeof(double); };
+  for (const Matrix* M : {&pr.X, &pr.Xn, &pr.Y, &pr.Wstar, &pr.Mhalf, &pr.Xtest, &pr.Ytest, &pr.Wt, &pr.U}) add(*M);
+  for (const std::vector<Matrix>* v : {&pr.feature, &pr.W0, &pr.teacher_W})
+    for (const Matrix& M : *v) add(M);
+  return b + (pr.spectrum.size() + pr.checkpoints.size()) * 8 + (pr.w.size() + pr.matched.size()) * 4;
+}
+
+template <class T>
+class RecipeCache {
  public:
-  template <class Train>
-  std::shared_ptr<const TrainedTeacher> get(const std::string& recipe, Train train) {
-    std::promise<std::shared_ptr<const TrainedTeacher>> mine;
-    std::shared_future<std::shared_ptr<const TrainedTeacher>> theirs;
-    uint64_t ticket = 0;  // nonzero: this call trains the recipe for the cache
+  explicit RecipeCache(size_t capacity) : capacity_(capacity) {}
+
+  template <class Build>
+  std::shared_ptr<const T> get(const std::string& recipe, Build build) {
+    std::promise<std::shared_ptr<const T>> mine;
+    std::shared_future<std::shared_ptr<const T>> theirs;
+    uint64_t ticket = 0;  // nonzero: this call builds the recipe for the cache
     {
       std::lock_guard<std::mutex> lock(mu_);
       auto it = map_.find(recipe);  // pinned entries are there whatever the budget
       if (it != map_.end()) {
-        ++stats_.reused;
+        ++counts_.reused;
         lru_.splice(lru_.begin(), lru_, it->second.pos);
         theirs = it->second.value;
       } else {
-        ++stats_.trained;
+        ++counts_.built;
         if (capacity_ > 0) {
           ticket = ++tickets_;
           lru_.push_front(recipe);
@@ -253,15 +278,15 @@ class TeacherCache {
       }
     }
     if (theirs.valid()) return theirs.get();
-    std::shared_ptr<const TrainedTeacher> t;
+    std::shared_ptr<const T> t;
     const auto t0 = std::chrono::steady_clock::now();
     try {
-      t = train();
+      t = build();
       const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       std::lock_guard<std::mutex> lock(mu_);
-      stats_.train_seconds += sec;
+      counts_.seconds += sec;
     } catch (...) {
-      // Nothing is kept of a failed training (an exception, not a diverged
+      // Nothing is kept of a failed build (an exception, not a diverged
       // teacher): those waiting get the exception, the next trial tries again.
       if (ticket) {
         mine.set_exception(std::current_exception());
@@ -279,36 +304,36 @@ class TeacherCache {
       std::lock_guard<std::mutex> lock(mu_);
       auto it = map_.find(recipe);
       if (it != map_.end() && it->second.ticket == ticket) {  // not dropped by a reset meanwhile
-        it->second.bytes = t->bytes() + 2 * recipe.size() + 64;
-        stats_.bytes += it->second.bytes;
+        it->second.bytes = value_bytes(*t) + 2 * recipe.size() + 64;
+        counts_.bytes += it->second.bytes;
         evict();
       }
     }
     return t;
   }
 
-  // Whether the recipe is kept or being trained.
+  // Whether the recipe is kept or being built.
   bool holds(const std::string& recipe) const {
     std::lock_guard<std::mutex> lock(mu_);
     return map_.count(recipe) != 0;
   }
 
-  // A teacher trained elsewhere, pinned until unpin (an equal one already
-  // there is kept and pinned instead: the same recipe gives the same bits).
-  void put(const std::string& recipe, std::shared_ptr<const TrainedTeacher> t) {
+  // A value built elsewhere, pinned until unpin (an equal one already there
+  // is kept and pinned instead: the same recipe gives the same bits).
+  void put(const std::string& recipe, std::shared_ptr<const T> t) {
     std::lock_guard<std::mutex> lock(mu_);
-    ++stats_.elsewhere;
+    ++counts_.elsewhere;
     auto it = map_.find(recipe);
     if (it != map_.end()) {
       ++it->second.pins;
       return;
     }
-    std::promise<std::shared_ptr<const TrainedTeacher>> done;
-    const size_t bytes = t->bytes() + 2 * recipe.size() + 64;
+    std::promise<std::shared_ptr<const T>> done;
+    const size_t bytes = value_bytes(*t) + 2 * recipe.size() + 64;
     done.set_value(std::move(t));
     lru_.push_front(recipe);
     map_.emplace(recipe, Entry{done.get_future().share(), lru_.begin(), 0, bytes, 1});
-    stats_.bytes += bytes;
+    counts_.bytes += bytes;
   }
 
   void unpin(const std::vector<std::string>& recipes) {
@@ -320,36 +345,40 @@ class TeacherCache {
     evict();
   }
 
-  TeacherCacheStats stats() const {
+  CacheCounts counts() const {
     std::lock_guard<std::mutex> lock(mu_);
-    return stats_;
+    return counts_;
+  }
+  bool enabled() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return capacity_ > 0;
   }
 
   void reset(size_t capacity) {
     std::lock_guard<std::mutex> lock(mu_);
-    // Trainings in flight keep their promise (their waiters hold the future);
+    // Builds in flight keep their promise (their waiters hold the future);
     // only finished entries are dropped with the map.
     map_.clear();
     lru_.clear();
     capacity_ = capacity;
-    stats_ = TeacherCacheStats{};
+    counts_ = CacheCounts{};
   }
 
  private:
   struct Entry {
-    std::shared_future<std::shared_ptr<const TrainedTeacher>> value;
+    std::shared_future<std::shared_ptr<const T>> value;
     std::list<std::string>::iterator pos;
-    uint64_t ticket;  // which call trains it
-    size_t bytes;     // 0 while its training runs
+    uint64_t ticket;  // which call builds it
+    size_t bytes;     // 0 while its build runs
     int pins;         // put() calls not yet unpinned: kept past the budget
   };
   void evict() {  // oldest finished entries first, down to the budget (mu_ held)
-    for (auto pos = lru_.end(); stats_.bytes > capacity_ && pos != lru_.begin();) {
+    for (auto pos = lru_.end(); counts_.bytes > capacity_ && pos != lru_.begin();) {
       --pos;
       auto it = map_.find(*pos);
       if (!it->second.bytes || it->second.pins > 0) continue;
-      stats_.bytes -= it->second.bytes;
-      ++stats_.evicted;
+      counts_.bytes -= it->second.bytes;
+      ++counts_.evicted;
       map_.erase(it);
       pos = lru_.erase(pos);
     }
@@ -359,14 +388,12 @@ class TeacherCache {
   std::unordered_map<std::string, Entry> map_;
   std::list<std::string> lru_;  // most recently used first
   uint64_t tickets_ = 0;
-  size_t capacity_ = kDefaultCapacity;
-  TeacherCacheStats stats_;
-
-  static constexpr size_t kDefaultCapacity = size_t{kTeacherCacheDefaultMb} << 20;
+  size_t capacity_;
+  CacheCounts counts_;
 };
 
-TeacherCache& teacher_cache() {
-  static TeacherCache cache;
+RecipeCache<TrainedTeacher>& teacher_cache() {
+  static RecipeCache<TrainedTeacher> cache(size_t{kTeacherCacheDefaultMb} << 20);
   return cache;
 }
 
@@ -566,7 +593,8 @@ double linear_risk(const TrialProblem& pr, const Matrix& We) {
   return frob2(sub(matmul(We, pr.Xtest), pr.Ytest)) / pr.Xtest.cols + pr.Ytest.rows * pr.sigma_y * pr.sigma_y;
 }
 
-TrialProblem setup_trial(const TrialParams& p, uint64_t sweep_seed) {
+// Everything set-up builds for a trial (setup_trial without the cache).
+TrialProblem build_problem(const TrialParams& p, uint64_t sweep_seed) {
   check_law_inputs(p);
   TrialProblem pr;
   pr.params = p;
@@ -677,7 +705,150 @@ TrialProblem setup_trial(const TrialParams& p, uint64_t sweep_seed) {
   return pr;
 }
 
-TeacherCacheStats teacher_cache_stats() { return teacher_cache().stats(); }
+std::string problem_recipe(const TrialParams& p, uint64_t sweep_seed) {
+  TrialParams q = p;  // what only training reads, neutral (kSetupIgnores)
+  q.lambda = 0;
+  q.lr = 0;
+  q.steps = 0;
+  q.checkpoints = 0;
+  q.baseline = true;
+  q.path = TrainPath::automatic;
+  return std::to_string(sweep_seed) + " " + to_json(q).dump();
+}
+
+TrialProblem setup_trial(const TrialParams& p, uint64_t sweep_seed) { return build_problem(p, sweep_seed); }
+
+namespace {
+// Process totals of every SetupShare, and the budget new ones take.
+struct ShareTotals {
+  std::mutex mu;
+  SetupCacheStats s;
+  size_t budget = size_t{kSetupCacheDefaultMb} << 20;
+};
+ShareTotals& share_totals() {
+  static ShareTotals t;
+  return t;
+}
+}  // namespace
+
+SetupCacheStats setup_cache_stats() {
+  std::lock_guard<std::mutex> lock(share_totals().mu);
+  return share_totals().s;
+}
+
+void reset_setup_cache(size_t capacity_bytes) {
+  std::lock_guard<std::mutex> lock(share_totals().mu);
+  share_totals().s = SetupCacheStats{};
+  share_totals().budget = capacity_bytes;
+}
+
+struct SetupShare::Impl {
+  using Ptr = std::shared_ptr<const TrialProblem>;
+  struct Entry {
+    int left = 0;                      // trials of the range still to take it
+    std::shared_future<Ptr> value;     // invalid until a trial starts building it
+    size_t bytes = 0;
+  };
+  size_t budget = 0;
+  std::mutex mu;
+  std::unordered_map<std::string, Entry> map;  // recipes of two or more trials of the range
+  size_t bytes = 0;                            // of the problems kept now
+  size_t peak = 0;
+  void count(long long SetupCacheStats::*what) {
+    std::lock_guard<std::mutex> lock(share_totals().mu);
+    ++(share_totals().s.*what);
+  }
+};
+
+SetupShare::SetupShare(const std::vector<TrialParams>& trials, size_t lo, size_t hi, uint64_t sweep_seed)
+    : seed_(sweep_seed) {
+  size_t budget;
+  {
+    std::lock_guard<std::mutex> lock(share_totals().mu);
+    budget = share_totals().budget;
+  }
+  if (budget == 0 || hi <= lo + 1) return;
+  impl_ = std::make_unique<Impl>();
+  impl_->budget = budget;
+  for (size_t i = lo; i < hi; ++i) ++impl_->map[problem_recipe(trials[i], sweep_seed)].left;
+  for (auto it = impl_->map.begin(); it != impl_->map.end();)
+    it = it->second.left < 2 ? impl_->map.erase(it) : std::next(it);
+  if (impl_->map.empty()) impl_.reset();
+}
+
+SetupShare::~SetupShare() = default;
+
+TrialProblem SetupShare::setup(const TrialParams& p) {
+  using Ptr = Impl::Ptr;
+  if (!impl_) return build_problem(p, seed_);
+  const std::string r = problem_recipe(p, seed_);
+  std::promise<Ptr> mine;
+  std::shared_future<Ptr> theirs;
+  {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    auto it = impl_->map.find(r);
+    if (it == impl_->map.end()) return build_problem(p, seed_);  // alone in the range, or dropped
+    Impl::Entry& e = it->second;
+    if (e.value.valid()) {
+      theirs = e.value;
+      impl_->count(&SetupCacheStats::reused);
+    } else {
+      e.value = mine.get_future().share();
+      impl_->count(&SetupCacheStats::built);
+    }
+    if (--e.left == 0) {  // the last trial of the recipe: nothing more to keep
+      impl_->bytes -= e.bytes;
+      impl_->map.erase(it);
+    }
+  }
+  if (!theirs.valid()) {  // this trial builds it for the others
+    std::shared_ptr<const TrialProblem> sp;
+    try {
+      sp = std::make_shared<const TrialProblem>(build_problem(p, seed_));
+    } catch (...) {
+      // The others get the same error (the same inputs); none is kept.
+      mine.set_exception(std::current_exception());
+      std::lock_guard<std::mutex> lock(impl_->mu);
+      impl_->map.erase(r);
+      throw;
+    }
+    mine.set_value(sp);
+    {
+      std::lock_guard<std::mutex> lock(impl_->mu);
+      auto it = impl_->map.find(r);
+      if (it != impl_->map.end()) {
+        const size_t b = value_bytes(*sp);
+        if (impl_->bytes + b > impl_->budget) {  // over budget: the others build their own
+          impl_->map.erase(it);
+          impl_->count(&SetupCacheStats::evicted);
+        } else {
+          it->second.bytes = b;
+          impl_->bytes += b;
+          impl_->peak = std::max(impl_->peak, impl_->bytes);
+          std::lock_guard<std::mutex> tl(share_totals().mu);
+          share_totals().s.bytes = std::max(share_totals().s.bytes, impl_->peak);
+        }
+      }
+    }
+    return *sp;
+  }
+  TrialProblem pr = *theirs.get();  // the builder's exception, if it failed
+  pr.params = p;
+  pr.checkpoints = checkpoint_steps(p.steps, p.checkpoints);
+  return pr;
+}
+
+TeacherCacheStats teacher_cache_stats() {
+  const CacheCounts c = teacher_cache().counts();
+  TeacherCacheStats t;
+  t.trained = c.built;
+  t.reused = c.reused;
+  t.evicted = c.evicted;
+  t.bytes = c.bytes;
+  t.train_seconds = c.seconds;
+  t.elsewhere = c.elsewhere;
+  return t;
+}
 
 std::string trained_teacher_recipe(const TrialParams& p, uint64_t sweep_seed) {
   return p.teacher.kind == TeacherKind::trained ? teacher_recipe(p, trial_keys(sweep_seed, p)) : std::string();

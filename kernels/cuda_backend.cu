@@ -354,6 +354,9 @@ class CudaBackend final : public Backend {
     }
     const int nthreads = std::max(1, threads_ > 0 ? threads_ : opt.threads > 0 ? opt.threads
                                                              : static_cast<int>(std::thread::hardware_concurrency()));
+    // Trials of the batch that share a problem (lambda siblings, often in
+    // different waves) build it once (SetupShare).
+    SetupShare share(batch.trials, 0, n, opt.sweep_seed);
     size_t wave_no = 0;
     try {
       for (size_t lo = 0; lo < n; lo += cap, ++wave_no) {
@@ -365,7 +368,7 @@ class CudaBackend final : public Backend {
         // teachers stay pinned in set-up's cache until it is done.
         PinnedTeachers pinned;
         if (teachers_on_device_) train_teachers(batch, lo, hi, opt, nthreads, &pinned.recipes);
-        std::vector<Prepared> prepared = prepare_trials(batch, lo, hi, opt, nthreads, out, &stats_.setup_s);
+        std::vector<Prepared> prepared = prepare_trials(batch, lo, hi, opt, nthreads, out, &stats_.setup_s, &share);
         if (w.busy) finish<Real>(w, st, batch, out);
         w.prepared = std::move(prepared);
         w.pool.reset();

@@ -230,7 +230,9 @@ class EmuBackend final : public Backend {
     const TrialBytes tb = worst_trial_bytes(batch, real, batch_maxck(batch), &vwork);
     // Wave by wave, as the device does (one after the other here): the wave's
     // new trained teachers first (float64), handed to set-up's cache pinned
-    // until its trials are set up; then its trials.
+    // until its trials are set up; then its trials (problems shared across
+    // the waves, as on the device).
+    SetupShare share(batch.trials, 0, n, opt.sweep_seed);
     for (size_t lo = 0; lo < n; lo += cap) {
       const size_t hi = std::min(n, lo + cap);
       PinnedTeachers pinned;
@@ -241,7 +243,7 @@ class EmuBackend final : public Backend {
           run_group<double>(g, tw, batch, out, &pinned.recipes);
         }
       }
-      const std::vector<Prepared> wave = prepare_trials(batch, lo, hi, opt, 1, out, &stats_.setup_s);
+      const std::vector<Prepared> wave = prepare_trials(batch, lo, hi, opt, 1, out, &stats_.setup_s, &share);
       const std::vector<GroupPlan> plans = plan_groups(wave, eo_.path, real, lim, log);
       check_wave_fits(plans, real, wave.size(), tb, kPoolSlack);  // as the device's pools are sized
       for (const GroupPlan& g : plans) {

@@ -391,7 +391,7 @@ void fill_eval(const TrialProblem& pr, const Shape& s, const Layout& y, double* 
 // ---------------------------------------------------------------- set-up --
 std::vector<Prepared> prepare_trials(const Batch& batch, size_t lo, size_t hi,
                                      const RunOptions& opt, int nthreads,
-                                     std::vector<TrialResult>& out, double* setup_s) {
+                                     std::vector<TrialResult>& out, double* setup_s, SetupShare* share) {
   const auto t0 = std::chrono::steady_clock::now();
   std::vector<std::unique_ptr<Prepared>> slot(hi - lo);
   for_each_in_setup_order(batch.trials, lo, hi, opt.sweep_seed, nthreads, [&](size_t i) {
@@ -401,7 +401,7 @@ std::vector<Prepared> prepare_trials(const Batch& batch, size_t lo, size_t hi,
     try {
       auto p = std::make_unique<Prepared>();
       p->index = i;
-      p->pr = setup_trial(batch.trials[i], opt.sweep_seed);
+      p->pr = share ? share->setup(batch.trials[i]) : setup_trial(batch.trials[i], opt.sweep_seed);
       if (static_cast<int>(p->pr.w.size()) != p->pr.L + 1)
         throw std::logic_error("train: widths do not match the depth");
       if (static_cast<int>(p->pr.W0.size()) != p->pr.L + 1)

@@ -93,10 +93,12 @@ struct Prepared {
 };
 // Sets up trials [lo, hi) of the batch on `nthreads` host threads (float64,
 // the CPU backend's problems); a trial that fails gets Status::failed in
-// out[i] and no Prepared. Adds the wall time to *setup_s.
+// out[i] and no Prepared. Adds the wall time to *setup_s. `share` (a
+// SetupShare over the whole batch, so that the waves share too) or null.
 std::vector<Prepared> prepare_trials(const Batch& batch, size_t lo, size_t hi,
                                      const RunOptions& opt, int nthreads,
-                                     std::vector<TrialResult>& out, double* setup_s);
+                                     std::vector<TrialResult>& out, double* setup_s,
+                                     SetupShare* share = nullptr);
 
 // The trained teachers trials [lo, hi) need that set-up's cache lacks
 // (teachers_to_train), one per recipe, as Prepared float64 trainings (teacher

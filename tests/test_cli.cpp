@@ -279,24 +279,36 @@ TEST(Cli, TrainedTeachersAreReusedAndCounted) {
   ASSERT_EQ(v.rc, 0) << v.err;
   EXPECT_NE(v.out.find("teachers: 16 trials have a trained teacher, 2 distinct"), std::string::npos) << v.out;
   EXPECT_EQ(run("validate '" + sweep_file("tiny.json") + "'").out.find("\nteachers:"), std::string::npos);
-  const fs::path kept = scratch() / "teachers_kept.h5", own = scratch() / "teachers_own.h5";
-  Outcome a = run("run '" + sweep + "' -o '" + kept.string() + "' --backend cpu --progress none --force");
+  const fs::path kept = scratch() / "teachers_kept.h5", own = scratch() / "teachers_own.h5",
+                 shared = scratch() / "teachers_shared.h5";
+  // Every trial set up afresh (--setup-cache-mb 0): each asks the teacher cache.
+  Outcome a = run("run '" + sweep + "' -o '" + kept.string() + "' --backend cpu --progress none --force --setup-cache-mb 0");
   ASSERT_EQ(a.rc, 0) << a.err;
   // 16 trials, one teacher per seed.
   EXPECT_NE(a.out.find("stsweep: trained teachers: 2 trained ("), std::string::npos) << a.out;
   EXPECT_NE(a.out.find(" s of host core time), 14 reused\n"), std::string::npos) << a.out;
   Outcome b = run("run '" + sweep + "' -o '" + own.string() +
-                  "' --backend cpu --progress none --force --teacher-cache-mb 0");
+                  "' --backend cpu --progress none --force --teacher-cache-mb 0 --setup-cache-mb 0");
   ASSERT_EQ(b.rc, 0) << b.err;
   EXPECT_NE(b.out.find("stsweep: trained teachers: 16 trained ("), std::string::npos) << b.out;
   EXPECT_NE(b.out.find(" s of host core time), 0 reused\n"), std::string::npos) << b.out;
+  EXPECT_EQ(b.out.find("stsweep: set-up:"), std::string::npos) << b.out;
+  // Set-up shared too (the default): the lambda pairs share one problem, so 8
+  // set-ups, of which 2 train a teacher and 6 reuse one.
+  Outcome c = run("run '" + sweep + "' -o '" + shared.string() + "' --backend cpu --progress none --force");
+  ASSERT_EQ(c.rc, 0) << c.err;
+  EXPECT_NE(c.out.find("stsweep: set-up: 8 problems built, 8 trials copied one"), std::string::npos) << c.out;
+  EXPECT_NE(c.out.find("stsweep: trained teachers: 2 trained ("), std::string::npos) << c.out;
+  EXPECT_NE(c.out.find(" s of host core time), 6 reused\n"), std::string::npos) << c.out;
   for (const char* metric : {"teacher_clean_risk", "test_risk"}) {
     const std::string by = " --by seed,noise,lambda,teacher.decomposition --format csv --metric ";
     Outcome sa = run("summary '" + kept.string() + "'" + by + metric);
     Outcome sb = run("summary '" + own.string() + "'" + by + metric);
+    Outcome sc = run("summary '" + shared.string() + "'" + by + metric);
     ASSERT_EQ(sa.rc, 0) << sa.err;
     EXPECT_EQ(lines(sa.out).size(), 17u) << sa.out;
     EXPECT_EQ(sa.out, sb.out) << metric;
+    EXPECT_EQ(sa.out, sc.out) << metric;
   }
   Outcome bad = run("run '" + sweep + "' -o '" + (scratch() / "bad.h5").string() + "' --teacher-cache-mb -3");
   EXPECT_EQ(bad.rc, 2);

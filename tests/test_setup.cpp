@@ -967,3 +967,190 @@ TEST(TeacherCache, SetUpOrderStartsEachTeacherFirst) {
   // Another sweep seed: the same sharing.
   EXPECT_EQ(setup_order(trials, 0, trials.size(), 2), (std::vector<size_t>{0, 1, 3, 4, 2, 5, 6}));
 }
+
+// ------------------------------------------------------------ set-up cache --
+namespace {
+
+bool same_double(double a, double b) { return std::memcmp(&a, &b, sizeof a) == 0; }
+bool same_list(const std::vector<Matrix>& a, const std::vector<Matrix>& b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i)
+    if (!same_bits(a[i], b[i])) return false;
+  return true;
+}
+// Every field set-up builds, bit for bit; `params` and `checkpoints` (what a
+// copy takes from its own trial) only when `whole`.
+void expect_same_problem(const TrialProblem& a, const TrialProblem& b, bool whole, const std::string& what) {
+  SCOPED_TRACE(what);
+  EXPECT_EQ(a.L, b.L);
+  EXPECT_EQ(a.w, b.w);
+  EXPECT_EQ(a.matched, b.matched);
+  EXPECT_TRUE(same_bits(a.X, b.X) && same_bits(a.Xn, b.Xn) && same_bits(a.Y, b.Y)) << "data";
+  EXPECT_TRUE(same_list(a.feature, b.feature)) << "teacher features";
+  EXPECT_TRUE(same_list(a.W0, b.W0)) << "initial weights";
+  EXPECT_TRUE(same_bits(a.Wstar, b.Wstar) && same_bits(a.Mhalf, b.Mhalf)) << "law";
+  EXPECT_TRUE(same_double(a.sigma, b.sigma) && same_double(a.sigma_y, b.sigma_y)) << "noise";
+  EXPECT_TRUE(same_double(a.bayes_risk, b.bayes_risk)) << "bayes_risk";
+  EXPECT_TRUE(same_double(a.interp_risk, b.interp_risk)) << "interp_risk";
+  EXPECT_TRUE(same_double(a.teacher_clean_risk, b.teacher_clean_risk)) << "teacher_clean_risk";
+  EXPECT_TRUE(same_bits(a.Xtest, b.Xtest) && same_bits(a.Ytest, b.Ytest)) << "test set";
+  EXPECT_TRUE(same_list(a.teacher_W, b.teacher_W)) << "teacher layers";
+  EXPECT_TRUE(same_bits(a.Wt, b.Wt) && same_bits(a.U, b.U)) << "teacher map, U";
+  EXPECT_EQ(a.spectrum, b.spectrum);
+  if (whole) {
+    EXPECT_EQ(to_json(a.params), to_json(b.params));
+    EXPECT_EQ(a.checkpoints, b.checkpoints);
+  }
+}
+
+// Small trials of every kind set-up treats differently: linear with an oracle
+// and a perturbed teacher, a rotated decomposition of a depth-3 network with
+// one matched layer, a tanh student with a trained teacher (its test set).
+std::vector<TrialParams> setup_variety() {
+  std::vector<TrialParams> ps;
+  TrialParams p;
+  p.d = 8, p.k = 4, p.m = 3, p.hidden = {6}, p.n_train = 12, p.n_test = 40, p.steps = 30, p.checkpoints = 4;
+  p.noise = 0.3, p.label_noise = 0.1, p.lambda = 0.7, p.seed = 3;
+  ps.push_back(p);
+  p.teacher.kind = TeacherKind::perturbed;
+  p.teacher.delta = 0.4;
+  p.path = TrainPath::moment;
+  ps.push_back(p);
+  p.hidden = {6, 5};
+  p.matched_layers = {2};
+  p.teacher.decomposition = Decomposition::rotated;
+  p.path = TrainPath::data;
+  ps.push_back(p);
+  p.hidden = {6};
+  p.matched_layers = {};
+  p.activation = Activation::tanh;
+  p.teacher = TeacherParams{};
+  p.teacher.kind = TeacherKind::trained;
+  p.teacher.steps = 40;
+  p.teacher.n_train = 16;
+  p.teacher.decomposition = Decomposition::as_trained;
+  p.baseline = false;
+  ps.push_back(p);
+  return ps;
+}
+
+// The same trial with one parameter given another value, through the sweep
+// file's own parser (so the value is one a sweep could hold).
+TrialParams with(const TrialParams& p, const std::string& key, const nlohmann::json& v) {
+  nlohmann::json j = to_json(p);
+  j[key] = v;
+  return parse_trial_params(j, "test");
+}
+
+}  // namespace
+
+// What kSetupIgnores names is read by training only: changing any of them
+// leaves every field set-up builds bit for bit the same, and the problem
+// recipe too; a parameter set-up does read (noise, init_scale, seed) changes
+// the recipe. This is what lets a SetupShare hand one trial's problem to
+// another.
+TEST(SetupShare, WhatTrainingReadsDoesNotChangeTheProblem) {
+  const uint64_t seed = 11;
+  for (const TrialParams& p : setup_variety()) {
+    const TrialProblem ref = setup_trial(p, seed);
+    const std::string what = to_json(p).dump();
+    for (const char* key : kSetupIgnores) {
+      nlohmann::json v;
+      const std::string k = key;
+      if (k == "lambda") v = p.lambda + 0.37;
+      if (k == "lr") v = p.lr * 0.5;
+      if (k == "steps") v = p.steps + 17;
+      if (k == "checkpoints") v = p.checkpoints + 3;
+      if (k == "baseline") v = !p.baseline;
+      if (k == "path") v = p.path == TrainPath::data ? "auto" : "data";
+      ASSERT_FALSE(v.is_null()) << "kSetupIgnores names " << k << ", which this test does not vary";
+      const TrialParams q = with(p, k, v);
+      EXPECT_NE(to_json(q), to_json(p)) << k;
+      expect_same_problem(setup_trial(q, seed), ref, false, what + ", " + k);
+      EXPECT_EQ(problem_recipe(q, seed), problem_recipe(p, seed)) << k;
+    }
+    EXPECT_NE(problem_recipe(with(p, "noise", p.noise * 2), seed), problem_recipe(p, seed));
+    EXPECT_NE(problem_recipe(with(p, "init_scale", p.init_scale * 2), seed), problem_recipe(p, seed));
+    EXPECT_NE(problem_recipe(with(p, "seed", p.seed + 1), seed), problem_recipe(p, seed));
+    EXPECT_NE(problem_recipe(p, seed + 1), problem_recipe(p, seed));
+  }
+}
+
+// A SetupShare over {trial, sibling (other lambda, steps, checkpoints), other
+// noise}: the sibling gets a copy of the trial's problem with its own params
+// and checkpoints, every field what a new build gives; the other noise level
+// is built alone. A budget too small for one problem keeps none: the sibling
+// builds its own, with the same bits. Sharing off: every trial builds.
+TEST(SetupShare, CopiesHaveTheBitsOfANewBuild) {
+  const uint64_t seed = 11;
+  for (const TrialParams& p : setup_variety()) {
+    const std::vector<TrialParams> ps = {p, with(with(with(p, "lambda", 3.0), "steps", 50), "checkpoints", 7),
+                                         with(p, "noise", p.noise * 2)};
+    std::vector<TrialProblem> fresh;
+    for (const TrialParams& q : ps) fresh.push_back(setup_trial(q, seed));
+    for (size_t budget : {size_t{64} << 20, size_t{1}, size_t{0}}) {
+      const std::string what = to_json(p).dump() + ", budget " + std::to_string(budget);
+      reset_setup_cache(budget);
+      {
+        SetupShare share(ps, 0, ps.size(), seed);
+        for (size_t i = 0; i < ps.size(); ++i)
+          expect_same_problem(share.setup(ps[i]), fresh[i], true, what + ", trial " + std::to_string(i));
+      }
+      const SetupCacheStats st = setup_cache_stats();
+      EXPECT_EQ(st.built, budget > 0 ? 1 : 0) << what;
+      EXPECT_EQ(st.reused, budget > 1 ? 1 : 0) << what;
+      EXPECT_EQ(st.evicted, budget == 1 ? 1 : 0) << what;
+      if (budget > 1) EXPECT_GT(st.bytes, sizeof(TrialProblem)) << what;
+    }
+  }
+  reset_setup_cache(size_t{kSetupCacheDefaultMb} << 20);
+}
+
+// Threads setting up the siblings of one problem at once build it once and
+// wait for it; each trial gets its own params. A failing build fails every
+// sibling with the same message.
+TEST(SetupShare, ThreadsSettingUpSiblingsBuildOnce) {
+  const uint64_t seed = 11;
+  const TrialParams base = setup_variety().back();  // trained teacher: the longest build
+  std::vector<TrialParams> ps;
+  for (int i = 0; i < 8; ++i) ps.push_back(with(base, "lambda", 0.1 * i));
+  std::vector<TrialProblem> fresh;
+  for (const TrialParams& p : ps) fresh.push_back(setup_trial(p, seed));
+  reset_setup_cache(size_t{64} << 20);
+  std::vector<TrialProblem> got(ps.size());
+  {
+    SetupShare share(ps, 0, ps.size(), seed);
+    for_each_in_setup_order(ps, 0, ps.size(), seed, 4, [&](size_t i) { got[i] = share.setup(ps[i]); });
+  }
+  for (size_t i = 0; i < ps.size(); ++i) expect_same_problem(got[i], fresh[i], true, "trial " + std::to_string(i));
+  SetupCacheStats st = setup_cache_stats();
+  EXPECT_EQ(st.built, 1);
+  EXPECT_EQ(st.reused, 7);
+  // A decomposition the widths cannot hold: every sibling fails alike.
+  std::vector<TrialParams> bad;
+  for (int i = 0; i < 4; ++i) {
+    TrialParams q = setup_variety().front();
+    q.hidden = {2};  // too narrow for the teacher's rank
+    q.lambda = 0.5 * i;
+    bad.push_back(q);
+  }
+  std::string first;
+  try {
+    (void)setup_trial(bad[0], seed);
+  } catch (const InputError& e) {
+    first = e.what();
+  }
+  ASSERT_FALSE(first.empty()) << "the narrow trial should not set up";
+  reset_setup_cache(size_t{64} << 20);
+  SetupShare share(bad, 0, bad.size(), seed);
+  std::vector<std::string> msg(bad.size());
+  for_each_in_setup_order(bad, 0, bad.size(), seed, 2, [&](size_t i) {
+    try {
+      (void)share.setup(bad[i]);
+    } catch (const InputError& e) {
+      msg[i] = e.what();
+    }
+  });
+  for (size_t i = 0; i < bad.size(); ++i) EXPECT_EQ(msg[i], first) << i;
+  reset_setup_cache(size_t{kSetupCacheDefaultMb} << 20);
+}
