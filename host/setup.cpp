@@ -349,10 +349,6 @@ class RecipeCache {
     std::lock_guard<std::mutex> lock(mu_);
     return counts_;
   }
-  bool enabled() const {
-    std::lock_guard<std::mutex> lock(mu_);
-    return capacity_ > 0;
-  }
 
   void reset(size_t capacity) {
     std::lock_guard<std::mutex> lock(mu_);
