@@ -780,23 +780,27 @@ TrialProblem SetupShare::setup(const TrialParams& p) {
   const std::string r = problem_recipe(p, seed_);
   std::promise<Ptr> mine;
   std::shared_future<Ptr> theirs;
+  bool alone = false;  // alone in the range, or dropped: built below, unlocked
   {
     std::lock_guard<std::mutex> lock(impl_->mu);
     auto it = impl_->map.find(r);
-    if (it == impl_->map.end()) return build_problem(p, seed_);  // alone in the range, or dropped
-    Impl::Entry& e = it->second;
-    if (e.value.valid()) {
-      theirs = e.value;
-      impl_->count(&SetupCacheStats::reused);
-    } else {
-      e.value = mine.get_future().share();
-      impl_->count(&SetupCacheStats::built);
-    }
-    if (--e.left == 0) {  // the last trial of the recipe: nothing more to keep
-      impl_->bytes -= e.bytes;
-      impl_->map.erase(it);
+    alone = it == impl_->map.end();
+    if (!alone) {
+      Impl::Entry& e = it->second;
+      if (e.value.valid()) {
+        theirs = e.value;
+        impl_->count(&SetupCacheStats::reused);
+      } else {
+        e.value = mine.get_future().share();
+        impl_->count(&SetupCacheStats::built);
+      }
+      if (--e.left == 0) {  // the last trial of the recipe: nothing more to keep
+        impl_->bytes -= e.bytes;
+        impl_->map.erase(it);
+      }
     }
   }
+  if (alone) return build_problem(p, seed_);
   if (!theirs.valid()) {  // this trial builds it for the others
     std::shared_ptr<const TrialProblem> sp;
     try {
