@@ -166,11 +166,13 @@ struct PinnedTeachers {
 std::string trained_teacher_recipe(const TrialParams& p, uint64_t sweep_seed);
 
 // The order in which threads should set up trials [lo, hi) of a batch: first
-// every trial that does not need a trained teacher another trial of the batch
-// needs too (so the first trial of each teacher), then the others, each part in
-// batch order. Trials that share a teacher are often neighbours (noise and
-// lambda the fastest axes); set up in batch order, all threads but one would
-// wait for the same teacher, and the teachers would be trained one at a time.
+// every trial that neither needs a trained teacher an earlier trial of the
+// range needs nor has the problem of an earlier one (problem_recipe: a
+// SetupShare copy), so the first trial of each teacher and of each problem;
+// then the others, each part in batch order. Trials that share a teacher or a
+// problem are often neighbours (noise and lambda the fastest axes); set up in
+// batch order, all threads but one would wait for the same teacher or
+// problem, and they would be built one at a time.
 std::vector<size_t> setup_order(const std::vector<TrialParams>& trials, size_t lo, size_t hi,
                                 uint64_t sweep_seed);
 // Calls f(i) once for every trial i in [lo, hi), on min(threads, hi - lo)

@@ -857,11 +857,12 @@ std::string trained_teacher_recipe(const TrialParams& p, uint64_t sweep_seed) {
 std::vector<size_t> setup_order(const std::vector<TrialParams>& trials, size_t lo, size_t hi,
                                 uint64_t sweep_seed) {
   std::vector<size_t> first, later;
-  std::unordered_set<std::string> seen;
+  std::unordered_set<std::string> seen, problems;
   for (size_t i = lo; i < hi; ++i) {
     const std::string recipe = trained_teacher_recipe(trials[i], sweep_seed);
-    const bool waits = !recipe.empty() && !seen.insert(recipe).second;
-    (waits ? later : first).push_back(i);
+    const bool waits_teacher = !recipe.empty() && !seen.insert(recipe).second;
+    const bool copies = !problems.insert(problem_recipe(trials[i], sweep_seed)).second;
+    (waits_teacher || copies ? later : first).push_back(i);
   }
   first.insert(first.end(), later.begin(), later.end());
   return first;

@@ -957,15 +957,28 @@ TEST(TeacherCache, SetUpOrderStartsEachTeacherFirst) {
   b1 = b;
   b1.noise = 0.9;      // shares b's
   a2.teacher.decomposition = Decomposition::balanced;  // shares a's
+  // The second oracle trial (4) is the first one's problem: a copy, later too.
   const std::vector<TrialParams> trials{oracle, a, a1, b, oracle, b1, a2};
-  EXPECT_EQ(setup_order(trials, 0, trials.size(), 1), (std::vector<size_t>{0, 1, 3, 4, 2, 5, 6}));
-  // A part of the batch: only its own trials, and a teacher first seen there
-  // counts as first.
+  EXPECT_EQ(setup_order(trials, 0, trials.size(), 1), (std::vector<size_t>{0, 1, 3, 2, 4, 5, 6}));
+  // A part of the batch: only its own trials, and a teacher or problem first
+  // seen there counts as first.
   EXPECT_EQ(setup_order(trials, 2, 6, 1), (std::vector<size_t>{2, 3, 4, 5}));
   EXPECT_EQ(setup_order(trials, 5, 7, 1), (std::vector<size_t>{5, 6}));
   EXPECT_TRUE(setup_order(trials, 3, 3, 1).empty());
   // Another sweep seed: the same sharing.
-  EXPECT_EQ(setup_order(trials, 0, trials.size(), 2), (std::vector<size_t>{0, 1, 3, 4, 2, 5, 6}));
+  EXPECT_EQ(setup_order(trials, 0, trials.size(), 2), (std::vector<size_t>{0, 1, 3, 2, 4, 5, 6}));
+  // No trained teacher, lambda the fastest axis: each seed's first lambda
+  // (the problem's builder) first, so the threads build distinct problems at
+  // once instead of waiting on one.
+  std::vector<TrialParams> grid;
+  for (int s = 0; s < 3; ++s)
+    for (double lam : {0.1, 1.0}) {
+      TrialParams q = base_params();
+      q.seed = s;
+      q.lambda = lam;
+      grid.push_back(q);
+    }
+  EXPECT_EQ(setup_order(grid, 0, grid.size(), 1), (std::vector<size_t>{0, 2, 4, 1, 3, 5}));
 }
 
 // ------------------------------------------------------------ set-up cache --
