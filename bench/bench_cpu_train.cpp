@@ -196,8 +196,8 @@ void Setup(benchmark::State& state, int lambdas) {
     }
     next_seed += kChunk / lambdas;
     SetupShare share(ps, 0, ps.size(), 5);
-    for (const TrialParams& q : ps) {
-      TrialProblem pr = share.setup(q);
+    for (size_t j = 0; j < ps.size(); ++j) {
+      TrialProblem pr = share.setup(j);
       benchmark::DoNotOptimize(pr.interp_risk);
     }
   }

@@ -37,10 +37,11 @@ int resolve_threads(int requested) {
   return hw > 0 ? static_cast<int>(hw) : 1;
 }
 
-TrialResult run_one(int64_t id, const TrialParams& p, const RunOptions& opt, SetupShare& share) {
+// Trial i of the batch `share` covers.
+TrialResult run_one(int64_t id, size_t i, const RunOptions& opt, SetupShare& share) {
   TrialResult r;
   try {
-    const TrialProblem pr = share.setup(p);
+    const TrialProblem pr = share.setup(i);
     r = opt.precision == Precision::f64 ? train_trial<double>(pr) : train_trial<float>(pr);
   } catch (const InputError& e) {
     r = TrialResult{};
@@ -76,8 +77,9 @@ class CpuBackend final : public Backend {
     for_each_in_setup_order(batch.trials, 0, n, opt.sweep_seed, opt.threads > 0 ? opt.threads : threads_,
                             [&](size_t i) {
                               const int64_t id = i < batch.ids.size() ? batch.ids[i] : static_cast<int64_t>(i);
-                              out[i] = run_one(id, batch.trials[i], opt, share);
-                            });
+                              out[i] = run_one(id, i, opt, share);
+                            },
+                            &share);
     return out;
   }
 

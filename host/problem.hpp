@@ -76,15 +76,21 @@ inline constexpr const char* kSetupIgnores[] = {"lambda", "lr", "steps", "checkp
 constexpr int kSetupCacheDefaultMb = 512;
 class SetupShare {
  public:
+  // Reads every trial's problem_recipe once; `trials` must outlive the share.
   SetupShare(const std::vector<TrialParams>& trials, size_t lo, size_t hi, uint64_t sweep_seed);
   ~SetupShare();
   SetupShare(const SetupShare&) = delete;
   SetupShare& operator=(const SetupShare&) = delete;
-  // setup_trial(p, sweep_seed), built or copied; p must be one of the range's trials.
-  TrialProblem setup(const TrialParams& p);
+  // setup_trial(trials[i], sweep_seed), built or copied; i in [lo, hi), each once.
+  TrialProblem setup(size_t i);
+  // Whether trial i will take a copy of an earlier trial's problem (setup_order
+  // sets it up after the trials that build).
+  bool copies(size_t i) const;
 
  private:
   struct Impl;
+  const std::vector<TrialParams>& trials_;
+  size_t lo_;
   uint64_t seed_;
   std::unique_ptr<Impl> impl_;  // null: nothing to share (or sharing off)
 };
@@ -167,20 +173,22 @@ std::string trained_teacher_recipe(const TrialParams& p, uint64_t sweep_seed);
 
 // The order in which threads should set up trials [lo, hi) of a batch: first
 // every trial that neither needs a trained teacher an earlier trial of the
-// range needs nor has the problem of an earlier one (problem_recipe: a
-// SetupShare copy), so the first trial of each teacher and of each problem;
-// then the others, each part in batch order. Trials that share a teacher or a
-// problem are often neighbours (noise and lambda the fastest axes); set up in
-// batch order, all threads but one would wait for the same teacher or
-// problem, and they would be built one at a time.
+// range needs nor takes a copy of an earlier trial's problem (`share`, when
+// the trials are set up through one: SetupShare::copies), so the first trial
+// of each teacher and of each problem; then the others, each part in batch
+// order. Trials that share a teacher or a problem are often neighbours (noise
+// and lambda the fastest axes); set up in batch order, all threads but one
+// would wait for the same teacher or problem, and they would be built one at
+// a time.
 std::vector<size_t> setup_order(const std::vector<TrialParams>& trials, size_t lo, size_t hi,
-                                uint64_t sweep_seed);
+                                uint64_t sweep_seed, const SetupShare* share = nullptr);
 // Calls f(i) once for every trial i in [lo, hi), on min(threads, hi - lo)
 // threads (this one when that is 1 or less), taking the trials in setup_order.
 // f must not throw. The CPU backend (set-up and training) and the CUDA plan
 // (set-up) run their batches through it.
 void for_each_in_setup_order(const std::vector<TrialParams>& trials, size_t lo, size_t hi,
-                             uint64_t sweep_seed, int threads, const std::function<void(size_t)>& f);
+                             uint64_t sweep_seed, int threads, const std::function<void(size_t)>& f,
+                             const SetupShare* share = nullptr);
 
 // f(i) for every i in [0, n) on min(threads, n) threads (this one when that
 // is 1 or less), each taking the next i as it frees up. f must not throw.

@@ -223,53 +223,28 @@ std::string teacher_recipe(const TrialParams& p, const TrialKeys& keys) {
   return r;
 }
 
-// Values built once per recipe and shared by the threads that set trials up:
-// trained teachers (a teacher's training costs as much as a student's: T
-// steps of the data path in float64 on one core; in a sweep over noise,
-// lambda, the student's optimiser or the decomposition, those trials share
-// it) and whole problems (setup_trial: trials that differ only in what
-// training reads share everything set-up builds). Least recently used recipes
-// go first past the byte budget; a recipe another thread is building is
-// waited for, not built twice; put() entries are pinned past the budget until
-// unpinned.
-struct CacheCounts {
-  long long built = 0;      // builds run (or running)
-  long long reused = 0;     // gets that took a kept value
-  long long evicted = 0;    // values dropped for the budget
-  long long elsewhere = 0;  // values handed in by put()
-  size_t bytes = 0;         // kept now
-  double seconds = 0;       // wall time of the builds, summed over the threads
-};
-
-size_t value_bytes(const TrainedTeacher& t) { return t.bytes(); }
-size_t value_bytes(const TrialProblem& pr) {
-  size_t b = sizeof(pr);
-  auto add = [&b](const Matrix& M) { b += sizeof(Matrix) + M.a.size() * sizeof(double); };
-  for (const Matrix* M : {&pr.X, &pr.Xn, &pr.Y, &pr.Wstar, &pr.Mhalf, &pr.Xtest, &pr.Ytest, &pr.Wt, &pr.U}) add(*M);
-  for (const std::vector<Matrix>* v : {&pr.feature, &pr.W0, &pr.teacher_W})
-    for (const Matrix& M : *v) add(M);
-  return b + (pr.spectrum.size() + pr.checkpoints.size()) * 8 + (pr.w.size() + pr.matched.size()) * 4;
-}
-
-template <class T>
-class RecipeCache {
+// Trained teachers by recipe, shared by the threads that set trials up.
+// Training a teacher costs as much as training a student (T steps of the data
+// path, in float64, on one core); in a sweep over noise, lambda, the student's
+// optimiser or the decomposition, every one of those trials has the same
+// teacher. Least recently used recipes go first past the byte budget; a recipe
+// another thread is training is waited for, not trained twice.
+class TeacherCache {
  public:
-  explicit RecipeCache(size_t capacity) : capacity_(capacity) {}
-
-  template <class Build>
-  std::shared_ptr<const T> get(const std::string& recipe, Build build) {
-    std::promise<std::shared_ptr<const T>> mine;
-    std::shared_future<std::shared_ptr<const T>> theirs;
-    uint64_t ticket = 0;  // nonzero: this call builds the recipe for the cache
+  template <class Train>
+  std::shared_ptr<const TrainedTeacher> get(const std::string& recipe, Train train) {
+    std::promise<std::shared_ptr<const TrainedTeacher>> mine;
+    std::shared_future<std::shared_ptr<const TrainedTeacher>> theirs;
+    uint64_t ticket = 0;  // nonzero: this call trains the recipe for the cache
     {
       std::lock_guard<std::mutex> lock(mu_);
       auto it = map_.find(recipe);  // pinned entries are there whatever the budget
       if (it != map_.end()) {
-        ++counts_.reused;
+        ++stats_.reused;
         lru_.splice(lru_.begin(), lru_, it->second.pos);
         theirs = it->second.value;
       } else {
-        ++counts_.built;
+        ++stats_.trained;
         if (capacity_ > 0) {
           ticket = ++tickets_;
           lru_.push_front(recipe);
@@ -278,15 +253,15 @@ class RecipeCache {
       }
     }
     if (theirs.valid()) return theirs.get();
-    std::shared_ptr<const T> t;
+    std::shared_ptr<const TrainedTeacher> t;
     const auto t0 = std::chrono::steady_clock::now();
     try {
-      t = build();
+      t = train();
       const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       std::lock_guard<std::mutex> lock(mu_);
-      counts_.seconds += sec;
+      stats_.train_seconds += sec;
     } catch (...) {
-      // Nothing is kept of a failed build (an exception, not a diverged
+      // Nothing is kept of a failed training (an exception, not a diverged
       // teacher): those waiting get the exception, the next trial tries again.
       if (ticket) {
         mine.set_exception(std::current_exception());
@@ -304,36 +279,36 @@ class RecipeCache {
       std::lock_guard<std::mutex> lock(mu_);
       auto it = map_.find(recipe);
       if (it != map_.end() && it->second.ticket == ticket) {  // not dropped by a reset meanwhile
-        it->second.bytes = value_bytes(*t) + 2 * recipe.size() + 64;
-        counts_.bytes += it->second.bytes;
+        it->second.bytes = t->bytes() + 2 * recipe.size() + 64;
+        stats_.bytes += it->second.bytes;
         evict();
       }
     }
     return t;
   }
 
-  // Whether the recipe is kept or being built.
+  // Whether the recipe is kept or being trained.
   bool holds(const std::string& recipe) const {
     std::lock_guard<std::mutex> lock(mu_);
     return map_.count(recipe) != 0;
   }
 
-  // A value built elsewhere, pinned until unpin (an equal one already there
-  // is kept and pinned instead: the same recipe gives the same bits).
-  void put(const std::string& recipe, std::shared_ptr<const T> t) {
+  // A teacher trained elsewhere, pinned until unpin (an equal one already
+  // there is kept and pinned instead: the same recipe gives the same bits).
+  void put(const std::string& recipe, std::shared_ptr<const TrainedTeacher> t) {
     std::lock_guard<std::mutex> lock(mu_);
-    ++counts_.elsewhere;
+    ++stats_.elsewhere;
     auto it = map_.find(recipe);
     if (it != map_.end()) {
       ++it->second.pins;
       return;
     }
-    std::promise<std::shared_ptr<const T>> done;
-    const size_t bytes = value_bytes(*t) + 2 * recipe.size() + 64;
+    std::promise<std::shared_ptr<const TrainedTeacher>> done;
+    const size_t bytes = t->bytes() + 2 * recipe.size() + 64;
     done.set_value(std::move(t));
     lru_.push_front(recipe);
     map_.emplace(recipe, Entry{done.get_future().share(), lru_.begin(), 0, bytes, 1});
-    counts_.bytes += bytes;
+    stats_.bytes += bytes;
   }
 
   void unpin(const std::vector<std::string>& recipes) {
@@ -345,36 +320,36 @@ class RecipeCache {
     evict();
   }
 
-  CacheCounts counts() const {
+  TeacherCacheStats stats() const {
     std::lock_guard<std::mutex> lock(mu_);
-    return counts_;
+    return stats_;
   }
 
   void reset(size_t capacity) {
     std::lock_guard<std::mutex> lock(mu_);
-    // Builds in flight keep their promise (their waiters hold the future);
+    // Trainings in flight keep their promise (their waiters hold the future);
     // only finished entries are dropped with the map.
     map_.clear();
     lru_.clear();
     capacity_ = capacity;
-    counts_ = CacheCounts{};
+    stats_ = TeacherCacheStats{};
   }
 
  private:
   struct Entry {
-    std::shared_future<std::shared_ptr<const T>> value;
+    std::shared_future<std::shared_ptr<const TrainedTeacher>> value;
     std::list<std::string>::iterator pos;
-    uint64_t ticket;  // which call builds it
-    size_t bytes;     // 0 while its build runs
+    uint64_t ticket;  // which call trains it
+    size_t bytes;     // 0 while its training runs
     int pins;         // put() calls not yet unpinned: kept past the budget
   };
   void evict() {  // oldest finished entries first, down to the budget (mu_ held)
-    for (auto pos = lru_.end(); counts_.bytes > capacity_ && pos != lru_.begin();) {
+    for (auto pos = lru_.end(); stats_.bytes > capacity_ && pos != lru_.begin();) {
       --pos;
       auto it = map_.find(*pos);
       if (!it->second.bytes || it->second.pins > 0) continue;
-      counts_.bytes -= it->second.bytes;
-      ++counts_.evicted;
+      stats_.bytes -= it->second.bytes;
+      ++stats_.evicted;
       map_.erase(it);
       pos = lru_.erase(pos);
     }
@@ -384,13 +359,25 @@ class RecipeCache {
   std::unordered_map<std::string, Entry> map_;
   std::list<std::string> lru_;  // most recently used first
   uint64_t tickets_ = 0;
-  size_t capacity_;
-  CacheCounts counts_;
+  size_t capacity_ = kDefaultCapacity;
+  TeacherCacheStats stats_;
+
+  static constexpr size_t kDefaultCapacity = size_t{kTeacherCacheDefaultMb} << 20;
 };
 
-RecipeCache<TrainedTeacher>& teacher_cache() {
-  static RecipeCache<TrainedTeacher> cache(size_t{kTeacherCacheDefaultMb} << 20);
+TeacherCache& teacher_cache() {
+  static TeacherCache cache;
   return cache;
+}
+
+// Bytes a kept problem holds (SetupShare's budget).
+size_t problem_bytes(const TrialProblem& pr) {
+  size_t b = sizeof(pr);
+  auto add = [&b](const Matrix& M) { b += sizeof(Matrix) + M.a.size() * sizeof(double); };
+  for (const Matrix* M : {&pr.X, &pr.Xn, &pr.Y, &pr.Wstar, &pr.Mhalf, &pr.Xtest, &pr.Ytest, &pr.Wt, &pr.U}) add(*M);
+  for (const std::vector<Matrix>* v : {&pr.feature, &pr.W0, &pr.teacher_W})
+    for (const Matrix& M : *v) add(M);
+  return b + (pr.spectrum.size() + pr.checkpoints.size()) * 8 + (pr.w.size() + pr.matched.size()) * 4;
 }
 
 // Re-factorises W_t (m x d) into L layers of widths w (MODEL.md "Teacher";
@@ -589,8 +576,7 @@ double linear_risk(const TrialProblem& pr, const Matrix& We) {
   return frob2(sub(matmul(We, pr.Xtest), pr.Ytest)) / pr.Xtest.cols + pr.Ytest.rows * pr.sigma_y * pr.sigma_y;
 }
 
-// Everything set-up builds for a trial (setup_trial without the cache).
-TrialProblem build_problem(const TrialParams& p, uint64_t sweep_seed) {
+TrialProblem setup_trial(const TrialParams& p, uint64_t sweep_seed) {
   check_law_inputs(p);
   TrialProblem pr;
   pr.params = p;
@@ -712,8 +698,6 @@ std::string problem_recipe(const TrialParams& p, uint64_t sweep_seed) {
   return std::to_string(sweep_seed) + " " + to_json(q).dump();
 }
 
-TrialProblem setup_trial(const TrialParams& p, uint64_t sweep_seed) { return build_problem(p, sweep_seed); }
-
 namespace {
 // Process totals of every SetupShare, and the budget new ones take.
 struct ShareTotals {
@@ -746,6 +730,8 @@ struct SetupShare::Impl {
     size_t bytes = 0;
   };
   size_t budget = 0;
+  std::vector<std::string> recipe;  // of trial lo + k
+  std::vector<char> copy;           // trial lo + k has the problem of an earlier trial
   std::mutex mu;
   std::unordered_map<std::string, Entry> map;  // recipes of two or more trials of the range
   size_t bytes = 0;                            // of the problems kept now
@@ -757,7 +743,7 @@ struct SetupShare::Impl {
 };
 
 SetupShare::SetupShare(const std::vector<TrialParams>& trials, size_t lo, size_t hi, uint64_t sweep_seed)
-    : seed_(sweep_seed) {
+    : trials_(trials), lo_(lo), seed_(sweep_seed) {
   size_t budget;
   {
     std::lock_guard<std::mutex> lock(share_totals().mu);
@@ -766,7 +752,12 @@ SetupShare::SetupShare(const std::vector<TrialParams>& trials, size_t lo, size_t
   if (budget == 0 || hi <= lo + 1) return;
   impl_ = std::make_unique<Impl>();
   impl_->budget = budget;
-  for (size_t i = lo; i < hi; ++i) ++impl_->map[problem_recipe(trials[i], sweep_seed)].left;
+  impl_->recipe.reserve(hi - lo);
+  impl_->copy.reserve(hi - lo);
+  for (size_t i = lo; i < hi; ++i) {
+    impl_->recipe.push_back(problem_recipe(trials[i], sweep_seed));
+    impl_->copy.push_back(impl_->map[impl_->recipe.back()].left++ > 0);
+  }
   for (auto it = impl_->map.begin(); it != impl_->map.end();)
     it = it->second.left < 2 ? impl_->map.erase(it) : std::next(it);
   if (impl_->map.empty()) impl_.reset();
@@ -774,10 +765,13 @@ SetupShare::SetupShare(const std::vector<TrialParams>& trials, size_t lo, size_t
 
 SetupShare::~SetupShare() = default;
 
-TrialProblem SetupShare::setup(const TrialParams& p) {
+bool SetupShare::copies(size_t i) const { return impl_ && impl_->copy[i - lo_]; }
+
+TrialProblem SetupShare::setup(size_t i) {
   using Ptr = Impl::Ptr;
-  if (!impl_) return build_problem(p, seed_);
-  const std::string r = problem_recipe(p, seed_);
+  const TrialParams& p = trials_[i];
+  if (!impl_) return setup_trial(p, seed_);
+  const std::string& r = impl_->recipe[i - lo_];
   std::promise<Ptr> mine;
   std::shared_future<Ptr> theirs;
   bool alone = false;  // alone in the range, or dropped: built below, unlocked
@@ -800,11 +794,11 @@ TrialProblem SetupShare::setup(const TrialParams& p) {
       }
     }
   }
-  if (alone) return build_problem(p, seed_);
+  if (alone) return setup_trial(p, seed_);
   if (!theirs.valid()) {  // this trial builds it for the others
     std::shared_ptr<const TrialProblem> sp;
     try {
-      sp = std::make_shared<const TrialProblem>(build_problem(p, seed_));
+      sp = std::make_shared<const TrialProblem>(setup_trial(p, seed_));
     } catch (...) {
       // The others get the same error (the same inputs); none is kept.
       mine.set_exception(std::current_exception());
@@ -817,7 +811,7 @@ TrialProblem SetupShare::setup(const TrialParams& p) {
       std::lock_guard<std::mutex> lock(impl_->mu);
       auto it = impl_->map.find(r);
       if (it != impl_->map.end()) {
-        const size_t b = value_bytes(*sp);
+        const size_t b = problem_bytes(*sp);
         if (impl_->bytes + b > impl_->budget) {  // over budget: the others build their own
           impl_->map.erase(it);
           impl_->count(&SetupCacheStats::evicted);
@@ -838,39 +832,29 @@ TrialProblem SetupShare::setup(const TrialParams& p) {
   return pr;
 }
 
-TeacherCacheStats teacher_cache_stats() {
-  const CacheCounts c = teacher_cache().counts();
-  TeacherCacheStats t;
-  t.trained = c.built;
-  t.reused = c.reused;
-  t.evicted = c.evicted;
-  t.bytes = c.bytes;
-  t.train_seconds = c.seconds;
-  t.elsewhere = c.elsewhere;
-  return t;
-}
+TeacherCacheStats teacher_cache_stats() { return teacher_cache().stats(); }
 
 std::string trained_teacher_recipe(const TrialParams& p, uint64_t sweep_seed) {
   return p.teacher.kind == TeacherKind::trained ? teacher_recipe(p, trial_keys(sweep_seed, p)) : std::string();
 }
 
 std::vector<size_t> setup_order(const std::vector<TrialParams>& trials, size_t lo, size_t hi,
-                                uint64_t sweep_seed) {
+                                uint64_t sweep_seed, const SetupShare* share) {
   std::vector<size_t> first, later;
-  std::unordered_set<std::string> seen, problems;
+  std::unordered_set<std::string> seen;
   for (size_t i = lo; i < hi; ++i) {
     const std::string recipe = trained_teacher_recipe(trials[i], sweep_seed);
-    const bool waits_teacher = !recipe.empty() && !seen.insert(recipe).second;
-    const bool copies = !problems.insert(problem_recipe(trials[i], sweep_seed)).second;
-    (waits_teacher || copies ? later : first).push_back(i);
+    const bool waits = !recipe.empty() && !seen.insert(recipe).second;
+    (waits || (share && share->copies(i)) ? later : first).push_back(i);
   }
   first.insert(first.end(), later.begin(), later.end());
   return first;
 }
 
 void for_each_in_setup_order(const std::vector<TrialParams>& trials, size_t lo, size_t hi,
-                             uint64_t sweep_seed, int threads, const std::function<void(size_t)>& f) {
-  const std::vector<size_t> order = setup_order(trials, lo, hi, sweep_seed);
+                             uint64_t sweep_seed, int threads, const std::function<void(size_t)>& f,
+                             const SetupShare* share) {
+  const std::vector<size_t> order = setup_order(trials, lo, hi, sweep_seed, share);
   parallel_for(order.size(), threads, [&](size_t k) { f(order[k]); });
 }
 

@@ -394,14 +394,14 @@ std::vector<Prepared> prepare_trials(const Batch& batch, size_t lo, size_t hi,
                                      std::vector<TrialResult>& out, double* setup_s, SetupShare* share) {
   const auto t0 = std::chrono::steady_clock::now();
   std::vector<std::unique_ptr<Prepared>> slot(hi - lo);
-  for_each_in_setup_order(batch.trials, lo, hi, opt.sweep_seed, nthreads, [&](size_t i) {
+  const auto one = [&](size_t i) {
     const int64_t id = i < batch.ids.size() ? batch.ids[i] : static_cast<int64_t>(i);
     TrialResult& r = out[i];
     r.trial = id;
     try {
       auto p = std::make_unique<Prepared>();
       p->index = i;
-      p->pr = share ? share->setup(batch.trials[i]) : setup_trial(batch.trials[i], opt.sweep_seed);
+      p->pr = share ? share->setup(i) : setup_trial(batch.trials[i], opt.sweep_seed);
       if (static_cast<int>(p->pr.w.size()) != p->pr.L + 1)
         throw std::logic_error("train: widths do not match the depth");
       if (static_cast<int>(p->pr.W0.size()) != p->pr.L + 1)
@@ -419,7 +419,8 @@ std::vector<Prepared> prepare_trials(const Batch& batch, size_t lo, size_t hi,
       r.status = Status::failed;
       r.message = e.what();
     }
-  });
+  };
+  for_each_in_setup_order(batch.trials, lo, hi, opt.sweep_seed, nthreads, one, share);
   std::vector<Prepared> prepared;
   prepared.reserve(hi - lo);
   for (auto& p : slot)

@@ -957,19 +957,25 @@ TEST(TeacherCache, SetUpOrderStartsEachTeacherFirst) {
   b1 = b;
   b1.noise = 0.9;      // shares b's
   a2.teacher.decomposition = Decomposition::balanced;  // shares a's
-  // The second oracle trial (4) is the first one's problem: a copy, later too.
   const std::vector<TrialParams> trials{oracle, a, a1, b, oracle, b1, a2};
-  EXPECT_EQ(setup_order(trials, 0, trials.size(), 1), (std::vector<size_t>{0, 1, 3, 2, 4, 5, 6}));
-  // A part of the batch: only its own trials, and a teacher or problem first
-  // seen there counts as first.
+  EXPECT_EQ(setup_order(trials, 0, trials.size(), 1), (std::vector<size_t>{0, 1, 3, 4, 2, 5, 6}));
+  // A part of the batch: only its own trials, and a teacher first seen there
+  // counts as first.
   EXPECT_EQ(setup_order(trials, 2, 6, 1), (std::vector<size_t>{2, 3, 4, 5}));
   EXPECT_EQ(setup_order(trials, 5, 7, 1), (std::vector<size_t>{5, 6}));
   EXPECT_TRUE(setup_order(trials, 3, 3, 1).empty());
   // Another sweep seed: the same sharing.
-  EXPECT_EQ(setup_order(trials, 0, trials.size(), 2), (std::vector<size_t>{0, 1, 3, 2, 4, 5, 6}));
+  EXPECT_EQ(setup_order(trials, 0, trials.size(), 2), (std::vector<size_t>{0, 1, 3, 4, 2, 5, 6}));
+  // Set up through a SetupShare, a trial that copies an earlier one's
+  // problem goes later too: the second oracle trial (4) is the first one's.
+  // In a part of the batch, a copy of a trial before the part is later too.
+  reset_setup_cache(size_t{64} << 20);
+  const SetupShare share(trials, 0, trials.size(), 1);
+  EXPECT_EQ(setup_order(trials, 0, trials.size(), 1, &share), (std::vector<size_t>{0, 1, 3, 2, 4, 5, 6}));
+  EXPECT_EQ(setup_order(trials, 2, 6, 1, &share), (std::vector<size_t>{3, 2, 4, 5}));
   // No trained teacher, lambda the fastest axis: each seed's first lambda
   // (the problem's builder) first, so the threads build distinct problems at
-  // once instead of waiting on one.
+  // once instead of waiting on one; without a share, batch order.
   std::vector<TrialParams> grid;
   for (int s = 0; s < 3; ++s)
     for (double lam : {0.1, 1.0}) {
@@ -978,7 +984,10 @@ TEST(TeacherCache, SetUpOrderStartsEachTeacherFirst) {
       q.lambda = lam;
       grid.push_back(q);
     }
-  EXPECT_EQ(setup_order(grid, 0, grid.size(), 1), (std::vector<size_t>{0, 2, 4, 1, 3, 5}));
+  const SetupShare grid_share(grid, 0, grid.size(), 1);
+  EXPECT_EQ(setup_order(grid, 0, grid.size(), 1, &grid_share), (std::vector<size_t>{0, 2, 4, 1, 3, 5}));
+  EXPECT_EQ(setup_order(grid, 0, grid.size(), 1), (std::vector<size_t>{0, 1, 2, 3, 4, 5}));
+  reset_setup_cache(size_t{kSetupCacheDefaultMb} << 20);
 }
 
 // ------------------------------------------------------------ set-up cache --
@@ -1107,7 +1116,7 @@ TEST(SetupShare, CopiesHaveTheBitsOfANewBuild) {
       {
         SetupShare share(ps, 0, ps.size(), seed);
         for (size_t i = 0; i < ps.size(); ++i)
-          expect_same_problem(share.setup(ps[i]), fresh[i], true, what + ", trial " + std::to_string(i));
+          expect_same_problem(share.setup(i), fresh[i], true, what + ", trial " + std::to_string(i));
       }
       const SetupCacheStats st = setup_cache_stats();
       EXPECT_EQ(st.built, budget > 0 ? 1 : 0) << what;
@@ -1133,7 +1142,7 @@ TEST(SetupShare, ThreadsSettingUpSiblingsBuildOnce) {
   std::vector<TrialProblem> got(ps.size());
   {
     SetupShare share(ps, 0, ps.size(), seed);
-    for_each_in_setup_order(ps, 0, ps.size(), seed, 4, [&](size_t i) { got[i] = share.setup(ps[i]); });
+    for_each_in_setup_order(ps, 0, ps.size(), seed, 4, [&](size_t i) { got[i] = share.setup(i); }, &share);
   }
   for (size_t i = 0; i < ps.size(); ++i) expect_same_problem(got[i], fresh[i], true, "trial " + std::to_string(i));
   SetupCacheStats st = setup_cache_stats();
@@ -1157,13 +1166,16 @@ TEST(SetupShare, ThreadsSettingUpSiblingsBuildOnce) {
   reset_setup_cache(size_t{64} << 20);
   SetupShare share(bad, 0, bad.size(), seed);
   std::vector<std::string> msg(bad.size());
-  for_each_in_setup_order(bad, 0, bad.size(), seed, 2, [&](size_t i) {
-    try {
-      (void)share.setup(bad[i]);
-    } catch (const InputError& e) {
-      msg[i] = e.what();
-    }
-  });
+  for_each_in_setup_order(
+      bad, 0, bad.size(), seed, 2,
+      [&](size_t i) {
+        try {
+          (void)share.setup(i);
+        } catch (const InputError& e) {
+          msg[i] = e.what();
+        }
+      },
+      &share);
   for (size_t i = 0; i < bad.size(); ++i) EXPECT_EQ(msg[i], first) << i;
   reset_setup_cache(size_t{kSetupCacheDefaultMb} << 20);
 }
