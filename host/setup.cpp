@@ -549,13 +549,10 @@ Matrix end_to_end(const std::vector<Matrix>& W) {
   for (size_t l = 2; l < W.size(); ++l) {
     if (W[l].cols != A.rows) throw std::logic_error("end_to_end: layer widths do not chain");
     Matrix B(W[l].rows, A.cols);
-    for (int i = 0; i < W[l].rows; ++i)
-      for (int p = 0; p < W[l].cols; ++p) {
-        const double a = W[l](i, p);
-        // One fma chain per element over p = 0.. from 0: the order of tm::gemm,
-        // which the CUDA backend's evaluation forms the same product with.
-        for (int j = 0; j < A.cols; ++j) B(i, j) = tm::fmadd(a, A(p, j), B(i, j));
-      }
+    // tm::gemm: one fma chain per element over p = 0.. from 0, the product the
+    // CUDA backend's evaluation forms (eval_item), in the CPU's register tiles.
+    tm::gemm<tm::kSet>(tm::SerialTeam{}, B.rows, B.cols, W[l].cols, W[l].a.data(), W[l].cols, 1, A.a.data(),
+                       A.cols, B.a.data(), B.cols);
     A = std::move(B);
   }
   return A;

@@ -642,6 +642,39 @@ TEST(TrialMath, GemmMatchesNaiveForAllTileShapes) {
       }
 }
 
+// tm::linear_risk runs 16 chains side by side; each s_ij must still be one fma
+// chain over p from 0, and r the sum of s_ij^2 in row-major (i, j) order: the
+// plain triple loop, bit for bit, in float and double, for k below, at and
+// past the 16-wide block (the tail runs the scalar chain).
+template <class Real>
+static void expect_linear_risk_is_plain_loop(int m, int d, int k, Gen& g) {
+  const Matrix We = g.matrix(m, d, 1), Ws = g.matrix(m, d, 1), Mh = g.matrix(d, k, 1);
+  std::vector<Real> we(We.a.begin(), We.a.end()), ws(Ws.a.begin(), Ws.a.end()), mh(Mh.a.begin(), Mh.a.end());
+  const Real sigma = Real(0.3), sigma_y = Real(0.2);
+  Real r = 0, n2 = 0;
+  for (int i = 0; i < m; ++i) {
+    for (int j = 0; j < k; ++j) {
+      Real s = 0;
+      for (int p = 0; p < d; ++p) s = tm::fmadd(we[i * d + p] - ws[i * d + p], mh[p * k + j], s);
+      r = tm::fmadd(s, s, r);
+    }
+    for (int p = 0; p < d; ++p) n2 = tm::fmadd(we[i * d + p], we[i * d + p], n2);
+  }
+  const Real expect = r + sigma * sigma * n2 + Real(m) * sigma_y * sigma_y;
+  const Real got = tm::linear_risk<Real>(m, d, k, we.data(), ws.data(), mh.data(), sigma, sigma_y);
+  EXPECT_EQ(got, expect) << "m " << m << " d " << d << " k " << k << " " << sizeof(Real);
+}
+
+TEST(TrialMath, LinearRiskIsThePlainLoopBitForBit) {
+  Gen g(17);
+  for (int m : {1, 3, 16})
+    for (int d : {1, 7, 64})
+      for (int k : {1, 5, 16, 21, 40, 64}) {
+        expect_linear_risk_is_plain_loop<double>(m, d, k, g);
+        expect_linear_risk_is_plain_loop<float>(m, d, k, g);
+      }
+}
+
 TEST(TrialMath, NamedGemmForms) {
   Gen g(8);
   const int M = 13, Nc = 37, K = 9;
