@@ -275,6 +275,8 @@ int run_main(const RunArgs& a) {
     std::printf("stsweep: set-up: %lld problems built, %lld trials copied one (they differ only in lambda, lr, "
                 "steps, checkpoints, baseline or path)",
                 sc.built, sc.reused);
+    if (sc.moments_reused > 0)
+      std::printf(", %lld of them its moments too (moment path)", sc.moments_reused);
     if (sc.evicted > 0)
       std::printf("; %lld dropped for the --setup-cache-mb budget (%g MB; more would reuse more)", sc.evicted,
                   a.setup_cache_mb);

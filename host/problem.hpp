@@ -37,6 +37,10 @@ struct TrialProblem {
   std::vector<Matrix> feature;  // size L (index 0 unused)
   // (The moment path's moments are formed from Xn, Y and feature by
   // trial_moments (host/train.hpp) for the trials that train on them only.)
+  // Set by SetupShare on a problem several trials share (null otherwise): the
+  // copies hold the same one, so trial_moments forms their moments once. A
+  // problem that has it must not be changed (its moments would be stale).
+  std::shared_ptr<struct SharedMoments> shared_moments;
   // Initial student weights W[l] (w[l] x w[l-1]), l = 1..L (index 0 unused);
   // the twin starts from the same weights.
   std::vector<Matrix> W0;
@@ -101,9 +105,11 @@ struct SetupCacheStats {
   long long built = 0;    // shared problems built (one per recipe of two or more trials)
   long long reused = 0;   // trials that took a copy
   long long evicted = 0;  // problems not kept for the budget (their other trials built their own)
+  long long moments_reused = 0;  // moment-path trials that took a shared problem's moments (trial_moments)
   size_t bytes = 0;       // most bytes one SetupShare kept at once
 };
 SetupCacheStats setup_cache_stats();
+void count_moments_reused();  // trial_moments, for setup_cache_stats
 // Zeroes the totals and sets the budget of the SetupShares made after it (0: off).
 void reset_setup_cache(size_t capacity_bytes);
 

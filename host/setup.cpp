@@ -713,6 +713,11 @@ SetupCacheStats setup_cache_stats() {
   return share_totals().s;
 }
 
+void count_moments_reused() {
+  std::lock_guard<std::mutex> lock(share_totals().mu);
+  ++share_totals().s.moments_reused;
+}
+
 void reset_setup_cache(size_t capacity_bytes) {
   std::lock_guard<std::mutex> lock(share_totals().mu);
   share_totals().s = SetupCacheStats{};
@@ -795,7 +800,9 @@ TrialProblem SetupShare::setup(size_t i) {
   if (!theirs.valid()) {  // this trial builds it for the others
     std::shared_ptr<const TrialProblem> sp;
     try {
-      sp = std::make_shared<const TrialProblem>(setup_trial(p, seed_));
+      TrialProblem built = setup_trial(p, seed_);
+      built.shared_moments = std::make_shared<SharedMoments>();
+      sp = std::make_shared<const TrialProblem>(std::move(built));
     } catch (...) {
       // The others get the same error (the same inputs); none is kept.
       mine.set_exception(std::current_exception());

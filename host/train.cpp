@@ -65,6 +65,18 @@ TrialMoments moments_of(const Matrix& Xn, const Matrix& Y, const std::vector<Mat
 }
 
 TrialMoments trial_moments(const TrialProblem& pr, uint32_t mask) {
+  if (SharedMoments* sm = pr.shared_moments.get()) {
+    bool formed = false;
+    std::call_once(sm->once, [&] {
+      sm->mo = moments_of(pr.Xn, pr.Y, pr.feature, pr.L, mask);
+      sm->mask = mask;
+      formed = true;
+    });
+    if (sm->mask == mask) {
+      if (!formed) count_moments_reused();
+      return sm->mo;
+    }
+  }
   return moments_of(pr.Xn, pr.Y, pr.feature, pr.L, mask);
 }
 

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <limits>
+#include <mutex>
 #include <vector>
 
 #include "problem.hpp"
@@ -64,6 +65,13 @@ struct TrialMoments {
   std::vector<Matrix> Chx;  // index 1..L-1, matched layers
   double tr_yy = 0;
   std::vector<double> tr_hh;
+};
+// The moments of a problem several trials share (TrialProblem::shared_moments):
+// formed by the first trial that asks (for its mask; another mask forms its own).
+struct SharedMoments {
+  std::once_flag once;
+  uint32_t mask = 0;
+  TrialMoments mo;
 };
 TrialMoments trial_moments(const TrialProblem& pr, uint32_t mask);
 // The same from any data (Xn: d x N, Y: m x N, feature[l]: w_l x N for l in mask).

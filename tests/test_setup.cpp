@@ -1179,3 +1179,43 @@ TEST(SetupShare, ThreadsSettingUpSiblingsBuildOnce) {
   for (size_t i = 0; i < bad.size(); ++i) EXPECT_EQ(msg[i], first) << i;
   reset_setup_cache(size_t{kSetupCacheDefaultMb} << 20);
 }
+
+// The moment path's moments of a shared problem are formed once, by whichever
+// sibling asks first (threads asking at once wait for it), with the bits of
+// trial_moments on a fresh set-up; another mask forms its own; a trial alone
+// in its range has no shared moments.
+TEST(SetupShare, SiblingsFormTheirMomentsOnce) {
+  const uint64_t seed = 11;
+  const TrialParams base = setup_variety()[2];  // depth 3, layer 2 matched
+  std::vector<TrialParams> ps;
+  for (int i = 0; i < 6; ++i) ps.push_back(with(with(base, "lambda", 0.3 * i), "path", "moment"));
+  ps.push_back(with(ps[0], "noise", base.noise * 2));  // alone
+  const size_t n = ps.size();
+  reset_setup_cache(size_t{64} << 20);
+  std::vector<TrialProblem> got(n);
+  std::vector<TrialMoments> mo(n);
+  {
+    SetupShare share(ps, 0, n, seed);
+    for_each_in_setup_order(ps, 0, n, seed, 3, [&](size_t i) { got[i] = share.setup(i); }, &share);
+  }
+  parallel_for(n, 4, [&](size_t i) { mo[i] = trial_moments(got[i], matched_mask(got[i])); });
+  auto same = [](const TrialMoments& a, const TrialMoments& b) {
+    return same_bits(a.Cxx, b.Cxx) && same_bits(a.Cyx, b.Cyx) && same_list(a.Chx, b.Chx) &&
+           same_double(a.tr_yy, b.tr_yy) && a.tr_hh.size() == b.tr_hh.size() &&
+           std::memcmp(a.tr_hh.data(), b.tr_hh.data(), a.tr_hh.size() * sizeof(double)) == 0;
+  };
+  for (size_t i = 0; i < n; ++i) {
+    const TrialProblem fresh = setup_trial(ps[i], seed);
+    EXPECT_TRUE(same(mo[i], trial_moments(fresh, matched_mask(fresh)))) << "trial " << i;
+  }
+  ASSERT_FALSE(mo[0].Chx.at(2).a.empty()) << "the matched layer's moments";
+  EXPECT_EQ(setup_cache_stats().moments_reused, 5);
+  EXPECT_NE(got[0].shared_moments, nullptr);
+  EXPECT_EQ(got[n - 1].shared_moments, nullptr);
+  // Another mask (here none matched): the sibling's own moments, not the shared ones.
+  const TrialMoments none = trial_moments(got[1], 0u);
+  EXPECT_TRUE(none.Chx.size() < 3 || none.Chx[2].a.empty());
+  EXPECT_TRUE(same(none, trial_moments(setup_trial(ps[1], seed), 0u)));
+  EXPECT_EQ(setup_cache_stats().moments_reused, 5);
+  reset_setup_cache(size_t{kSetupCacheDefaultMb} << 20);
+}
