@@ -21,6 +21,7 @@
 #include <benchmark/benchmark.h>
 #include <dlfcn.h>
 
+#include <cstdlib>
 #include <random>
 #include <thread>
 #include <vector>
@@ -153,10 +154,27 @@ void Sgemm(benchmark::State& state) {
 }
 
 // Trained teachers (teacher.kind = trained, 1000 steps on 128 clean samples):
+// glibc's malloc returns the top of its heap to the system once more than its
+// trim threshold (128 KB at first) is free there, and raises that threshold
+// (to twice the size) when a block it had to map is freed. A run frees large
+// blocks early (batches, the store's buffers), so its set-up reuses the same
+// pages trial after trial; a loop that only sets trials up never raises it,
+// and each trial's ~300 KB of fresh pages faulted in again made Setup/gpu_grid
+// 2.5x slower than set-up in a run (2026-12-02: 425 against 1,134 trials/s;
+// a run measures about 0.75 ms a build: standard_gpu at 8 steps with
+// --setup-cache-mb 0 and 512, docs/PERFORMANCE.md). So the set-up benchmarks
+// free one 4 MB block first, as a run does.
+void prime_allocator() {
+  void* v = std::malloc(size_t{4} << 20);
+  benchmark::DoNotOptimize(v);
+  std::free(v);
+}
+
 // SetupTrained/new draws a new seed every trial, so every teacher is trained;
 // SetupTrained/sweep walks a 4 noise x 4 lambda grid per seed, the trials of
 // a seed sharing one teacher (trained once, then reused from the cache).
 void SetupTrained(benchmark::State& state, bool sweep) {
+  prime_allocator();
   TrialParams p = bench::standard_gpu_trial();
   p.teacher.kind = TeacherKind::trained;
   p.teacher.n_train = 128;
@@ -184,6 +202,7 @@ void SetupTrained(benchmark::State& state, bool sweep) {
 // trials of four take a copy of the first one's problem (--setup-cache-mb).
 // Time per 64 trials; trials/s.
 void Setup(benchmark::State& state, int lambdas) {
+  prime_allocator();
   TrialParams p = bench::standard_gpu_trial();
   reset_setup_cache(size_t{kSetupCacheDefaultMb} << 20);
   constexpr int kChunk = 64;
