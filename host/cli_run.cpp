@@ -16,7 +16,6 @@
 #include <cstdlib>
 #include <iostream>
 #include <memory>
-#include <thread>
 
 #include "backend.hpp"
 #include "batching.hpp"
@@ -95,8 +94,7 @@ std::unique_ptr<Backend> make_device_backends(const RunArgs& a, const RunOptions
   // Host threads (set-up) are shared among the devices when --threads is 0.
   RunOptions per = ro;
   if (ordinals.size() > 1 && per.threads == 0) {
-    const unsigned hw = std::thread::hardware_concurrency();
-    per.threads = std::max(1, static_cast<int>(hw / ordinals.size()));
+    per.threads = std::max(1, usable_cores() / static_cast<int>(ordinals.size()));
   }
   std::vector<std::unique_ptr<Backend>> parts;
   std::vector<std::string> labels;
@@ -303,7 +301,7 @@ void add_run_command(CLI::App& app, Registry& r) {
   sub->add_flag("--resume", a->resume, "continue OUT.h5: run only the trials not finished (starts it if absent)");
   sub->add_flag("--force", a->force,
                 "overwrite an existing OUT.h5 (without --resume); with --resume, accept a different --precision");
-  sub->add_option("--threads", a->threads, "CPU threads (0: all cores)")->check(count_check(0, 1 << 20));
+  sub->add_option("--threads", a->threads, "CPU threads (0: every core this process may run on, by its CPU affinity)")->check(count_check(0, 1 << 20));
   sub->add_option("--precision", a->precision, "f32 or f64")->check(CLI::IsMember({"f32", "f64"}));
   CLI::Option* devices = sub->add_option("--devices", a->devices,
                   "CUDA devices: a comma list of ordinals (e.g. 0,1,3) or all; the trials of each batch are "

@@ -6,7 +6,6 @@
 #include <fstream>
 #include <memory>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "backend.hpp"
@@ -32,9 +31,7 @@ std::string cpu_model() {
 }
 
 int resolve_threads(int requested) {
-  if (requested > 0) return requested;
-  const unsigned hw = std::thread::hardware_concurrency();
-  return hw > 0 ? static_cast<int>(hw) : 1;
+  return requested > 0 ? requested : usable_cores();
 }
 
 // Trial i of the batch `share` covers.

@@ -25,6 +25,8 @@ struct Matrix {
   double operator()(int i, int j) const { return a[static_cast<size_t>(i) * cols + j]; }
 };
 
+struct SharedMoments;  // host/train.hpp
+
 struct TrialProblem {
   TrialParams params;
   int L = 2;
@@ -40,7 +42,7 @@ struct TrialProblem {
   // Set by SetupShare on a problem several trials share (null otherwise): the
   // copies hold the same one, so trial_moments forms their moments once. A
   // problem that has it must not be changed (its moments would be stale).
-  std::shared_ptr<struct SharedMoments> shared_moments;
+  std::shared_ptr<SharedMoments> shared_moments;
   // Initial student weights W[l] (w[l] x w[l-1]), l = 1..L (index 0 unused);
   // the twin starts from the same weights.
   std::vector<Matrix> W0;
@@ -199,6 +201,11 @@ void for_each_in_setup_order(const std::vector<TrialParams>& trials, size_t lo, 
 // f(i) for every i in [0, n) on min(threads, n) threads (this one when that
 // is 1 or less), each taking the next i as it frees up. f must not throw.
 void parallel_for(size_t n, int threads, const std::function<void(size_t)>& f);
+
+// The cores this process may run on: its CPU affinity (taskset, SLURM's and
+// cgroup cpusets), not every core of the machine; at least 1. What
+// `--threads 0` means.
+int usable_cores();
 
 // min(count, T + 1) distinct steps: 0, T and log-spaced between.
 std::vector<int64_t> checkpoint_steps(int64_t T, int count);

@@ -2,6 +2,8 @@
 // decomposition, teacher features, moments, initial weights and the closed-form
 // risks, all in float64 on the host. Choices MODEL.md leaves open are written
 // down in docs/MODEL_NOTES.md; the comments here point at them.
+#include <sched.h>
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -471,6 +473,17 @@ std::vector<Matrix> decompose(const TrialParams& p, const std::vector<int>& w, c
 }
 
 }  // namespace
+
+int usable_cores() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof set, &set) == 0) {
+    const int n = CPU_COUNT(&set);
+    if (n > 0) return n;
+  }
+  const unsigned hw = std::thread::hardware_concurrency();
+  return hw > 0 ? static_cast<int>(hw) : 1;
+}
 
 void parallel_for(size_t n, int threads, const std::function<void(size_t)>& f) {
   std::atomic<size_t> next{0};

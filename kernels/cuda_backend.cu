@@ -27,7 +27,6 @@
 #include <set>
 #include <stdexcept>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "backend.hpp"
@@ -352,8 +351,7 @@ class CudaBackend final : public Backend {
         std::cerr << "stsweep: cuda: out of memory, " << cap << " trials per chunk\n";
       }
     }
-    const int nthreads = std::max(1, threads_ > 0 ? threads_ : opt.threads > 0 ? opt.threads
-                                                             : static_cast<int>(std::thread::hardware_concurrency()));
+    const int nthreads = std::max(1, threads_ > 0 ? threads_ : opt.threads > 0 ? opt.threads : usable_cores());
     // Trials of the batch that share a problem (lambda siblings, often in
     // different waves) build it once (SetupShare).
     SetupShare share(batch.trials, 0, n, opt.sweep_seed);

@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "backend.hpp"
+#include "problem.hpp"
 #include "version.hpp"
 #include "cli_util.hpp"
 
@@ -266,6 +267,26 @@ TEST(Cli, DevicesWithoutAGpu) {
   EXPECT_NE(a.err.find("--devices 0,1 ignored"), std::string::npos) << a.err;
   EXPECT_TRUE(fs::exists(out));
   EXPECT_NE(a.out.find("36 done"), std::string::npos) << a.out;
+}
+
+// --threads 0 means the cores this process may run on (its CPU affinity, as
+// SLURM and taskset set it), not every core of the machine: a run confined to
+// one core trains on one thread instead of oversubscribing it.
+TEST(Cli, ThreadsFollowTheCpuAffinity) {
+  if (std::system("taskset -c 0 true >/dev/null 2>&1") != 0) GTEST_SKIP() << "no taskset on this machine";
+  if (stsweep::usable_cores() < 2) GTEST_SKIP() << "this process may use one core: the affinity cannot be narrower";
+  const fs::path out = scratch() / "affinity.h5", log = scratch() / "affinity.log";
+  const std::string cmd = "taskset -c 0 '" + std::string(STSWEEP_BINARY) + "' run '" + sweep_file("tiny.json") +
+                          "' -o '" + out.string() + "' --backend cpu --progress none --force >'" + log.string() +
+                          "' 2>&1";
+  const int status = std::system(cmd.c_str());
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << stsweep::testing::slurp(log);
+  const std::string text = stsweep::testing::slurp(log);
+  EXPECT_NE(text.find(" (1 threads)), "), std::string::npos) << text;
+  // Unconfined, the same run uses every core it may.
+  Outcome all = run("run '" + sweep_file("tiny.json") + "' -o '" + out.string() + "' --backend cpu --progress none --force");
+  ASSERT_EQ(all.rc, 0) << all.err;
+  EXPECT_NE(all.out.find(" (" + std::to_string(stsweep::usable_cores()) + " threads)), "), std::string::npos) << all.out;
 }
 
 // Trained teachers are trained once per recipe and reused (--teacher-cache-mb);
