@@ -6,6 +6,11 @@
 
 namespace stsweep {
 
+size_t default_batch_size(bool cuda, int threads, int devices) {
+  if (cuda) return size_t{4096} * static_cast<size_t>(std::max(devices, 1));
+  return std::max<size_t>(64, size_t{16} * static_cast<size_t>(std::max(threads, 1)));
+}
+
 Batcher::Batcher(const Sweep& sweep, IdRange range, Skip skip, size_t max_batch, size_t chunk)
     : sweep_(sweep),
       range_{std::min(range.begin, sweep.count()), std::min(range.end, sweep.count())},

@@ -42,4 +42,11 @@ class Batcher {
   std::deque<Batch> ready_;
 };
 
+// `run`'s batch size when --batch-size is not given: 4096 trials for each GPU
+// (`devices` of them) on CUDA; on the CPU 16 a thread (`threads` > 0), at
+// least 64. A CPU batch ends when its slowest thread does and is stored on its
+// own, so fewer trials a thread cost throughput (docs/PERFORMANCE.md, "Batch
+// size on the CPU").
+size_t default_batch_size(bool cuda, int threads, int devices);
+
 }  // namespace stsweep

@@ -185,10 +185,12 @@ int run_main(const RunArgs& a) {
             << wo.shard << ", ids " << range.begin << ".." << (range.end > range.begin ? range.end - 1 : range.end) << ")\n";
 
   // Default: 4096 trials for each GPU, which then gets its share and trains it
-  // in waves of 1024, setting up the next while the device trains one.
-  const size_t batch_size = a.batch_size > 0                ? a.batch_size
-                            : backend->name() == "cuda" ? 4096 * n_devices
-                                                        : 64;
+  // in waves of 1024, setting up the next while the device trains one; on the
+  // CPU, 16 trials a thread.
+  const size_t batch_size =
+      a.batch_size > 0 ? a.batch_size
+                       : default_batch_size(backend->name() == "cuda", a.threads > 0 ? a.threads : usable_cores(),
+                                            static_cast<int>(n_devices));
   Batcher batcher(sweep, range, [&](uint64_t id) { return writer->final(static_cast<int64_t>(id)); }, batch_size);
   Progress progress(progress_mode(a.progress), todo, rows - todo);
 
@@ -307,7 +309,7 @@ void add_run_command(CLI::App& app, Registry& r) {
                   "CUDA devices: a comma list of ordinals (e.g. 0,1,3) or all; the trials of each batch are "
                   "shared among them (default: 0, one GPU; not with --backend cpu)");
   sub->add_option("--batch-size", a->batch_size,
-                  "trials per batch (default: 64 on CPU, 4096 per device on CUDA)")
+                  "trials per batch (default: 16 per CPU thread and at least 64 on CPU, 4096 per device on CUDA)")
       ->check(kPositiveCount);
   sub->add_option("--progress", a->progress, "auto (bar on a terminal, else JSON lines), bar, jsonl or none")
       ->check(CLI::IsMember({"auto", "bar", "jsonl", "none"}));

@@ -83,3 +83,16 @@ TEST(Batching, ShardsTogetherAreTheSweep) {
     for (int64_t id : drain(s, shard_range(s.count(), Shard{i, 7}), nullptr, 3).ids) EXPECT_TRUE(all.insert(id).second);
   EXPECT_EQ(all.size(), s.count());
 }
+
+// run's default batch: 16 trials a CPU thread and at least 64 (fewer a thread
+// cost throughput: docs/PERFORMANCE.md), 4096 a GPU.
+TEST(Batching, DefaultBatchSize) {
+  EXPECT_EQ(stsweep::default_batch_size(false, 1, 1), 64u);
+  EXPECT_EQ(stsweep::default_batch_size(false, 2, 1), 64u);
+  EXPECT_EQ(stsweep::default_batch_size(false, 4, 1), 64u);
+  EXPECT_EQ(stsweep::default_batch_size(false, 16, 1), 256u);
+  EXPECT_EQ(stsweep::default_batch_size(false, 64, 1), 1024u);
+  EXPECT_EQ(stsweep::default_batch_size(false, 0, 1), 64u);
+  EXPECT_EQ(stsweep::default_batch_size(true, 16, 1), 4096u);
+  EXPECT_EQ(stsweep::default_batch_size(true, 16, 2), 8192u);
+}
