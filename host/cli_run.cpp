@@ -181,9 +181,6 @@ int run_main(const RunArgs& a) {
               << " are finished\n";
     return kExitOk;
   }
-  std::cerr << "stsweep: sweep '" << sweep.name() << "': " << todo << " of " << rows << " trials to run (shard "
-            << wo.shard << ", ids " << range.begin << ".." << (range.end > range.begin ? range.end - 1 : range.end) << ")\n";
-
   // Default: 4096 trials for each GPU, which then gets its share and trains it
   // in waves of 1024, setting up the next while the device trains one; on the
   // CPU, 16 trials a thread.
@@ -191,6 +188,10 @@ int run_main(const RunArgs& a) {
       a.batch_size > 0 ? a.batch_size
                        : default_batch_size(backend->name() == "cuda", a.threads > 0 ? a.threads : usable_cores(),
                                             static_cast<int>(n_devices));
+  std::cerr << "stsweep: sweep '" << sweep.name() << "': " << todo << " of " << rows << " trials to run (shard "
+            << wo.shard << ", ids " << range.begin << ".." << (range.end > range.begin ? range.end - 1 : range.end)
+            << "), batches of up to " << batch_size << " trials" << (a.batch_size > 0 ? "" : " (the default; --batch-size)")
+            << "\n";
   Batcher batcher(sweep, range, [&](uint64_t id) { return writer->final(static_cast<int64_t>(id)); }, batch_size);
   Progress progress(progress_mode(a.progress), todo, rows - todo);
 
