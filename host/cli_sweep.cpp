@@ -5,8 +5,11 @@
 #include <iostream>
 #include <optional>
 #include <sstream>
+#include <string>
 #include <unordered_set>
+#include <vector>
 
+#include "batching.hpp"
 #include "cli.hpp"
 #include "params.hpp"
 #include "problem.hpp"
@@ -30,6 +33,39 @@ std::string csv_field(const std::string& s) {
   std::string q = "\"";
   for (char c : s) q += (c == '"') ? std::string("\"\"") : std::string(1, c);
   return q + "\"";
+}
+
+// Trials that differ only in what training reads share one set-up, within a
+// batch (SetupShare): say how many distinct problems the sweep has and how
+// many set-ups batches of the CPU's and CUDA's default sizes would copy, when
+// any would (batches here are runs of consecutive ids, as for a sweep whose
+// shape never changes).
+void print_setup_sharing(const Sweep& s) {
+  const uint64_t n = s.count();
+  std::vector<size_t> recipe(n);
+  std::unordered_set<size_t> all;
+  for (uint64_t id = 0; id < n; ++id) {
+    recipe[id] = std::hash<std::string>{}(problem_recipe(s.trial(id), s.seed()));
+    all.insert(recipe[id]);
+  }
+  if (all.size() == n) return;
+  auto copied = [&](uint64_t batch) {
+    uint64_t c = 0;
+    for (uint64_t lo = 0; lo < n; lo += batch) {
+      const uint64_t hi = std::min(n, lo + batch);
+      const std::unordered_set<size_t> distinct(recipe.begin() + lo, recipe.begin() + hi);
+      c += (hi - lo) - distinct.size();
+    }
+    return c;
+  };
+  std::string fields;
+  const size_t nf = std::size(kSetupIgnores);
+  for (size_t i = 0; i < nf; ++i) fields += (i == 0 ? "" : i + 1 == nf ? " or " : ", ") + std::string(kSetupIgnores[i]);
+  const uint64_t cpu = default_batch_size(false, 1, 1), gpu = default_batch_size(true, 1, 1);
+  std::cout << "set-up: " << n << " trials, " << all.size() << " distinct problems (trials that differ only in "
+            << fields << " share one, built once per batch: run --setup-cache-mb); batches of " << cpu
+            << " would copy " << copied(cpu) << ", batches of " << gpu << " " << copied(gpu)
+            << " (run --batch-size; with those axes last, such trials are neighbours)\n";
 }
 
 int validate(const std::string& file) {
@@ -76,6 +112,7 @@ int validate(const std::string& file) {
     if (with_teacher > 0)
       std::cout << "teachers: " << with_teacher << " trials have a trained teacher, " << distinct.size()
                 << " distinct: each is trained once per run process and reused (run --teacher-cache-mb)\n";
+    print_setup_sharing(s);
   }
   return kExitOk;
 }

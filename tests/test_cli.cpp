@@ -269,6 +269,29 @@ TEST(Cli, DevicesWithoutAGpu) {
   EXPECT_NE(a.out.find("36 done"), std::string::npos) << a.out;
 }
 
+// validate says how many distinct problems a sweep's trials have and how many
+// set-ups batches of the default sizes would copy: in tiny.json the 3 lambdas
+// of each (noise, decomposition, seed) share one (12 of 36), in standard_gpu.json
+// they are 1024 trials apart (seed is the fastest axis), so a CPU batch of 64
+// copies none and a CUDA batch of 4096 three of four; a sweep without such
+// siblings gets no line.
+TEST(Cli, ValidateCountsSharedSetUps) {
+  Outcome t = run("validate '" + sweep_file("tiny.json") + "'");
+  ASSERT_EQ(t.rc, 0) << t.err;
+  EXPECT_NE(t.out.find("set-up: 36 trials, 12 distinct problems ("), std::string::npos) << t.out;
+  EXPECT_NE(t.out.find("batches of 64 would copy 24, batches of 4096 24 "), std::string::npos) << t.out;
+  Outcome g = run("validate '" + sweep_file("standard_gpu.json") + "'");
+  ASSERT_EQ(g.rc, 0) << g.err;
+  EXPECT_NE(g.out.find("set-up: 16384 trials, 4096 distinct problems ("), std::string::npos) << g.out;
+  EXPECT_NE(g.out.find("batches of 64 would copy 0, batches of 4096 12288 "), std::string::npos) << g.out;
+  const std::string alone = write_file("no_siblings.json", R"({"name": "no-siblings", "seed": 1,
+    "defaults": {"d": 8, "k": 4, "m": 2, "hidden": [6], "n_train": 6, "steps": 20},
+    "grid": {"noise": [0.1, 0.5], "seed": [0, 1, 2]}})");
+  Outcome a = run("validate '" + alone + "'");
+  ASSERT_EQ(a.rc, 0) << a.err;
+  EXPECT_EQ(a.out.find("set-up:"), std::string::npos) << a.out;
+}
+
 // --threads 0 means the cores this process may run on (its CPU affinity, as
 // SLURM and taskset set it), not every core of the machine: a run confined to
 // one core trains on one thread instead of oversubscribing it.
