@@ -153,7 +153,6 @@ void Sgemm(benchmark::State& state) {
   state.counters["threads"] = std::thread::hardware_concurrency();
 }
 
-// Trained teachers (teacher.kind = trained, 1000 steps on 128 clean samples):
 // glibc's malloc returns the top of its heap to the system once more than its
 // trim threshold (128 KB at first) is free there, and raises that threshold
 // (to twice the size) when a block it had to map is freed. A run frees large
@@ -170,6 +169,7 @@ void prime_allocator() {
   std::free(v);
 }
 
+// Trained teachers (teacher.kind = trained, 1000 steps on 128 clean samples):
 // SetupTrained/new draws a new seed every trial, so every teacher is trained;
 // SetupTrained/sweep walks a 4 noise x 4 lambda grid per seed, the trials of
 // a seed sharing one teacher (trained once, then reused from the cache).

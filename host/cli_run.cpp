@@ -186,7 +186,7 @@ int run_main(const RunArgs& a) {
   // CPU, 16 trials a thread.
   const size_t batch_size =
       a.batch_size > 0 ? a.batch_size
-                       : default_batch_size(backend->name() == "cuda", a.threads > 0 ? a.threads : usable_cores(),
+                       : default_batch_size(backend->name() == "cuda", thread_count(a.threads),
                                             static_cast<int>(n_devices));
   std::cerr << "stsweep: sweep '" << sweep.name() << "': " << todo << " of " << rows << " trials to run (shard "
             << wo.shard << ", ids " << range.begin << ".." << (range.end > range.begin ? range.end - 1 : range.end)
@@ -273,9 +273,8 @@ int run_main(const RunArgs& a) {
   const SetupCacheStats sc = setup_cache_stats();
   if (sc.reused > 0 || sc.evicted > 0) {
     // Trials that differ only in what training reads share one set-up.
-    std::printf("stsweep: set-up: %lld problems built, %lld trials copied one (they differ only in lambda, lr, "
-                "steps, checkpoints, baseline or path)",
-                sc.built, sc.reused);
+    std::printf("stsweep: set-up: %lld problems built, %lld trials copied one (they differ only in %s)", sc.built,
+                sc.reused, setup_ignores_text().c_str());
     if (sc.moments_reused > 0)
       std::printf(", %lld of them its moments too (moment path)", sc.moments_reused);
     if (sc.evicted > 0)
@@ -318,8 +317,8 @@ void add_run_command(CLI::App& app, Registry& r) {
                   "seconds between updates of OUT.h5 (at least; finished batches are journaled at once)")
       ->check(kFiniteNonNegative);
   sub->add_option("--setup-cache-mb", a->setup_cache_mb,
-                  "memory for set-up problems kept for reuse: trials that differ only in lambda, lr, steps, "
-                  "checkpoints, baseline or path share one set-up, copied (0: set up every trial afresh)")
+                  "memory for set-up problems kept for reuse: trials that differ only in " + setup_ignores_text() +
+                      " share one set-up, copied (0: set up every trial afresh)")
       ->check(kFiniteNonNegative);
   sub->add_option("--teacher-cache-mb", a->teacher_cache_mb,
                   "memory for trained teachers kept for reuse: trials whose teacher training reads the same "

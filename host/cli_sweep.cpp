@@ -58,12 +58,9 @@ void print_setup_sharing(const Sweep& s) {
     }
     return c;
   };
-  std::string fields;
-  const size_t nf = std::size(kSetupIgnores);
-  for (size_t i = 0; i < nf; ++i) fields += (i == 0 ? "" : i + 1 == nf ? " or " : ", ") + std::string(kSetupIgnores[i]);
   const uint64_t cpu = default_batch_size(false, 1, 1), gpu = default_batch_size(true, 1, 1);
   std::cout << "set-up: " << n << " trials, " << all.size() << " distinct problems (trials that differ only in "
-            << fields << " share one, built once per batch: run --setup-cache-mb); batches of " << cpu
+            << setup_ignores_text() << " share one, built once per batch: run --setup-cache-mb); batches of " << cpu
             << " would copy " << copied(cpu) << ", batches of " << gpu << " " << copied(gpu)
             << " (run --batch-size; with those axes last, such trials are neighbours)\n";
 }

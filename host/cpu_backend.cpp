@@ -30,10 +30,6 @@ std::string cpu_model() {
   return "CPU";
 }
 
-int resolve_threads(int requested) {
-  return requested > 0 ? requested : usable_cores();
-}
-
 // Trial i of the batch `share` covers.
 TrialResult run_one(int64_t id, size_t i, const RunOptions& opt, SetupShare& share) {
   TrialResult r;
@@ -59,7 +55,7 @@ TrialResult run_one(int64_t id, size_t i, const RunOptions& opt, SetupShare& sha
 
 class CpuBackend final : public Backend {
  public:
-  explicit CpuBackend(int threads) : threads_(resolve_threads(threads)) {}
+  explicit CpuBackend(int threads) : threads_(thread_count(threads)) {}
   std::string name() const override { return "cpu"; }
   std::string device() const override {
     return cpu_model() + " (" + std::to_string(threads_) + " threads)";

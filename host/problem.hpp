@@ -100,6 +100,8 @@ class SetupShare {
   uint64_t seed_;
   std::unique_ptr<Impl> impl_;  // null: nothing to share (or sharing off)
 };
+// kSetupIgnores as prose ("lambda, lr, ... or path"), for messages and help.
+std::string setup_ignores_text();
 // The key of that sharing: the sweep seed and every parameter but kSetupIgnores.
 std::string problem_recipe(const TrialParams& p, uint64_t sweep_seed);
 // Process totals of the SetupShares since reset_setup_cache.
@@ -206,6 +208,8 @@ void parallel_for(size_t n, int threads, const std::function<void(size_t)>& f);
 // cgroup cpusets), not every core of the machine; at least 1. What
 // `--threads 0` means.
 int usable_cores();
+// A thread count as --threads gives it: `requested` when > 0, else usable_cores().
+int thread_count(int requested);
 
 // min(count, T + 1) distinct steps: 0, T and log-spaced between.
 std::vector<int64_t> checkpoint_steps(int64_t T, int count);

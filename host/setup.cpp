@@ -485,6 +485,8 @@ int usable_cores() {
   return hw > 0 ? static_cast<int>(hw) : 1;
 }
 
+int thread_count(int requested) { return requested > 0 ? requested : usable_cores(); }
+
 void parallel_for(size_t n, int threads, const std::function<void(size_t)>& f) {
   std::atomic<size_t> next{0};
   auto work = [&] {
@@ -695,6 +697,13 @@ TrialProblem setup_trial(const TrialParams& p, uint64_t sweep_seed) {
   }
   pr.checkpoints = checkpoint_steps(p.steps, p.checkpoints);
   return pr;
+}
+
+std::string setup_ignores_text() {
+  const size_t n = std::size(kSetupIgnores);
+  std::string t;
+  for (size_t i = 0; i < n; ++i) t += (i == 0 ? "" : i + 1 == n ? " or " : ", ") + std::string(kSetupIgnores[i]);
+  return t;
 }
 
 std::string problem_recipe(const TrialParams& p, uint64_t sweep_seed) {

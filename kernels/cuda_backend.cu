@@ -351,7 +351,7 @@ class CudaBackend final : public Backend {
         std::cerr << "stsweep: cuda: out of memory, " << cap << " trials per chunk\n";
       }
     }
-    const int nthreads = std::max(1, threads_ > 0 ? threads_ : opt.threads > 0 ? opt.threads : usable_cores());
+    const int nthreads = thread_count(threads_ > 0 ? threads_ : opt.threads);
     // Trials of the batch that share a problem (lambda siblings, often in
     // different waves) build it once (SetupShare).
     SetupShare share(batch.trials, 0, n, opt.sweep_seed);
