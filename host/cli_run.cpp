@@ -273,8 +273,8 @@ int run_main(const RunArgs& a) {
   const SetupCacheStats sc = setup_cache_stats();
   if (sc.reused > 0 || sc.evicted > 0) {
     // Trials that differ only in what training reads share one set-up.
-    std::printf("stsweep: set-up: %lld problems built, %lld trials copied one (they differ only in %s)", sc.built,
-                sc.reused, setup_ignores_text().c_str());
+    std::printf("stsweep: set-up: %lld problems built, %lld trials copied a batch-mate's (they differ only in %s)",
+                sc.built, sc.reused, setup_ignores_text().c_str());
     if (sc.moments_reused > 0)
       std::printf(", %lld of them its moments too (moment path)", sc.moments_reused);
     if (sc.evicted > 0)

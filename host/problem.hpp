@@ -106,7 +106,7 @@ std::string setup_ignores_text();
 std::string problem_recipe(const TrialParams& p, uint64_t sweep_seed);
 // Process totals of the SetupShares since reset_setup_cache.
 struct SetupCacheStats {
-  long long built = 0;    // shared problems built (one per recipe of two or more trials)
+  long long built = 0;    // problems built: one per trial that did not take a copy (shared or its own)
   long long reused = 0;   // trials that took a copy
   long long evicted = 0;  // problems not kept for the budget (their other trials built their own)
   long long moments_reused = 0;  // moment-path trials that took a shared problem's moments (trial_moments)

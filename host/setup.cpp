@@ -794,7 +794,14 @@ bool SetupShare::copies(size_t i) const { return impl_ && impl_->copy[i - lo_]; 
 TrialProblem SetupShare::setup(size_t i) {
   using Ptr = Impl::Ptr;
   const TrialParams& p = trials_[i];
-  if (!impl_) return setup_trial(p, seed_);
+  auto build_own = [&] {  // not shared: counted with the shared builds
+    {
+      std::lock_guard<std::mutex> lock(share_totals().mu);
+      ++share_totals().s.built;
+    }
+    return setup_trial(p, seed_);
+  };
+  if (!impl_) return build_own();
   const std::string& r = impl_->recipe[i - lo_];
   std::promise<Ptr> mine;
   std::shared_future<Ptr> theirs;
@@ -818,7 +825,7 @@ TrialProblem SetupShare::setup(size_t i) {
       }
     }
   }
-  if (alone) return setup_trial(p, seed_);
+  if (alone) return build_own();
   if (!theirs.valid()) {  // this trial builds it for the others
     std::shared_ptr<const TrialProblem> sp;
     try {

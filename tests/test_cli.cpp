@@ -341,7 +341,7 @@ TEST(Cli, TrainedTeachersAreReusedAndCounted) {
   // set-ups, of which 2 train a teacher and 6 reuse one.
   Outcome c = run("run '" + sweep + "' -o '" + shared.string() + "' --backend cpu --progress none --force");
   ASSERT_EQ(c.rc, 0) << c.err;
-  EXPECT_NE(c.out.find("stsweep: set-up: 8 problems built, 8 trials copied one"), std::string::npos) << c.out;
+  EXPECT_NE(c.out.find("stsweep: set-up: 8 problems built, 8 trials copied a batch-mate's"), std::string::npos) << c.out;
   EXPECT_NE(c.out.find("stsweep: trained teachers: 2 trained ("), std::string::npos) << c.out;
   EXPECT_NE(c.out.find(" s of host core time), 6 reused\n"), std::string::npos) << c.out;
   for (const char* metric : {"teacher_clean_risk", "test_risk"}) {
