@@ -1,0 +1,84 @@
+#!/usr/bin/python3
+"""docs/FINDINGS.md is what the engine measures: tools/findings runs its two
+sweeps on the CPU, its claims hold (tools/findings-report --check), its tables
+are the ones printed now, its figures are drawn; and the check fails when a
+claim does not hold (a results file with one decomposition nudged).
+Run by ctest: test_findings.py --stsweep PATH --workdir DIR (about 40 s)."""
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+from stsweep_testlib import FAILURES, check
+
+try:
+    import h5py
+    import matplotlib  # noqa: F401
+    import xarray  # noqa: F401
+except ImportError as e:
+    print(f"skip: {e} (install python3-h5py python3-matplotlib python3-xarray)")
+    sys.exit(77)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CLAIMS = 8  # "ok:" lines of findings-report --check
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--stsweep", required=True)
+    ap.add_argument("--workdir", required=True)
+    a = ap.parse_args()
+    shutil.rmtree(a.workdir, ignore_errors=True)
+    os.makedirs(a.workdir)
+    res, fig = os.path.join(a.workdir, "results"), os.path.join(a.workdir, "figures")
+    p = subprocess.run([os.path.join(ROOT, "tools", "findings"), "--build", os.path.dirname(a.stsweep),
+                        "--results", res, "--figures", fig, "--", "--backend", "cpu"],
+                       capture_output=True, text=True, timeout=1200)
+    out = p.stdout
+    check(p.returncode == 0, f"tools/findings runs and every claim holds (exit {p.returncode}; {p.stderr[-300:]})")
+    oks = [line for line in out.splitlines() if line.startswith("ok:")]
+    check(len(oks) == CLAIMS and "FAILED" not in out, f"{len(oks)} of {CLAIMS} claims checked ok")
+    for name in ("findings_curves.png", "findings_teacher.png", "findings_decomposition.png"):
+        path = os.path.join(fig, name)
+        ok = os.path.exists(path) and os.path.getsize(path) > 10_000
+        if ok:
+            with open(path, "rb") as f:
+                ok = f.read(8) == b"\x89PNG\r\n\x1a\n"
+        check(ok, f"{name} is drawn")
+
+    # Every table row printed now is in the page, character for character.
+    with open(os.path.join(ROOT, "docs", "FINDINGS.md")) as f:
+        page = f.read()
+    rows = [line for line in out.splitlines() if re.match(r"\| (teacher_delta|linear|tanh)", line)]
+    missing = [r for r in rows if r not in page]
+    check(len(rows) == 40 and not missing,
+          f"docs/FINDINGS.md holds the {len(rows)} table rows measured now"
+          + (f" (not there: {missing[:3]}; rerun tools/findings and paste its tables)" if missing else ""))
+
+    # The check can fail: rotated's risks 1% higher than balanced's.
+    nudged = os.path.join(a.workdir, "nudged.h5")
+    shutil.copy(os.path.join(res, "findings_decomposition.h5"), nudged)
+    with h5py.File(nudged, "r+") as f:
+        rotated = f["teacher_decomposition"].asstr()[()] == "rotated"
+        linear = f["activation"].asstr()[()] == "linear"
+        for col in ("test_risk", "best_test_risk"):
+            v = f[col][()]
+            v[rotated & linear] *= 1.01
+            f[col][...] = v
+    p = subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "tools", "findings-report"),
+                        os.path.join(res, "findings_teacher.h5"), nudged, "--check"],
+                       capture_output=True, text=True, timeout=300)
+    check(p.returncode == 1 and "FAILED: 4. rotated = balanced" in p.stdout and "claim(s) failed" in p.stderr,
+          f"a nudged decomposition fails the check (exit {p.returncode})")
+    p = subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "tools", "findings-report"),
+                        os.path.join(a.workdir, "missing.h5"), nudged], capture_output=True, text=True, timeout=300)
+    check(p.returncode == 2 and "run tools/findings first" in p.stderr, f"a missing file: exit 2 ({p.stderr.strip()})")
+
+    print(f"{len(FAILURES)} failed" if FAILURES else "all checks passed")
+    return 1 if FAILURES else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
