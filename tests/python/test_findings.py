@@ -40,7 +40,8 @@ def main():
     check(p.returncode == 0, f"tools/findings runs and every claim holds (exit {p.returncode}; {p.stderr[-300:]})")
     oks = [line for line in out.splitlines() if line.startswith("ok:")]
     check(len(oks) == CLAIMS and "FAILED" not in out, f"{len(oks)} of {CLAIMS} claims checked ok")
-    for name in ("findings_curves.png", "findings_teacher.png", "findings_decomposition.png"):
+    for name in ("findings_curves.png", "findings_teacher.png", "findings_trained.png",
+                 "findings_decomposition.png"):
         path = os.path.join(fig, name)
         ok = os.path.exists(path) and os.path.getsize(path) > 10_000
         if ok:
@@ -51,7 +52,7 @@ def main():
     # Every table row printed now is in the page, character for character.
     with open(os.path.join(ROOT, "docs", "FINDINGS.md")) as f:
         page = f.read()
-    rows = [line for line in out.splitlines() if re.match(r"\| (delta|n_t|linear|tanh) ", line)]
+    rows = [line for line in out.splitlines() if re.match(r"\| ((delta|n_t) = |(linear|tanh), )", line)]
     missing = [r for r in rows if r not in page]
     check(len(rows) == 67 and not missing,
           f"docs/FINDINGS.md holds the {len(rows)} table rows measured now"
