@@ -49,6 +49,8 @@ def main():
     import h5py
     with h5py.File(res, "r") as f:
         status = f["status"][()]
+        noise = f["noise"][()]
+        dec = f["teacher_decomposition"].asstr()[()]
     n_done = int((status == 1).sum())
     check(0 < n_done <= 24, f"{n_done} of 24 trials done (lambda = 10 may diverge: a result, not a crash)")
     png = os.path.join(a.workdir, "risks.png")
@@ -58,6 +60,25 @@ def main():
     with open(png, "rb") as f:
         head = f.read(8)
     check(head == b"\x89PNG\r\n\x1a\n" and os.path.getsize(png) > 10_000, "a real PNG image")
+
+    # Learning curves of the trials --where keeps: 2 seeds x 3 lambdas at noise 0.2, balanced.
+    curves = os.path.join(a.workdir, "curves.png")
+    p = plot(res, "-o", curves, "--x", "step", "--hue", "lambda", "--where", "noise=0.2",
+             "--where", "teacher_decomposition=balanced", "--baseline")
+    n_kept = int(((status == 1) & (noise == 0.2) & (dec == "balanced")).sum())
+    check(p.returncode == 0 and f"({n_kept} trials, 1 panel(s))" in p.stdout,
+          f"--x step draws the curves of the {n_kept} trials --where keeps ({p.stdout}{p.stderr})")
+    check(os.path.exists(curves) and os.path.getsize(curves) > 10_000, "a real curves image")
+    p = plot(res, "-o", curves, "--x", "step", "--metric", "bayes_risk")
+    check(p.returncode == 2 and "no curve of bayes_risk" in p.stderr and "test_risk" in p.stderr,
+          f"--x step with a metric without a curve: exit 2, the curves named ({p.stderr.strip()})")
+    p = plot(res, "-o", curves, "--where", "noise=0.7")
+    check(p.returncode == 1 and "no finished trial has noise = 0.7" in p.stderr and "0.2" in p.stderr,
+          f"--where matching nothing: exit 1, the values named ({p.stderr.strip()})")
+    for bad, says in ((["--where", "noise"], "expected COLUMN=VALUE"), (["--where", "noise=abc"], "number column"),
+                      (["--where", "nosie=1"], "no column nosie")):
+        p = plot(res, "-o", curves, *bad)
+        check(p.returncode == 2 and says in p.stderr, f"{' '.join(bad)}: exit 2 ({p.stderr.strip()[:120]})")
 
     p = plot(res, "-o", png, "--x", "lamda")
     check(p.returncode == 2 and "no column lamda" in p.stderr, f"unknown column: exit 2, named ({p.stderr.strip()})")
