@@ -10,14 +10,12 @@ dataset of the results file must be the CPU backend's bit for bit: with
 small waves, on two devices (`--devices all`), and with trained teachers
 trained on the device (none by set-up). Exit 77 (skip) when h5py is missing.
 """
-import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 
-from stsweep_testlib import FAILURES, check, compare_files
+from stsweep_testlib import FAILURES, arguments, check, compare_files
 
 try:
     import h5py  # noqa: F401
@@ -36,14 +34,11 @@ def run(binary, args, env=None):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--stsweep", required=True)
-    ap.add_argument("--fake", required=True)
-    ap.add_argument("--sweeps", required=True)
-    ap.add_argument("--workdir", required=True)
-    a = ap.parse_args()
-    shutil.rmtree(a.workdir, ignore_errors=True)
-    os.makedirs(a.workdir)
+    def more(ap):
+        ap.add_argument("--fake", required=True)
+        ap.add_argument("--sweeps", required=True)
+
+    a = arguments(more)
     w = lambda name: os.path.join(a.workdir, name)  # noqa: E731
 
     # Trained teachers (3, each shared by 4 trials), small enough for the

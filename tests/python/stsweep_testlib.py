@@ -1,6 +1,23 @@
 """Helpers shared by the Python tests (run with Debian's /usr/bin/python3 by ctest)."""
+import argparse
+import os
+import shutil
 
 FAILURES = []
+
+
+def arguments(add=None):
+    """The arguments ctest passes (--stsweep PATH --workdir DIR) and any that
+    `add(parser)` adds; the work folder is emptied (made afresh)."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--stsweep", required=True)
+    ap.add_argument("--workdir", required=True)
+    if add:
+        add(ap)
+    a = ap.parse_args()
+    shutil.rmtree(a.workdir, ignore_errors=True)
+    os.makedirs(a.workdir)
+    return a
 
 
 def check(cond, what):

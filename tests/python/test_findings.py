@@ -4,14 +4,13 @@ sweeps on the CPU, its claims hold (tools/findings-report --check), its tables
 are the ones printed now, its figures are drawn; and the check fails when a
 claim does not hold (a results file with one decomposition nudged).
 Run by ctest: test_findings.py --stsweep PATH --workdir DIR (about a minute)."""
-import argparse
 import os
 import re
 import shutil
 import subprocess
 import sys
 
-from stsweep_testlib import FAILURES, check
+from stsweep_testlib import FAILURES, arguments, check
 
 try:
     import h5py
@@ -26,12 +25,7 @@ CLAIMS = 13  # "ok:" lines of findings-report --check
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--stsweep", required=True)
-    ap.add_argument("--workdir", required=True)
-    a = ap.parse_args()
-    shutil.rmtree(a.workdir, ignore_errors=True)
-    os.makedirs(a.workdir)
+    a = arguments()
     res, fig = os.path.join(a.workdir, "results"), os.path.join(a.workdir, "figures")
     p = subprocess.run([os.path.join(ROOT, "tools", "findings"), "--build", os.path.dirname(a.stsweep),
                         "--results", res, "--figures", fig, "--", "--backend", "cpu"],

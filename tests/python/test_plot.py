@@ -1,14 +1,12 @@
 #!/usr/bin/python3
 """tools/plot-risks on a real results file: it draws, and bad input gets a clear
 message and exit 2. Run by ctest: test_plot.py --stsweep PATH --workdir DIR."""
-import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 
-from stsweep_testlib import FAILURES, check
+from stsweep_testlib import FAILURES, arguments, check
 
 try:
     import matplotlib  # noqa: F401
@@ -30,12 +28,7 @@ SWEEP = {
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--stsweep", required=True)
-    ap.add_argument("--workdir", required=True)
-    a = ap.parse_args()
-    shutil.rmtree(a.workdir, ignore_errors=True)
-    os.makedirs(a.workdir)
+    a = arguments()
     sweep = os.path.join(a.workdir, "plot.json")
     with open(sweep, "w") as f:
         json.dump(SWEEP, f)

@@ -19,16 +19,14 @@ with the results file's test_risk and baseline_test_risk. Also checks the
 exported data against MODEL.md (U^T U = I, noise scale, Y = W* X, teacher
 layer product = Wt, features, moments). Exit 77 (skip) without torch or h5py.
 """
-import argparse
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 import time
 
-from stsweep_testlib import FAILURES, check
+from stsweep_testlib import FAILURES, arguments, check
 
 try:
     import h5py
@@ -287,14 +285,9 @@ def results_row(path, tid):
 
 def main():
     global STSWEEP
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--stsweep", required=True)
-    ap.add_argument("--workdir", required=True)
-    a = ap.parse_args()
+    a = arguments()
     STSWEEP = a.stsweep
     wd = a.workdir
-    shutil.rmtree(wd, ignore_errors=True)
-    os.makedirs(wd)
     sweep = os.path.join(wd, "sweep.json")
     with open(sweep, "w") as f:
         json.dump(SWEEP, f, indent=1)

@@ -10,7 +10,6 @@ open the file with no options; one dataframe row per trial; parameters equal
 equals the unsharded run; refused resumes and merges; bad outputs (directory,
 unwritable, full disk). Exit 77 (skip) when h5py or xarray are missing.
 """
-import argparse
 import json
 import os
 import random
@@ -21,7 +20,7 @@ import subprocess
 import sys
 import time
 
-from stsweep_testlib import FAILURES, check, compare_files as compare
+from stsweep_testlib import FAILURES, arguments, check, compare_files as compare
 
 try:
     import h5py
@@ -62,19 +61,16 @@ def opens(path):
 
 def main():
     global STSWEEP
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--stsweep", required=True)
-    ap.add_argument("--workdir", required=True)
-    ap.add_argument("--kills", type=int, default=6)
-    ap.add_argument("--seed", type=int, default=None)
-    a = ap.parse_args()
+    def more(ap):
+        ap.add_argument("--kills", type=int, default=6)
+        ap.add_argument("--seed", type=int, default=None)
+
+    a = arguments(more)
     STSWEEP = a.stsweep
     seed = a.seed if a.seed is not None else random.randrange(1 << 30)
     print(f"random seed {seed} (rerun with --seed {seed})")
     rng = random.Random(seed)
     wd = a.workdir
-    shutil.rmtree(wd, ignore_errors=True)
-    os.makedirs(wd)
     sweep = os.path.join(wd, "sweep.json")
     with open(sweep, "w") as f:
         json.dump(SWEEP, f, indent=1)

@@ -16,7 +16,6 @@ unsharded local run value for value on every column and that `stsweep info` says
 complete. The daemons it started are always stopped (by their pids and pid files), and
 so is anything left that carries its SLURM_CONF.
 """
-import argparse
 import ctypes
 import json
 import os
@@ -29,7 +28,7 @@ import sys
 import tempfile
 import time
 
-from stsweep_testlib import FAILURES, check, datasets, same_bits
+from stsweep_testlib import FAILURES, arguments, check, datasets, same_bits
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOOL = os.path.join(REPO, "tools", "slurm-sweep")
@@ -410,15 +409,10 @@ def wait_merge(cluster, array, merge, timeout=120):
 # --- main ----------------------------------------------------------------------------------
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--stsweep", required=True)
-    ap.add_argument("--workdir", required=True)
-    ap.add_argument("--keep", action="store_true", help="keep the cluster's temporary folder")
-    a = ap.parse_args()
+    a = arguments(lambda ap: ap.add_argument("--keep", action="store_true",
+                                             help="keep the cluster's temporary folder"))
     stsweep = os.path.abspath(a.stsweep)
     wd = os.path.abspath(a.workdir)
-    shutil.rmtree(wd, ignore_errors=True)
-    os.makedirs(wd)
     sweep = os.path.join(wd, "sweep.json")
     with open(sweep, "w") as f:
         json.dump(SWEEP, f, indent=1)
