@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <iostream>
 #include <map>
 #include <memory>
@@ -98,7 +99,8 @@ std::vector<std::string> split(const std::string& s) {
 // --relative), so that the CI is that of the paired difference: the seeds make
 // a trial and its twin (or any two columns of one row) share data and init.
 int summary_main(const std::string& path, const std::string& by_text, const std::string& metric,
-                 const std::string& paired, bool relative, const std::string& format) {
+                 const std::string& paired, bool relative, const std::string& format,
+                 const std::vector<std::string>& where_text) {
   H5Results f = H5Results::open(path, false);
   const auto& cs = store_columns();
   auto column = [&](const std::string& name0, const char* opt) {
@@ -121,14 +123,49 @@ int summary_main(const std::string& path, const std::string& by_text, const std:
   if (relative && paired.empty()) throw InputError("--relative", "needs --paired COLUMN (metric / COLUMN - 1)");
   const int pk = paired.empty() ? -1 : column(paired, "--paired");
   if (pk >= 0 && cs[pk].type == ColType::str) throw InputError("--paired", "'" + paired + "' is text, not a number");
+  // --where COLUMN=VALUE: numbers compared as numbers (to 1e-9 relative, so
+  // 0.3 finds a linspace's 0.30000000000000004), text as text.
+  struct Where {
+    int k;
+    double num;
+    std::string text, shown;
+  };
+  std::vector<Where> where;
+  for (const std::string& w : where_text) {
+    const size_t eq = w.find('=');
+    if (eq == std::string::npos || eq == 0)
+      throw InputError("--where", "'" + w + "': expected COLUMN=VALUE, e.g. --where noise=0.5");
+    Where c{column(w.substr(0, eq), "--where"), 0, w.substr(eq + 1), w.substr(0, eq) + " = " + w.substr(eq + 1)};
+    if (cs[c.k].type != ColType::str) {
+      char* end = nullptr;
+      c.num = std::strtod(c.text.c_str(), &end);
+      if (c.text.empty() || *end != '\0')
+        throw InputError("--where", "'" + w + "': " + w.substr(0, eq) + " is a number column, '" + c.text +
+                                        "' is not a number");
+    }
+    where.push_back(c);
+  }
   int sk = store_column_index("status");
   std::vector<int> which = byk;
   which.push_back(mk);
   if (pk >= 0) which.push_back(pk);
   which.push_back(sk);
+  for (const Where& c : where) which.push_back(c.k);
   auto number = [&](const RowBlock& b, int k, size_t r) {
     return cs[k].type == ColType::f64 ? b.cols[k].f[r] : static_cast<double>(b.cols[k].i[r]);
   };
+  auto kept = [&](const RowBlock& b, size_t r) {
+    for (const Where& c : where) {
+      if (cs[c.k].type == ColType::str) {
+        if (b.cols[c.k].s[r] != c.text) return false;
+      } else if (const double x = number(b, c.k, r); !(std::fabs(x - c.num) <= 1e-9 * std::fabs(c.num))) {
+        return false;
+      }
+    }
+    return true;
+  };
+  std::string where_shown;
+  for (const Where& c : where) where_shown += (where_shown.empty() ? "" : ", ") + c.shown;
 
   std::map<std::vector<KeyPart>, Acc> groups;
   int64_t used = 0, skipped_nan = 0;
@@ -136,7 +173,7 @@ int summary_main(const std::string& path, const std::string& by_text, const std:
   for (int64_t r0 = 0; r0 < N; r0 += block) {
     RowBlock b = f.read(r0, std::min(block, N - r0), which);
     for (size_t r = 0; r < b.rows(); ++r) {
-      if (b.cols[sk].i[r] != static_cast<int64_t>(Status::done)) continue;
+      if (b.cols[sk].i[r] != static_cast<int64_t>(Status::done) || !kept(b, r)) continue;
       double x = number(b, mk, r);
       if (pk >= 0) x = relative ? x / number(b, pk, r) - 1 : x - number(b, pk, r);
       if (std::isnan(x)) {
@@ -200,11 +237,12 @@ int summary_main(const std::string& path, const std::string& by_text, const std:
     const std::string what = pk < 0 ? metric
                              : relative ? metric + " / " + paired + " - 1, per trial"
                                         : metric + " - " + paired + ", per trial";
-    std::cout << what << " over done trials (mean, sample std, 95% CI of the mean)\n";
+    std::cout << what << " over done trials" << (where.empty() ? "" : " with " + where_shown)
+              << " (mean, sample std, 95% CI of the mean)\n";
     line(head);
     for (const auto& r : rows) line(r);
     if (skipped_nan) std::cout << "(" << skipped_nan << " done trials with NaN " << metric << " left out)\n";
-    if (used == 0) std::cout << "(no done trials)\n";
+    if (used == 0) std::cout << "(no done trials" << (where.empty() ? "" : " with " + where_shown) << ")\n";
   }
   return kExitOk;
 }
@@ -239,6 +277,7 @@ void add_results_commands(CLI::App& app, Registry& r) {
   {
     struct A {
       std::string file, by, metric = "test_risk", paired, format = "table";
+      std::vector<std::string> where;
       bool relative = false;
     };
     auto a = std::make_shared<A>();
@@ -252,7 +291,13 @@ void add_results_commands(CLI::App& app, Registry& r) {
                     "teacher's effect against each row's own lambda = 0 twin");
     sub->add_flag("--relative", a->relative, "with --paired: metric / COLUMN - 1 per trial");
     sub->add_option("--format", a->format, "table or csv")->check(CLI::IsMember({"table", "csv"}));
-    r.add(sub, [a] { return summary_main(a->file, a->by, a->metric, a->paired, a->relative, a->format); });
+    sub->add_option("--where", a->where,
+                    "keep only trials whose COLUMN has VALUE, e.g. --where noise=0.5 (repeatable; numbers "
+                    "compared as numbers)")
+        ->allow_extra_args(false);
+    r.add(sub, [a] {
+      return summary_main(a->file, a->by, a->metric, a->paired, a->relative, a->format, a->where);
+    });
   }
 }
 

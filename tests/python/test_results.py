@@ -184,6 +184,21 @@ def main():
         check(okk and x.abs().max() > 0, f"summary --paired baseline_test_risk{' --relative' if rel else ''} "
               "equals pandas on the per-row difference")
 
+    # --where: the same numbers over a slice (a value given as text finds the stored double)
+    nz0 = sorted(df["noise"].unique())[0]
+    p = run(["summary", ref, "--by", "lambda", "--where", f"noise={nz0!r}", "--format", "csv"])
+    lines = p.stdout.strip().splitlines()
+    g = df[df["noise"] == nz0].groupby("lambda")["test_risk"]
+    okk = p.returncode == 0 and len(lines) - 1 == g.ngroups and g.ngroups > 0
+    for line in lines[1:]:
+        lam, cnt, mean = line.split(",")[:3]
+        v = g.get_group(float(lam))
+        okk = okk and int(cnt) == len(v) and abs(float(mean) - v.mean()) <= 1e-5 * abs(v.mean())
+    check(okk and g.size().sum() < len(df), f"summary --where noise={nz0!r} equals pandas on the slice")
+    p = run(["summary", ref, "--where", "noise=x"], ok=(2,))
+    check(p.returncode == 2 and "--where" in p.stderr and "is not a number" in p.stderr,
+          f"summary --where noise=x: exit 2, named ({p.stderr.strip()})")
+
     # --- kill -9 at random points, then --resume -----------------------------------------
     out = os.path.join(wd, "killed.h5")
     kills_done = attempts = 0
