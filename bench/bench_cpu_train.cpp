@@ -38,8 +38,9 @@ namespace {
 
 using namespace stsweep;
 
-TrialParams grid_params(TrainPath path, int i) {
+TrialParams grid_params(TrainPath path, int i, Activation act = Activation::linear) {
   TrialParams p;
+  p.activation = act;
   p.d = 32;
   p.k = 32;
   p.m = 8;
@@ -70,12 +71,12 @@ double pair_flops(TrainPath path) {
   return 2 * tm::data_step_flops(net, 64);
 }
 
-void Grid(benchmark::State& state, TrainPath path, Precision prec) {
+void Grid(benchmark::State& state, TrainPath path, Precision prec, Activation act = Activation::linear) {
   const int trials = static_cast<int>(state.range(0));
   Batch b;
   for (int i = 0; i < trials; ++i) {
     b.ids.push_back(i);
-    b.trials.push_back(grid_params(path, i));
+    b.trials.push_back(grid_params(path, i, act));
   }
   RunOptions opt;
   opt.precision = prec;
@@ -273,6 +274,12 @@ BENCHMARK(Sgemm)->Arg(2048)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTi
 BENCHMARK_CAPTURE(Grid, data_f32, TrainPath::data, Precision::f32)
     ->Arg(512)->Iterations(1)->Unit(benchmark::kSecond)->UseRealTime();
 BENCHMARK_CAPTURE(Grid, moment_f32, TrainPath::moment, Precision::f32)
+    ->Arg(512)->Iterations(1)->Unit(benchmark::kSecond)->UseRealTime();
+// The same grid with tanh students (and teachers): the data path, plus the
+// Monte Carlo test risk (n_test = 1000, float64) at each of the 32 checkpoints,
+// which the linear grid measures in closed form (bench/peer_torch.py
+// --activation tanh is its peer, without the checkpoints).
+BENCHMARK_CAPTURE(Grid, data_f32_tanh, TrainPath::data, Precision::f32, Activation::tanh)
     ->Arg(512)->Iterations(1)->Unit(benchmark::kSecond)->UseRealTime();
 void StepF32(benchmark::State& s, TrainPath p) { Step<float>(s, p); }
 void StepF64(benchmark::State& s, TrainPath p) { Step<double>(s, p); }

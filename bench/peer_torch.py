@@ -15,7 +15,7 @@ Prints trial-steps/s (a student and its twin count as two) and GFLOP/s with the
 engine's flop count, then the rate of a large sgemm (torch.mm and numpy,
 2048^3, float32) on the same threads.
 
-    /usr/bin/python3 bench/peer_torch.py [--trials 512] [--steps 2000] [--threads 2]
+    /usr/bin/python3 bench/peer_torch.py [--trials 512] [--steps 2000] [--threads 2] [--activation tanh]
 """
 import argparse
 import os
@@ -30,6 +30,8 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--gemm", type=int, default=2048, help="size of the square sgemm (0: skip)")
     ap.add_argument("--step-loss", action="store_true", help="losses and divergence flag every step")
+    ap.add_argument("--activation", choices=("linear", "tanh"), default="linear",
+                    help="the hidden layer's activation (bench_cpu_train Grid/data_f32_tanh: tanh)")
     args = ap.parse_args()
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(args.threads)  # before numpy / torch load their BLAS
@@ -62,9 +64,14 @@ def main():
     diverged = torch.zeros(B, dtype=torch.bool)
     loss0 = None
 
+    tanh = args.activation == "tanh"
+    Dz = torch.empty(B, h, N, dtype=f32) if tanh else None
+
     def step():
         nonlocal loss0, diverged
         torch.bmm(W1, Xn, out=H)
+        if tanh:
+            torch.tanh(H, out=H)
         torch.bmm(W2, H, out=O)
         torch.sub(O, Y, out=R)
         torch.sub(H, Ht, out=F)
@@ -79,6 +86,10 @@ def main():
         torch.bmm(R, H.transpose(1, 2), out=G2)
         torch.bmm(W2.transpose(1, 2), R, out=dH)
         dH.addcmul_(lam.expand(B, 1, 1), F, value=1.0 / N)
+        if tanh:  # through tanh: dZ = dH * (1 - H^2)
+            torch.mul(H, H, out=Dz)
+            Dz.neg_().add_(1.0)
+            dH.mul_(Dz)
         torch.bmm(dH, XnT, out=G1)
         W1.add_(G1, alpha=-lr)
         W2.add_(G2, alpha=-lr)
@@ -93,7 +104,7 @@ def main():
     flops = 2 * N * (2 * h * d + 3 * m * h)  # the engine's tm::data_step_flops
     rate = B * args.steps / dt
     print(f"peer_torch: torch {torch.__version__}, {args.threads} threads, {args.trials} trials + twins, "
-          f"{args.steps} steps, step loss {'on' if args.step_loss else 'off'}: {dt:.2f} s")
+          f"{args.steps} steps, {args.activation}, step loss {'on' if args.step_loss else 'off'}: {dt:.2f} s")
     print(f"peer_torch: trial_steps/s {rate:.4g}  GFLOP/s {rate * flops * 1e-9:.3g}  "
           f"(diverged {int(diverged.sum())})")
 

@@ -32,6 +32,9 @@
 
 #include <math.h>
 #include <stdint.h>
+#if !defined(__CUDA_ARCH__)
+#include <bit>  // std::bit_cast (select_)
+#endif
 
 #include "hd.hpp"
 
@@ -90,8 +93,111 @@ STS_HD inline double fmadd(double a, double b, double c) {
   return fma(a, b, c);
 #endif
 }
-STS_HD inline float tanh_(float x) { return tanhf(x); }
-STS_HD inline double tanh_(double x) { return tanh(x); }
+// tanh from +, *, /, explicit fmas, floor and an exact power of two: the same
+// bits on the CPU and the GPU (libm's and CUDA's tanh differ), and a loop over
+// it vectorises (libm's is a call per element: 70% of a tanh student's
+// training was spent there). tanh(a) = em / (em + 2) with em = expm1(2a): a
+// Taylor polynomial below 2a = 1, else 2^k exp(r) - 1 (r = 2a - k ln2, |r| <=
+// ln2/2, Cody-Waite split of ln2); +-1 from kCap on, where tanh rounds to 1.
+// NaN stays NaN, tanh(-0) = -0. Error: TrialMath.TanhIsAccurate.
+namespace detail {
+STS_HD constexpr double inv_factorial(int n) {
+  double f = 1;
+  for (int i = 2; i <= n; ++i) f *= i;  // exact up to 18!
+  return 1.0 / f;
+}
+// p <- p y + 1/n! for n = Hi - 1 down to Lo (Horner, unrolled at compile time:
+// a loop inside the element loop would keep that from vectorising).
+template <class Real, int Hi, int Lo>
+struct Taylor {
+  static STS_HD Real eval(Real p, Real y) {
+    return Taylor<Real, Hi - 1, Lo>::eval(fmadd(p, y, Real(inv_factorial(Hi - 1))), y);
+  }
+};
+template <class Real, int Lo>
+struct Taylor<Real, Lo, Lo> {
+  static STS_HD Real eval(Real p, Real) { return p; }
+};
+template <class Real>
+struct TanhConst;
+template <>
+struct TanhConst<float> {
+  using Int = int;  // k, the same width as Real (so the loops vectorise)
+  static constexpr int kSmall = 10, kExp = 7;  // Taylor degrees: expm1 (y < 1), exp (|r| <= ln2/2)
+  static constexpr float kCap = 9.1f;
+  static constexpr float kLn2Hi = 0.693145751953125f, kLn2Lo = 1.42860676533018704e-06f;
+};
+template <>
+struct TanhConst<double> {
+  using Int = long long;
+  static constexpr int kSmall = 18, kExp = 13;
+  static constexpr double kCap = 19.1;
+  static constexpr double kLn2Hi = 6.93147180369123816490e-01, kLn2Lo = 1.90821492927058770002e-10;
+};
+}  // namespace detail
+
+STS_HD inline float copysign_(float x, float s) { return copysignf(x, s); }
+STS_HD inline double copysign_(double x, double s) { return copysign(x, s); }
+STS_HD inline float fabs_(float x) { return fabsf(x); }
+STS_HD inline double fabs_(double x) { return fabs(x); }
+// 2^k for k in [0, 127) (float, from an int) or [0, 1023) (double, from a
+// long long), from its exponent bits: exact, and it vectorises (a shift by a
+// vector of counts does not, for 64-bit lanes).
+STS_HD inline float pow2_(int k) {
+#if defined(__CUDA_ARCH__)
+  return __int_as_float((k + 127) << 23);
+#else
+  return std::bit_cast<float>(static_cast<uint32_t>(k + 127) << 23);
+#endif
+}
+STS_HD inline double pow2_(long long k) {
+#if defined(__CUDA_ARCH__)
+  return __longlong_as_double((k + 1023) << 52);
+#else
+  return std::bit_cast<double>(static_cast<uint64_t>(k + 1023) << 52);
+#endif
+}
+// c ? a : b. On the host as a mask on the bits: both sides are computed, so
+// g++ neither moves their arithmetic into branches nor (trapping maths) keeps
+// a branch in a loop, and a loop over tanh_ vectorises. The same bits either way.
+STS_HD inline float select_(bool c, float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return c ? a : b;
+#else
+  const uint32_t m = 0u - static_cast<uint32_t>(c);
+  return std::bit_cast<float>((m & std::bit_cast<uint32_t>(a)) | (~m & std::bit_cast<uint32_t>(b)));
+#endif
+}
+STS_HD inline double select_(bool c, double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return c ? a : b;
+#else
+  const uint64_t m = uint64_t{0} - static_cast<uint64_t>(c);
+  return std::bit_cast<double>((m & std::bit_cast<uint64_t>(a)) | (~m & std::bit_cast<uint64_t>(b)));
+#endif
+}
+
+template <class Real>
+#if defined(__GNUC__) && !defined(__CUDA_ARCH__)
+__attribute__((always_inline))  // inlined into the element loops (double's is large), which then vectorise
+#endif
+STS_HD inline Real tanh_(Real x) {
+  using C = detail::TanhConst<Real>;
+  const Real a = fabs_(x);
+  const Real y = Real(2) * select_(a < C::kCap, a, C::kCap);  // NaN: kCap here, restored below
+  const Real em_small = detail::Taylor<Real, C::kSmall, 1>::eval(Real(detail::inv_factorial(C::kSmall)), y) * y;
+  // k = round(y / ln2): y >= 0, so truncation is floor (and vectorises, floor does not).
+  const typename C::Int k = static_cast<typename C::Int>(fmadd(y, Real(1.44269504088896340736), Real(0.5)));
+  const Real kf = static_cast<Real>(k);
+  const Real r = fmadd(-kf, C::kLn2Lo, fmadd(-kf, C::kLn2Hi, y));
+  const Real pe = detail::Taylor<Real, C::kExp, 0>::eval(Real(detail::inv_factorial(C::kExp)), r);
+  const Real two_k = pow2_(k);  // 2a < 2 kCap: k <= 27 or 56
+  const Real em = select_(y < Real(1), em_small, fmadd(pe, two_k, Real(-1)));
+  Real t = em / (em + Real(2));
+  t = select_(a < C::kCap, t, Real(1));
+  t = select_(x != x, x, t);
+  return copysign_(t, x);
+}
 
 template <class Real>
 STS_HD inline Real activate(int act, Real z) {
@@ -994,10 +1100,18 @@ STS_HD inline Losses<Real> data_forward(const Team& team, const Net& net, const 
       const int n = N * net.w[l];
       const Real* Z = detail::shared_hint<Team>(wk.Z[l]);
       Real* H = detail::shared_hint<Team>(wk.H[l]);
-      for (int i = team.rank(); i < n; i += team.size()) {
-        detail::trace_load(team, Z + i);
-        detail::trace_store(team, H + i);
-        H[i] = activate(net.act, Z[i]);
+      if (net.act == kTanh) {  // its own loop, which vectorises on the CPU (tanh_)
+        for (int i = team.rank(); i < n; i += team.size()) {
+          detail::trace_load(team, Z + i);
+          detail::trace_store(team, H + i);
+          H[i] = tanh_(Z[i]);
+        }
+      } else {
+        for (int i = team.rank(); i < n; i += team.size()) {
+          detail::trace_load(team, Z + i);
+          detail::trace_store(team, H + i);
+          H[i] = activate(net.act, Z[i]);
+        }
       }
       team.sync();
     }

@@ -286,8 +286,8 @@ TEST(CudaCublas, MatchesFused) {
 // The device equals its host emulation (kernels/device_emu.cpp, which the CPU
 // suite checks against the CPU backend) BIT FOR BIT: same teams (256-thread
 // blocks, 32-lane warps), same reduction order, every FMA explicit on both
-// sides (-ffp-contract=off, --fmad=false). Linear and ReLU networks: tanh
-// comes from two different libraries (CUDA's tanhf/tanh and glibc's).
+// sides (-ffp-contract=off, --fmad=false). Linear, ReLU and tanh networks
+// (tm::tanh_ is the same arithmetic on both sides, not CUDA's or glibc's tanh).
 TEST(CudaEmulation, DeviceEqualsEmulationBitForBit) {
   NEED_GPU();
 #ifdef STSWEEP_FAKE_CUDA
@@ -295,7 +295,7 @@ TEST(CudaEmulation, DeviceEqualsEmulationBitForBit) {
 #endif
   const Poisoned poison;
   std::vector<TrialParams> ps;
-  for (Activation act : {Activation::linear, Activation::relu})
+  for (Activation act : {Activation::linear, Activation::relu, Activation::tanh})
     for (TrainPath tp : {TrainPath::data, TrainPath::moment}) {
       if (act != Activation::linear && tp == TrainPath::moment) continue;
       for (int i = 0; i < 2; ++i) {
