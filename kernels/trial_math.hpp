@@ -93,7 +93,7 @@ STS_HD inline double fmadd(double a, double b, double c) {
   return fma(a, b, c);
 #endif
 }
-// tanh from +, *, /, explicit fmas, floor and an exact power of two: the same
+// tanh from +, *, /, explicit fmas, a truncation and an exact power of two: the same
 // bits on the CPU and the GPU (libm's and CUDA's tanh differ), and a loop over
 // it vectorises (libm's is a call per element: 70% of a tanh student's
 // training was spent there). tanh(a) = em / (em + 2) with em = expm1(2a): a
