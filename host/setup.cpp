@@ -728,6 +728,10 @@ ShareTotals& share_totals() {
   static ShareTotals t;
   return t;
 }
+void count_setup(long long SetupCacheStats::*what) {  // one more of a total
+  std::lock_guard<std::mutex> lock(share_totals().mu);
+  ++(share_totals().s.*what);
+}
 }  // namespace
 
 SetupCacheStats setup_cache_stats() {
@@ -735,10 +739,7 @@ SetupCacheStats setup_cache_stats() {
   return share_totals().s;
 }
 
-void count_moments_reused() {
-  std::lock_guard<std::mutex> lock(share_totals().mu);
-  ++share_totals().s.moments_reused;
-}
+void count_moments_reused() { count_setup(&SetupCacheStats::moments_reused); }
 
 void reset_setup_cache(size_t capacity_bytes) {
   std::lock_guard<std::mutex> lock(share_totals().mu);
@@ -760,10 +761,6 @@ struct SetupShare::Impl {
   std::unordered_map<std::string, Entry> map;  // recipes of two or more trials of the range
   size_t bytes = 0;                            // of the problems kept now
   size_t peak = 0;
-  void count(long long SetupCacheStats::*what) {
-    std::lock_guard<std::mutex> lock(share_totals().mu);
-    ++(share_totals().s.*what);
-  }
 };
 
 SetupShare::SetupShare(const std::vector<TrialParams>& trials, size_t lo, size_t hi, uint64_t sweep_seed)
@@ -795,10 +792,7 @@ TrialProblem SetupShare::setup(size_t i) {
   using Ptr = Impl::Ptr;
   const TrialParams& p = trials_[i];
   auto build_own = [&] {  // not shared: counted with the shared builds
-    {
-      std::lock_guard<std::mutex> lock(share_totals().mu);
-      ++share_totals().s.built;
-    }
+    count_setup(&SetupCacheStats::built);
     return setup_trial(p, seed_);
   };
   if (!impl_) return build_own();
@@ -814,10 +808,10 @@ TrialProblem SetupShare::setup(size_t i) {
       Impl::Entry& e = it->second;
       if (e.value.valid()) {
         theirs = e.value;
-        impl_->count(&SetupCacheStats::reused);
+        count_setup(&SetupCacheStats::reused);
       } else {
         e.value = mine.get_future().share();
-        impl_->count(&SetupCacheStats::built);
+        count_setup(&SetupCacheStats::built);
       }
       if (--e.left == 0) {  // the last trial of the recipe: nothing more to keep
         impl_->bytes -= e.bytes;
@@ -847,7 +841,7 @@ TrialProblem SetupShare::setup(size_t i) {
         const size_t b = problem_bytes(*sp);
         if (impl_->bytes + b > impl_->budget) {  // over budget: the others build their own
           impl_->map.erase(it);
-          impl_->count(&SetupCacheStats::evicted);
+          count_setup(&SetupCacheStats::evicted);
         } else {
           it->second.bytes = b;
           impl_->bytes += b;

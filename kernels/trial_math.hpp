@@ -1100,19 +1100,18 @@ STS_HD inline Losses<Real> data_forward(const Team& team, const Net& net, const 
       const int n = N * net.w[l];
       const Real* Z = detail::shared_hint<Team>(wk.Z[l]);
       Real* H = detail::shared_hint<Team>(wk.H[l]);
-      if (net.act == kTanh) {  // its own loop, which vectorises on the CPU (tanh_)
+      auto apply = [&](auto phi) {
         for (int i = team.rank(); i < n; i += team.size()) {
           detail::trace_load(team, Z + i);
           detail::trace_store(team, H + i);
-          H[i] = tanh_(Z[i]);
+          H[i] = phi(Z[i]);
         }
-      } else {
-        for (int i = team.rank(); i < n; i += team.size()) {
-          detail::trace_load(team, Z + i);
-          detail::trace_store(team, H + i);
-          H[i] = activate(net.act, Z[i]);
-        }
-      }
+      };
+      // tanh gets a loop of its own, which vectorises on the CPU (tanh_).
+      if (net.act == kTanh)
+        apply([](Real z) { return tanh_(z); });
+      else
+        apply([&](Real z) { return activate(net.act, z); });
       team.sync();
     }
     Hprev = l < L ? wk.H[l] : nullptr;
