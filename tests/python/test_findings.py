@@ -21,7 +21,7 @@ except ImportError as e:
     sys.exit(77)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CLAIMS = 13  # "ok:" lines of findings-report --check
+CLAIMS = 14  # "ok:" lines of findings-report --check
 
 
 def main():
@@ -46,13 +46,14 @@ def main():
     # Every table row printed now is in the page, character for character.
     with open(os.path.join(ROOT, "docs", "FINDINGS.md")) as f:
         page = f.read()
-    rows = [line for line in out.splitlines() if re.match(r"\| ((delta|n_t) = |(linear|tanh), )", line)]
+    rows = [line for line in out.splitlines() if re.match(r"\| ((delta|n_t|lambda) = |(linear|tanh), )", line)]
     missing = [r for r in rows if r not in page]
-    check(len(rows) == 67 and not missing,
+    check(len(rows) == 77 and not missing,
           f"docs/FINDINGS.md holds the {len(rows)} table rows measured now"
           + (f" (not there: {missing[:3]}; rerun tools/findings and paste its tables)" if missing else ""))
 
-    # The check can fail: rotated's risks 1% higher than balanced's.
+    # The check can fail: rotated's risks 1% higher than balanced's, and
+    # power(0)'s 3% lower (whitened features as good as any p).
     nudged = os.path.join(a.workdir, "nudged.h5")
     shutil.copy(os.path.join(res, "findings_decomposition.h5"), nudged)
     with h5py.File(nudged, "r+") as f:
@@ -61,11 +62,13 @@ def main():
         for col in ("test_risk", "best_test_risk"):
             v = f[col][()]
             v[rotated & linear] *= 1.01
+            v[(f["teacher_decomposition"].asstr()[()] == "power") & (f["teacher_power"][()] == 0)] *= 0.97
             f[col][...] = v
     p = subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "tools", "findings-report"),
                         os.path.join(res, "findings_teacher.h5"), nudged, "--check"],
                        capture_output=True, text=True, timeout=300)
-    check(p.returncode == 1 and "FAILED: 4. rotated = balanced" in p.stdout and "claim(s) failed" in p.stderr,
+    check(p.returncode == 1 and "FAILED: 4. rotated = balanced" in p.stdout
+          and "FAILED: 11. power(p)" in p.stdout and "claim(s) failed" in p.stderr,
           f"a nudged decomposition fails the check (exit {p.returncode})")
     p = subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "tools", "findings-report"),
                         os.path.join(a.workdir, "missing.h5"), nudged], capture_output=True, text=True, timeout=300)
