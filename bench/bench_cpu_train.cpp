@@ -3,8 +3,10 @@
 // twins, float32, on the CPU backend with all cores. Counters:
 //   trial_steps/s  networks x steps per second (a student and its twin count as two)
 //   GFLOP/s        counted flops of the steps (tm::data_step_flops / moment_step_flops)
-// End to end: set-up, training, checkpoint metrics. The step-only benchmark
-// times the step loop of one network (no set-up, no metrics), single thread.
+// End to end: set-up, training, checkpoint metrics; with glibc malloc's
+// thresholds raised as `stsweep` raises them (STSWEEP_MALLOC=system: not).
+// The step-only benchmark times the step loop of one network (no set-up, no
+// metrics), single thread.
 //
 // The yardstick: a large sgemm (2048^3, float32) from OpenBLAS, loaded at run
 // time (dlopen of libopenblas.so.0; skipped when absent), on all cores.
@@ -29,6 +31,7 @@
 #include "backend.hpp"
 #include "device_plan.hpp"
 #include "grids.hpp"
+#include "memory.hpp"
 #include "net_buffers.hpp"
 #include "problem.hpp"
 #include "train.hpp"
@@ -290,4 +293,14 @@ BENCHMARK_CAPTURE(StepF64, moment, TrainPath::moment)->Unit(benchmark::kMicrosec
 
 }  // namespace
 
-BENCHMARK_MAIN();
+// As `stsweep` does (host/main.cpp): glibc's thresholds raised unless
+// STSWEEP_MALLOC=system, which is the yardstick for that change
+// (docs/PERFORMANCE.md, "Nonlinear students").
+int main(int argc, char** argv) {
+  benchmark::AddCustomContext("malloc", stsweep::tune_malloc() ? "tuned (host/memory.hpp)" : "system");
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

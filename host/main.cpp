@@ -5,11 +5,18 @@
 #include <string>
 
 #include "cli.hpp"
+#include "memory.hpp"
 #include "params.hpp"
 #include "version.hpp"
 
 int main(int argc, char** argv) {
   using namespace stsweep;
+  try {
+    tune_malloc();  // host/memory.hpp: trials reuse freed blocks instead of new pages
+  } catch (const InputError& e) {
+    std::cerr << "stsweep: error: " << e.what() << "\n";
+    return cli::kExitBadInput;
+  }
   CLI::App app{"stsweep: student-teacher learning sweeps on CPU and GPU"};
   app.set_version_flag("--version", std::string("stsweep ") + STSWEEP_VERSION + " (git " +
                                         STSWEEP_GIT_COMMIT + ")");

@@ -182,6 +182,19 @@ TEST(Cli, BadInputExitsTwoWithThePath) {
   EXPECT_FALSE(fs::exists(nan_out));
 }
 
+// STSWEEP_MALLOC (host/memory.hpp): a bad value stops every command before any
+// work, naming the variable; `system` (glibc's own policy) runs as usual.
+TEST(Cli, MallocPolicyIsChecked) {
+  setenv("STSWEEP_MALLOC", "fast", 1);
+  Outcome bad = run("validate '" + sweep_file("tiny.json") + "'");
+  setenv("STSWEEP_MALLOC", "system", 1);
+  Outcome sys = run("validate '" + sweep_file("tiny.json") + "'");
+  unsetenv("STSWEEP_MALLOC");
+  EXPECT_EQ(bad.rc, 2);
+  EXPECT_NE(bad.err.find("STSWEEP_MALLOC: 'fast' is not a policy"), std::string::npos) << bad.err;
+  EXPECT_EQ(sys.rc, 0) << sys.err;
+}
+
 // Without a usable GPU (this machine, CI): --backend cuda is a clear run-time
 // error that leaves no results file; auto falls back to the CPU and says so.
 // On a machine with a GPU, auto must say it ran on cuda.

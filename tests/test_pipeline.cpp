@@ -1,10 +1,12 @@
 // run_pipeline (host/pipeline.hpp): `run`'s loop between the batcher, a
 // backend and the results writer. A deterministic fake backend stands in for
 // training, so the files can be compared bit for bit.
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <chrono>
+#include <cstdlib>
 #include <filesystem>
 #include <stdexcept>
 #include <thread>
@@ -12,6 +14,7 @@
 #include <gtest/gtest.h>
 
 #include "batching.hpp"
+#include "memory.hpp"
 #include "pipeline.hpp"
 #include "store.hpp"
 #include "scratch.hpp"
@@ -220,4 +223,60 @@ TEST(Pipeline, BackendErrorsPropagateAndStoredBatchesSurvive) {
       std::runtime_error);
   w->checkpoint();
   EXPECT_EQ(w->header().n_done + w->header().n_diverged, 10);
+}
+
+// The allocator policy (host/memory.hpp) that `stsweep` and the CPU bench set
+// before any work: a block freed by one trial serves the next one's without
+// new pages. Untuned, glibc maps a block above 128 KiB afresh (and the dynamic
+// threshold it then raises stops below 32 MiB), so at least one of these
+// sizes would fault its pages again.
+namespace {
+long minor_faults() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return u.ru_minflt;
+}
+// Minor page faults of allocating n bytes, writing each page and freeing them.
+long faults_of_a_block(size_t n) {
+  const long before = minor_faults();
+  auto* p = static_cast<volatile char*>(std::malloc(n));
+  for (size_t i = 0; i < n; i += 4096) p[i] = 1;
+  std::free(const_cast<char*>(p));
+  return minor_faults() - before;
+}
+struct EnvVar {  // sets a variable for one scope
+  std::string name;
+  EnvVar(const char* n, const char* v) : name(n) { setenv(n, v, 1); }
+  ~EnvVar() { unsetenv(name.c_str()); }
+};
+}  // namespace
+
+TEST(Malloc, TunedPolicyServesFreedBlocksWithoutNewPages) {
+  if (!tune_malloc())
+    GTEST_SKIP() << "glibc malloc is not the allocator here, or GLIBC_TUNABLES or STSWEEP_MALLOC=system "
+                    "chose its policy";
+  for (size_t mib : {1, 8, 30}) {
+    const long first = faults_of_a_block(mib << 20);
+    const long again = faults_of_a_block(mib << 20);
+    EXPECT_GT(first + again, 0) << "the counter moves (" << mib << " MiB)";
+    EXPECT_LT(again, 64) << mib << " MiB freed and allocated again faulted " << again << " pages (of "
+                         << (mib << 8) << ")";
+  }
+}
+
+TEST(Malloc, PolicyComesFromTheEnvironment) {
+  {
+    EnvVar v("STSWEEP_MALLOC", "system");
+    EXPECT_FALSE(tune_malloc());
+  }
+  {
+    EnvVar v("STSWEEP_MALLOC", "fast");
+    try {
+      tune_malloc();
+      FAIL() << "STSWEEP_MALLOC=fast was accepted";
+    } catch (const InputError& e) {
+      EXPECT_EQ(e.path, "STSWEEP_MALLOC");
+      EXPECT_NE(std::string(e.what()).find("'tuned'"), std::string::npos) << e.what();
+    }
+  }
 }
