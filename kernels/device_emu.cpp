@@ -200,6 +200,7 @@ namespace {
 
 template <class T>
 void poison(std::vector<T>& v) {
+  if (v.empty()) return;  // data() may be null, and memset(nullptr, ., 0) is undefined (UBSan)
   std::memset(static_cast<void*>(v.data()), 0xFF, v.size() * sizeof(T));
 }
 

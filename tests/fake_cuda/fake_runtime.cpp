@@ -572,7 +572,7 @@ int device_of(cudaStream_t s) { return s->device; }
 template <class Real>
 void train_all(const TrainArgs<Real>& a, size_t reals, bool vector_a) {
   std::vector<Real> sm(reals);
-  std::memset(static_cast<void*>(sm.data()), 0xFF, sm.size() * sizeof(Real));
+  if (!sm.empty()) std::memset(static_cast<void*>(sm.data()), 0xFF, sm.size() * sizeof(Real));  // null when empty
   run_emulated_team(1, false, [&](const EmuTeam& team) {
     EmuTeam t = team;
     t.one_column = a.one_column != 0;
