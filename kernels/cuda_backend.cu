@@ -271,6 +271,10 @@ class CudaBackend final : public Backend {
     }
   }
   ~CudaBackend() override {
+    // Its own device current while its streams, pools and cuBLAS handles go
+    // (with --devices the backends are destroyed on one thread; cuBLAS wants the
+    // handle's device current at cublasDestroy). No throw in a destructor.
+    cudaSetDevice(dev_);
     for (auto& w : waves_) {
       if (w.busy) cudaStreamSynchronize(streams_[&w - waves_].s);
       w.pool.release();
@@ -497,12 +501,18 @@ class CudaBackend final : public Backend {
       if (k < 0) throw std::logic_error("cuda: a cuBLAS group on a stream that is not a wave's");
       train_cublas<Real>(cublas_[k].h, a, g.maxT, s);
     } else if (g.path == Path::warp) {
+      // A block may hold 48 KB of shared memory, static and dynamic together,
+      // unless its kernel opts in (cudaFuncSetAttribute). warp_train has no
+      // static shared memory.
       const size_t dyn = g.warps_per_block * g.net_shared;
-      if (dyn > 48 * 1024) warp_prepare<Real>(dyn);
+      if (dyn > kSharedWithoutOptIn) warp_prepare<Real>(dyn);
       launch_warp<Real>(a, g.warps_per_block, g.net_shared, vector_a_, s);
     } else {
+      // fused_train's static `red` counts against the 48 KB too: an arena of
+      // 48 KB less 256 bytes or more needs the opt-in (a GPU refuses the
+      // launch otherwise; found by reading in session 11).
       const size_t dyn = a.shared ? g.net_shared : 0;
-      if (dyn > 48 * 1024) fused_prepare<Real>(dyn);
+      if (dyn > 0 && dyn + static_shared_ > kSharedWithoutOptIn) fused_prepare<Real>(dyn);
       launch_fused<Real>(a, dyn, vector_a_, s);
     }
   }

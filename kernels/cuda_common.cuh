@@ -149,8 +149,13 @@ namespace stsweep::cuda {
 // ------------------------------------------------------------- launchers --
 // kernels/cuda_fused.cu: the fused trainer (one block per network, all steps)
 // and the float64 evaluation of the snapshots.
+// Shared memory a block may use, static and dynamic together, without its
+// kernel's opt-in (cudaFuncAttributeMaxDynamicSharedMemorySize).
+constexpr size_t kSharedWithoutOptIn = 48 * 1024;
+// Opt in to `shared_bytes` of dynamic shared memory, needed when they and the
+// kernel's static shared memory (fused_static_shared_bytes) exceed kSharedWithoutOptIn.
 template <class Real>
-void fused_prepare(size_t shared_bytes);  // opt in to > 48 KB of dynamic shared memory
+void fused_prepare(size_t shared_bytes);
 // vector_a: the tiles' A loads (BlockTeamT<VA>); scalar A exists for float only
 // (double always loads A by four).
 template <class Real>

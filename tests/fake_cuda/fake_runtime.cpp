@@ -395,6 +395,12 @@ cublasStatus_t cublasCreate(cublasHandle_t* h) {
   return CUBLAS_STATUS_SUCCESS;
 }
 cublasStatus_t cublasDestroy(cublasHandle_t h) {
+  {  // the cuBLAS guide: the handle's device stays current from cublasCreate to cublasDestroy
+    std::lock_guard<std::mutex> lock(st().mu);
+    if (h && h->device != current)
+      broke(&Counters::wrong_device, "cublasDestroy of a handle of device " + std::to_string(h->device) +
+                                         " while device " + std::to_string(current) + " is current");
+  }
   delete h;
   return CUBLAS_STATUS_SUCCESS;
 }
@@ -527,7 +533,7 @@ bool launch_ok(const char* kernel, dim3 g, dim3 b, size_t shared, cudaStream_t s
   const unsigned long long threads = 1ull * b.x * b.y * b.z;
   const bool ok = g.x >= 1 && g.x <= 2147483647u && g.y >= 1 && g.y <= 65535 && g.z >= 1 && g.z <= 65535 &&
                   b.x >= 1 && b.x <= 1024 && b.y >= 1 && b.y <= 1024 && b.z >= 1 && b.z <= 64 &&
-                  threads <= 1024 && shared <= 48 * 1024;
+                  threads <= 1024 && shared <= stsweep::cuda::kSharedWithoutOptIn;
   if (!ok) {
     st().last = cudaErrorInvalidConfiguration;
     if (st().c.notes.size() < 100)
@@ -610,7 +616,7 @@ void allow(const char* kernel, size_t real, size_t bytes, size_t static_bytes) {
 void check_dynamic(const char* kernel, size_t real, size_t bytes, size_t static_bytes) {
   if (bytes + static_bytes > optin())
     throw std::runtime_error(std::string("fake device: ") + kernel + " launched beyond the opt-in shared memory");
-  if (bytes <= 48 * 1024) return;
+  if (bytes + static_bytes <= kSharedWithoutOptIn) return;  // as a GPU counts: static and dynamic together
   std::lock_guard<std::mutex> lock(fake_cuda::st().mu);
   auto it = allowed().find({kernel, real, fake_cuda::current});
   if (it == allowed().end() || it->second < bytes)
@@ -635,7 +641,7 @@ void launch_fused(const TrainArgs<Real>& a, size_t shared_bytes, bool vector_a, 
   if (a.nnets == 0) return;
   if (a.shared) {  // the general variant (data in global memory) is never given more than 48 KB
     check_dynamic("fused_train", sizeof(Real), shared_bytes, kStaticFused);
-  } else if (shared_bytes > 48 * 1024) {
+  } else if (shared_bytes > kSharedWithoutOptIn) {
     throw std::runtime_error("fake device: the general trainer launched with more than 48 KB of dynamic shared memory");
   }
   if (a.shared && shared_bytes < (static_cast<size_t>(a.lay.data) + a.lay.work) * sizeof(Real))
