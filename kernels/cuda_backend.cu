@@ -39,6 +39,10 @@ namespace {
 
 constexpr int kMaxChunkTrials = 32000;  // 2 networks each: grid.y <= 65535 (cuBLAS kernels)
 constexpr size_t kMinWave = 1024;       // trials of a wave when the batch is cut for overlap
+// Steps of the cuBLAS trainer per captured CUDA graph: (3L + 3) x 64 nodes,
+// and the at most 63 steps left over are launched one by one, fewer launches
+// than a GPU's launch queue holds (about a thousand).
+constexpr long long kGraphSteps = 64;
 
 // ------------------------------------------------------------------ memory --
 // One device allocation and one pinned host allocation per in-flight wave,
@@ -231,6 +235,7 @@ struct Launched {
   const NetState* state = nullptr;   // pinned, filled by D2H
   const double* metrics = nullptr;   // pinned
   std::unique_ptr<Event> t0, t1, t2;  // before training, after training, after eval
+  std::unique_ptr<GraphExec> graph;   // the cuBLAS trainer's, kept until the stream is synchronised
 };
 
 struct Wave {
@@ -268,6 +273,14 @@ class CudaBackend final : public Backend {
       const long long v = std::strtoll(e, &end, 10);
       if (*end || v < 1) throw std::runtime_error(std::string("STSWEEP_CUDA_WAVE=") + e + ": expected a number of trials >= 1");
       wave_ = static_cast<size_t>(v);
+    }
+    if (const char* e = std::getenv("STSWEEP_CUDA_GRAPH"); e && *e) {
+      char* end = nullptr;
+      const long long v = std::strtoll(e, &end, 10);
+      if (*end || v < 0)
+        throw std::runtime_error(std::string("STSWEEP_CUDA_GRAPH=") + e +
+                                 ": expected the cuBLAS trainer's steps per CUDA graph (0: no graphs)");
+      graph_steps_ = v;
     }
   }
   ~CudaBackend() override {
@@ -494,12 +507,19 @@ class CudaBackend final : public Backend {
   }
 
   // The group's trainer (fused, warp, general or cuBLAS) on stream s.
+  // A cuBLAS group's graph goes to *graph (kept until s is synchronised).
   template <class Real>
-  void launch_trainer(const GroupPlan& g, const TrainArgs<Real>& a, cudaStream_t s) {
+  void launch_trainer(const GroupPlan& g, const TrainArgs<Real>& a, cudaStream_t s,
+                      std::unique_ptr<GraphExec>* graph = nullptr) {
     if (g.path == Path::cublas) {
       const int k = s == streams_[0].s ? 0 : s == streams_[1].s ? 1 : -1;
-      if (k < 0) throw std::logic_error("cuda: a cuBLAS group on a stream that is not a wave's");
-      train_cublas<Real>(cublas_[k].h, a, g.maxT, s);
+      if (k < 0 || !graph) throw std::logic_error("cuda: a cuBLAS group on a stream that is not a wave's");
+      CublasQueued q = train_cublas<Real>(cublas_[k].h, a, g.maxT, s, graph_steps_);
+      if (!q.fallback.empty()) {
+        log_once("cuBLAS trainer: CUDA refused to capture a graph (" + q.fallback + "); launching step by step");
+        paths_.insert("cublas (graph refused: step by step)");
+      }
+      *graph = std::move(q.graph);
     } else if (g.path == Path::warp) {
       // A block may hold 48 KB of shared memory, static and dynamic together,
       // unless its kernel opts in (cudaFuncSetAttribute). warp_train has no
@@ -536,12 +556,15 @@ class CudaBackend final : public Backend {
       const bool scalar_a = !vector_a_ && sizeof(Real) == 4 &&
                             (plan.path == Path::fused || plan.path == Path::warp || plan.path == Path::general);
       paths_.insert(std::string(cuda::name(plan.path)) + (scalar_a ? " (scalar A)" : "") +
-                    (!one_column_ && !scalar_a && plan.path != Path::cublas ? " (v4 tiles)" : ""));
+                    (!one_column_ && !scalar_a && plan.path != Path::cublas ? " (v4 tiles)" : "") +
+                    (plan.path != Path::cublas ? "" : graph_steps_ > 0 ? " (CUDA graphs)" : " (step by step)"));
       {  // Once per shape and trainer: which one runs it (a researcher's first question when slow).
         std::string widths;
         for (int l = 0; l <= plan.s.net.L; ++l) widths += (l ? "-" : "") + std::to_string(plan.s.net.w[l]);
         std::string how = cuda::name(plan.path);
         if (plan.path == Path::fused) how += " (a block per network, " + std::to_string(plan.net_shared >> 10) + " KB of shared memory)";
+        if (plan.path == Path::cublas)
+          how += graph_steps_ > 0 ? " (CUDA graphs of " + std::to_string(graph_steps_) + " steps)" : " (step by step)";
         if (plan.path == Path::warp)
           how += " (a warp per network, " + std::to_string(plan.warps_per_block) + " per block)";
         log_once("widths " + widths + ", N " + std::to_string(plan.s.N) + ", " +
@@ -566,7 +589,7 @@ class CudaBackend final : public Backend {
       g.t1 = std::make_unique<Event>();
       g.t2 = std::make_unique<Event>();
       STS_CUDA(cudaEventRecord(g.t0->e, st.s));
-      launch_trainer<Real>(plan, a, st.s);
+      launch_trainer<Real>(plan, a, st.s, &g.graph);
       STS_CUDA(cudaEventRecord(g.t1->e, st.s));
       // Only the snapshots the networks wrote are measured.
       launch_eval_select(select_tmp, select_temp_, d.state, plan.slots, plan.maxck,
@@ -628,6 +651,7 @@ class CudaBackend final : public Backend {
   bool one_column_ = true;  // STSWEEP_CUDA_ONE_COLUMN=0: v4's tiles (no one-column shapes)
   bool teachers_on_device_ = true;  // STSWEEP_CUDA_TEACHERS=host: trained teachers in set-up
   size_t wave_ = 0;                 // STSWEEP_CUDA_WAVE: most trials per wave (0: automatic)
+  long long graph_steps_ = kGraphSteps;  // STSWEEP_CUDA_GRAPH: cuBLAS steps per CUDA graph (0: none)
   size_t select_temp_ = 0;
   std::set<std::string> paths_, logged_;
 };

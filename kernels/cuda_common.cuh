@@ -8,6 +8,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <stdexcept>
 #include <string>
 
@@ -176,10 +177,38 @@ size_t eval_select_temp_bytes(long long items);
 void launch_eval_select(void* temp, size_t temp_bytes, const NetState* state, int slots, int maxck,
                         long long items, long long* out, long long* nitems, cudaStream_t s);
 
+// An instantiated CUDA graph, destroyed with its holder: the holder lives
+// until the graph's stream has been synchronised (the backend keeps it with
+// its wave's group), as CUDA leaves destroying a graph still in flight undefined.
+struct GraphExec {
+  cudaGraphExec_t exec = nullptr;
+  GraphExec() = default;
+  GraphExec(const GraphExec&) = delete;
+  GraphExec& operator=(const GraphExec&) = delete;
+  ~GraphExec() {
+    if (exec) cudaGraphExecDestroy(exec);
+  }
+};
+
+// How train_cublas queued a group's steps.
+struct CublasQueued {
+  std::unique_ptr<GraphExec> graph;  // null: step by step
+  long long steps_per_graph = 0;     // steps one graph launch runs
+  long long graph_launches = 0;
+  std::string fallback;              // why a capture failed (then step by step), empty otherwise
+};
+
 // kernels/cuda_cublas.cu: the data path through strided-batched GEMM, one
 // launch sequence per step for every network of the group. `handle` is a
 // cublasHandle_t bound to nothing in particular (the stream is set here).
+// With graph_steps > 0, that many steps are captured once as a CUDA graph and
+// launched as often as the group's steps fill it, the rest step by step (one
+// launch per graph_steps steps instead of about (3L + 3) a step: the host is
+// not held by a full launch queue, so the next wave's set-up overlaps this
+// one); a capture CUDA refuses falls back to step-by-step launches (reason in
+// CublasQueued::fallback).
 template <class Real>
-void train_cublas(void* handle, const TrainArgs<Real>& a, long long maxT, cudaStream_t s);
+CublasQueued train_cublas(void* handle, const TrainArgs<Real>& a, long long maxT, cudaStream_t s,
+                          long long graph_steps);
 
 }  // namespace stsweep::cuda

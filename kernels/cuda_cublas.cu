@@ -72,6 +72,7 @@ __global__ void cublas_init(const TrainArgs<Real> a) {
   if (threadIdx.x == 0) {
     NetState st{};
     st.steps_run = -1;  // running
+    st.step = 0;
     a.state[blockIdx.x] = st;
   }
 }
@@ -97,13 +98,16 @@ __device__ void snapshot(const TrainArgs<Real>& a, const Real* w, double* dst) {
 
 // One block per network at step t: residual D_L, losses (training mask),
 // checkpoint snapshots, divergence and the end of the run (Trainer::run's rules).
+// The step t is the network's own counter (NetState::step), not an argument:
+// a captured graph's arguments are fixed, and one graph serves every step.
 template <class Real>
-__global__ void __launch_bounds__(kThreads) cublas_control(const TrainArgs<Real> a, long long t) {
+__global__ void __launch_bounds__(kThreads) cublas_control(const TrainArgs<Real> a) {
   __shared__ double red[32];
   const BlockTeam team{red};
   const int net_id = blockIdx.x;
   NetState st = a.state[net_id];
   if (st.steps_run >= 0) return;  // stopped
+  const long long t = st.step;
   const NetRef nr = a.nets[net_id];
   const TrialScalars& ts = a.trials[nr.trial];
   const Layout& lay = a.lay;
@@ -153,6 +157,8 @@ __global__ void __launch_bounds__(kThreads) cublas_control(const TrainArgs<Real>
   if (stop) {
     st.steps_run = t;
     snapshot(a, w, snap + static_cast<size_t>(a.slots - 1) * lay.wsize);
+  } else {
+    st.step = t + 1;
   }
   __syncthreads();
   if (team.rank() == 0) a.state[net_id] = st;
@@ -197,11 +203,47 @@ __global__ void cublas_update(const TrainArgs<Real> a) {
 
 int blocks_for(int n) { return (n + kThreads - 1) / kThreads < 8 ? (n + kThreads - 1) / kThreads : 8; }
 
+// A capture of stream s into a graph: ended, and its graph dropped, if
+// anything throws before instantiate(). Thread-local mode: CUDA refuses
+// unsafe calls (an allocation, a synchronisation) from this thread while it
+// captures, and lets the host's other threads (set-up, other devices) go on.
+class Capture {
+ public:
+  explicit Capture(cudaStream_t s) {
+    STS_CUDA(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+    s_ = s;
+  }
+  Capture(const Capture&) = delete;
+  Capture& operator=(const Capture&) = delete;
+  ~Capture() {
+    if (!s_) return;
+    cudaGraph_t g = nullptr;
+    cudaStreamEndCapture(s_, &g);  // an invalidated capture: an error and no graph
+    if (g) cudaGraphDestroy(g);
+    (void)cudaGetLastError();
+  }
+  std::unique_ptr<GraphExec> instantiate() {
+    cudaGraph_t g = nullptr;
+    const cudaError_t e = cudaStreamEndCapture(s_, &g);
+    s_ = nullptr;
+    STS_CUDA(e);
+    auto x = std::make_unique<GraphExec>();
+    const cudaError_t ei = cudaGraphInstantiate(&x->exec, g, 0);
+    cudaGraphDestroy(g);
+    STS_CUDA(ei);
+    return x;
+  }
+
+ private:
+  cudaStream_t s_ = nullptr;
+};
+
 }  // namespace
 
 template <class Real>
-void train_cublas(void* handle, const TrainArgs<Real>& a, long long maxT, cudaStream_t s) {
-  if (a.nnets == 0) return;
+CublasQueued train_cublas(void* handle, const TrainArgs<Real>& a, long long maxT, cudaStream_t s, long long graph_steps) {
+  CublasQueued q;
+  if (a.nnets == 0) return q;
   cublasHandle_t h = static_cast<cublasHandle_t>(handle);
   STS_CUBLAS(cublasSetStream(h, s));
   STS_CUBLAS(cublasSetMathMode(h, CUBLAS_DEFAULT_MATH));  // no TF32: float32 products
@@ -214,7 +256,10 @@ void train_cublas(void* handle, const TrainArgs<Real>& a, long long maxT, cudaSt
   STS_LAUNCH(cublas_init<Real>, B, kThreads, 0, s)(a);
   STS_CUDA_LAUNCHED("cublas_init");
   auto hidden = [&](int l) { return w + (lay.cH[l] == kNone ? lay.cZ[l] : lay.cH[l]); };
-  for (long long t = 0; t <= maxT; ++t) {
+  // One step of every network: forward, control (losses, checkpoints, stop),
+  // then, unless `control_only`, backward and update. A step after a
+  // network's stop leaves it as it is (control and update skip it).
+  auto step = [&](bool control_only) {
     for (int l = 1; l <= L; ++l) {
       const Real* Hp = l == 1 ? w + lay.cX : hidden(l - 1);
       STS_CUBLAS(gemm(h, OpT, OpN, net.w[l], N, net.w[l - 1], w + lay.cW[l], net.w[l - 1], Hp,
@@ -224,9 +269,9 @@ void train_cublas(void* handle, const TrainArgs<Real>& a, long long maxT, cudaSt
         STS_CUDA_LAUNCHED("cublas_activate");
       }
     }
-    STS_LAUNCH(cublas_control<Real>, B, kThreads, 0, s)(a, t);
+    STS_LAUNCH(cublas_control<Real>, B, kThreads, 0, s)(a);
     STS_CUDA_LAUNCHED("cublas_control");
-    if (t == maxT) break;
+    if (control_only) return;
     for (int l = L; l >= 1; --l) {
       const Real* Dl = w + lay.cD[l % 2];
       const Real* Hp = l == 1 ? w + lay.cX : hidden(l - 1);
@@ -244,10 +289,33 @@ void train_cublas(void* handle, const TrainArgs<Real>& a, long long maxT, cudaSt
     }
     STS_LAUNCH(cublas_update<Real>, dim3(8, B), kThreads, 0, s)(a);
     STS_CUDA_LAUNCHED("cublas_update");
+  };
+  // Steps 0..maxT: the last one stops every network (t >= T). Whole graphs of
+  // graph_steps steps first (their last step, when it is step maxT, updates
+  // nothing), then the rest one by one: at most graph_steps - 1 steps, so
+  // fewer launches than a launch queue holds.
+  long long left = maxT + 1;
+  if (graph_steps > 0 && left >= graph_steps) {
+    try {
+      Capture cap(s);
+      for (long long k = 0; k < graph_steps; ++k) step(false);
+      q.graph = cap.instantiate();
+    } catch (const std::exception& e) {
+      q.fallback = e.what();
+      (void)cudaGetLastError();
+    }
+    if (q.graph) {
+      q.steps_per_graph = graph_steps;
+      q.graph_launches = left / graph_steps;
+      for (long long i = 0; i < q.graph_launches; ++i) STS_CUDA(cudaGraphLaunch(q.graph->exec, s));
+      left -= q.graph_launches * graph_steps;
+    }
   }
+  for (; left > 0; --left) step(left == 1);
+  return q;
 }
 
-template void train_cublas<float>(void*, const TrainArgs<float>&, long long, cudaStream_t);
-template void train_cublas<double>(void*, const TrainArgs<double>&, long long, cudaStream_t);
+template CublasQueued train_cublas<float>(void*, const TrainArgs<float>&, long long, cudaStream_t, long long);
+template CublasQueued train_cublas<double>(void*, const TrainArgs<double>&, long long, cudaStream_t, long long);
 
 }  // namespace stsweep::cuda

@@ -132,6 +132,7 @@ STS_HD inline void train_network(const Team& team, const TrainArgs<Real>& a, int
   if (team.rank() == 0) {
     NetState st;
     st.steps_run = t;
+    st.step = t;
     st.loss0 = loss0;
     st.diverged_loss = diverged ? total : 0.0;
     st.diverged = diverged ? 1 : 0;

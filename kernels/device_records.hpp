@@ -43,6 +43,9 @@ struct NetState {                 // written by the trainer, read by eval and th
   double loss0, diverged_loss;
   int diverged;
   int written;                    // checkpoints snapshotted (0..nck)
+  long long step;                 // the step the network is at (its last when stopped): the
+                                  // cuBLAS trainer's counter, so that one captured CUDA graph
+                                  // serves every step (kernels/cuda_cublas.cu)
 };
 
 // Divergence rule: the same as host/train.cpp (static_assert in cuda_backend.cu).

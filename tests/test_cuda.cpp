@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <iostream>
 #include <map>
 #include <random>
 #include <string>
@@ -281,6 +282,45 @@ TEST(CudaCublas, MatchesFused) {
       expect_close(cublas64[i], cpu64[i], 1e-8, 1e-12, "cublas f64 vs cpu f64, " + what);
     }
   }
+}
+
+// The cuBLAS trainer's steps in CUDA graphs (STSWEEP_CUDA_GRAPH=7: 36 graph
+// launches and 1 to 6 steps one by one for 250 to 258 steps; the default 64
+// in MatchesFused above) against the same steps launched one by one: the same
+// kernels with the same arguments, so the same results (to 1e-6: cuBLAS may
+// choose another algorithm inside a capture; the test prints whether the bits
+// agree, for docs/PERFORMANCE.md).
+TEST(CudaCublas, GraphsMatchStepByStep) {
+  NEED_GPU();
+  const Poisoned poison;
+  std::vector<TrialParams> ps;
+  for (int i = 0; i < 6; ++i) {
+    TrialParams p = base_params();
+    p.hidden = {12};
+    p.activation = i % 2 ? Activation::tanh : Activation::linear;
+    p.path = TrainPath::data;
+    p.seed = 20 + i;
+    p.lambda = 0.2 * i;
+    p.steps = 250 + i;
+    ps.push_back(p);
+  }
+  const Batch b = make_batch(ps);
+  std::string paths_graph, paths_steps;
+  setenv("STSWEEP_CUDA_GRAPH", "7", 1);
+  const auto graph = run_gpu(b, Precision::f32, cuda::Path::cublas, &paths_graph);
+  setenv("STSWEEP_CUDA_GRAPH", "0", 1);
+  const auto steps = run_gpu(b, Precision::f32, cuda::Path::cublas, &paths_steps);
+  unsetenv("STSWEEP_CUDA_GRAPH");
+  EXPECT_NE(paths_graph.find("cublas (CUDA graphs)"), std::string::npos) << paths_graph;
+  EXPECT_NE(paths_steps.find("cublas (step by step)"), std::string::npos) << paths_steps;
+  bool bits = true;
+  for (size_t i = 0; i < ps.size(); ++i) {
+    ASSERT_EQ(graph[i].status, Status::done) << graph[i].message;
+    expect_close(graph[i], steps[i], 1e-6, 1e-9, "graphs vs step by step, trial " + std::to_string(i));
+    for (auto m : {&TrialResult::test_risk, &TrialResult::baseline_test_risk, &TrialResult::train_loss})
+      bits = bits && std::memcmp(&(graph[i].*m), &(steps[i].*m), sizeof(double)) == 0;
+  }
+  std::cout << "cuBLAS in CUDA graphs vs step by step: " << (bits ? "the same bits" : "not the same bits") << "\n";
 }
 
 // The device equals its host emulation (kernels/device_emu.cpp, which the CPU

@@ -12,13 +12,16 @@ struct Config {
   size_t memory = size_t(256) << 20;     // bytes of device memory per device
   size_t shared_optin = 227 * 1024;      // cudaDevAttrMaxSharedMemoryPerBlockOptin
   size_t reported_extra = 0;             // cudaMemGetInfo says this much more is free than is
+  bool refuse_graphs = false;            // cudaGraphInstantiate fails (cudaErrorNotSupported)
 };
 // Starts afresh: the configuration, zero counters. Allocations still live are
 // kept (and counted).
 void reset(const Config& c = Config{});
 
 struct Counters {
-  long long launches = 0;        // kernels run (cuBLAS products included)
+  long long launches = 0;        // kernels queued or captured (cuBLAS products included)
+  long long graph_launches = 0;  // cudaGraphLaunch calls
+  long long graphs_live = 0;     // graphs and executable graphs not destroyed
   long long gemms = 0;           // cuBLAS strided-batched products queued
   long long allocations = 0;     // cudaMalloc and cudaMallocHost that succeeded
   long long out_of_memory = 0;   // cudaMalloc refused for the configured memory
@@ -31,6 +34,9 @@ struct Counters {
   long long shared_blas = 0;     // a cuBLAS handle's product queued while another stream's product of the
                                  // same handle is pending (they share its workspace: cuBLAS then gives no
                                  // bitwise reproducibility)
+  long long graph_rules = 0;     // an operation CUDA refuses while a stream captures (cuda_runtime.h), an
+                                 // executable graph destroyed while a launch of it is pending (undefined
+                                 // in CUDA), a stream destroyed while it captures
   std::vector<std::string> notes;
 };
 Counters counters();

@@ -4,6 +4,7 @@
 // cuBLAS trainer is kernels/cuda_cublas.cu itself (cuda_cublas_fake.cpp) on
 // this file's cuBLAS and fake_cuda::launch.
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
@@ -11,10 +12,12 @@
 #include <deque>
 #include <functional>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <set>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <tuple>
 #include <vector>
 
@@ -25,9 +28,24 @@
 #include "device_emu.hpp"
 #include "fake_device.hpp"
 
+using Ops = std::vector<std::function<void()>>;
 struct CUstream_st {
   int device = 0;
   std::deque<std::function<void()>> q;  // deferred operations, in order
+  // While capturing (cudaStreamBeginCapture): the graph's operations, in order.
+  std::shared_ptr<Ops> capture;
+  bool invalidated = false;  // the capture met an operation CUDA refuses
+  cudaStreamCaptureMode mode = cudaStreamCaptureModeGlobal;
+  std::thread::id capturer;
+};
+struct CUgraph_st {
+  int device = 0;
+  std::shared_ptr<const Ops> ops;
+};
+struct CUgraphExec_st {
+  int device = 0;
+  std::shared_ptr<const Ops> ops;
+  std::shared_ptr<std::atomic<int>> pending = std::make_shared<std::atomic<int>>(0);  // launches not yet run
 };
 struct CUevent_st {
   bool done = false;  // recorded and reached by its stream
@@ -65,6 +83,7 @@ struct State {
   std::map<const char*, Alloc> allocs;  // by first byte
   std::map<int, size_t> used;           // device bytes in use, per device
   std::set<CUstream_st*> streams;
+  long long graphs_live = 0;
   cudaError_t last = cudaSuccess;
 };
 State& st() {
@@ -147,7 +166,33 @@ void enqueue(CUstream_st* s, const char* what, std::function<void()> op) {
   if (s->device != current)
     broke(&Counters::wrong_device, std::string(what) + " on a stream of device " + std::to_string(s->device) +
                                        " while device " + std::to_string(current) + " is current");
-  s->q.push_back(std::move(op));
+  if (s->capture)
+    s->capture->push_back(std::move(op));  // into the graph: runs when a launch of it runs
+  else
+    s->q.push_back(std::move(op));
+}
+
+// Under st().mu: whether CUDA refuses `call` (an allocation or free) while a
+// stream captures: from the capturing thread, or from any thread when the
+// capture is in global mode. It then invalidates the capture.
+bool refused_in_capture(const char* call) {
+  for (CUstream_st* x : st().streams) {
+    if (!x->capture) continue;
+    const bool mine = x->capturer == std::this_thread::get_id();
+    if (x->mode == cudaStreamCaptureModeRelaxed || (x->mode == cudaStreamCaptureModeThreadLocal && !mine)) continue;
+    x->invalidated = true;
+    broke(&Counters::graph_rules, std::string(call) + " while a stream captures (" +
+                                      (mine ? "this thread's capture" : "another thread's capture, global mode") + ")");
+    return true;
+  }
+  return false;
+}
+// Under st().mu: CUDA refuses to wait for a capturing stream.
+bool refused_wait(CUstream_st* s, const char* call) {
+  if (!s->capture) return false;
+  s->invalidated = true;
+  broke(&Counters::graph_rules, std::string(call) + " of a stream that captures");
+  return true;
 }
 
 }  // namespace
@@ -165,6 +210,7 @@ Counters counters() {
   std::lock_guard<std::mutex> lock(st().mu);
   Counters c = st().c;
   c.live = static_cast<long long>(st().allocs.size());
+  c.graphs_live = st().graphs_live;
   return c;
 }
 
@@ -200,6 +246,11 @@ const char* cudaGetErrorName(cudaError_t e) {
     case cudaErrorNoDevice: return "cudaErrorNoDevice";
     case cudaErrorInvalidResourceHandle: return "cudaErrorInvalidResourceHandle";
     case cudaErrorNotReady: return "cudaErrorNotReady";
+    case cudaErrorIllegalState: return "cudaErrorIllegalState";
+    case cudaErrorNotSupported: return "cudaErrorNotSupported";
+    case cudaErrorStreamCaptureUnsupported: return "cudaErrorStreamCaptureUnsupported";
+    case cudaErrorStreamCaptureInvalidated: return "cudaErrorStreamCaptureInvalidated";
+    case cudaErrorStreamCaptureWrongThread: return "cudaErrorStreamCaptureWrongThread";
   }
   return "cudaError(fake)";
 }
@@ -255,6 +306,7 @@ cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
 namespace {
 cudaError_t allocate(void** p, size_t bytes, bool pinned) {
   std::lock_guard<std::mutex> lock(st().mu);
+  if (refused_in_capture(pinned ? "cudaMallocHost" : "cudaMalloc")) return fail(cudaErrorStreamCaptureUnsupported);
   check_quiet(pinned ? "cudaMallocHost" : "cudaMalloc");
   if (!pinned && st().used[current] + bytes > st().cfg.memory) {
     ++st().c.out_of_memory;
@@ -277,6 +329,7 @@ cudaError_t release(void* p, bool pinned) {
   if (!p) return cudaSuccess;
   {
     std::lock_guard<std::mutex> lock(st().mu);
+    if (refused_in_capture(pinned ? "cudaFreeHost" : "cudaFree")) return fail(cudaErrorStreamCaptureUnsupported);
     check_quiet(pinned ? "cudaFreeHost" : "cudaFree");
   }
   flush_device(current);  // a free waits for the device
@@ -324,6 +377,8 @@ cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpy
       return fail(cudaErrorInvalidValue);
     }
     pinned = in_pinned(host, bytes);
+    if (kind == cudaMemcpyDeviceToHost && !pinned && refused_wait(s, "cudaMemcpyAsync into pageable memory"))
+      return fail(cudaErrorStreamCaptureUnsupported);
   }
   if (kind == cudaMemcpyHostToDevice) {
     if (pinned) {  // read when the copy runs: the host must not touch it before
@@ -358,12 +413,87 @@ cudaError_t cudaStreamCreateWithPriority(cudaStream_t* s, unsigned flags, int) {
 cudaError_t cudaStreamDestroy(cudaStream_t s) {
   flush(s);
   std::lock_guard<std::mutex> lock(st().mu);
+  if (s->capture) broke(&Counters::graph_rules, "cudaStreamDestroy of a stream that captures");
   st().streams.erase(s);
   delete s;
   return cudaSuccess;
 }
 cudaError_t cudaStreamSynchronize(cudaStream_t s) {
+  {
+    std::lock_guard<std::mutex> lock(st().mu);
+    if (refused_wait(s, "cudaStreamSynchronize")) return fail(cudaErrorStreamCaptureUnsupported);
+  }
   flush(s);
+  return cudaSuccess;
+}
+
+// ------------------------------------------------------- capture, graphs --
+cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode mode) {
+  std::lock_guard<std::mutex> lock(st().mu);
+  if (!s || !st().streams.count(s) || s->capture) return fail(cudaErrorIllegalState);
+  s->capture = std::make_shared<Ops>();
+  s->invalidated = false;
+  s->mode = mode;
+  s->capturer = std::this_thread::get_id();
+  return cudaSuccess;
+}
+cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t* graph) {
+  std::lock_guard<std::mutex> lock(st().mu);
+  *graph = nullptr;
+  if (!s || !s->capture) return fail(cudaErrorIllegalState);
+  if (s->mode != cudaStreamCaptureModeRelaxed && s->capturer != std::this_thread::get_id()) {
+    s->invalidated = true;  // as CUDA: the capture is spoilt
+    return fail(cudaErrorStreamCaptureWrongThread);
+  }
+  std::shared_ptr<Ops> ops = std::move(s->capture);
+  s->capture.reset();
+  if (s->invalidated) return fail(cudaErrorStreamCaptureInvalidated);
+  *graph = new CUgraph_st{s->device, std::move(ops)};
+  ++st().graphs_live;
+  return cudaSuccess;
+}
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t* exec, cudaGraph_t graph, unsigned long long) {
+  std::lock_guard<std::mutex> lock(st().mu);
+  *exec = nullptr;
+  if (!graph) return fail(cudaErrorInvalidValue);
+  if (st().cfg.refuse_graphs) return fail(cudaErrorNotSupported);
+  *exec = new CUgraphExec_st;
+  (*exec)->device = graph->device;
+  (*exec)->ops = graph->ops;  // an executable graph outlives its graph
+  ++st().graphs_live;
+  return cudaSuccess;
+}
+cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t s) {
+  {
+    std::lock_guard<std::mutex> lock(st().mu);
+    if (!exec || !s || !st().streams.count(s)) return fail(cudaErrorInvalidResourceHandle);
+    if (exec->device != s->device)
+      broke(&Counters::wrong_device, "cudaGraphLaunch of a graph of device " + std::to_string(exec->device) +
+                                         " on a stream of device " + std::to_string(s->device));
+    ++st().c.graph_launches;
+    ++*exec->pending;
+  }
+  enqueue(s, "cudaGraphLaunch", [ops = exec->ops, pending = exec->pending] {
+    for (const auto& op : *ops) op();
+    --*pending;
+  });
+  return cudaSuccess;
+}
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec) {
+  if (!exec) return cudaSuccess;
+  std::lock_guard<std::mutex> lock(st().mu);
+  if (*exec->pending > 0)
+    broke(&Counters::graph_rules, "cudaGraphExecDestroy with " + std::to_string(exec->pending->load()) +
+                                      " launches of the graph not yet run");
+  --st().graphs_live;
+  delete exec;  // the queued launches hold the operations (shared), so the fake runs on
+  return cudaSuccess;
+}
+cudaError_t cudaGraphDestroy(cudaGraph_t graph) {
+  if (!graph) return cudaSuccess;
+  std::lock_guard<std::mutex> lock(st().mu);
+  --st().graphs_live;
+  delete graph;
   return cudaSuccess;
 }
 cudaError_t cudaEventCreate(cudaEvent_t* e) {

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "cublas_v2.h"
@@ -40,6 +41,8 @@ void expect_no_rule_broken(const std::string& what) {
   EXPECT_EQ(c.wrong_device, 0) << what;
   EXPECT_EQ(c.bad_pointers, 0) << what;
   EXPECT_EQ(c.shared_blas, 0) << what;
+  EXPECT_EQ(c.graph_rules, 0) << what;
+  EXPECT_EQ(c.graphs_live, 0) << what << ": graphs not destroyed";
   for (const auto& n : c.notes) ADD_FAILURE() << what << ": " << n;
 }
 
@@ -98,6 +101,21 @@ TEST(FakeDevice, CudaBackendEqualsTheCpuBitForBit) {
     }
 }
 
+// Seven data-path tanh trials of one shape, 20 to 38 steps: three waves of
+// 3 (STSWEEP_CUDA_WAVE=3), two in flight on the two streams.
+Batch seven_trials() {
+  std::vector<TrialParams> ps;
+  for (int i = 0; i < 7; ++i) {
+    TrialParams p = small_trial(40 + i);
+    p.path = TrainPath::data;
+    p.activation = Activation::tanh;
+    p.lambda = 0.15 * i;
+    p.steps = 20 + 3 * i;
+    ps.push_back(p);
+  }
+  return make_batch(ps, 1000);
+}
+
 // The cuBLAS trainer is kernels/cuda_cublas.cu itself on the fake cuBLAS
 // (GEMMs summed in an order of their own, as cuBLAS's are): the CPU's results
 // to rounding, in waves of 3 with poisoned buffers, every product's matrices
@@ -105,49 +123,178 @@ TEST(FakeDevice, CudaBackendEqualsTheCpuBitForBit) {
 // handle shared by the two streams while both have work (until session 8 one
 // handle served both waves in flight: the cuBLAS guide then promises no
 // bitwise reproducibility). Moment-path trials fall back to the general
-// trainer (the cuBLAS path is data only).
+// trainer (the cuBLAS path is data only). Each way the steps are queued gives
+// the same bits: one by one (STSWEEP_CUDA_GRAPH=0), in CUDA graphs of 5 steps
+// (a graph replayed several times, then the steps left over one by one: the
+// step is each network's own counter, so a replay that repeated a step would
+// show), and of 64 (more steps than these trials run: no graph). Every graph
+// is destroyed, and only after its stream is synchronised (the fake counts a
+// destroy with a launch still queued).
 TEST(FakeDevice, CublasTrainerMatchesTheCpu) {
   const ScopedEnv poison("STSWEEP_CUDA_POISON", "1");
   const ScopedEnv wave("STSWEEP_CUDA_WAVE", "3");
   std::vector<Batch> batches = by_shape(variety_trials());
-  {  // seven trials of one shape: three waves, two in flight on the two streams
-    std::vector<TrialParams> ps;
-    for (int i = 0; i < 7; ++i) {
-      TrialParams p = small_trial(40 + i);
-      p.path = TrainPath::data;
-      p.activation = Activation::tanh;
-      p.lambda = 0.15 * i;
-      p.steps = 20 + 3 * i;
-      ps.push_back(p);
-    }
-    batches.push_back(make_batch(ps, 1000));
-  }
+  batches.push_back(seven_trials());
   for (const Batch& b : batches)
     for (Precision prec : {Precision::f32, Precision::f64}) {
       const bool f32 = prec == Precision::f32;
-      const std::string what = std::string(f32 ? "f32" : "f64") + ", L = " +
-                               std::to_string(b.trials[0].hidden.size() + 1) +
-                               (b.trials[0].path == TrainPath::moment ? ", moment" : ", data");
+      const bool data = b.trials[0].path == TrainPath::data;
       const auto ref = run_cpu(b, prec);
-      fake_cuda::reset();
-      {
-        auto be = fake_backend(cuda::Path::cublas);
-        ASSERT_TRUE(be);
-        const auto got = be->run(b, options(prec));
-        ASSERT_EQ(got.size(), ref.size());
-        for (size_t i = 0; i < ref.size(); ++i)
-          expect_close(got[i], ref[i], f32 ? 2e-4 : 1e-11, f32 ? 1e-6 : 1e-14, what + " trial " + std::to_string(i));
-        const cuda::RunStats s = cuda::last_stats(*be);
-        if (b.trials[0].path == TrainPath::data) {
-          EXPECT_NE(s.paths.find("cublas"), std::string::npos) << what << ": " << s.paths;
-          EXPECT_GT(fake_cuda::counters().gemms, 0) << what;
-        } else {
-          EXPECT_EQ(fake_cuda::counters().gemms, 0) << what << ": " << s.paths;
+      std::vector<TrialResult> one_by_one;
+      for (const char* graph : {"0", "5", "64"}) {
+        const ScopedEnv g("STSWEEP_CUDA_GRAPH", graph);
+        const std::string what = std::string(f32 ? "f32" : "f64") + ", L = " +
+                                 std::to_string(b.trials[0].hidden.size() + 1) + (data ? ", data" : ", moment") +
+                                 ", STSWEEP_CUDA_GRAPH=" + graph;
+        fake_cuda::reset();
+        {
+          auto be = fake_backend(cuda::Path::cublas);
+          ASSERT_TRUE(be);
+          const auto got = be->run(b, options(prec));
+          ASSERT_EQ(got.size(), ref.size());
+          for (size_t i = 0; i < ref.size(); ++i) {
+            const std::string t = what + " trial " + std::to_string(i);
+            expect_close(got[i], ref[i], f32 ? 2e-4 : 1e-11, f32 ? 1e-6 : 1e-14, t);
+            if (!one_by_one.empty()) expect_same(got[i], one_by_one[i], t + " vs step by step");
+          }
+          if (one_by_one.empty()) one_by_one = got;
+          const cuda::RunStats s = cuda::last_stats(*be);
+          const fake_cuda::Counters c = fake_cuda::counters();
+          if (data) {
+            EXPECT_NE(s.paths.find(std::string(graph) == "0" ? "cublas (step by step)" : "cublas (CUDA graphs)"),
+                      std::string::npos) << what << ": " << s.paths;
+            EXPECT_GT(c.gemms, 0) << what;
+            // 21 to 39 steps a trial, at most 3 trials a wave: 4 to 7 launches
+            // of a 5-step graph per wave.
+            if (std::string(graph) == "5") EXPECT_GE(c.graph_launches, 4) << what;
+          } else {
+            EXPECT_EQ(c.gemms, 0) << what << ": " << s.paths;
+          }
+          if (std::string(graph) != "5" || !data) EXPECT_EQ(c.graph_launches, 0) << what;
         }
+        expect_no_rule_broken(what);
+        EXPECT_EQ(fake_cuda::counters().live, 0) << what << ": allocations left after the backend";
       }
-      expect_no_rule_broken(what);
-      EXPECT_EQ(fake_cuda::counters().live, 0) << what << ": allocations left after the backend";
     }
+}
+
+// When CUDA refuses to make the graph (here cudaGraphInstantiate, configured
+// to fail), the cuBLAS trainer launches the same steps one by one: the same
+// bits, a line saying so in the paths, nothing left behind. A malformed
+// STSWEEP_CUDA_GRAPH is an error that names it.
+TEST(FakeDevice, CublasLaunchesStepByStepWhenCudaRefusesTheGraph) {
+  const ScopedEnv wave("STSWEEP_CUDA_WAVE", "3");
+  const Batch b = seven_trials();
+  std::vector<TrialResult> one_by_one;
+  {
+    const ScopedEnv g("STSWEEP_CUDA_GRAPH", "0");
+    fake_cuda::reset();
+    auto be = fake_backend(cuda::Path::cublas);
+    ASSERT_TRUE(be);
+    one_by_one = be->run(b, options(Precision::f32));
+  }
+  const ScopedEnv g("STSWEEP_CUDA_GRAPH", "4");
+  fake_cuda::Config refuse;
+  refuse.refuse_graphs = true;
+  fake_cuda::reset(refuse);
+  {
+    auto be = fake_backend(cuda::Path::cublas);
+    ASSERT_TRUE(be);
+    const auto got = be->run(b, options(Precision::f32));
+    ASSERT_EQ(got.size(), one_by_one.size());
+    for (size_t i = 0; i < got.size(); ++i) {
+      ASSERT_EQ(got[i].status, Status::done) << got[i].message;
+      expect_same(got[i], one_by_one[i], "trial " + std::to_string(i));
+    }
+    EXPECT_NE(cuda::last_stats(*be).paths.find("graph refused: step by step"), std::string::npos)
+        << cuda::last_stats(*be).paths;
+    EXPECT_EQ(fake_cuda::counters().graph_launches, 0);
+  }
+  expect_no_rule_broken("refused graphs");
+  fake_cuda::reset();
+  for (const char* bad : {"x", "-1", "5 steps"}) {
+    const ScopedEnv e("STSWEEP_CUDA_GRAPH", bad);
+    std::string why;
+    EXPECT_EQ(cuda::make_backend(options(Precision::f32), cuda::Path::cublas, &why), nullptr) << bad;
+    EXPECT_NE(why.find(std::string("STSWEEP_CUDA_GRAPH=") + bad), std::string::npos) << why;
+  }
+}
+
+// The fake's capture follows CUDA's rules, which the tests above lean on: a
+// captured operation runs only when a launch of the graph runs, once per
+// launch; an allocation from the capturing thread (thread-local mode) or from
+// any thread (global mode) is refused and spoils the capture, one from
+// another thread in thread-local mode is not; synchronising the capturing
+// stream is refused; destroying an executable graph with a launch still
+// queued is counted.
+TEST(FakeDevice, CaptureFollowsCudasRules) {
+  fake_cuda::reset();
+  cudaStream_t s = nullptr;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), cudaSuccess);
+  unsigned char* d = nullptr;
+  ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&d), 256), cudaSuccess);
+  unsigned char* h = nullptr;
+  ASSERT_EQ(cudaMallocHost(reinterpret_cast<void**>(&h), 256), cudaSuccess);
+  // Captured, launched twice: an increment by a memset of the byte read back.
+  ASSERT_EQ(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+  EXPECT_EQ(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal), cudaErrorIllegalState);
+  ASSERT_EQ(cudaMemsetAsync(d, 7, 16, s), cudaSuccess);
+  ASSERT_EQ(cudaMemcpyAsync(h, d, 16, cudaMemcpyDeviceToHost, s), cudaSuccess);
+  {  // another thread may allocate during a thread-local capture
+    cudaError_t other = cudaErrorInvalidValue;
+    void* p = nullptr;
+    std::thread([&] { other = cudaMalloc(&p, 64); }).join();
+    EXPECT_EQ(other, cudaSuccess);
+    std::thread([&] { other = cudaFree(p); }).join();
+    EXPECT_EQ(other, cudaSuccess);
+  }
+  cudaGraph_t g = nullptr;
+  ASSERT_EQ(cudaStreamEndCapture(s, &g), cudaSuccess);
+  ASSERT_NE(g, nullptr);
+  ASSERT_EQ(cudaStreamSynchronize(s), cudaSuccess);
+  EXPECT_EQ(h[0], 0xFF) << "a captured operation ran at capture";
+  cudaGraphExec_t x = nullptr;
+  ASSERT_EQ(cudaGraphInstantiate(&x, g, 0), cudaSuccess);
+  ASSERT_EQ(cudaGraphDestroy(g), cudaSuccess);  // the executable graph outlives its graph
+  ASSERT_EQ(cudaGraphLaunch(x, s), cudaSuccess);
+  EXPECT_EQ(h[0], 0xFF) << "a launched graph ran before its stream was synchronised";
+  ASSERT_EQ(cudaStreamSynchronize(s), cudaSuccess);
+  EXPECT_EQ(h[0], 7);
+  EXPECT_EQ(h[15], 7);
+  EXPECT_EQ(h[16], 0xFF);
+  EXPECT_EQ(fake_cuda::counters().graph_launches, 1);
+  EXPECT_EQ(fake_cuda::counters().graph_rules, 0);
+  // Destroyed with a launch queued: counted (CUDA leaves it undefined).
+  ASSERT_EQ(cudaGraphLaunch(x, s), cudaSuccess);
+  ASSERT_EQ(cudaGraphExecDestroy(x), cudaSuccess);
+  EXPECT_EQ(fake_cuda::counters().graph_rules, 1);
+  ASSERT_EQ(cudaStreamSynchronize(s), cudaSuccess);  // the launch still runs (the fake shares its operations)
+  EXPECT_EQ(fake_cuda::counters().graphs_live, 0);
+  // Refused: an allocation from the capturing thread, spoiling the capture.
+  void* p = nullptr;
+  ASSERT_EQ(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+  EXPECT_EQ(cudaMalloc(&p, 64), cudaErrorStreamCaptureUnsupported);
+  EXPECT_EQ(cudaStreamEndCapture(s, &g), cudaErrorStreamCaptureInvalidated);
+  EXPECT_EQ(g, nullptr);
+  EXPECT_EQ(fake_cuda::counters().graph_rules, 2);
+  // Refused in global mode: an allocation from another thread.
+  ASSERT_EQ(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal), cudaSuccess);
+  cudaError_t other = cudaSuccess;
+  std::thread([&] { other = cudaMallocHost(&p, 64); }).join();
+  EXPECT_EQ(other, cudaErrorStreamCaptureUnsupported);
+  EXPECT_EQ(cudaStreamEndCapture(s, &g), cudaErrorStreamCaptureInvalidated);
+  EXPECT_EQ(fake_cuda::counters().graph_rules, 3);
+  // Refused: synchronising the capturing stream.
+  ASSERT_EQ(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+  EXPECT_EQ(cudaStreamSynchronize(s), cudaErrorStreamCaptureUnsupported);
+  EXPECT_EQ(cudaStreamEndCapture(s, &g), cudaErrorStreamCaptureInvalidated);
+  EXPECT_EQ(fake_cuda::counters().graph_rules, 4);
+  (void)cudaGetLastError();
+  EXPECT_EQ(cudaFreeHost(h), cudaSuccess);
+  EXPECT_EQ(cudaFree(d), cudaSuccess);
+  EXPECT_EQ(cudaStreamDestroy(s), cudaSuccess);
+  EXPECT_EQ(fake_cuda::counters().graphs_live, 0);
+  fake_cuda::reset();
 }
 
 // The fake cuBLAS product itself against the BLAS definition, worked by hand:
