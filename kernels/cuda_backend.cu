@@ -39,9 +39,8 @@ namespace {
 
 constexpr int kMaxChunkTrials = 32000;  // 2 networks each: grid.y <= 65535 (cuBLAS kernels)
 constexpr size_t kMinWave = 1024;       // trials of a wave when the batch is cut for overlap
-// Steps of the cuBLAS trainer per captured CUDA graph: (3L + 3) x 64 nodes,
-// and the at most 63 steps left over are launched one by one, fewer launches
-// than a GPU's launch queue holds (about a thousand).
+// Steps of the cuBLAS trainer per captured CUDA graph (about (3L + 3) x 64
+// nodes; the steps left over make a second graph).
 constexpr long long kGraphSteps = 64;
 
 // ------------------------------------------------------------------ memory --
@@ -235,7 +234,7 @@ struct Launched {
   const NetState* state = nullptr;   // pinned, filled by D2H
   const double* metrics = nullptr;   // pinned
   std::unique_ptr<Event> t0, t1, t2;  // before training, after training, after eval
-  std::unique_ptr<GraphExec> graph;   // the cuBLAS trainer's, kept until the stream is synchronised
+  std::vector<std::unique_ptr<GraphExec>> graphs;  // the cuBLAS trainer's, kept until the stream is synchronised
 };
 
 struct Wave {
@@ -507,19 +506,19 @@ class CudaBackend final : public Backend {
   }
 
   // The group's trainer (fused, warp, general or cuBLAS) on stream s.
-  // A cuBLAS group's graph goes to *graph (kept until s is synchronised).
+  // A cuBLAS group's graphs go to *graphs (kept until s is synchronised).
   template <class Real>
   void launch_trainer(const GroupPlan& g, const TrainArgs<Real>& a, cudaStream_t s,
-                      std::unique_ptr<GraphExec>* graph = nullptr) {
+                      std::vector<std::unique_ptr<GraphExec>>* graphs = nullptr) {
     if (g.path == Path::cublas) {
       const int k = s == streams_[0].s ? 0 : s == streams_[1].s ? 1 : -1;
-      if (k < 0 || !graph) throw std::logic_error("cuda: a cuBLAS group on a stream that is not a wave's");
+      if (k < 0 || !graphs) throw std::logic_error("cuda: a cuBLAS group on a stream that is not a wave's");
       CublasQueued q = train_cublas<Real>(cublas_[k].h, a, g.maxT, s, graph_steps_);
       if (!q.fallback.empty()) {
         log_once("cuBLAS trainer: CUDA refused to capture a graph (" + q.fallback + "); launching step by step");
         paths_.insert("cublas (graph refused: step by step)");
       }
-      *graph = std::move(q.graph);
+      *graphs = std::move(q.graphs);
     } else if (g.path == Path::warp) {
       // A block may hold 48 KB of shared memory, static and dynamic together,
       // unless its kernel opts in (cudaFuncSetAttribute). warp_train has no
@@ -589,7 +588,7 @@ class CudaBackend final : public Backend {
       g.t1 = std::make_unique<Event>();
       g.t2 = std::make_unique<Event>();
       STS_CUDA(cudaEventRecord(g.t0->e, st.s));
-      launch_trainer<Real>(plan, a, st.s, &g.graph);
+      launch_trainer<Real>(plan, a, st.s, &g.graphs);
       STS_CUDA(cudaEventRecord(g.t1->e, st.s));
       // Only the snapshots the networks wrote are measured.
       launch_eval_select(select_tmp, select_temp_, d.state, plan.slots, plan.maxck,

@@ -11,6 +11,7 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 // trial_math.hpp's host loops carry "#pragma GCC unroll", which nvcc's front
 // end does not know (warning 1675); the device code uses its own unroll pragma.
@@ -192,21 +193,20 @@ struct GraphExec {
 
 // How train_cublas queued a group's steps.
 struct CublasQueued {
-  std::unique_ptr<GraphExec> graph;  // null: step by step
-  long long steps_per_graph = 0;     // steps one graph launch runs
+  std::vector<std::unique_ptr<GraphExec>> graphs;  // none: step by step
   long long graph_launches = 0;
-  std::string fallback;              // why a capture failed (then step by step), empty otherwise
+  std::string fallback;  // why a capture failed (the steps left then went one by one), empty otherwise
 };
 
 // kernels/cuda_cublas.cu: the data path through strided-batched GEMM, one
 // launch sequence per step for every network of the group. `handle` is a
 // cublasHandle_t bound to nothing in particular (the stream is set here).
 // With graph_steps > 0, that many steps are captured once as a CUDA graph and
-// launched as often as the group's steps fill it, the rest step by step (one
-// launch per graph_steps steps instead of about (3L + 3) a step: the host is
-// not held by a full launch queue, so the next wave's set-up overlaps this
-// one); a capture CUDA refuses falls back to step-by-step launches (reason in
-// CublasQueued::fallback).
+// launched as often as the group's steps fill it, the steps left as a second
+// graph launched once (a few launches a group instead of about (3L + 3) a
+// step: the host is not held by a full launch queue, so the next wave's set-up
+// overlaps this one); a capture CUDA refuses falls back to step-by-step
+// launches (reason in CublasQueued::fallback).
 template <class Real>
 CublasQueued train_cublas(void* handle, const TrainArgs<Real>& a, long long maxT, cudaStream_t s,
                           long long graph_steps);

@@ -290,26 +290,34 @@ CublasQueued train_cublas(void* handle, const TrainArgs<Real>& a, long long maxT
     STS_LAUNCH(cublas_update<Real>, dim3(8, B), kThreads, 0, s)(a);
     STS_CUDA_LAUNCHED("cublas_update");
   };
-  // Steps 0..maxT: the last one stops every network (t >= T). Whole graphs of
-  // graph_steps steps first (their last step, when it is step maxT, updates
-  // nothing), then the rest one by one: at most graph_steps - 1 steps, so
-  // fewer launches than a launch queue holds.
+  // Steps 0..maxT: the last one stops every network (t >= T). With graphs:
+  // graph A of graph_steps steps, launched as often as the steps fill it
+  // (when A's last launch ends at step maxT, that step's update changes
+  // nothing), then graph B of the steps left, the last control only,
+  // launched once: a group queues a handful of operations, far fewer than a
+  // launch queue holds. Without (or when CUDA refuses a capture), the steps
+  // left one by one.
   long long left = maxT + 1;
-  if (graph_steps > 0 && left >= graph_steps) {
+  auto graphed = [&](long long count, long long times, bool ends_run) {
+    std::unique_ptr<GraphExec> g;
     try {
       Capture cap(s);
-      for (long long k = 0; k < graph_steps; ++k) step(false);
-      q.graph = cap.instantiate();
+      for (long long k = 0; k < count; ++k) step(ends_run && k == count - 1);
+      g = cap.instantiate();
     } catch (const std::exception& e) {
       q.fallback = e.what();
       (void)cudaGetLastError();
+      return false;
     }
-    if (q.graph) {
-      q.steps_per_graph = graph_steps;
-      q.graph_launches = left / graph_steps;
-      for (long long i = 0; i < q.graph_launches; ++i) STS_CUDA(cudaGraphLaunch(q.graph->exec, s));
-      left -= q.graph_launches * graph_steps;
-    }
+    for (long long i = 0; i < times; ++i) STS_CUDA(cudaGraphLaunch(g->exec, s));
+    q.graphs.push_back(std::move(g));
+    q.graph_launches += times;
+    left -= count * times;
+    return true;
+  };
+  if (graph_steps > 0) {
+    const long long n = left / graph_steps;
+    if ((n == 0 || graphed(graph_steps, n, false)) && left > 0) graphed(left, 1, true);
   }
   for (; left > 0; --left) step(left == 1);
   return q;

@@ -284,9 +284,9 @@ TEST(CudaCublas, MatchesFused) {
   }
 }
 
-// The cuBLAS trainer's steps in CUDA graphs (STSWEEP_CUDA_GRAPH=7: 36 graph
-// launches and 1 to 6 steps one by one for 250 to 258 steps; the default 64
-// in MatchesFused above) against the same steps launched one by one: the same
+// The cuBLAS trainer's steps in CUDA graphs (STSWEEP_CUDA_GRAPH=7: 256 steps
+// of the group, 36 launches of a 7-step graph and one of a 4-step graph; the
+// default 64 in MatchesFused above) against the same steps one by one: the same
 // kernels with the same arguments, so the same results (to 1e-6: cuBLAS may
 // choose another algorithm inside a capture; the test prints whether the bits
 // agree, for docs/PERFORMANCE.md).

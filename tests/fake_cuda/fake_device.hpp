@@ -22,6 +22,9 @@ struct Counters {
   long long launches = 0;        // kernels queued or captured (cuBLAS products included)
   long long graph_launches = 0;  // cudaGraphLaunch calls
   long long graphs_live = 0;     // graphs and executable graphs not destroyed
+  long long max_queue = 0;       // most operations queued on one stream at once (the fake runs
+                                 // them only when the host synchronises; a GPU's launch queue
+                                 // holds about a thousand, and a host that queues more waits)
   long long gemms = 0;           // cuBLAS strided-batched products queued
   long long allocations = 0;     // cudaMalloc and cudaMallocHost that succeeded
   long long out_of_memory = 0;   // cudaMalloc refused for the configured memory

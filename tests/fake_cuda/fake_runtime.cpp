@@ -166,10 +166,12 @@ void enqueue(CUstream_st* s, const char* what, std::function<void()> op) {
   if (s->device != current)
     broke(&Counters::wrong_device, std::string(what) + " on a stream of device " + std::to_string(s->device) +
                                        " while device " + std::to_string(current) + " is current");
-  if (s->capture)
+  if (s->capture) {
     s->capture->push_back(std::move(op));  // into the graph: runs when a launch of it runs
-  else
+  } else {
     s->q.push_back(std::move(op));
+    st().c.max_queue = std::max<long long>(st().c.max_queue, static_cast<long long>(s->q.size()));
+  }
 }
 
 // Under st().mu: whether CUDA refuses `call` (an allocation or free) while a
