@@ -36,7 +36,7 @@ int info_main(const std::string& path) {
             << "status:    " << h.n_done << " done, " << h.n_diverged << " diverged, " << h.n_failed << " failed, "
             << h.n_pending << " pending" << (h.complete() ? "  [complete]" : "") << "\n";
   auto js = inspect_journal(path + ".journal");
-  if (js.exists && js.valid_header && js.file_id == h.file_id && js.rows > 0)
+  if (js.exists && js.valid_header && js.file_id == h.file_id && js.generation == h.generation && js.rows > 0)
     std::cout << "journal:   " << js.rows << " finished trials not yet in the file (a run is going on, or "
               << "`stsweep run ... --resume` folds them in)\n";
   std::cout << "backend:   " << h.backends() << " (" << h.devices() << ")\n"
@@ -176,7 +176,7 @@ int summary_main(const std::string& path, const std::string& by_text, const std:
       if (b.cols[sk].i[r] != static_cast<int64_t>(Status::done) || !kept(b, r)) continue;
       double x = number(b, mk, r);
       if (pk >= 0) x = relative ? x / number(b, pk, r) - 1 : x - number(b, pk, r);
-      if (std::isnan(x)) {
+      if (!std::isfinite(x)) {  // NaN, or +-inf (--relative against a zero)
         ++skipped_nan;
         continue;
       }
@@ -222,6 +222,8 @@ int summary_main(const std::string& path, const std::string& by_text, const std:
     };
     std::cout << line(head) << "\n";
     for (const auto& r : rows) std::cout << line(r) << "\n";
+    if (skipped_nan)  // on stderr: the CSV on stdout stays a table
+      std::cerr << "stsweep: summary: " << skipped_nan << " done trials with a non-finite value left out\n";
   } else {
     std::vector<size_t> w(head.size());
     for (size_t i = 0; i < head.size(); ++i) w[i] = head[i].size();
@@ -241,7 +243,8 @@ int summary_main(const std::string& path, const std::string& by_text, const std:
               << " (mean, sample std, 95% CI of the mean)\n";
     line(head);
     for (const auto& r : rows) line(r);
-    if (skipped_nan) std::cout << "(" << skipped_nan << " done trials with NaN " << metric << " left out)\n";
+    if (skipped_nan)
+      std::cout << "(" << skipped_nan << " done trials with a non-finite value (NaN or inf) left out)\n";
     if (used == 0) std::cout << "(no done trials" << (where.empty() ? "" : " with " + where_shown) << ")\n";
   }
   return kExitOk;

@@ -1,4 +1,5 @@
 // stsweep: the command-line entry point. Each subcommand lives in host/cli_*.cpp.
+#include <csignal>
 #include <cstdio>
 #include <exception>
 #include <iostream>
@@ -11,6 +12,10 @@
 
 int main(int argc, char** argv) {
   using namespace stsweep;
+  // A file-size limit (ulimit -f, a batch system's) makes writes past it fail
+  // with EFBIG, which run, merge and export report (exit 1, the temporary
+  // copy removed, the journal kept), instead of killing the process.
+  std::signal(SIGXFSZ, SIG_IGN);
   try {
     tune_malloc();  // host/memory.hpp: trials reuse freed blocks instead of new pages
   } catch (const InputError& e) {

@@ -189,6 +189,9 @@ void field(TrialParams& p, const std::string& key, const json& v, const std::str
   } else if (key == "checkpoints") {
     p.checkpoints = get_int(v, path);
     at_least(p.checkpoints, 2, path);
+    require(p.checkpoints <= kMaxCheckpoints, path,
+            "must be <= " + std::to_string(kMaxCheckpoints) + " (a results record's curves), got " +
+                std::to_string(p.checkpoints));
   } else if (key == "n_test") {
     p.n_test = get_int(v, path);
     at_least(p.n_test, 1, path);

@@ -34,6 +34,10 @@ struct TeacherParams {
   double power = 0.5;    // decomposition "power": p
 };
 
+// Most checkpoints a trial may ask for: a results record holds at most this
+// many per curve (host/store.cpp), and the sweep check refuses more.
+constexpr int kMaxCheckpoints = 1 << 24;
+
 struct TrialParams {
   int d = 32, k = 8, m = 8;
   std::vector<int> hidden{32};  // hidden widths; depth L = hidden.size() + 1
@@ -51,7 +55,7 @@ struct TrialParams {
   int steps = 2000;
   double lr = 0.05;
   double init_scale = 1e-3;
-  int checkpoints = 32;
+  int checkpoints = 32;  // at most kMaxCheckpoints
   int n_test = 1000;  // Monte Carlo test set (nonlinear students)
   bool baseline = true;
   TrainPath path = TrainPath::automatic;

@@ -1098,6 +1098,9 @@ constexpr char kJournalMagic[8] = {'S', 'T', 'S', 'W', 'J', 'R', 'N', '1'};
 constexpr uint32_t kRecordMagic = 0x52575354;  // "TSWR"
 
 std::string encode_rows(const RowBlock& b, double compute_seconds) {
+  if (b.C < 0 || b.C > kMaxCheckpoints)  // decode_rows would refuse the record
+    throw std::logic_error("a results record with " + std::to_string(b.C) + " checkpoints (at most " +
+                           std::to_string(kMaxCheckpoints) + ")");
   Bytes p;
   const auto& cs = store_columns();
   const uint64_t n = b.rows();
@@ -1135,7 +1138,7 @@ RowBlock decode_rows(const std::string& payload, double* compute_seconds) {
   *compute_seconds = rd.get<double>();
   uint64_t n = rd.get<uint64_t>();
   int32_t C = rd.get<int32_t>();
-  if (n > payload.size() || C < 0 || C > (1 << 24)) throw std::runtime_error("bad record");
+  if (n > payload.size() || C < 0 || C > kMaxCheckpoints) throw std::runtime_error("bad record");
   RowBlock b = RowBlock::empty(C);
   rd.get_vec(b.trial, n);
   for (size_t k = 0; k < cs.size(); ++k) {
@@ -1177,9 +1180,12 @@ std::string encode_journal_header(const JournalHeader& h) {
 }
 
 // Reads a journal sequentially: header, then records until the first torn or
-// corrupt one. `on_record` gets each valid record.
+// corrupt one. `on_record` gets each valid record. A record whose checksum
+// holds but which does not decode is not a torn write: `corrupt` says so, and
+// whoever folds the journal must keep it rather than drop what follows.
 struct JournalScan {
   bool valid_header = false;
+  bool corrupt = false;
   JournalHeader header;
   int64_t records = 0, rows = 0;
   int64_t valid_bytes = 0, file_bytes = 0;
@@ -1234,6 +1240,7 @@ JournalScan scan_journal(int fd, F&& on_record) {
     try {
       b = decode_rows(payload, &cs);
     } catch (const std::exception&) {
+      s.corrupt = true;
       break;
     }
     ++s.records;
@@ -1284,7 +1291,9 @@ JournalSummary inspect_journal(const std::string& path) {
   auto s = scan_journal(fd, [](const RowBlock&, double) {});
   ::close(fd);
   out.valid_header = s.valid_header;
+  out.corrupt = s.corrupt;
   out.file_id = s.header.file_id;
+  out.generation = s.header.generation;
   out.records = s.records;
   out.rows = s.rows;
   out.torn_bytes = s.file_bytes - s.valid_bytes;
@@ -1357,6 +1366,14 @@ struct ResultsWriter::Impl {
       });
       if (s.valid_header && s.header.file_id != h.file_id)
         throw std::logic_error("journal belongs to another file");
+      // Rows this session journaled but this fold could not read back are not
+      // dropped: the journal stays as it is (reset_journal is not reached).
+      // (Recovery at --resume keeps what reads and runs the rest again.)
+      if (count_into_session && (s.corrupt || nrows != journal_rows))
+        throw std::runtime_error(journal_path(opt.path) + ": " + std::to_string(nrows) + " of the " +
+                                 std::to_string(journal_rows) + " rows journaled since the last checkpoint read back" +
+                                 (s.corrupt ? " (a record does not decode)" : "") + "; the journal is kept as it is, " +
+                                 opt.path + " holds the last checkpoint");
       f.write(buf);
       f.header() = h;
       f.header().generation = h.generation + 1;
@@ -1398,6 +1415,10 @@ void check_output_path(const std::string& path) {
   struct stat st;
   if (::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode))
     throw InputError("-o", path + " is a directory; give a file name such as " + path + "/results.h5");
+  // A device, FIFO or socket: --force would rename a new file over it (as
+  // root, -o /dev/null --force would replace the system's /dev/null).
+  if (::stat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode))
+    throw InputError("-o", path + " exists and is not a regular file; give the name of a results file");
   std::string dir = dir_of(path);
   if (::stat(dir.c_str(), &st) != 0)
     throw InputError("-o", "directory " + dir + " does not exist (" + errno_text(errno) + ")");
@@ -1511,7 +1532,10 @@ std::unique_ptr<ResultsWriter> ResultsWriter::start(const Sweep& sweep, const Wr
         im.resumed = js.rows;
         im.notes.push_back("recovered " + std::to_string(js.rows) + " trial rows from " + jpath);
       }
-      if (usable && js.file_bytes > js.valid_bytes)
+      if (usable && js.corrupt)
+        im.notes.push_back("dropped a journal record that checksums but does not decode, and what followed it (" +
+                           std::to_string(js.file_bytes - js.valid_bytes) + " bytes): their trials run again");
+      else if (usable && js.file_bytes > js.valid_bytes)
         im.notes.push_back("dropped an incomplete journal record (" + std::to_string(js.file_bytes - js.valid_bytes) +
                            " bytes): the batch in flight when the run stopped; it runs again");
       H5Results f = H5Results::open(opt.path, false);
@@ -1596,6 +1620,15 @@ MergeReport merge_results(const std::string& out, const std::vector<std::string>
   MergeReport rep;
   if (shards.empty()) throw InputError("", "merge needs at least one shard file");
   check_output_path(out);
+  {  // OUT.tmp is where the merge is written (and it is removed first)
+    struct stat st, ss;
+    const std::string tmp = tmp_path(out);
+    if (::stat(tmp.c_str(), &st) == 0)
+      for (const auto& s : shards)
+        if (::stat(s.c_str(), &ss) == 0 && ss.st_ino == st.st_ino && ss.st_dev == st.st_dev)
+          throw InputError("", s + " is the merge's temporary file (" + tmp + "): rename it or merge into another "
+                                   "file");
+  }
   struct stat so;
   if (::stat(out.c_str(), &so) == 0) {
     for (const auto& s : shards) {
@@ -1611,7 +1644,8 @@ MergeReport merge_results(const std::string& out, const std::vector<std::string>
     H5Results f = H5Results::open(s, false);
     hs.push_back(f.header());
     auto js = inspect_journal(journal_path(s));
-    if (js.exists && js.valid_header && js.file_id == f.header().file_id && js.rows > 0)
+    if (js.exists && js.valid_header && js.file_id == f.header().file_id &&
+        js.generation == f.header().generation && js.rows > 0)
       throw InputError("", s + " has " + std::to_string(js.rows) +
                                " rows in its journal that are not in the file yet: finish it with "
                                "`stsweep run ... --resume` first");

@@ -181,7 +181,9 @@ class ResultsWriter {
 // Reads the valid records of a journal (for `info`): rows and file id.
 struct JournalSummary {
   bool exists = false, valid_header = false;
+  bool corrupt = false;  // a record that checksums but does not decode (not a torn write)
   std::string file_id;
+  int64_t generation = -1;  // the file's checkpoint the journal continues (only that one's rows count)
   int64_t records = 0, rows = 0, torn_bytes = 0;
 };
 JournalSummary inspect_journal(const std::string& journal_path);

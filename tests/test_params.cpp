@@ -139,6 +139,10 @@ TEST(Params, Errors) {
   EXPECT_EQ(error_path({{"steps", -1}}), "x.steps");
   EXPECT_EQ(error_path({{"steps", 0}}), "");
   EXPECT_EQ(error_path({{"checkpoints", 1}}), "x.checkpoints");
+  // More than a results record holds (before session 12 the run lost such a trial's row).
+  EXPECT_EQ(error_path({{"checkpoints", kMaxCheckpoints + 1}}, &msg), "x.checkpoints");
+  EXPECT_NE(msg.find("<= 16777216"), std::string::npos) << msg;
+  EXPECT_EQ(error_path({{"checkpoints", kMaxCheckpoints}}), "");
   EXPECT_EQ(error_path({{"lr", 0}}), "x.lr");
   EXPECT_EQ(error_path({{"noise", -0.1}}), "x.noise");
   EXPECT_EQ(error_path({{"noise", 0}}), "");

@@ -227,9 +227,58 @@ TEST(Store, JournalRecordWithAnImpossibleCountIsDamagedNotAllocated) {
   EXPECT_EQ(js.records, 1);
   EXPECT_EQ(js.rows, 2);
   EXPECT_EQ(js.torn_bytes, static_cast<int64_t>(rec.size()));
+  EXPECT_TRUE(js.corrupt) << "a record that checksums but does not decode is not a torn write";
   opt.resume = true;
   auto w = ResultsWriter::start(sw, opt);
   EXPECT_EQ(w->resumed_rows(), 2);
+  bool said = false;
+  for (const auto& n : w->notes()) said = said || n.find("does not decode") != std::string::npos;
+  EXPECT_TRUE(said) << "the resume says a record was dropped as undecodable";
+}
+
+// A checkpoint that cannot read back every row its session journaled (a
+// record that checksums but does not decode: before session 12 a trial of
+// more than 2^24 checkpoints wrote one, and the run ended with exit 0 and the
+// trial pending) fails, and keeps the journal as it is; --resume then
+// recovers what reads.
+TEST(Store, ACheckpointThatCannotReadItsRowsKeepsTheJournal) {
+  Sweep sw = Sweep::from_text(kSweep);
+  const std::string out = path("unreadable.h5");
+  auto opt = writer_options(out, sw);
+  auto w = ResultsWriter::start(sw, opt);
+  w->append(fake_rows(sw, {0, 1}, 4), 0.5);
+  std::string payload;
+  auto put = [&](const auto& v) { payload.append(reinterpret_cast<const char*>(&v), sizeof v); };
+  put(0.25);
+  put(uint64_t{1});
+  put(int32_t{-1});  // no record has a negative curve width
+  put(int64_t{2});
+  std::string rec;
+  auto put_rec = [&](const auto& v) { rec.append(reinterpret_cast<const char*>(&v), sizeof v); };
+  put_rec(uint32_t{0x52575354});  // "TSWR"
+  put_rec(uint32_t{0});
+  put_rec(static_cast<uint64_t>(payload.size()));
+  put_rec(journal_record_checksum(payload.data(), payload.size()));
+  rec += payload;
+  {
+    std::ofstream j(out + ".journal", std::ios::app | std::ios::binary);
+    j << rec;
+  }
+  w->append(fake_rows(sw, {3}, 4), 0.5);  // after the bad record: this session's too
+  const auto before = fs::file_size(out + ".journal");
+  try {
+    w->finish();
+    FAIL() << "a checkpoint dropped rows it could not read";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("2 of the 3 rows"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(fs::file_size(out + ".journal"), before) << "the journal was emptied";
+  EXPECT_FALSE(fs::exists(out + ".tmp"));
+  w.reset();
+  H5Results::open(out, false);  // the last checkpoint opens
+  opt.resume = true;
+  auto again = ResultsWriter::start(sw, opt);
+  EXPECT_EQ(again->resumed_rows(), 2);
 }
 
 TEST(Store, WriterJournalsResumesAndDropsTornRecords) {
@@ -372,6 +421,28 @@ TEST(Store, MergeEqualsOneFileAndRefusesMismatches) {
   }
   EXPECT_FALSE(fs::exists(path("x3.h5")));
   EXPECT_FALSE(fs::exists(path("x3.h5.tmp")));
+  // A shard named like the merge's temporary file (OUT.tmp, removed before
+  // the merge writes it): refused, and the shard is still there.
+  fs::copy_file(shards[0], path("y.h5.tmp"));
+  EXPECT_THROW(merge_results(path("y.h5"), {path("y.h5.tmp"), shards[1]}, false), InputError);
+  EXPECT_TRUE(fs::exists(path("y.h5.tmp")));
+  // A journal of an earlier checkpoint (a crash between the rename and the
+  // journal's reset leaves one; its rows are in the file) does not count as
+  // rows waiting: the merge goes on.
+  const std::string g = path("gen.h5");
+  {
+    auto w = ResultsWriter::start(sw, writer_options(g, sw, {0, 3}));
+    std::vector<int64_t> ids;
+    for (uint64_t id = 0; id < shard_range(20, {0, 3}).end; ++id) ids.push_back(static_cast<int64_t>(id));
+    w->append(fake_rows(sw, ids, 3), 0.1);
+    fs::copy_file(g + ".journal", path("gen.journal.0"));
+    w->finish();
+  }
+  fs::copy_file(path("gen.journal.0"), g + ".journal", fs::copy_options::overwrite_existing);
+  const JournalSummary stale = inspect_journal(g + ".journal");
+  EXPECT_GT(stale.rows, 0);
+  EXPECT_NE(stale.generation, H5Results::open(g, false).header().generation);
+  EXPECT_EQ(merge_results(path("gen_merged.h5"), {g, shards[1], shards[2]}, false).rows, 20);
 }
 
 TEST(Store, BadOutputsAreInputErrorsAndLeaveNothing) {
@@ -380,6 +451,16 @@ TEST(Store, BadOutputsAreInputErrorsAndLeaveNothing) {
   EXPECT_THROW(ResultsWriter::start(sw, writer_options("/proc/stsweep.h5", sw)), InputError);
   EXPECT_THROW(ResultsWriter::start(sw, writer_options(path("nodir/x.h5"), sw)), InputError);
   EXPECT_FALSE(fs::exists(path("nodir")));
+  // Not a regular file: --force must not rename a results file over a FIFO
+  // (or, as root, over a device such as /dev/null).
+  const std::string fifo = path("fifo.h5");
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  auto o = writer_options(fifo, sw);
+  o.force = true;
+  EXPECT_THROW(ResultsWriter::start(sw, o), InputError);
+  EXPECT_TRUE(fs::is_fifo(fifo));
+  EXPECT_THROW(merge_results(fifo, {path("m0.h5")}, true), InputError);
+  EXPECT_TRUE(fs::is_fifo(fifo));
 }
 
 TEST(Store, FullDiskFailsClearlyAndLeavesNoCompleteFile) {

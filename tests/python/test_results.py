@@ -184,6 +184,19 @@ def main():
         check(okk and x.abs().max() > 0, f"summary --paired baseline_test_risk{' --relative' if rel else ''} "
               "equals pandas on the per-row difference")
 
+    # Non-finite values are left out and counted, in both formats: test_risk / lambda - 1
+    # is +inf at lambda = 0 (before session 12 inf entered the mean, which became NaN).
+    for fmt in ("table", "csv"):
+        p = run(["summary", ref, "--by", "noise", "--paired", "lambda", "--relative", "--format", fmt])
+        zero = int((df["lambda"] == 0).sum())
+        x = (df["test_risk"] / df["lambda"] - 1)[df["lambda"] != 0]
+        body = [ln for ln in p.stdout.strip().splitlines() if ln.strip() and ln.split()[0][0].isdigit()]
+        counts = [int((ln.split(",") if fmt == "csv" else ln.split())[1]) for ln in body]
+        means = [float((ln.split(",") if fmt == "csv" else ln.split())[2]) for ln in body]
+        said = f"{zero} done trials with a non-finite value" in (p.stderr if fmt == "csv" else p.stdout)
+        check(p.returncode == 0 and zero > 0 and sum(counts) == len(x) and all(np.isfinite(means)) and said,
+              f"summary --paired lambda --relative ({fmt}): the {zero} infinite ratios left out and counted")
+
     # --where: the same numbers over a slice (a value given as text finds the stored double)
     nz0 = sorted(df["noise"].unique())[0]
     p = run(["summary", ref, "--by", "lambda", "--where", f"noise={nz0!r}", "--format", "csv"])
@@ -324,7 +337,9 @@ def main():
 
         def limit_fsize(limit=limit):
             resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            # SIGXFSZ's default action kills; stsweep ignores it itself (host/main.cpp),
+            # so its writes fail with EFBIG, which it reports (before session 12: killed, rc 153).
+            signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
 
         p = subprocess.run([STSWEEP, "run", sweep, "-o", full, "--checkpoint-every", "0"] + common,
                            capture_output=True, text=True, preexec_fn=limit_fsize)
