@@ -2,6 +2,7 @@
 // Exit codes: 0 ok, 2 bad input, 1 failure at run time.
 #pragma once
 
+#include <climits>
 #include <functional>
 #include <vector>
 
@@ -24,7 +25,7 @@ struct Registry {
 // own NonNegativeNumber says "not in range 0.000000 to 1.797...e308", lets
 // "nan" through and lets "-3" wrap round into an unsigned option).
 // A whole number in [lo, hi], in decimal digits (no sign, point or exponent).
-CLI::Validator count_check(long long lo, long long hi = 999999999999999999LL);
+CLI::Validator count_check(long long lo, long long hi = LLONG_MAX);
 inline const CLI::Validator kCount = count_check(0);          // 0, 1, 2, ...
 inline const CLI::Validator kPositiveCount = count_check(1);  // 1, 2, 3, ...
 // A finite number >= 0 (seconds, megabytes).

@@ -1,4 +1,6 @@
 // Checks for the subcommands' numeric options (cli.hpp).
+#include <cerrno>
+#include <climits>
 #include <cmath>
 #include <cstdlib>
 #include <string>
@@ -8,14 +10,17 @@
 namespace stsweep::cli {
 
 CLI::Validator count_check(long long lo, long long hi) {
-  const std::string range =
-      ">= " + std::to_string(lo) + (hi < 999999999999999999LL ? " and <= " + std::to_string(hi) : "");
+  const std::string range = ">= " + std::to_string(lo) + (hi < LLONG_MAX ? " and <= " + std::to_string(hi) : "");
   return CLI::Validator(
       [lo, hi, range](std::string& text) -> std::string {
-        const bool digits = !text.empty() && text.size() <= 18 &&
+        // Digits only (no sign, space or exponent), and within long long: trial
+        // offsets and counts go up to 2^63 - 1.
+        const bool digits = !text.empty() && text.size() <= 19 &&
                             text.find_first_not_of("0123456789") == std::string::npos;
-        const long long v = digits ? std::stoll(text) : lo - 1;
-        if (v < lo || v > hi) return "expected an integer " + range + ", got \"" + text + "\"";
+        errno = 0;
+        const long long v = digits ? std::strtoll(text.c_str(), nullptr, 10) : lo - 1;
+        if (!digits || errno == ERANGE || v < lo || v > hi)
+          return "expected an integer " + range + ", got \"" + text + "\"";
         return "";
       },
       "INTEGER " + range);

@@ -87,6 +87,13 @@ json plain(const ojson& v) {
   }
 }
 
+// A parameter value as exclude compares it: for the integer-list parameters
+// (hidden, matched_layers) a bare integer is the one-element list it means.
+json canonical(const std::string& key, const json& v) {
+  if ((key == "hidden" || key == "matched_layers") && v.is_number_integer()) return json::array({v});
+  return v;
+}
+
 // Numbers compare with a relative tolerance so that a generated 0.1 matches a
 // written 0.1; everything else compares exactly.
 bool same_value(const json& a, const json& b) {
@@ -151,10 +158,38 @@ const json* get_dotted(const json& obj, const std::string& key) {
   }
 }
 
+bool key_covers(const std::string& outer, const std::string& inner) {  // inner is outer or below it
+  return inner == outer || (inner.size() > outer.size() && inner.compare(0, outer.size(), outer) == 0 &&
+                            inner[outer.size()] == '.');
+}
+
+// The dotted keys of an object's leaves ("teacher": {"kind": ..} gives teacher.kind).
+void leaf_keys(const json& v, const std::string& key, std::vector<std::string>& out) {
+  if (v.is_object() && !v.empty()) {
+    for (auto it = v.begin(); it != v.end(); ++it) leaf_keys(it.value(), key + "." + it.key(), out);
+  } else {
+    out.push_back(key);
+  }
+}
+
 // A parameter object from the file (dotted keys allowed) as a nested object.
-json nested_params(const ojson& obj) {
+// Two spellings of one parameter ("teacher.kind" and "teacher": {"kind": ..})
+// are an error, as a key given twice is: one would silently win.
+json nested_params(const ojson& obj, const std::string& path) {
   json out = json::object();
-  for (auto it = obj.begin(); it != obj.end(); ++it) set_dotted(out, it.key(), plain(it.value()));
+  std::vector<std::pair<std::string, std::string>> seen;  // leaf key, the file key that set it
+  for (auto it = obj.begin(); it != obj.end(); ++it) {
+    json v = plain(it.value());
+    std::vector<std::string> leaves;
+    leaf_keys(v, it.key(), leaves);
+    for (const auto& l : leaves)
+      for (const auto& [k, from] : seen)
+        if (key_covers(k, l) || key_covers(l, k))
+          throw InputError(path + "." + it.key(), "sets " + (l.size() < k.size() ? l : k) + ", which \"" + from +
+                                                      "\" in the same object sets too (one spelling per parameter)");
+    for (const auto& l : leaves) seen.push_back({l, it.key()});
+    set_dotted(out, it.key(), v);
+  }
   return out;
 }
 
@@ -163,11 +198,6 @@ bool known_key(const std::string& key) {
   for (const auto& s : param_specs())
     if (s.key == key && key != "depth") return true;
   return false;
-}
-
-bool key_covers(const std::string& outer, const std::string& inner) {  // inner is outer or below it
-  return inner == outer || (inner.size() > outer.size() && inner.compare(0, outer.size(), outer) == 0 &&
-                            inner[outer.size()] == '.');
 }
 
 void check_object(const ojson& v, const std::string& path) {
@@ -224,7 +254,8 @@ struct Source {
       case List: return list[i];
       case Linspace: return lin(i);
       case Logspace: return std::pow(10.0, lin(i));
-      case Range: return r0 + static_cast<int64_t>(i) * step;
+      // In unsigned arithmetic (no overflow): the value lies between the ends.
+      case Range: return static_cast<int64_t>(static_cast<uint64_t>(r0) + i * static_cast<uint64_t>(step));
       case Sample: {
         uint64_t h = splitmix64(stream ^ splitmix64(i + 0x2545f4914f6cdd1dULL));
         double u = static_cast<double>(h >> 11) * 0x1.0p-53;  // [0, 1)
@@ -232,7 +263,11 @@ struct Source {
           case Uniform: return a + (b - a) * u;
           case LogUniform: return std::exp(std::log(a) + (std::log(b) - std::log(a)) * u);
           case Choice: return list[scale_to(h, list.size())];
-          case Int: return ia + static_cast<int64_t>(scale_to(h, static_cast<uint64_t>(ib - ia) + 1));
+          case Int: {  // [ia, ib]: a span of up to 2^64 values, in unsigned arithmetic
+            const uint64_t span = static_cast<uint64_t>(ib) - static_cast<uint64_t>(ia);
+            const uint64_t off = span == UINT64_MAX ? h : scale_to(h, span + 1);
+            return static_cast<int64_t>(static_cast<uint64_t>(ia) + off);
+          }
         }
       }
     }
@@ -250,6 +285,13 @@ struct Source {
   std::vector<uint64_t> candidates(const json& v) const {
     std::vector<uint64_t> out;
     if (!v.is_number()) return out;
+    if (kind == Range && v.is_number_integer()) {  // exactly: doubles lose integers past 2^53
+      const __int128 d = static_cast<__int128>(v.get<int64_t>()) - r0;
+      if (v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX)) return out;
+      if (d % step == 0 && d / step >= 0 && d / step < static_cast<__int128>(n))
+        out.push_back(static_cast<uint64_t>(d / step));
+      return out;
+    }
     double x = v.get<double>(), t;
     if (kind == Range) {
       t = (x - static_cast<double>(r0)) / static_cast<double>(step);
@@ -482,7 +524,7 @@ std::vector<ExcludeItem> flatten_exclude(const ojson& v, const std::string& pref
       auto sub = flatten_exclude(it.value(), key, p);
       out.insert(out.end(), sub.begin(), sub.end());
     } else {
-      out.push_back({key, p, plain(it.value())});
+      out.push_back({key, p, canonical(key, plain(it.value()))});
     }
   }
   return out;
@@ -496,6 +538,12 @@ std::vector<std::vector<ExcludeItem>> parse_exclude(const ojson& v, const std::s
     check_object(v[i], ep);
     auto items = flatten_exclude(v[i], "", ep);
     if (items.empty()) throw InputError(ep, "empty entry (it would exclude every trial)");
+    for (size_t a = 0; a < items.size(); ++a)
+      for (size_t b = 0; b < a; ++b)
+        if (key_covers(items[a].key, items[b].key) || key_covers(items[b].key, items[a].key))
+          throw InputError(ep, items[a].key == items[b].key
+                                   ? items[a].key + " is named twice (as a dotted key and inside an object: keep one)"
+                                   : items[b].key + " and " + items[a].key + " overlap (one names a part of the other)");
     for (const auto& it : items) {
       if (!known_key(it.key)) throw InputError(it.path, unknown_parameter_message(it.key));
       json obj = default_params_json();
@@ -664,12 +712,25 @@ class Builder {
           got = get_dotted(v, items[j]->key.substr(m.key.size() + 1));
           if (!got) got = get_dotted(b.base, items[j]->key);
         }
-        if (!got || !same_value(*got, items[j]->value)) return false;
+        if (!got || !same_value(canonical(items[j]->key, *got), items[j]->value)) return false;
       }
       return true;
     };
     IndexSet s;
     s.full = false;
+    // A generated member of one value throughout (linspace [x, x, n]): one
+    // comparison decides for every index, not a scan of n.
+    bool all_constant = true;
+    for (size_t j = 0; j < items.size(); ++j) {
+      const Source& src = members[j]->src;
+      const bool constant = items[j]->key == members[j]->key && src.generated() && !src.monotone();
+      if (constant && !same_value(canonical(items[j]->key, src.at(0)), items[j]->value)) return s;  // none
+      all_constant = all_constant && constant;
+    }
+    if (all_constant) {
+      s.full = true;
+      return s;
+    }
     for (size_t j = 0; j < items.size(); ++j) {
       const Source& src = members[j]->src;
       if (items[j]->key == members[j]->key && src.monotone()) {  // no scan of a long generated axis
@@ -709,7 +770,7 @@ class Builder {
             }
         if (found < 0) {  // constant over the block
           const json* v = get_dotted(b.base, it.key);
-          if (!v || !same_value(*v, it.value)) possible = false;
+          if (!v || !same_value(canonical(it.key, *v), it.value)) possible = false;
         }
       }
       if (!possible) continue;
@@ -719,11 +780,22 @@ class Builder {
         sets[a] = match_set(b, a, items[a], members[a]);
         if (!sets[a].full && sets[a].v.empty()) possible = false;
       }
-      if (possible) applicable.push_back(std::move(sets));
+      if (!possible) continue;
+      // Entries that select the same trials (repeated, or differing only in
+      // constants at their defaults) count once: each copy would double the
+      // boxes of inclusion-exclusion.
+      auto same_sets = [&](const std::vector<IndexSet>& x) {
+        for (size_t a = 0; a < A; ++a)
+          if (x[a].full != sets[a].full || x[a].v != sets[a].v) return false;
+        return true;
+      };
+      if (std::none_of(applicable.begin(), applicable.end(), same_sets)) applicable.push_back(std::move(sets));
     }
 
-    // Inclusion-exclusion over the intersections, pruning empty ones.
-    const size_t kMaxBoxes = size_t{1} << 20;
+    // Inclusion-exclusion over the intersections, pruning empty ones; bounded
+    // in boxes and in the indices they store (a box copies its index lists).
+    const size_t kMaxBoxes = size_t{1} << 20, kMaxStored = size_t{1} << 24;
+    size_t stored = 0;
     std::vector<IndexSet> cur(A);
     auto dfs = [&](auto&& self, size_t start, int depth, const std::vector<IndexSet>& sets) -> void {
       for (size_t j = start; j < applicable.size(); ++j) {
@@ -734,7 +806,8 @@ class Builder {
           empty = !next[a].full && next[a].v.empty();
         }
         if (empty) continue;
-        if (b.boxes.size() >= kMaxBoxes)
+        for (size_t a = 0; a < A; ++a) stored += next[a].v.size();
+        if (b.boxes.size() >= kMaxBoxes || stored > kMaxStored)
           throw InputError(b.path.empty() ? "exclude" : b.path + ".exclude",
                            "exclude entries overlap in too many ways; split the sweep into subgrids");
         Box box;
@@ -818,6 +891,7 @@ Sweep Sweep::from_text(const std::string& text, const std::string& source) {
   // JSON keeps the last of two equal keys in one object without a word; in a
   // sweep file that is almost always a mistake (two "grid" blocks, say), so it
   // is an error naming where.
+  constexpr size_t kMaxDepth = 64;
   struct Frame {
     bool object;
     std::string name;               // how the path names this level
@@ -836,6 +910,14 @@ Sweep Sweep::from_text(const std::string& text, const std::string& source) {
     switch (ev) {
       case E::object_start:
       case E::array_start:
+        // No sweep needs deep nesting, and the functions that walk a value
+        // recurse: 100,000 levels overflowed the stack (a crash, not a message).
+        if (stack.size() >= kMaxDepth) {
+          std::string where;  // the first levels name the place well enough
+          for (size_t i = 1; i < stack.size() && i < 4; ++i)
+            where += (stack[i].name.rfind('[', 0) == 0 || where.empty()) ? stack[i].name : "." + stack[i].name;
+          throw InputError(where, "nested deeper than " + std::to_string(kMaxDepth) + " levels");
+        }
         stack.push_back({ev == E::object_start, stack.empty() ? "" : in_array ? "[]" : pending, {}});
         break;
       case E::object_end:
@@ -858,6 +940,17 @@ Sweep Sweep::from_text(const std::string& text, const std::string& source) {
   };
   try {
     root = ojson::parse(text, no_duplicate_keys);
+  } catch (const ojson::out_of_range& e) {  // 1e309: no double holds it
+    std::string detail = e.what();
+    if (auto b = detail.find("] "); b != std::string::npos) detail = detail.substr(b + 2);
+    std::string where;  // the object key or the array the number was read in
+    if (!stack.empty() && !stack.back().object) {
+      for (size_t i = 1; i < stack.size(); ++i)
+        where += (stack[i].name.rfind('[', 0) == 0 || where.empty()) ? stack[i].name : "." + stack[i].name;
+    } else if (!stack.empty()) {
+      where = path_of(pending);
+    }
+    throw InputError(where, detail + " (a number must fit a double: at most about 1.8e308)");
   } catch (const ojson::parse_error& e) {
     // e.byte is 1-based: the last character read, where the parser stopped.
     auto [line, col] = line_col(text, e.byte > 0 ? e.byte - 1 : 0);
@@ -895,7 +988,7 @@ Sweep Sweep::from_text(const std::string& text, const std::string& source) {
     nlohmann::json base = over;
     if (obj.contains("defaults")) {
       check_object(obj["defaults"], path);
-      merge_into(base, nested_params(obj["defaults"]));
+      merge_into(base, nested_params(obj["defaults"], path));
       // Each field on its own; combinations are checked per trial, since axes
       // may override any default.
       parse_trial_fields(base, path);

@@ -173,6 +173,7 @@ TEST(Cli, BadInputExitsTwoWithThePath) {
            {"run " + tiny + " -o '" + nan_out + "' --threads 99999999999", "--threads: expected an integer >= 0 and <= 1048576"},
            {"list " + tiny + " --limit -3", "--limit: expected an integer >= 0, got \"-3\""},
            {"list " + tiny + " --offset x", "--offset: expected an integer >= 0, got \"x\""},
+           {"list " + tiny + " --offset 9223372036854775808", "--offset: expected an integer >= 0, got"},
            {"run " + tiny + " --progress none", "--output is required"}}) {
     Outcome o = run(args);
     EXPECT_EQ(o.rc, 2) << args;

@@ -676,6 +676,75 @@ TEST(SweepErrors, MissingFile) {
 
 // --- identity -----------------------------------------------------------------------------------
 
+// Inputs a review (session 12) found crashing or misread: a number no
+// double holds (was exit 1 without a field), nesting deep enough to overflow
+// the stack (was a segfault), and two spellings of one parameter in one
+// object (one silently won).
+TEST(SweepErrors, HugeNumbersDeepNestingAndTwoSpellings) {
+  std::string msg;
+  EXPECT_EQ(err(R"({"defaults": {"noise": 1e309}})", &msg), "defaults.noise");
+  EXPECT_NE(msg.find("fit a double"), std::string::npos) << msg;
+  EXPECT_EQ(err(R"({"grid": {"lambda": [0, 1e400]}})"), "grid.lambda");
+  std::string deep = R"({"grid": {"noise": )" + std::string(100000, '[') + "1" + std::string(100000, ']') + "}}";
+  EXPECT_EQ(err(deep, &msg), "grid.noise[]");
+  EXPECT_NE(msg.find("nested deeper than 64"), std::string::npos) << msg;
+  std::string deep_obj = R"({"defaults": {"teacher": )";
+  for (int i = 0; i < 5000; ++i) deep_obj += R"({"a": )";
+  deep_obj += "1" + std::string(5000, '}') + "}}";
+  EXPECT_EQ(err(deep_obj), "defaults.teacher.a");
+  EXPECT_EQ(err(R"({"defaults": {"teacher.kind": "perturbed", "teacher": {"kind": "oracle"}}})", &msg),
+            "defaults.teacher");
+  EXPECT_NE(msg.find("teacher.kind"), std::string::npos) << msg;
+  EXPECT_EQ(err(R"({"defaults": {"teacher": {"delta": 0.5}, "teacher.kind": "perturbed"}})"), "<none>");
+  EXPECT_EQ(err(R"({"subgrids": [{"defaults": {"teacher": "x", "teacher.kind": "oracle"}}]})"),
+            "subgrids[0].defaults.teacher.kind");
+  EXPECT_EQ(err(R"({"grid": {"d": [8, 16]}, "exclude": [{"teacher.kind": "oracle", "teacher": {"kind": "oracle"}}]})",
+                &msg),
+            "exclude[0]");
+  EXPECT_NE(msg.find("named twice"), std::string::npos) << msg;
+}
+
+// Exclude and generated axes at their edges (the same review): integers past
+// 2^53 on a range are matched exactly (doubles could not), a constant
+// linspace of 10^12 points is decided by one comparison (it was scanned), a
+// bare integer equals its one-element list for hidden and matched_layers as
+// everywhere else, repeated entries do not multiply the inclusion-exclusion
+// boxes (21 copies took gigabytes), and a sampled int over all of int64
+// varies (the span overflowed to 0).
+TEST(Sweep, ExcludeAndSourcesAtTheirEdges) {
+  Sweep r = S(R"({"grid": {"seed": {"range": [1000000000000000000, 1000000000000000010]}},
+                  "exclude": [{"seed": 1000000000000000005}]})");
+  ASSERT_EQ(r.count(), 9u);
+  for (uint64_t i = 0; i < 9; ++i) EXPECT_NE(r.trial(i).seed, 1000000000000000005ll);
+  EXPECT_EQ(r.trial(5).seed, 1000000000000000006ll);
+  Sweep ext = S(R"({"grid": {"seed": {"range": [-9223372036854775807, 9223372036854775807, 9223372036854775807]}}})");
+  ASSERT_EQ(ext.count(), 2u);  // the stop is excluded
+  EXPECT_EQ(ext.trial(0).seed, -9223372036854775807ll);
+  EXPECT_EQ(ext.trial(1).seed, 0);
+  Sweep c = S(R"({"grid": {"noise": {"linspace": [0.5, 0.5, 1000000000000]}}, "exclude": [{"noise": 0.3}]})");
+  EXPECT_EQ(c.count(), 1000000000000ull);
+  EXPECT_EQ(err(R"({"grid": {"noise": {"linspace": [0.5, 0.5, 1000000000000]}}, "exclude": [{"noise": 0.5}]})"),
+            "exclude");  // excludes every trial
+  EXPECT_EQ(S(R"({"grid": {"hidden": [16, 32]}, "exclude": [{"hidden": [16]}]})").count(), 1u);
+  EXPECT_EQ(S(R"({"grid": {"hidden": [[16], [32]]}, "exclude": [{"hidden": 16}]})").count(), 1u);
+  EXPECT_EQ(S(R"({"defaults": {"hidden": [32]}, "grid": {"d": [32, 64]}, "exclude": [{"hidden": 32, "d": 64}]})")
+                .count(),
+            1u);
+  EXPECT_EQ(S(R"({"defaults": {"hidden": [8, 8]}, "grid": {"matched_layers": [[], [1]]},
+                  "exclude": [{"matched_layers": 1}]})")
+                .count(),
+            1u);
+  std::string noise = "[";
+  for (int i = 0; i < 2000; ++i) noise += (i ? "," : "") + std::string(i % 2 ? "0.6" : "0.5");
+  std::string copies;
+  for (int i = 0; i < 21; ++i) copies += std::string(i ? "," : "") + R"({"noise": 0.5})";
+  EXPECT_EQ(S(R"({"grid": {"noise": )" + noise + R"(]}, "exclude": [)" + copies + "]}").count(), 1000u);
+  Sweep si = S(R"({"samples": {"n": 64, "params": {"seed": {"int": [-9223372036854775808, 9223372036854775807]}}}})");
+  std::set<int64_t> seeds;
+  for (uint64_t i = 0; i < 64; ++i) seeds.insert(si.trial(i).seed);
+  EXPECT_GT(seeds.size(), 60u);
+}
+
 TEST(Sweep, HashFollowsContentNotWhitespace) {
   Sweep a = S(R"({"name": "x", "grid": {"d": [16, 32], "k": [4]}})");
   Sweep b = S("{\n  \"name\" : \"x\",\n  \"grid\": {\"d\": [16,32], \"k\": [4]}\n}");
