@@ -1638,6 +1638,18 @@ MergeReport merge_results(const std::string& out, const std::vector<std::string>
     }
     if (!force) throw InputError("", out + " exists (add --force to overwrite it)");
   }
+  // A run writing `out` holds the lock on its journal: a merge over it would
+  // be overwritten by the run's next checkpoint. Held until the merge is done.
+  struct JournalLock {
+    int fd = -1;
+    ~JournalLock() {
+      if (fd >= 0) ::close(fd);
+    }
+  } lock;
+  lock.fd = ::open(journal_path(out).c_str(), O_RDONLY | O_CLOEXEC);
+  if (lock.fd >= 0 && ::flock(lock.fd, LOCK_EX | LOCK_NB) != 0)
+    throw InputError("", "a stsweep run is writing " + out + " (it holds the lock on " + journal_path(out) +
+                             "): merge into another file, or after the run");
   // Headers first: refuse before writing anything.
   std::vector<FileHeader> hs;
   for (const auto& s : shards) {

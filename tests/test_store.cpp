@@ -443,6 +443,20 @@ TEST(Store, MergeEqualsOneFileAndRefusesMismatches) {
   EXPECT_GT(stale.rows, 0);
   EXPECT_NE(stale.generation, H5Results::open(g, false).header().generation);
   EXPECT_EQ(merge_results(path("gen_merged.h5"), {g, shards[1], shards[2]}, false).rows, 20);
+  // Over a file a run is writing (it holds its journal's lock): refused even
+  // with --force, since the run's next checkpoint would overwrite the merge.
+  {
+    auto live = ResultsWriter::start(sw, writer_options(path("live.h5"), sw));
+    const std::string id = H5Results::open(path("live.h5"), false).header().file_id;
+    try {
+      merge_results(path("live.h5"), {shards[0], shards[1], shards[2]}, true);
+      ADD_FAILURE() << "merged over a live run's file";
+    } catch (const InputError& e) {
+      EXPECT_NE(std::string(e.what()).find("is writing"), std::string::npos) << e.what();
+    }
+    EXPECT_EQ(H5Results::open(path("live.h5"), false).header().file_id, id);
+  }
+  EXPECT_EQ(merge_results(path("live.h5"), {shards[0], shards[1], shards[2]}, true).rows, 20);
 }
 
 TEST(Store, BadOutputsAreInputErrorsAndLeaveNothing) {
