@@ -129,14 +129,33 @@ def offline_checks(stsweep, wd, sweep):
     for s in ["#SBATCH --array=0-2", "#SBATCH --requeue", "#SBATCH --signal=B:USR1@120", "#SBATCH --time=00:10:00",
               "#SBATCH --cpus-per-task=2", "#SBATCH --partition=short", "--shard \"$I/$N\" --resume",
               "--progress jsonl --batch-size=4", "shard-%a-of-3.log", "merge \"$tmp\"",
-              "--dependency=afterok:<array id> --account=lab --qos=low"]:
+              "--account=lab --qos=low --dependency=afterok:<array id>"]:
         if s not in p.stdout:
             ok = False
             print(f"  dry run lacks: {s}")
     check(ok, "slurm-sweep --dry-run prints both scripts and the sbatch commands")
-    check(all(os.path.exists(os.path.join(dry, x)) for x in ["shards.sbatch", "merge.sbatch", "submit.sh", "sweep.json"])
-          and not any(x.endswith(".h5") for x in os.listdir(os.path.join(wd, "dry"))),
-          "--dry-run writes the scripts to OUTDIR/slurm/ and runs nothing")
+    snaps = sorted(x for x in os.listdir(dry) if x.startswith("sweep-") and x.endswith(".json"))
+    check(all(os.path.exists(os.path.join(dry, x)) for x in ["shards.sbatch", "merge.sbatch", "submit.sh"])
+          and len(snaps) == 1 and not any(x.endswith(".h5") for x in os.listdir(os.path.join(wd, "dry"))),
+          "--dry-run writes the scripts and the sweep's copy to OUTDIR/slurm/ and runs nothing")
+    # An edited sweep submitted (here: a dry run) into the same OUTDIR while the first
+    # submission's jobs wait: its own copy; the first copy, which those jobs read when they
+    # start, is left as it was (until session 12 one sweep.json was overwritten).
+    first = read_text(os.path.join(dry, snaps[0]))
+    edited = os.path.join(wd, "edited.json")
+    with open(edited, "w") as f:
+        json.dump(dict(SWEEP, grid=dict(SWEEP["grid"], noise=[2, 3])), f)
+    p = tool([edited, os.path.join(wd, "dry"), "--shards", "2", "--stsweep", stsweep, "--dry-run"])
+    snaps2 = sorted(x for x in os.listdir(dry) if x.startswith("sweep-") and x.endswith(".json"))
+    new = [x for x in snaps2 if x not in snaps]
+    check(p.returncode == 0 and len(snaps2) == 2 and read_text(os.path.join(dry, snaps[0])) == first and new
+          and new[0] in read_text(os.path.join(dry, "shards.sbatch")),
+          "an edited sweep gets its own copy; the queued jobs' copy is unchanged")
+    for args, what in [([os.path.join(wd, "ha#sh")], "an OUTDIR with '#' (sbatch: a comment)"),
+                       ([os.path.join(wd, "dry"), "--run-arg=--threads=2"], "--run-arg repeating --threads"),
+                       ([os.path.join(wd, "dry"), "--run-arg", "--backend"], "--run-arg repeating --backend")]:
+        p = tool([sweep] + args[:1] + ["--shards", "2", "--stsweep", stsweep, "--dry-run"] + args[1:])
+        check(p.returncode == 2 and "slurm-sweep:" in p.stderr, f"slurm-sweep: {what}: exit 2 with a message")
     check(sh(["bash", "-n", os.path.join(dry, "shards.sbatch")]).returncode == 0
           and sh(["bash", "-n", os.path.join(dry, "merge.sbatch")]).returncode == 0, "generated scripts parse (bash -n)")
     shards_script = read_text(os.path.join(dry, "shards.sbatch"))
