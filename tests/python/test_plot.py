@@ -73,6 +73,23 @@ def main():
         p = plot(res, "-o", curves, *bad)
         check(p.returncode == 2 and says in p.stderr, f"{' '.join(bad)}: exit 2 ({p.stderr.strip()[:120]})")
 
+    # Mistakes that gave tracebacks until session 12: exit 2 and a message.
+    for bad, says in (([res, "-o", os.path.join(a.workdir, "x.xyz")], ".png, .pdf or .svg"),
+                      ([res, "-o", png, "--metric", "curve_test_risk"], "per checkpoint"),
+                      ([res, "-o", png, "--hue", "step"], "per checkpoint"),
+                      ([res, "-o", png, "--metric", "teacher_kind"], "is text")):
+        p = plot(*bad)
+        check(p.returncode == 2 and says in p.stderr and "Traceback" not in p.stderr,
+              f"{' '.join(bad[2:])}: exit 2 ({p.stderr.strip()[:120]})")
+    # The interval is Student's t's, as `stsweep summary`'s (1.96 drew it 6.5x too narrow at n = 2).
+    import importlib.machinery
+    import importlib.util
+    loader = importlib.machinery.SourceFileLoader("plot_risks", PLOT)
+    mod = importlib.util.module_from_spec(importlib.util.spec_from_loader("plot_risks", loader))
+    loader.exec_module(mod)
+    check(mod.t975(1) == 12.706 and mod.t975(7) == 2.365 and abs(mod.t975(1000) - 1.9623) < 1e-3
+          and mod.t975(0) != mod.t975(0), "plot-risks' 95% quantiles are Student's t (none for one trial)")
+
     p = plot(res, "-o", png, "--x", "lamda")
     check(p.returncode == 2 and "no column lamda" in p.stderr, f"unknown column: exit 2, named ({p.stderr.strip()})")
     p = plot(os.path.join(a.workdir, "missing.h5"), "-o", png)
