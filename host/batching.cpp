@@ -16,7 +16,9 @@ Batcher::Batcher(const Sweep& sweep, IdRange range, Skip skip, size_t max_batch,
       range_{std::min(range.begin, sweep.count()), std::min(range.end, sweep.count())},
       skip_(std::move(skip)),
       max_batch_(std::max<size_t>(max_batch, 1)),
-      chunk_(chunk ? chunk : 4 * std::max<size_t>(max_batch, 1)),
+      // Four batches' worth at a time, saturating: 4 x 2^62 wrapped to 0, and
+      // a chunk of 0 took no trial and next() spun forever.
+      chunk_(chunk ? chunk : max_batch_ > SIZE_MAX / 4 ? SIZE_MAX : 4 * max_batch_),
       next_id_(range_.begin) {}
 
 void Batcher::fill() {

@@ -30,6 +30,7 @@ namespace {
 struct ExportArgs {
   std::string file, out, precision;  // precision "": the one OUT.h5 records
   int64_t trial = -1;
+  bool force = false;  // overwrite an existing -o
 };
 
 std::vector<uint64_t> dims_of(const Matrix& M) {
@@ -118,14 +119,18 @@ int export_main(const ExportArgs& a) {
   if (row < 0) {
     std::string held;
     for (const auto& r : h.ranges)
-      held += (held.empty() ? "" : ", ") + std::to_string(r.begin) + ".." +
-              std::to_string(r.end > r.begin ? r.end - 1 : r.end);
+      if (r.end > r.begin)
+        held += (held.empty() ? "" : ", ") + std::to_string(r.begin) + ".." + std::to_string(r.end - 1);
     throw InputError("--trial", "trial " + std::to_string(a.trial) + " is not in " + a.file + " (it holds ids " +
                                     (held.empty() ? "none" : held) + ")");
   }
   if (same_file(a.file, a.out)) throw InputError("-o", a.out + " is the input file");
   std::error_code ec;
   if (std::filesystem::is_directory(a.out, ec)) throw InputError("-o", a.out + " is a directory");
+  if (std::filesystem::exists(a.out, ec) && !std::filesystem::is_regular_file(a.out, ec))
+    throw InputError("-o", a.out + " exists and is not a regular file");
+  if (std::filesystem::exists(a.out, ec) && !a.force)
+    throw InputError("-o", a.out + " exists (add --force to overwrite it)");
 
   std::string precision = a.precision;
   if (precision.empty()) {
@@ -170,6 +175,11 @@ int export_main(const ExportArgs& a) {
   if (status == static_cast<int8_t>(Status::pending) || status == static_cast<int8_t>(Status::failed)) {
     std::cerr << "stsweep: note: trial " << a.trial << " is " << name(static_cast<Status>(status)) << " in " << a.file
               << ": no recorded metrics to compare with\n";
+    const JournalSummary js = inspect_journal(a.file + ".journal");
+    if (js.exists && js.valid_header && js.file_id == h.file_id && js.generation == h.generation && js.rows > 0)
+      std::cerr << "stsweep: note: " << a.file << ".journal holds " << js.rows
+                << " finished trials not yet in the file (a run is going on, or `stsweep run ... --resume` folds them "
+                   "in); export again after that to compare\n";
   } else {
     diff = differences(redone, recorded);
     reproduced = diff.empty() ? 1 : 0;
@@ -188,7 +198,11 @@ int export_main(const ExportArgs& a) {
   }
 
   // Write a temporary next to the output, then rename it over (no half files).
-  const std::string tmp = a.out + ".tmp";
+  // Its name is this process's own: a fixed OUT.tmp could be the input file or
+  // another file of the user's, which the export would clobber.
+  const std::string tmp = a.out + ".tmp." + std::to_string(::getpid());
+  if (std::filesystem::exists(tmp, ec) || same_file(a.file, tmp))
+    throw InputError("-o", tmp + " (the export's temporary file) exists; remove it or choose another -o");
   try {
     H5ArrayFile f = H5ArrayFile::create(tmp);
     f.attr("format", std::string("stsweep-trial 1"));
@@ -272,6 +286,7 @@ void add_export_command(CLI::App& app, Registry& r) {
   sub->add_option("-o,--output", a->out, "output file (HDF5), e.g. trial42.h5")->required();
   sub->add_option("--precision", a->precision, "f32 or f64 (default: the precision recorded in the file)")
       ->check(CLI::IsMember({"f32", "f64"}));
+  sub->add_flag("--force", a->force, "overwrite the output file if it exists");
   r.add(sub, [a] { return export_main(*a); });
 }
 

@@ -27,8 +27,9 @@ int info_main(const std::string& path) {
   const FileHeader& h = f.header();
   std::string ranges;
   for (const auto& r : h.ranges)
-    ranges += (ranges.empty() ? "" : ", ") + std::to_string(r.begin) + ".." +
-              std::to_string(r.end == r.begin ? r.end : r.end - 1);
+    if (r.end > r.begin)  // an empty shard holds no ids
+      ranges += (ranges.empty() ? "" : ", ") + std::to_string(r.begin) + ".." + std::to_string(r.end - 1);
+  if (ranges.empty()) ranges = "none";
   std::cout << "file:      " << path << "\n"
             << "sweep:     " << h.sweep_name << " (hash " << h.sweep_hash << ", " << h.sweep_trials
             << " trials, seed " << h.sweep_seed << ")\n"

@@ -12,6 +12,7 @@
 #include <chrono>
 #include <cmath>
 #include <csignal>
+#include <filesystem>
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
@@ -60,8 +61,19 @@ void install_handlers() {
   sigaction(SIGTERM, &sa, nullptr);
 }
 
+// A word for a shell command line: quoted when it holds anything but
+// [A-Za-z0-9_./:=,+-] (a path with a space must paste as one word).
+std::string shell_word(const std::string& s) {
+  if (!s.empty() && s.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_./:=,+-") ==
+                        std::string::npos)
+    return s;
+  std::string q = "'";
+  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
+}
+
 std::string resume_command(const RunArgs& a) {
-  std::string c = "stsweep run " + a.file + " -o " + a.out;
+  std::string c = "stsweep run " + shell_word(a.file) + " -o " + shell_word(a.out);
   if (a.shard != "0/1") c += " --shard " + a.shard;
   if (a.precision != "f32") c += " --precision " + a.precision;
   return c + " --resume";
@@ -115,6 +127,11 @@ int run_main(const RunArgs& a) {
   // From the start: SLURM may preempt (SIGTERM) a job that is still starting.
   install_handlers();
   Sweep sweep = Sweep::from_file(a.file);
+  {  // --force would replace the sweep file with the results
+    std::error_code ec;
+    if (std::filesystem::exists(a.out, ec) && std::filesystem::equivalent(a.file, a.out, ec))
+      throw InputError("-o", a.out + " is the sweep file; give the results another name");
+  }
   Shard shard = parse_shard(a.shard);
   IdRange range = shard_range(sweep.count(), shard);
   // Values that do not combine are bad input: say so before a file exists.
@@ -189,7 +206,9 @@ int run_main(const RunArgs& a) {
                        : default_batch_size(backend->name() == "cuda", thread_count(a.threads),
                                             static_cast<int>(n_devices));
   std::cerr << "stsweep: sweep '" << sweep.name() << "': " << todo << " of " << rows << " trials to run (shard "
-            << wo.shard << ", ids " << range.begin << ".." << (range.end > range.begin ? range.end - 1 : range.end)
+            << wo.shard << ", ids "
+            << (range.end > range.begin ? std::to_string(range.begin) + ".." + std::to_string(range.end - 1)
+                                        : std::string("none: the shard is empty"))
             << "), batches of up to " << batch_size << " trials" << (a.batch_size > 0 ? "" : " (the default; --batch-size)")
             << "\n";
   Batcher batcher(sweep, range, [&](uint64_t id) { return writer->final(static_cast<int64_t>(id)); }, batch_size);

@@ -143,7 +143,10 @@ int list(const ListOptions& o) {
       if (c == "id") continue;
       auto it = std::find_if(specs.begin(), specs.end(), [&](const ParamSpec& p) { return p.column == c || p.key == c; });
       if (it == specs.end()) throw InputError("--columns", "unknown column \"" + c + "\"");
-      cols.push_back(static_cast<size_t>(it - specs.begin()));
+      const size_t k = static_cast<size_t>(it - specs.begin());
+      if (std::find(cols.begin(), cols.end(), k) != cols.end())
+        throw InputError("--columns", "column \"" + c + "\" given twice");
+      cols.push_back(k);
     }
   }
 

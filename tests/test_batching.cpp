@@ -74,6 +74,11 @@ TEST(Batching, RangeAndSkip) {
   EXPECT_TRUE(drain(s, {0, s.count()}, [](uint64_t) { return true; }, 5).batches.empty());
   // A range past the end is clipped.
   EXPECT_EQ(drain(s, {55, 1000}, nullptr, 5).ids.size(), 5u);
+  // A batch size past SIZE_MAX / 4 (--batch-size 2^62): every trial, one batch
+  // per shape (four times it wrapped to a chunk of 0, and next() spun forever).
+  Drained huge = drain(s, {0, s.count()}, nullptr, size_t{1} << 62);
+  EXPECT_EQ(huge.ids.size(), s.count());
+  EXPECT_EQ(huge.batches.size(), 3u);
 }
 
 TEST(Batching, ShardsTogetherAreTheSweep) {

@@ -174,7 +174,9 @@ TEST(Cli, BadInputExitsTwoWithThePath) {
            {"list " + tiny + " --limit -3", "--limit: expected an integer >= 0, got \"-3\""},
            {"list " + tiny + " --offset x", "--offset: expected an integer >= 0, got \"x\""},
            {"list " + tiny + " --offset 9223372036854775808", "--offset: expected an integer >= 0, got"},
-           {"run " + tiny + " --progress none", "--output is required"}}) {
+           {"run " + tiny + " --progress none", "--output is required"},
+           {"run " + tiny + " -o " + tiny + " --force --progress none", "-o: " + tiny + " is the sweep file"},
+           {"list " + tiny + " --columns noise,noise", "--columns: column \"noise\" given twice"}}) {
     Outcome o = run(args);
     EXPECT_EQ(o.rc, 2) << args;
     EXPECT_NE(o.err.find("stsweep: error: " + want), std::string::npos) << args << ": " << o.err;

@@ -22,6 +22,7 @@ layer product = Wt, features, moments). Exit 77 (skip) without torch or h5py.
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -351,6 +352,19 @@ def main():
         check(a64.attrs["metrics_reproduced"] == 0, "... and records metrics_reproduced = 0")
         same = all(np.array_equal(a64.a[k], b64.a[k]) for k in b64.a)
         check(same, "... and its arrays equal the f64 run's export bit for bit")
+
+    # --- an existing output needs --force; the temporary file is the export's own --------------
+    # (until session 12 export overwrote any file, and wrote through OUT.tmp, which could be the input)
+    before = open(path, "rb").read()
+    p = run(["export", out["f64"], "--trial", "1", "-o", path])
+    check(p.returncode == 2 and "--force" in p.stderr and open(path, "rb").read() == before,
+          "export onto an existing file: exit 2, the file untouched")
+    p = run(["export", out["f64"], "--trial", "1", "-o", path, "--force"])
+    check(p.returncode == 0 and Trial(path).attrs["trial"] == 1, "... and with --force it is replaced")
+    shutil.copy(out["f64"], os.path.join(wd, "x.h5.tmp"))
+    p = run(["export", os.path.join(wd, "x.h5.tmp"), "--trial", "0", "-o", os.path.join(wd, "x.h5")])
+    check(p.returncode == 0 and os.path.exists(os.path.join(wd, "x.h5.tmp")),
+          "an input named OUT.tmp is left alone (the export writes OUT.tmp.<pid>)")
 
     print(f"elapsed {time.time() - t0:.1f} s")
     print("largest deviations: " + ", ".join(f"{k} {v:.2e}" for k, v in sorted(STATS.items())))
