@@ -191,6 +191,21 @@ TEST(Store, RoundTripOfEveryTypeWithWideningCurves) {
 // reader checks lengths against the bytes left before allocating, so the
 // record reads as damaged (the journal ends before it) without first
 // allocating and zeroing gigabytes (it did: peak memory grew by 4 GB).
+// Appends `payload` to a journal as one record with intact framing and
+// checksum (what a damaged but checksummed record looks like); returns it.
+std::string append_framed_record(const std::string& journal, const std::string& payload) {
+  std::string rec;
+  auto put_rec = [&](const auto& v) { rec.append(reinterpret_cast<const char*>(&v), sizeof v); };
+  put_rec(uint32_t{0x52575354});  // "TSWR"
+  put_rec(uint32_t{0});
+  put_rec(static_cast<uint64_t>(payload.size()));
+  put_rec(journal_record_checksum(payload.data(), payload.size()));
+  rec += payload;
+  std::ofstream j(journal, std::ios::app | std::ios::binary);
+  j << rec;
+  return rec;
+}
+
 TEST(Store, JournalRecordWithAnImpossibleCountIsDamagedNotAllocated) {
   Sweep sw = Sweep::from_text(kSweep);
   const std::string out = path("huge_count.h5");
@@ -206,17 +221,7 @@ TEST(Store, JournalRecordWithAnImpossibleCountIsDamagedNotAllocated) {
   put(int32_t{1 << 24});  // checkpoints per curve
   for (int64_t id = 0; id < 30; ++id) put(id);
   payload.append(65536, '\0');  // zeros: the scalar columns before the first curve read fine
-  std::string rec;
-  auto put_rec = [&](const auto& v) { rec.append(reinterpret_cast<const char*>(&v), sizeof v); };
-  put_rec(uint32_t{0x52575354});  // "TSWR"
-  put_rec(uint32_t{0});
-  put_rec(static_cast<uint64_t>(payload.size()));
-  put_rec(journal_record_checksum(payload.data(), payload.size()));
-  rec += payload;
-  {
-    std::ofstream j(out + ".journal", std::ios::app | std::ios::binary);
-    j << rec;
-  }
+  const std::string rec = append_framed_record(out + ".journal", payload);
   struct rusage before {};
   ::getrusage(RUSAGE_SELF, &before);
   const auto js = inspect_journal(out + ".journal");
@@ -253,17 +258,7 @@ TEST(Store, ACheckpointThatCannotReadItsRowsKeepsTheJournal) {
   put(uint64_t{1});
   put(int32_t{-1});  // no record has a negative curve width
   put(int64_t{2});
-  std::string rec;
-  auto put_rec = [&](const auto& v) { rec.append(reinterpret_cast<const char*>(&v), sizeof v); };
-  put_rec(uint32_t{0x52575354});  // "TSWR"
-  put_rec(uint32_t{0});
-  put_rec(static_cast<uint64_t>(payload.size()));
-  put_rec(journal_record_checksum(payload.data(), payload.size()));
-  rec += payload;
-  {
-    std::ofstream j(out + ".journal", std::ios::app | std::ios::binary);
-    j << rec;
-  }
+  append_framed_record(out + ".journal", payload);
   w->append(fake_rows(sw, {3}, 4), 0.5);  // after the bad record: this session's too
   const auto before = fs::file_size(out + ".journal");
   try {
