@@ -164,8 +164,9 @@ bool key_covers(const std::string& outer, const std::string& inner) {  // inner 
 }
 
 // The dotted keys of an object's leaves ("teacher": {"kind": ..} gives teacher.kind).
+// An empty object sets nothing, so it has none.
 void leaf_keys(const json& v, const std::string& key, std::vector<std::string>& out) {
-  if (v.is_object() && !v.empty()) {
+  if (v.is_object()) {
     for (auto it = v.begin(); it != v.end(); ++it) leaf_keys(it.value(), key + "." + it.key(), out);
   } else {
     out.push_back(key);

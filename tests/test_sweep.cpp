@@ -696,6 +696,7 @@ TEST(SweepErrors, HugeNumbersDeepNestingAndTwoSpellings) {
             "defaults.teacher");
   EXPECT_NE(msg.find("teacher.kind"), std::string::npos) << msg;
   EXPECT_EQ(err(R"({"defaults": {"teacher": {"delta": 0.5}, "teacher.kind": "perturbed"}})"), "<none>");
+  EXPECT_EQ(err(R"({"defaults": {"teacher": {}, "teacher.kind": "perturbed"}})"), "<none>");  // {} sets nothing
   EXPECT_EQ(err(R"({"subgrids": [{"defaults": {"teacher": "x", "teacher.kind": "oracle"}}]})"),
             "subgrids[0].defaults.teacher.kind");
   EXPECT_EQ(err(R"({"grid": {"d": [8, 16]}, "exclude": [{"teacher.kind": "oracle", "teacher": {"kind": "oracle"}}]})",
