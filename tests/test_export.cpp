@@ -217,8 +217,13 @@ TEST(Export, MismatchWithTheRunIsAWarning) {
   EXPECT_NE(r.err.find("test_risk"), std::string::npos) << r.err;
   H5File f(out.string());
   EXPECT_EQ(f.attr<int64_t>("metrics_reproduced", H5T_NATIVE_INT64), 0);
-  // Trial 3 of the same file is untouched: no warning.
+  // Trial 3 of the same file is untouched: no warning. The output exists now:
+  // without --force it is refused and left as it is.
   r = run("export '" + edited.string() + "' --trial 3 -o '" + out.string() + "'");
+  EXPECT_EQ(r.rc, 2) << r.err;
+  EXPECT_NE(r.err.find("exists (add --force"), std::string::npos) << r.err;
+  EXPECT_EQ(H5File(out.string()).attr<int64_t>("trial", H5T_NATIVE_INT64), 2);
+  r = run("export '" + edited.string() + "' --trial 3 -o '" + out.string() + "' --force");
   EXPECT_EQ(r.rc, 0) << r.err;
   EXPECT_EQ(r.err.find("warning"), std::string::npos) << r.err;
 }
