@@ -161,6 +161,9 @@ def offline_checks(stsweep, wd, sweep):
     shards_script = read_text(os.path.join(dry, "shards.sbatch"))
     check("--devices" not in shards_script and "--backend cpu" in shards_script,
           "no --gpus: tasks run --backend cpu, no --devices")
+    p = tool(base + ["--shards", "2", "--max-requeues", "0", "--dry-run"])
+    check(p.returncode == 0 and "#SBATCH --requeue" in p.stdout and "--signal=B:USR1" not in p.stdout,
+          "--max-requeues 0: no early USR1 (the task runs to its limit; SIGTERM there checkpoints)")
     for g, want in [("1", "--backend cuda --progress"), ("2", "--backend cuda --devices all --progress")]:
         p = tool(base + ["--shards", "2", "--gpus", g, "--dry-run"])
         check(p.returncode == 0 and f"#SBATCH --gpus={g}" in p.stdout and want in p.stdout,
