@@ -281,8 +281,10 @@ struct Source {
   // A generated source whose values are not all equal.
   bool monotone() const { return generated() && n > 1 && (kind == Range || a != b); }
 
-  // Indices whose value may equal v: a superset (at most 3) of the true ones,
-  // for monotone sources, found by inverting the formula.
+  // Indices whose value may equal v (same_value: within 1e-12 relative): a
+  // superset of the true ones, for monotone sources, found by inverting the
+  // formula; the window covers the tolerance where points lie closer than it
+  // (a linspace of 10^5 points over [1, 1 + 1e-9]), up to 2^20 points each side.
   std::vector<uint64_t> candidates(const json& v) const {
     std::vector<uint64_t> out;
     if (!v.is_number()) return out;
@@ -293,20 +295,25 @@ struct Source {
         out.push_back(static_cast<uint64_t>(d / step));
       return out;
     }
-    double x = v.get<double>(), t;
+    double x = v.get<double>(), t, dt;  // dt: the tolerance in index units
     if (kind == Range) {
       t = (x - static_cast<double>(r0)) / static_cast<double>(step);
+      dt = 1e-12 * std::fabs(x) / std::fabs(static_cast<double>(step));
     } else {
       double y = x;
       if (kind == Logspace) {
         if (!(x > 0)) return out;
         y = std::log10(x);
       }
+      const double per = (b - a) / static_cast<double>(n - 1);  // y per index
       t = (y - a) / (b - a) * static_cast<double>(n - 1);
+      // Logspace: a relative tolerance is 1e-12 / ln 10 in log10 units.
+      dt = (kind == Logspace ? 1e-12 / std::log(10.0) : 1e-12 * std::fabs(x)) / std::fabs(per);
     }
-    if (!std::isfinite(t) || t < -2 || t > static_cast<double>(n) + 2) return out;
-    int64_t c = std::llround(t);
-    for (int64_t j = c - 1; j <= c + 1; ++j)
+    const double w = 1 + std::min(std::ceil(std::isfinite(dt) ? dt : 0.0), double{1 << 20});
+    if (!std::isfinite(t) || t < -w - 1 || t > static_cast<double>(n) + w + 1) return out;
+    const int64_t c = std::llround(t), k = static_cast<int64_t>(w);
+    for (int64_t j = c - k; j <= c + k; ++j)
       if (j >= 0 && static_cast<uint64_t>(j) < n) out.push_back(static_cast<uint64_t>(j));
     return out;
   }

@@ -740,6 +740,18 @@ TEST(Sweep, ExcludeAndSourcesAtTheirEdges) {
   std::string copies;
   for (int i = 0; i < 21; ++i) copies += std::string(i ? "," : "") + R"({"noise": 0.5})";
   EXPECT_EQ(S(R"({"grid": {"noise": )" + noise + R"(]}, "exclude": [)" + copies + "]}").count(), 1000u);
+  // Points closer than the 1e-12 tolerance: the linspace excludes what the
+  // same values written as a list exclude (it tried only the nearest 3).
+  {
+    const json lin = {{"grid", {{"noise", {{"linspace", {1.0, 1.000000001, 10001}}}}}},
+                      {"exclude", {{{"noise", 1.0000000005}}}}};
+    Sweep g = SJ(lin);
+    json values = json::array();
+    for (double x : noises(SJ({{"grid", lin["grid"]}}))) values.push_back(x);
+    Sweep l = SJ({{"grid", {{"noise", values}}}, {"exclude", lin["exclude"]}});
+    EXPECT_LT(g.count(), 10001u - 3) << "more than the 3 nearest points lie within the tolerance";
+    EXPECT_EQ(g.count(), l.count());
+  }
   Sweep si = S(R"({"samples": {"n": 64, "params": {"seed": {"int": [-9223372036854775808, 9223372036854775807]}}}})");
   std::set<int64_t> seeds;
   for (uint64_t i = 0; i < 64; ++i) seeds.insert(si.trial(i).seed);
