@@ -117,12 +117,8 @@ int export_main(const ExportArgs& a) {
   const FileHeader& h = in.header();
   const int64_t row = in.row_of(a.trial);
   if (row < 0) {
-    std::string held;
-    for (const auto& r : h.ranges)
-      if (r.end > r.begin)
-        held += (held.empty() ? "" : ", ") + std::to_string(r.begin) + ".." + std::to_string(r.end - 1);
     throw InputError("--trial", "trial " + std::to_string(a.trial) + " is not in " + a.file + " (it holds ids " +
-                                    (held.empty() ? "none" : held) + ")");
+                                    h.ids_text() + ")");
   }
   if (same_file(a.file, a.out)) throw InputError("-o", a.out + " is the input file");
   std::error_code ec;
@@ -176,7 +172,7 @@ int export_main(const ExportArgs& a) {
     std::cerr << "stsweep: note: trial " << a.trial << " is " << name(static_cast<Status>(status)) << " in " << a.file
               << ": no recorded metrics to compare with\n";
     const JournalSummary js = inspect_journal(a.file + ".journal");
-    if (js.exists && js.valid_header && js.file_id == h.file_id && js.generation == h.generation && js.rows > 0)
+    if (js.rows_waiting_for(h))
       std::cerr << "stsweep: note: " << a.file << ".journal holds " << js.rows
                 << " finished trials not yet in the file (a run is going on, or `stsweep run ... --resume` folds them "
                    "in); export again after that to compare\n";

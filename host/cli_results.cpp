@@ -25,19 +25,14 @@ std::string fmt(double v) {
 int info_main(const std::string& path) {
   H5Results f = H5Results::open(path, false);
   const FileHeader& h = f.header();
-  std::string ranges;
-  for (const auto& r : h.ranges)
-    if (r.end > r.begin)  // an empty shard holds no ids
-      ranges += (ranges.empty() ? "" : ", ") + std::to_string(r.begin) + ".." + std::to_string(r.end - 1);
-  if (ranges.empty()) ranges = "none";
   std::cout << "file:      " << path << "\n"
             << "sweep:     " << h.sweep_name << " (hash " << h.sweep_hash << ", " << h.sweep_trials
             << " trials, seed " << h.sweep_seed << ")\n"
-            << "shard:     " << h.shard << ": " << h.rows() << " trials (ids " << ranges << ")\n"
+            << "shard:     " << h.shard << ": " << h.rows() << " trials (ids " << h.ids_text() << ")\n"
             << "status:    " << h.n_done << " done, " << h.n_diverged << " diverged, " << h.n_failed << " failed, "
             << h.n_pending << " pending" << (h.complete() ? "  [complete]" : "") << "\n";
   auto js = inspect_journal(path + ".journal");
-  if (js.exists && js.valid_header && js.file_id == h.file_id && js.generation == h.generation && js.rows > 0)
+  if (js.rows_waiting_for(h))
     std::cout << "journal:   " << js.rows << " finished trials not yet in the file (a run is going on, or "
               << "`stsweep run ... --resume` folds them in)\n";
   std::cout << "backend:   " << h.backends() << " (" << h.devices() << ")\n"

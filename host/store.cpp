@@ -614,6 +614,13 @@ std::vector<Session> sessions_from(const std::string& text) {
   return out;
 }
 }  // namespace
+std::string FileHeader::ids_text() const {
+  std::string t;
+  for (const auto& r : ranges)
+    if (r.end > r.begin)
+      t += (t.empty() ? "" : ", ") + std::to_string(r.begin) + ".." + std::to_string(r.end - 1);
+  return t.empty() ? "none" : t;
+}
 std::string FileHeader::backends() const { return join_unique(sessions, &Session::backend); }
 std::string FileHeader::devices() const { return join_unique(sessions, &Session::device); }
 std::string FileHeader::hosts() const { return join_unique(sessions, &Session::host); }
@@ -1413,12 +1420,14 @@ namespace {
 void check_output_path(const std::string& path) {
   if (path.empty()) throw InputError("-o", "no output file given");
   struct stat st;
-  if (::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode))
-    throw InputError("-o", path + " is a directory; give a file name such as " + path + "/results.h5");
-  // A device, FIFO or socket: --force would rename a new file over it (as
-  // root, -o /dev/null --force would replace the system's /dev/null).
-  if (::stat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode))
-    throw InputError("-o", path + " exists and is not a regular file; give the name of a results file");
+  if (::stat(path.c_str(), &st) == 0) {
+    if (S_ISDIR(st.st_mode))
+      throw InputError("-o", path + " is a directory; give a file name such as " + path + "/results.h5");
+    // A device, FIFO or socket: --force would rename a new file over it (as
+    // root, -o /dev/null --force would replace the system's /dev/null).
+    if (!S_ISREG(st.st_mode))
+      throw InputError("-o", path + " exists and is not a regular file; give the name of a results file");
+  }
   std::string dir = dir_of(path);
   if (::stat(dir.c_str(), &st) != 0)
     throw InputError("-o", "directory " + dir + " does not exist (" + errno_text(errno) + ")");
@@ -1620,24 +1629,20 @@ MergeReport merge_results(const std::string& out, const std::vector<std::string>
   MergeReport rep;
   if (shards.empty()) throw InputError("", "merge needs at least one shard file");
   check_output_path(out);
-  {  // OUT.tmp is where the merge is written (and it is removed first)
-    struct stat st, ss;
-    const std::string tmp = tmp_path(out);
-    if (::stat(tmp.c_str(), &st) == 0)
-      for (const auto& s : shards)
-        if (::stat(s.c_str(), &ss) == 0 && ss.st_ino == st.st_ino && ss.st_dev == st.st_dev)
-          throw InputError("", s + " is the merge's temporary file (" + tmp + "): rename it or merge into another "
-                                   "file");
-  }
-  struct stat so;
-  if (::stat(out.c_str(), &so) == 0) {
-    for (const auto& s : shards) {
-      struct stat ss;
-      if (::stat(s.c_str(), &ss) == 0 && ss.st_ino == so.st_ino && ss.st_dev == so.st_dev)
-        throw InputError("", out + " is also one of the shards; write the merge to a new file");
-    }
-    if (!force) throw InputError("", out + " exists (add --force to overwrite it)");
-  }
+  // The shard that is `path` (the same file, by inode), if any.
+  auto shard_at = [&shards](const std::string& path) -> const std::string* {
+    struct stat sp, ss;
+    if (::stat(path.c_str(), &sp) != 0) return nullptr;
+    for (const auto& s : shards)
+      if (::stat(s.c_str(), &ss) == 0 && ss.st_ino == sp.st_ino && ss.st_dev == sp.st_dev) return &s;
+    return nullptr;
+  };
+  // OUT.tmp is where the merge is written (and it is removed first).
+  if (const std::string* s = shard_at(tmp_path(out)))
+    throw InputError("", *s + " is the merge's temporary file (" + tmp_path(out) + "): rename it or merge into "
+                              "another file");
+  if (shard_at(out)) throw InputError("", out + " is also one of the shards; write the merge to a new file");
+  if (exists(out) && !force) throw InputError("", out + " exists (add --force to overwrite it)");
   // A run writing `out` holds the lock on its journal: a merge over it would
   // be overwritten by the run's next checkpoint. Held until the merge is done.
   struct JournalLock {
@@ -1656,8 +1661,7 @@ MergeReport merge_results(const std::string& out, const std::vector<std::string>
     H5Results f = H5Results::open(s, false);
     hs.push_back(f.header());
     auto js = inspect_journal(journal_path(s));
-    if (js.exists && js.valid_header && js.file_id == f.header().file_id &&
-        js.generation == f.header().generation && js.rows > 0)
+    if (js.rows_waiting_for(f.header()))
       throw InputError("", s + " has " + std::to_string(js.rows) +
                                " rows in its journal that are not in the file yet: finish it with "
                                "`stsweep run ... --resume` first");

@@ -87,6 +87,8 @@ struct FileHeader {
   int64_t n_pending = 0, n_done = 0, n_diverged = 0, n_failed = 0;
 
   int64_t rows() const;
+  // The ids held as text, "0..9, 20..29" ("none" for an empty shard).
+  std::string ids_text() const;
   bool complete() const { return n_pending == 0 && n_failed == 0 && rows() > 0; }
   // Joined over sessions ("cpu", "cpu,cuda"), first start / last end, sums.
   std::string backends() const, devices() const, hosts() const, precisions() const;
@@ -185,6 +187,11 @@ struct JournalSummary {
   std::string file_id;
   int64_t generation = -1;  // the file's checkpoint the journal continues (only that one's rows count)
   int64_t records = 0, rows = 0, torn_bytes = 0;
+  // Finished rows that belong to `h`'s file at its current checkpoint and are
+  // not in it yet (a run is going on, or --resume would fold them in).
+  bool rows_waiting_for(const FileHeader& h) const {
+    return exists && valid_header && file_id == h.file_id && generation == h.generation && rows > 0;
+  }
 };
 JournalSummary inspect_journal(const std::string& journal_path);
 // The checksum a journal record carries over its payload (tests craft records with it).
