@@ -289,8 +289,8 @@ struct Source {
     std::vector<uint64_t> out;
     if (!v.is_number()) return out;
     if (kind == Range && v.is_number_integer()) {  // exactly: doubles lose integers past 2^53
-      const __int128 d = static_cast<__int128>(v.get<int64_t>()) - r0;
       if (v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX)) return out;
+      const __int128 d = static_cast<__int128>(v.get<int64_t>()) - r0;
       if (d % step == 0 && d / step >= 0 && d / step < static_cast<__int128>(n))
         out.push_back(static_cast<uint64_t>(d / step));
       return out;
@@ -418,6 +418,7 @@ struct IndexSet {
     return full ? x : static_cast<uint64_t>(std::lower_bound(v.begin(), v.end(), x) - v.begin());
   }
   bool has(uint64_t x) const { return full || std::binary_search(v.begin(), v.end(), x); }
+  bool operator==(const IndexSet&) const = default;
 };
 IndexSet intersect(const IndexSet& a, const IndexSet& b) {
   if (a.full) return b;
@@ -792,12 +793,8 @@ class Builder {
       // Entries that select the same trials (repeated, or differing only in
       // constants at their defaults) count once: each copy would double the
       // boxes of inclusion-exclusion.
-      auto same_sets = [&](const std::vector<IndexSet>& x) {
-        for (size_t a = 0; a < A; ++a)
-          if (x[a].full != sets[a].full || x[a].v != sets[a].v) return false;
-        return true;
-      };
-      if (std::none_of(applicable.begin(), applicable.end(), same_sets)) applicable.push_back(std::move(sets));
+      if (std::find(applicable.begin(), applicable.end(), sets) == applicable.end())
+        applicable.push_back(std::move(sets));
     }
 
     // Inclusion-exclusion over the intersections, pruning empty ones; bounded
@@ -906,9 +903,15 @@ Sweep Sweep::from_text(const std::string& text, const std::string& source) {
     std::vector<std::string> keys;  // keys seen so far (objects)
   };
   std::vector<Frame> stack;
-  auto path_of = [&stack](const std::string& key) {
+  // The path of the open levels below the root, at most `levels` of them.
+  auto stack_path = [&stack](size_t levels) {
     std::string p;
-    for (size_t i = 1; i < stack.size(); ++i) p += (stack[i].name.rfind('[', 0) == 0 || p.empty()) ? stack[i].name : "." + stack[i].name;
+    for (size_t i = 1; i < stack.size() && i <= levels; ++i)
+      p += (stack[i].name.rfind('[', 0) == 0 || p.empty()) ? stack[i].name : "." + stack[i].name;
+    return p;
+  };
+  auto path_of = [&stack_path](const std::string& key) {
+    const std::string p = stack_path(SIZE_MAX);
     return p.empty() ? key : p + "." + key;
   };
   std::string pending;  // the key whose value comes next
@@ -920,12 +923,8 @@ Sweep Sweep::from_text(const std::string& text, const std::string& source) {
       case E::array_start:
         // No sweep needs deep nesting, and the functions that walk a value
         // recurse: 100,000 levels overflowed the stack (a crash, not a message).
-        if (stack.size() >= kMaxDepth) {
-          std::string where;  // the first levels name the place well enough
-          for (size_t i = 1; i < stack.size() && i < 4; ++i)
-            where += (stack[i].name.rfind('[', 0) == 0 || where.empty()) ? stack[i].name : "." + stack[i].name;
-          throw InputError(where, "nested deeper than " + std::to_string(kMaxDepth) + " levels");
-        }
+        if (stack.size() >= kMaxDepth)  // the first levels name the place well enough
+          throw InputError(stack_path(3), "nested deeper than " + std::to_string(kMaxDepth) + " levels");
         stack.push_back({ev == E::object_start, stack.empty() ? "" : in_array ? "[]" : pending, {}});
         break;
       case E::object_end:
@@ -951,13 +950,10 @@ Sweep Sweep::from_text(const std::string& text, const std::string& source) {
   } catch (const ojson::out_of_range& e) {  // 1e309: no double holds it
     std::string detail = e.what();
     if (auto b = detail.find("] "); b != std::string::npos) detail = detail.substr(b + 2);
-    std::string where;  // the object key or the array the number was read in
-    if (!stack.empty() && !stack.back().object) {
-      for (size_t i = 1; i < stack.size(); ++i)
-        where += (stack[i].name.rfind('[', 0) == 0 || where.empty()) ? stack[i].name : "." + stack[i].name;
-    } else if (!stack.empty()) {
-      where = path_of(pending);
-    }
+    // The object key or the array the number was read in.
+    const std::string where = stack.empty()           ? std::string()
+                              : stack.back().object ? path_of(pending)
+                                                    : stack_path(SIZE_MAX);
     throw InputError(where, detail + " (a number must fit a double: at most about 1.8e308)");
   } catch (const ojson::parse_error& e) {
     // e.byte is 1-based: the last character read, where the parser stopped.
