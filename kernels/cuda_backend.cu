@@ -189,6 +189,17 @@ bool env_switch(const char* name, bool dflt) {
   return std::string(e) != "0";
 }
 
+// An integer >= lo from the environment: `dflt` when unset or empty; anything
+// else is an error naming the variable and what it expects.
+long long env_integer(const char* name, long long lo, long long dflt, const char* expected) {
+  const char* e = std::getenv(name);
+  if (!e || !*e) return dflt;
+  char* end = nullptr;
+  const long long v = std::strtoll(e, &end, 10);
+  if (*end || v < lo) throw std::runtime_error(std::string(name) + "=" + e + ": expected " + expected);
+  return v;
+}
+
 Path path_from_env(Path dflt) {
   const char* e = std::getenv("STSWEEP_CUDA_PATH");
   if (!e || !*e) return dflt;
@@ -267,20 +278,9 @@ class CudaBackend final : public Backend {
     vector_a_ = env_switch("STSWEEP_CUDA_VECTOR_A", true);
     one_column_ = env_switch("STSWEEP_CUDA_ONE_COLUMN", true);
     teachers_on_device_ = teachers_on_device();
-    if (const char* e = std::getenv("STSWEEP_CUDA_WAVE"); e && *e) {
-      char* end = nullptr;
-      const long long v = std::strtoll(e, &end, 10);
-      if (*end || v < 1) throw std::runtime_error(std::string("STSWEEP_CUDA_WAVE=") + e + ": expected a number of trials >= 1");
-      wave_ = static_cast<size_t>(v);
-    }
-    if (const char* e = std::getenv("STSWEEP_CUDA_GRAPH"); e && *e) {
-      char* end = nullptr;
-      const long long v = std::strtoll(e, &end, 10);
-      if (*end || v < 0)
-        throw std::runtime_error(std::string("STSWEEP_CUDA_GRAPH=") + e +
-                                 ": expected the cuBLAS trainer's steps per CUDA graph (0: no graphs)");
-      graph_steps_ = v;
-    }
+    wave_ = static_cast<size_t>(env_integer("STSWEEP_CUDA_WAVE", 1, 0, "a number of trials >= 1"));
+    graph_steps_ =
+        env_integer("STSWEEP_CUDA_GRAPH", 0, kGraphSteps, "the cuBLAS trainer's steps per CUDA graph (0: no graphs)");
   }
   ~CudaBackend() override {
     // Its own device current while its streams, pools and cuBLAS handles go
@@ -650,7 +650,7 @@ class CudaBackend final : public Backend {
   bool one_column_ = true;  // STSWEEP_CUDA_ONE_COLUMN=0: v4's tiles (no one-column shapes)
   bool teachers_on_device_ = true;  // STSWEEP_CUDA_TEACHERS=host: trained teachers in set-up
   size_t wave_ = 0;                 // STSWEEP_CUDA_WAVE: most trials per wave (0: automatic)
-  long long graph_steps_ = kGraphSteps;  // STSWEEP_CUDA_GRAPH: cuBLAS steps per CUDA graph (0: none)
+  long long graph_steps_ = 0;       // STSWEEP_CUDA_GRAPH: cuBLAS steps per CUDA graph (0: none)
   size_t select_temp_ = 0;
   std::set<std::string> paths_, logged_;
 };

@@ -194,7 +194,6 @@ struct GraphExec {
 // How train_cublas queued a group's steps.
 struct CublasQueued {
   std::vector<std::unique_ptr<GraphExec>> graphs;  // none: step by step
-  long long graph_launches = 0;
   std::string fallback;  // why a capture failed (the steps left then went one by one), empty otherwise
 };
 

@@ -311,7 +311,6 @@ CublasQueued train_cublas(void* handle, const TrainArgs<Real>& a, long long maxT
     }
     for (long long i = 0; i < times; ++i) STS_CUDA(cudaGraphLaunch(g->exec, s));
     q.graphs.push_back(std::move(g));
-    q.graph_launches += times;
     left -= count * times;
     return true;
   };

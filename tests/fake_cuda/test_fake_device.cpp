@@ -282,7 +282,7 @@ TEST(FakeDevice, CaptureFollowsCudasRules) {
   ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&d), 256), cudaSuccess);
   unsigned char* h = nullptr;
   ASSERT_EQ(cudaMallocHost(reinterpret_cast<void**>(&h), 256), cudaSuccess);
-  // Captured, launched twice: an increment by a memset of the byte read back.
+  // Captured: a memset and the copy back, which run only when the graph is launched.
   ASSERT_EQ(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal), cudaSuccess);
   EXPECT_EQ(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal), cudaErrorIllegalState);
   ASSERT_EQ(cudaMemsetAsync(d, 7, 16, s), cudaSuccess);
