@@ -121,10 +121,8 @@ int export_main(const ExportArgs& a) {
                                     h.ids_text() + ")");
   }
   if (same_file(a.file, a.out)) throw InputError("-o", a.out + " is the input file");
+  check_output_path(a.out);
   std::error_code ec;
-  if (std::filesystem::is_directory(a.out, ec)) throw InputError("-o", a.out + " is a directory");
-  if (std::filesystem::exists(a.out, ec) && !std::filesystem::is_regular_file(a.out, ec))
-    throw InputError("-o", a.out + " exists and is not a regular file");
   if (std::filesystem::exists(a.out, ec) && !a.force)
     throw InputError("-o", a.out + " exists (add --force to overwrite it)");
 

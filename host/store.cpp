@@ -1415,8 +1415,6 @@ struct ResultsWriter::Impl {
   }
 };
 
-namespace {
-// Refuses outputs that cannot work before anything is written.
 void check_output_path(const std::string& path) {
   if (path.empty()) throw InputError("-o", "no output file given");
   struct stat st;
@@ -1435,7 +1433,6 @@ void check_output_path(const std::string& path) {
   if (::access(dir.c_str(), W_OK) != 0)
     throw InputError("-o", "directory " + dir + " is not writable (" + errno_text(errno) + ")");
 }
-}  // namespace
 
 std::unique_ptr<ResultsWriter> ResultsWriter::start(const Sweep& sweep, const WriterOptions& opt) {
   h5_quiet();

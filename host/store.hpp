@@ -136,6 +136,12 @@ class H5Results {
   std::string path_;
 };
 
+// Refuses an output path that cannot work, before anything is written
+// (InputError naming -o): empty, a directory, an existing file that is not a
+// regular file (a device or FIFO --force would replace), a directory that is
+// missing or not writable. run, merge and export check -o with it.
+void check_output_path(const std::string& path);
+
 // --- the run-time writer: journal + checkpoints ----------------------------------
 struct WriterOptions {
   std::string path;                // OUT.h5
