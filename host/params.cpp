@@ -147,6 +147,9 @@ void field(TrialParams& p, const std::string& key, const json& v, const std::str
   } else if (key == "hidden") {
     p.hidden = get_int_list(v, path);
     require(!p.hidden.empty(), path, "needs at least one hidden layer (depth L >= 2)");
+    require(p.hidden.size() <= static_cast<size_t>(kMaxHiddenLayers), path,
+            "at most " + std::to_string(kMaxHiddenLayers) + " hidden layers (depth L <= " +
+                std::to_string(kMaxHiddenLayers + 1) + "), got " + std::to_string(p.hidden.size()));
     for (size_t i = 0; i < p.hidden.size(); ++i) at_least(p.hidden[i], 1, path + "[" + std::to_string(i) + "]");
   } else if (key == "activation") {
     p.activation = get_enum<Activation>(v, path, kActivation);
@@ -371,14 +374,27 @@ void check_trial(const TrialParams& p, const std::string& where) {
             "layer " + std::to_string(l) + " listed twice");
     seen.push_back(l);
   }
-  require(p.path != TrainPath::moment || p.linear(), at("path"),
-          "the moment path needs a linear student and a linear target");
+  // A linear student's loss is a function of the data's moments whatever made
+  // Y, so a nonlinear target is fine (auto takes the moment path there too).
+  require(p.path != TrainPath::moment || p.activation == Activation::linear, at("path"),
+          "the moment path needs a linear student (activation linear)");
   const auto& t = p.teacher;
   require(t.decomposition != Decomposition::as_trained || t.kind == TeacherKind::trained,
           at("teacher.decomposition"), "as_trained needs teacher.kind = trained");
-  // A decomposition the widths cannot hold is an input error (MODEL.md). The
-  // teacher is unused when lambda = 0, so bottleneck baselines stay legal.
-  if (p.lambda > 0) {
+  // Set-up's own refusals (host/setup.cpp), here so that validate and run's
+  // check find them before the file exists (until session 13 such trials passed
+  // validate and each failed at run time).
+  require(p.target == Target::linear || t.kind == TeacherKind::trained, at("teacher.kind"),
+          "the nonlinear target has no linear map W*; use teacher.kind = trained");
+  require(t.kind != TeacherKind::trained || p.activation == Activation::linear ||
+              t.decomposition == Decomposition::as_trained,
+          at("teacher.decomposition"),
+          "a trained nonlinear teacher has no linear map to re-factorise; use teacher.decomposition = as_trained");
+  // A decomposition the widths cannot hold is an input error (MODEL.md), at
+  // lambda = 0 too: set-up builds the teacher's features for every trial (a
+  // lambda = 0 row and the twin report feature_loss against them). Until
+  // session 13 lambda = 0 was let through here and failed at run time.
+  {
     int hmin = *std::min_element(p.hidden.begin(), p.hidden.end());
     auto need = [&](int w, const std::string& what) {
       require(hmin >= w, at("teacher.decomposition"),
@@ -428,7 +444,13 @@ TrialKeys trial_keys(uint64_t sweep_seed, const TrialParams& p) {
   // A spectrum's parameter only enters when that spectrum uses it.
   data.add(p.spectrum == SpectrumKind::power ? p.spectrum_p : 0.0);
   data.add(p.spectrum == SpectrumKind::geometric ? p.spectrum_kappa : 0.0);
-  data.add(static_cast<int>(p.target)).add(p.n_train).add(p.n_test);
+  // n_test only sizes the Monte Carlo test set, whose samples are their own
+  // streams (test_z, test_e): the key holds 1000, n_test's default, whatever the
+  // trial's n_test, so that an axis over n_test keeps the training data (until
+  // session 13 the key held n_test, so each n_test had other X, U and W*; the
+  // constant keeps the data of every trial with the default as it was).
+  constexpr int kKeyNTest = 1000;
+  data.add(static_cast<int>(p.target)).add(p.n_train).add(kKeyNTest);
 
   KeyChain init(kTagInit);
   init.add(data.h).add(p.hidden).add(static_cast<int>(p.activation));

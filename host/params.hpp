@@ -37,6 +37,9 @@ struct TeacherParams {
 // Most checkpoints a trial may ask for: a results record holds at most this
 // many per curve (host/store.cpp), and the sweep check refuses more.
 constexpr int kMaxCheckpoints = 1 << 24;
+// Hidden layers a network may have (depth L = hidden + 1 <= tm::kMaxLayers = 16,
+// the trainer's fixed arrays; host/train.cpp asserts the two agree).
+constexpr int kMaxHiddenLayers = 15;
 
 struct TrialParams {
   int d = 32, k = 8, m = 8;

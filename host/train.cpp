@@ -110,9 +110,10 @@ class Evaluator {
       // test_risk bit for bit with linear_risk(pr, end_to_end(W)).
       m.test_risk = linear_risk(pr_, end_to_end(W));
     } else if (test_) {
-      // (1/n_test) sum_n ||f(x_n) - y_n||^2: per sample, summed over outputs (as R).
+      // (1/n_test) sum_n ||f(x_n) - y_n||^2: per sample, summed over outputs (as R),
+      // plus m sigma_y^2, as the targets are clean (linear_risk's Monte Carlo form).
       const auto t = tm::data_forward(team, net_, w.view, test_->ds, 0u, test_->wk);
-      m.test_risk = 2.0 * t.label;
+      m.test_risk = 2.0 * t.label + pr_.Ytest.rows * pr_.sigma_y * pr_.sigma_y;
     }
     return m;
   }
@@ -221,6 +222,8 @@ int act_code(Activation a) {
   }
 }
 }  // namespace
+
+static_assert(kMaxHiddenLayers + 1 == tm::kMaxLayers, "the sweep check's depth limit is the trainer's");
 
 tm::Net make_net(const std::vector<int>& w, Activation act) {
   tm::Net net;
@@ -380,7 +383,10 @@ bool train_plain_f64(std::vector<Matrix>& W, Activation act, const Matrix& X, co
     dp = std::make_unique<DataPath<double>>(net, X, Y, nullptr, 0u);
   bool ok = true;
   double loss0 = 0;
-  for (int t = 0; t < steps; ++t) {
+  // The loss is checked at t = 0..steps, the final weights too (as for
+  // students, and as the device's teacher trainer does): a teacher that blows
+  // up in its last update is a diverged teacher (until session 13 it was kept).
+  for (int t = 0;; ++t) {
     const double loss = moment ? tm::moment_forward(team, net, w.view, mp->ms, 0u, mp->wk).label
                                : tm::data_forward(team, net, w.view, dp->ds, 0u, dp->wk).label;
     if (t == 0) loss0 = loss;
@@ -388,6 +394,7 @@ bool train_plain_f64(std::vector<Matrix>& W, Activation act, const Matrix& X, co
       ok = false;
       break;
     }
+    if (t >= steps) break;
     if (moment)
       tm::moment_backward_update(team, net, w.view, mp->ms, 0.0, 0u, lr, mp->wk);
     else

@@ -22,7 +22,7 @@ TrialResult train_trial(const TrialProblem& pr);
 // Plain full-batch GD on (X, Y) with no feature matching, float64: used to
 // train a `trained` teacher. W holds layers 1..L (index 0 unused) and is
 // updated in place. Returns false when the loss diverged (non-finite, or above
-// kDivergeFactor x its start, checked before each step). `automatic` takes the
+// kDivergeFactor x its start, checked before each step and after the last). `automatic` takes the
 // moment path for a linear network when its step costs fewer flops (1/5.5 of
 // the data path's at d = h = 64, m = 16, N = 128), as for students.
 enum class PlainPath { automatic, data, moment };

@@ -207,7 +207,8 @@ STS_HD inline void eval_item(const Team& team, const EvalArgs& a, long long it, 
     te.N = a.n_test;
     te.X = ar + lay.eXt;
     te.Y = ar + lay.eYt;
-    risk = 2.0 * tm::data_forward(team, net, wt, te, 0u, dw).label;
+    // + m sigma_y^2: the targets are clean (host/train.cpp's Evaluator).
+    risk = 2.0 * tm::data_forward(team, net, wt, te, 0u, dw).label + net.w[L] * ts.sigma_y * ts.sigma_y;
   }
   if (team.rank() == 0) {
     out[0] = risk;

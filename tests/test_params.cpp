@@ -162,9 +162,14 @@ TEST(Params, Errors) {
 }
 
 TEST(Params, ImpossibleCombinations) {
-  // The moment path exists only for linear networks.
+  // The moment path exists only for linear networks; a linear student of a
+  // nonlinear target has one (auto takes it; until session 13 asking for it was
+  // refused).
   EXPECT_EQ(error_path({{"activation", "relu"}, {"path", "moment"}}), "x.path");
   EXPECT_EQ(error_path({{"activation", "relu"}, {"path", "data"}}), "");
+  EXPECT_EQ(error_path({{"target", "nonlinear"}, {"teacher", {{"kind", "trained"}, {"decomposition", "as_trained"}}},
+                        {"path", "moment"}}),
+            "");
   // as_trained only for trained teachers.
   EXPECT_EQ(error_path({{"teacher", {{"decomposition", "as_trained"}}}}), "x.teacher.decomposition");
   EXPECT_EQ(error_path({{"teacher", {{"kind", "trained"}, {"decomposition", "as_trained"}}}}), "");
@@ -177,8 +182,25 @@ TEST(Params, ImpossibleCombinations) {
             "x.teacher.decomposition");
   EXPECT_EQ(error_path({{"hidden", {4}}, {"m", 4}, {"k", 4}}), "");                 // balanced: rank 4 fits
   EXPECT_EQ(error_path({{"hidden", {3}}, {"m", 4}, {"k", 4}}), "x.teacher.decomposition");
-  // ... unless no teacher is used (lambda = 0), or it is trained through the widths.
-  EXPECT_EQ(error_path({{"hidden", {3}}, {"m", 4}, {"k", 4}, {"lambda", 0}}), "");
+  // At lambda = 0 too (MODEL.md: an input error, never a silent truncation; set-up
+  // decomposes for every trial, and until session 13 such a trial passed validate
+  // and failed at run time) ...
+  EXPECT_EQ(error_path({{"hidden", {3}}, {"m", 4}, {"k", 4}, {"lambda", 0}}), "x.teacher.decomposition");
+  // ... unless the teacher is trained through the widths.
+  // Set-up's teacher rules, found by the check (until session 13 only at run time):
+  std::string why;
+  EXPECT_EQ(error_path({{"target", "nonlinear"}}, &why), "x.teacher.kind");
+  EXPECT_NE(why.find("teacher.kind = trained"), std::string::npos) << why;
+  EXPECT_EQ(error_path({{"target", "nonlinear"}, {"teacher", {{"kind", "trained"}}}}), "");
+  EXPECT_EQ(error_path({{"activation", "tanh"}, {"teacher", {{"kind", "trained"}}}}, &why), "x.teacher.decomposition");
+  EXPECT_NE(why.find("as_trained"), std::string::npos) << why;
+  EXPECT_EQ(error_path({{"activation", "tanh"}, {"teacher", {{"kind", "trained"}, {"decomposition", "as_trained"}}}}),
+            "");
+  EXPECT_EQ(error_path({{"activation", "tanh"}}), "");  // an oracle teacher's features through tanh
+  // The trainer's depth limit (16 layers), at the check (it failed each trial at run time).
+  EXPECT_EQ(error_path({{"hidden", std::vector<int>(15, 8)}}), "");
+  EXPECT_EQ(error_path({{"hidden", std::vector<int>(16, 8)}}, &why), "x.hidden");
+  EXPECT_NE(why.find("at most 15 hidden layers"), std::string::npos) << why;
   EXPECT_EQ(error_path({{"hidden", {3}}, {"m", 4}, {"k", 4}, {"teacher", {{"kind", "trained"}}}}), "");
 }
 
@@ -238,6 +260,11 @@ TEST(Params, PairedKeys) {
   p = base; p.lr = 0.2; p.steps = 5; p.init_scale = 0.1; p.checkpoints = 3; same_all(p, "optimiser");
   p = base; p.baseline = false; p.path = TrainPath::data; same_all(p, "baseline/path");
   p = base; p.spectrum_p = 3; same_all(p, "unused spectrum_p (flat spectrum)");
+  // The Monte Carlo test set's size (its samples are streams of their own): an
+  // axis over n_test keeps the training data (until session 13 it changed it).
+  p = base; p.n_test = 77; same_all(p, "n_test");
+  p = base; p.n_test = 5000; p.activation = Activation::tanh; TrialParams q = base;
+  q.activation = Activation::tanh; EXPECT_EQ(trial_keys(7, p).data, trial_keys(7, q).data) << "n_test, tanh";
 
   // Differ in what defines the data: everything differs.
   auto differ_all = [&](TrialParams q, uint64_t seed, const char* what) {

@@ -313,7 +313,10 @@ TEST(Metrics, LossesAndRisksAtStepZero) {
         for (int p = 0; p < pr.params.d; ++p) risk += pr.sigma * pr.sigma * We(i, p) * We(i, p);
       }
     } else {
-      risk = 2 * ref_loss(pr, pr.W0, pr.Xtest, pr.Ytest).label;  // (1/n_test) sum ||f - y||^2
+      // (1/n_test) sum ||f - y||^2 over the clean test targets, plus the label
+      // noise's m sigma_y^2 (MODEL_NOTES; until session 13 the trainer left it out,
+      // and excess_risk could go negative).
+      risk = 2 * ref_loss(pr, pr.W0, pr.Xtest, pr.Ytest).label + pr.params.m * pr.sigma_y * pr.sigma_y;
     }
     EXPECT_NEAR(r.curve_test_risk[0], risk, 1e-12 * risk) << name(a);
     EXPECT_EQ(r.bayes_risk, pr.bayes_risk);
@@ -582,6 +585,37 @@ TEST(Plain, TrainPlainReducesTheLoss) {
   EXPECT_LT(ref_loss(pr, W, pr.X, pr.Y).label, 0.5 * before);
   W = pr.W0;
   EXPECT_FALSE(train_plain_f64(W, Activation::tanh, pr.X, pr.Y, 200, 1e4));
+}
+
+// The final weights are checked too (as a student's and the device teacher
+// trainer's are): a teacher whose last update blows its loss up has diverged.
+// Until session 13 the loss was checked only before each update, so such a
+// teacher was kept and its trials failed as student divergences.
+TEST(Plain, TheLastUpdateIsChecked) {
+  Spec s;
+  s.hidden = {7};
+  s.lambda = 0;
+  const TrialProblem pr = make_problem(s);
+  for (PlainPath path : {PlainPath::data, PlainPath::moment}) {
+    // The rate whose first few updates stay under the divergence rule: each
+    // update multiplies the loss by a large factor, so after `steps` of them
+    // it passes 1e6 x its start only at the final weights.
+    double lr = 0;
+    int steps = 0;
+    for (double r : {3.0, 10.0, 30.0, 100.0})
+      for (int n = 1; n <= 4 && lr == 0; ++n) {
+        std::vector<Matrix> a = pr.W0, b = pr.W0;
+        // n - 1 updates pass; n updates reach a loss past the rule.
+        const bool n_minus_1_ok = n == 1 || train_plain_f64(a, Activation::linear, pr.X, pr.Y, n - 1, r, path);
+        train_plain_f64(b, Activation::linear, pr.X, pr.Y, n, r, path);
+        const double l0 = ref_loss(pr, pr.W0, pr.X, pr.Y).label, ln = ref_loss(pr, b, pr.X, pr.Y).label;
+        if (n_minus_1_ok && (!std::isfinite(ln) || ln > kDivergeFactor * l0)) lr = r, steps = n;
+      }
+    ASSERT_GT(steps, 0) << "no rate blows the loss up within 4 steps";
+    std::vector<Matrix> W = pr.W0;
+    EXPECT_FALSE(train_plain_f64(W, Activation::linear, pr.X, pr.Y, steps, lr, path))
+        << "lr " << lr << ", " << steps << " steps: the final loss is past the rule";
+  }
 }
 
 // A linear teacher trains on moments when that is cheaper (automatic): the
