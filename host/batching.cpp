@@ -16,17 +16,26 @@ Batcher::Batcher(const Sweep& sweep, IdRange range, Skip skip, size_t max_batch,
       range_{std::min(range.begin, sweep.count()), std::min(range.end, sweep.count())},
       skip_(std::move(skip)),
       max_batch_(std::max<size_t>(max_batch, 1)),
-      // Four batches' worth at a time, saturating: 4 x 2^62 wrapped to 0, and
-      // a chunk of 0 took no trial and next() spun forever.
-      chunk_(chunk ? chunk : max_batch_ > SIZE_MAX / 4 ? SIZE_MAX : 4 * max_batch_),
+      // Four batches' worth at a time, saturating (4 x 2^62 wrapped to 0, and a
+      // chunk of 0 took no trial and next() spun forever), but no more than a
+      // batch or 2^20 ids, whichever is larger: a chunk is decoded trials in
+      // memory (about 500 bytes each), and more batches of one shape than
+      // 2^20 ids hold gain nothing.
+      chunk_(chunk ? chunk
+                   : std::max(max_batch_, std::min<size_t>(size_t{1} << 20,
+                                                           max_batch_ > SIZE_MAX / 4 ? SIZE_MAX : 4 * max_batch_))),
       next_id_(range_.begin) {}
 
 void Batcher::fill() {
   // Groups of this chunk in the order of their first id.
   std::map<ShapeKey, size_t> where;
   std::vector<Batch> groups;
-  size_t taken = 0;
+  size_t taken = 0, read = 0;
   while (taken < chunk_ && next_id_ < range_.end) {
+    if ((++read & 4095) == 0 && stop_ && stop_()) {
+      stopped_ = true;
+      return;  // the chunk's groups are dropped: the run is stopping
+    }
     uint64_t id = next_id_++;
     if (skip_ && skip_(id)) continue;
     TrialParams p = sweep_.trial(id);
@@ -49,7 +58,7 @@ void Batcher::fill() {
 }
 
 bool Batcher::next(Batch& out) {
-  while (ready_.empty() && next_id_ < range_.end) fill();
+  while (ready_.empty() && next_id_ < range_.end && !stopped_) fill();
   if (ready_.empty()) return false;
   out = std::move(ready_.front());
   ready_.pop_front();

@@ -1,9 +1,11 @@
 // Trials of a sweep grouped into batches of equal shape, lazily.
 //
 // The batcher reads ids in order, a chunk at a time (chunk = 4 x max_batch
-// kept ids by default), groups each chunk by ShapeKey and hands out batches of
-// at most max_batch trials. Memory is bounded by the chunk, whatever the sweep
-// size. Within a chunk, groups come out in the order of their first id and ids
+// kept ids by default, at most max(max_batch, 2^20)), groups each chunk by
+// ShapeKey and hands out batches of at most max_batch trials. Memory is
+// bounded by the chunk, whatever the sweep size. A stop predicate, polled
+// every 4096 ids read, ends a chunk's decoding early (a chunk of a million
+// trials takes seconds: a SIGTERM must not wait for it). Within a chunk, groups come out in the order of their first id and ids
 // ascend inside a batch; so a sweep whose shape never changes gives batches of
 // consecutive ids.
 #pragma once
@@ -20,14 +22,18 @@ namespace stsweep {
 class Batcher {
  public:
   using Skip = std::function<bool(uint64_t id)>;  // true: leave this trial out (e.g. done already)
+  using Stop = std::function<bool()>;             // true: stop decoding (next() returns false)
 
   // `sweep` must outlive the batcher. `range` is clipped to the sweep; max_batch >= 1
   // (0 counts as 1); chunk 0 means 4 * max_batch.
   Batcher(const Sweep& sweep, IdRange range, Skip skip, size_t max_batch, size_t chunk = 0);
 
-  // The next batch; false when every id of the range has been handed out.
-  // Throws InputError for a trial whose parameters do not combine (k > d, ...).
+  // The next batch; false when every id of the range has been handed out, or
+  // when `stop` said so (then stopped() is true and the chunk being read is
+  // dropped). Throws InputError for a trial whose parameters do not combine.
   bool next(Batch& out);
+  void set_stop(Stop stop) { stop_ = std::move(stop); }
+  bool stopped() const { return stopped_; }
 
   uint64_t position() const { return next_id_; }  // first id not yet read
 
@@ -37,6 +43,8 @@ class Batcher {
   const Sweep& sweep_;
   IdRange range_;
   Skip skip_;
+  Stop stop_;
+  bool stopped_ = false;
   size_t max_batch_, chunk_;
   uint64_t next_id_;
   std::deque<Batch> ready_;

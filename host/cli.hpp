@@ -3,6 +3,7 @@
 #pragma once
 
 #include <climits>
+#include <exception>
 #include <functional>
 #include <vector>
 
@@ -30,6 +31,10 @@ inline const CLI::Validator kCount = count_check(0);          // 0, 1, 2, ...
 inline const CLI::Validator kPositiveCount = count_check(1);  // 1, 2, 3, ...
 // A finite number >= 0 (seconds, megabytes).
 extern const CLI::Validator kFiniteNonNegative;
+
+// Writes an action's exception to stderr ("stsweep: error: ..." for bad
+// input, "stsweep: failed: ..." otherwise) and returns its exit code.
+int report_error(const std::exception_ptr& e);
 
 void add_sweep_commands(CLI::App& app, Registry& r);    // validate, list   (cli_sweep.cpp)
 void add_run_command(CLI::App& app, Registry& r);       // run              (cli_run.cpp)

@@ -3,9 +3,11 @@
 #include <climits>
 #include <cmath>
 #include <cstdlib>
+#include <iostream>
 #include <string>
 
 #include "cli.hpp"
+#include "params.hpp"
 
 namespace stsweep::cli {
 
@@ -35,5 +37,19 @@ const CLI::Validator kFiniteNonNegative(
       return "";
     },
     "NUMBER >= 0");
+
+int report_error(const std::exception_ptr& e) {
+  try {
+    std::rethrow_exception(e);
+  } catch (const InputError& x) {
+    std::cerr << "stsweep: error: " << x.what() << "\n";
+    return kExitBadInput;
+  } catch (const std::exception& x) {
+    std::cerr << "stsweep: failed: " << x.what() << "\n";
+  } catch (...) {
+    std::cerr << "stsweep: failed: an unknown exception\n";
+  }
+  return kExitFailure;
+}
 
 }  // namespace stsweep::cli

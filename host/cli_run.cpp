@@ -241,6 +241,24 @@ int run_main(const RunArgs& a) {
   hooks.on_stop = interrupted;
   hooks.tick = [&progress] { progress.tick(); };
   hooks.progress = [&progress](int64_t n) { progress.update(n); };
+  // A store error (disk full, a file-size limit) or a trial the sweep check did
+  // not sample failing to combine, with a batch training: checkpoint, report
+  // and exit now, as a signal does, instead of waiting for the batch (which
+  // would be dropped) in the future's destructor.
+  hooks.on_error = [&](std::exception_ptr e) {
+    progress.clear();
+    try {
+      writer->checkpoint();
+    } catch (const std::exception& x) {
+      std::cerr << "stsweep: could not update " << a.out << " (" << x.what() << "); " << a.out
+                << ".journal keeps the finished trials for --resume\n";
+    }
+    const int code = report_error(e);
+    std::cerr << "stsweep: a batch in flight was dropped; continue with: " << resume_command(a) << "\n";
+    std::fflush(stderr);
+    std::fflush(stdout);
+    std::_Exit(code);  // the worker may still be computing: do not wait for it
+  };
   hooks.on_failed = [&](const TrialResult& r) {
     progress.clear();
     std::cerr << "stsweep: trial " << r.trial << " failed" << (r.message.empty() ? "" : ": " + r.message) << "\n";
@@ -324,7 +342,7 @@ void add_run_command(CLI::App& app, Registry& r) {
   sub->add_flag("--resume", a->resume, "continue OUT.h5: run only the trials not finished (starts it if absent)");
   sub->add_flag("--force", a->force,
                 "overwrite an existing OUT.h5 (without --resume); with --resume, accept a different --precision");
-  sub->add_option("--threads", a->threads, "CPU threads (0: every core this process may run on, by its CPU affinity)")->check(count_check(0, 1 << 20));
+  sub->add_option("--threads", a->threads, "CPU threads (0: every core this process may run on, by its CPU affinity)")->check(count_check(0, 4096));
   sub->add_option("--precision", a->precision, "f32 or f64")->check(CLI::IsMember({"f32", "f64"}));
   CLI::Option* devices = sub->add_option("--devices", a->devices,
                   "CUDA devices: a comma list of ordinals (e.g. 0,1,3) or all; the trials of each batch are "

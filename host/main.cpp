@@ -31,6 +31,20 @@ int main(int argc, char** argv) {
   cli::add_run_command(app, reg);
   cli::add_results_commands(app, reg);
   cli::add_export_command(app, reg);
+  if (argc > 1 && argv[1][0] != '-') {
+    // CLI11 would say only "A subcommand is required" of a misspelt command.
+    std::string names;
+    bool known = false;
+    for (const CLI::App* s : app.get_subcommands([](CLI::App*) { return true; })) {
+      known = known || s->get_name() == argv[1];
+      names += (names.empty() ? "" : ", ") + s->get_name();
+    }
+    if (!known) {
+      std::cerr << "stsweep: error: unknown command '" << argv[1] << "' (the commands: " << names
+                << "; stsweep --help)\n";
+      return cli::kExitBadInput;
+    }
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -42,12 +56,8 @@ int main(int argc, char** argv) {
   try {
     for (auto& [sub, action] : reg.actions)
       if (sub->parsed()) return action();
-  } catch (const InputError& e) {
-    std::cerr << "stsweep: error: " << e.what() << "\n";
-    return cli::kExitBadInput;
-  } catch (const std::exception& e) {
-    std::cerr << "stsweep: failed: " << e.what() << "\n";
-    return cli::kExitFailure;
+  } catch (...) {
+    return cli::report_error(std::current_exception());
   }
   return cli::kExitFailure;
 }

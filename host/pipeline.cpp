@@ -49,16 +49,39 @@ PipelineStats run_pipeline(Batcher& batcher, Backend& backend, const RunOptions&
     st.dropped = in_flight;
   };
 
+  if (hooks.stop_requested) batcher.set_stop(hooks.stop_requested);
+  std::future<Outcome> fut;
+  // An exception of the writer or the batcher with a batch training: on_error
+  // may end the process without waiting for the batch.
+  auto failed = [&] {
+    const std::exception_ptr e = std::current_exception();
+    if (hooks.on_error && fut.valid() && fut.wait_for(std::chrono::seconds(0)) != std::future_status::ready)
+      hooks.on_error(e);
+    std::rethrow_exception(e);
+  };
+
   auto cur = std::make_shared<Batch>();
   bool have = batcher.next(*cur);
-  std::future<Outcome> fut;
+  if (!have && batcher.stopped()) {
+    halt(0, nullptr);
+    return st;
+  }
   if (have) fut = launch(cur);
   // The last store, while it ran beside the batch in `fut`: its overlap with
   // training is known once that batch has finished.
   std::optional<StoreSpan> beside;
   while (have) {
     auto nxt = std::make_shared<Batch>();
-    const bool have_next = batcher.next(*nxt);  // decode the next batch while the backend works
+    bool have_next = false;
+    try {
+      have_next = batcher.next(*nxt);  // decode the next batch while the backend works
+    } catch (...) {
+      failed();
+    }
+    if (!have_next && batcher.stopped()) {
+      halt(static_cast<int64_t>(cur->ids.size()), &fut);
+      return st;
+    }
     while (fut.wait_for(std::chrono::milliseconds(100)) != std::future_status::ready) {
       if (stop()) {
         halt(static_cast<int64_t>(cur->ids.size()), &fut);
@@ -76,9 +99,13 @@ PipelineStats run_pipeline(Batcher& batcher, Backend& backend, const RunOptions&
     StoreSpan span;
     span.begin = Clock::now();
     writer.set_store_seconds(st.store, st.store_exposed);  // recorded with the session at the next update
-    writer.append(block, o.seconds);
-    if (opt.fold_while_training && have_next && fut.wait_for(std::chrono::seconds(0)) != std::future_status::ready)
-      writer.checkpoint_within(0.5 * o.seconds);
+    try {
+      writer.append(block, o.seconds);
+      if (opt.fold_while_training && have_next && fut.wait_for(std::chrono::seconds(0)) != std::future_status::ready)
+        writer.checkpoint_within(0.5 * o.seconds);
+    } catch (...) {
+      failed();
+    }
     span.end = Clock::now();
     st.store += seconds(span.end - span.begin);
     if (have_next) beside = span;
@@ -94,8 +121,11 @@ PipelineStats run_pipeline(Batcher& batcher, Backend& backend, const RunOptions&
       }
     }
     if (hooks.progress) hooks.progress(st.total);
-    if (stop()) {
-      halt(have_next ? static_cast<int64_t>(nxt->ids.size()) : 0, have_next ? &fut : nullptr);
+    // After the last batch is stored, a stop changes nothing: finish() folds the
+    // journal as a stop's checkpoint would, and the run is complete (until
+    // session 13 it said "interrupted", exit 1, and kept the journal).
+    if (have_next && stop()) {
+      halt(static_cast<int64_t>(nxt->ids.size()), &fut);
       return st;
     }
     cur = nxt;

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <exception>
 #include <functional>
 
 #include "backend.hpp"
@@ -50,12 +51,19 @@ struct PipelineHooks {
   std::function<void()> tick;                          // about every 100 ms while waiting
   std::function<void(int64_t trials_run)> progress;    // after each stored batch
   std::function<void(const TrialResult&)> on_failed;  // each failed trial
+  // An exception from the writer or the batcher while a batch is training: it
+  // may exit the process (run checkpoints, reports and exits without waiting
+  // for the batch, which would take a whole batch's training); if it returns,
+  // or is not set, the exception propagates once the batch has finished.
+  std::function<void(std::exception_ptr)> on_error;
 };
 
 // Runs every batch the batcher hands out and stores each in `writer`; calls
 // writer.finish() at the end (timed into `store` and `store_exposed`).
 // Exceptions from the backend, batcher or writer propagate (the caller
-// checkpoints what is finished).
+// checkpoints what is finished); see on_error. `stop_requested` is also the
+// batcher's stop (Batcher::set_stop), so a long decode ends promptly. A stop
+// asked for while the last batch is stored does not undo the finished run.
 PipelineStats run_pipeline(Batcher& batcher, Backend& backend, const RunOptions& ro, ResultsWriter& writer,
                            const PipelineHooks& hooks = {}, const PipelineOptions& opt = {});
 

@@ -200,8 +200,10 @@ void for_each_in_setup_order(const std::vector<TrialParams>& trials, size_t lo, 
                              uint64_t sweep_seed, int threads, const std::function<void(size_t)>& f,
                              const SetupShare* share = nullptr);
 
-// f(i) for every i in [0, n) on min(threads, n) threads (this one when that
-// is 1 or less), each taking the next i as it frees up. f must not throw.
+// f(i) for every i in [0, n) on min(threads, n) threads, this one among them,
+// each taking the next i as it frees up. A thread the system refuses is one
+// fewer (the others do its share). An exception of f stops the others taking
+// work and is rethrown here after every thread has ended.
 void parallel_for(size_t n, int threads, const std::function<void(size_t)>& f);
 
 // The cores this process may run on: its CPU affinity (taskset, SLURM's and

@@ -15,6 +15,8 @@
 #include <mutex>
 #include <sstream>
 #include <stdexcept>
+#include <system_error>
+#include <exception>
 #include <string>
 #include <thread>
 #include <unordered_map>
@@ -489,18 +491,34 @@ int thread_count(int requested) { return requested > 0 ? requested : usable_core
 
 void parallel_for(size_t n, int threads, const std::function<void(size_t)>& f) {
   std::atomic<size_t> next{0};
+  std::mutex mu;
+  std::exception_ptr first;  // the first exception of f; the others stop taking work
   auto work = [&] {
-    for (size_t k; (k = next.fetch_add(1)) < n;) f(k);
+    try {
+      for (size_t k; (k = next.fetch_add(1)) < n;) f(k);
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(mu);
+      if (!first) first = std::current_exception();
+      next.store(n);
+    }
   };
   const size_t nt = std::min<size_t>(n, static_cast<size_t>(std::max(threads, 1)));
-  if (nt <= 1) {
-    work();
-    return;
-  }
+  // The calling thread is one of the nt. A thread the system refuses (too
+  // many, or no memory for its stack) is one fewer: those started share the
+  // work. Until session 13 the refusal left joinable threads behind, and
+  // std::terminate ended the run without a word or a checkpoint.
   std::vector<std::thread> pool;
-  pool.reserve(nt);
-  for (size_t t = 0; t < nt; ++t) pool.emplace_back(work);
+  pool.reserve(nt > 0 ? nt - 1 : 0);
+  for (size_t t = 1; t < nt; ++t) {
+    try {
+      pool.emplace_back(work);
+    } catch (const std::system_error&) {
+      break;
+    }
+  }
+  work();
   for (auto& th : pool) th.join();
+  if (first) std::rethrow_exception(first);
 }
 
 namespace {

@@ -163,14 +163,20 @@ TEST(Cli, BadInputExitsTwoWithThePath) {
   EXPECT_FALSE(fs::exists(nan_out));
   Outcome none = run("");
   EXPECT_EQ(none.rc, 2);
+  // A misspelt command is named, with the commands there are (CLI11 said only
+  // "A subcommand is required").
+  Outcome typo = run("valdate " + sweep_file("tiny.json"));
+  EXPECT_EQ(typo.rc, 2);
+  EXPECT_NE(typo.err.find("unknown command 'valdate' (the commands: validate, list, run"), std::string::npos)
+      << typo.err;
   // Counts say what they expect and which option; "-3" does not wrap round
   // into an unsigned limit, and no results file is started.
   const std::string tiny = sweep_file("tiny.json");
   for (const auto& [args, want] : std::vector<std::pair<std::string, std::string>>{
            {"run " + tiny + " -o '" + nan_out + "' --batch-size 0", "--batch-size: expected an integer >= 1, got \"0\""},
            {"run " + tiny + " -o '" + nan_out + "' --batch-size 1.5", "--batch-size: expected an integer >= 1, got \"1.5\""},
-           {"run " + tiny + " -o '" + nan_out + "' --threads -1", "--threads: expected an integer >= 0 and <= 1048576, got \"-1\""},
-           {"run " + tiny + " -o '" + nan_out + "' --threads 99999999999", "--threads: expected an integer >= 0 and <= 1048576"},
+           {"run " + tiny + " -o '" + nan_out + "' --threads -1", "--threads: expected an integer >= 0 and <= 4096, got \"-1\""},
+           {"run " + tiny + " -o '" + nan_out + "' --threads 99999999999", "--threads: expected an integer >= 0 and <= 4096"},
            {"list " + tiny + " --limit -3", "--limit: expected an integer >= 0, got \"-3\""},
            {"list " + tiny + " --offset x", "--offset: expected an integer >= 0, got \"x\""},
            {"list " + tiny + " --offset 9223372036854775808", "--offset: expected an integer >= 0, got"},

@@ -199,6 +199,99 @@ TEST(Pipeline, StopDropsTheBatchInFlightAndKeepsTheStoredOnes) {
   EXPECT_EQ(f.header().n_pending, 23);
 }
 
+// A stop asked for while the last batch is stored changes nothing: the run is
+// complete (until session 13: stopped, "interrupted", exit 1, journal kept).
+TEST(Pipeline, StopDuringTheLastStoreFinishesTheRun) {
+  Sweep sw = Sweep::from_text(kSweep);
+  FakeBackend be;
+  bool stop = false;
+  int stops = 0;
+  int64_t stored = 0;
+  PipelineHooks h;
+  h.stop_requested = [&] { return stop; };
+  h.progress = [&](int64_t n) {
+    stored = n;
+    if (n == 30) stop = true;  // the signal arrives during the last store
+  };
+  h.on_stop = [&](int64_t) { ++stops; };
+  const RunResult r = run_to(path("stop_last.h5"), sw, be, 10, {}, h);
+  EXPECT_FALSE(r.stats.stopped);
+  EXPECT_EQ(stops, 0);
+  EXPECT_EQ(stored, 30);
+  H5Results f = H5Results::open(path("stop_last.h5"), false);
+  EXPECT_EQ(f.header().n_pending, 0);
+  EXPECT_FALSE(fs::exists(path("stop_last.h5") + ".journal"));
+}
+
+// A stop seen while the batcher decodes (its stop predicate is the pipeline's)
+// ends the run there: nothing more is launched.
+TEST(Pipeline, StopWhileDecodingEndsTheRun) {
+  Sweep sw = Sweep::from_text(R"({"name": "long", "seed": 1,
+    "defaults": {"d": 8, "k": 4, "m": 4, "hidden": [8], "n_train": 8, "steps": 2, "checkpoints": 2},
+    "grid": {"seed": {"range": [0, 100000]}}})");
+  FakeBackend be;
+  int asked = 0;
+  PipelineHooks h;
+  h.stop_requested = [&] { return ++asked > 2; };
+  int stops = 0;
+  h.on_stop = [&](int64_t) { ++stops; };
+  const RunResult r = run_to(path("stop_decode.h5"), sw, be, 50000, {}, h);
+  EXPECT_TRUE(r.stats.stopped);
+  EXPECT_EQ(stops, 1);
+  EXPECT_EQ(be.batches.load(), 0) << "the first chunk's decoding was stopped";
+  EXPECT_EQ(r.stats.total, 0);
+}
+
+// An error of the store or the batcher with a batch training goes to on_error
+// while that batch is still in flight (run checkpoints, reports and exits from
+// there): until session 13 the future's destructor waited for the whole
+// batch, whose results were then dropped. Here the batcher's: trials 20..29
+// do not combine (k > d), as a trial a big sweep's sampled check missed would.
+TEST(Pipeline, ErrorsReachOnErrorWhileTheBatchIsInFlight) {
+  Sweep sw = Sweep::from_text(R"({"name": "bad-tail", "seed": 1,
+    "defaults": {"d": 8, "m": 4, "hidden": [8], "n_train": 8, "steps": 2, "checkpoints": 2},
+    "grid": {"k": [4, 16], "seed": {"range": [0, 15]}}})");
+  struct Held : FakeBackend {
+    std::atomic<bool> release{false};
+    std::atomic<int> returned{0};
+    std::vector<TrialResult> run(const Batch& b, const RunOptions& o) override {
+      // Each batch waits for the test's release (5 s at most).
+      for (int i = 0; i < 5000 && !release; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      auto r = FakeBackend::run(b, o);
+      ++returned;
+      return r;
+    }
+  } be;
+  const std::string out = path("bad_tail.h5");
+  fs::remove(out);
+  auto w = ResultsWriter::start(sw, writer_options(out, sw));
+  Batcher batcher(sw, {0, 15}, nullptr, 10, 10);  // chunks of 10 ids: 0-9, 10-14
+  Batcher bad(sw, {0, sw.count()}, nullptr, 10, 10);
+  PipelineHooks h;
+  bool heard = false, in_flight = false;
+  h.on_error = [&](std::exception_ptr e) {
+    heard = true;
+    in_flight = be.returned.load() == 0;  // batch 0-9 is held until the release below
+    be.release = true;
+    try {
+      std::rethrow_exception(e);
+    } catch (const InputError& x) {
+      EXPECT_NE(std::string(x.what()).find("k"), std::string::npos) << x.what();
+    }
+  };
+  be.release = true;
+  EXPECT_NO_THROW(run_pipeline(batcher, be, RunOptions{}, *w, h));  // the good ids alone: no error
+  EXPECT_FALSE(heard);
+  be.release = false;  // now batch 0-9 trains until on_error, which the decoding of id 15 calls
+  be.returned = 0;
+  const std::string out2 = path("bad_tail_2.h5");
+  fs::remove(out2);
+  auto w2 = ResultsWriter::start(sw, writer_options(out2, sw));
+  EXPECT_THROW(run_pipeline(bad, be, RunOptions{}, *w2, h), InputError);
+  EXPECT_TRUE(heard);
+  EXPECT_TRUE(in_flight) << "on_error came after the batch in flight had finished";
+}
+
 TEST(Pipeline, BackendErrorsPropagateAndStoredBatchesSurvive) {
   Sweep sw = Sweep::from_text(kSweep);
   struct Throwing : FakeBackend {

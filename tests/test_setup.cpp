@@ -3,7 +3,11 @@
 // checkpoints. Expected values come from independent formulas, not from the
 // code under test.
 #include <gtest/gtest.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -1222,3 +1226,38 @@ TEST(SetupShare, SiblingsFormTheirMomentsOnce) {
   EXPECT_EQ(setup_cache_stats().moments_reused, 5);
   reset_setup_cache(size_t{kSetupCacheDefaultMb} << 20);
 }
+
+// parallel_for when the system refuses threads (here: an address space too
+// small for a thousand 8 MiB stacks, in a child process): every i is still
+// done once, by the threads that did start and the caller. Until session 13
+// the refused thread left joinable ones behind and std::terminate ended the
+// run (a review's `--threads 1000` under `ulimit -v 3000000`: exit 134, no
+// word). An exception of f comes back to the caller.
+TEST(ParallelFor, RefusedThreadsAreFewerThreadsAndErrorsComeBack) {
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    rlimit lim{};
+    lim.rlim_cur = lim.rlim_max = rlim_t{1} << 30;  // 1 GiB: room for about a hundred stacks
+    setrlimit(RLIMIT_AS, &lim);
+    std::vector<std::atomic<int>> seen(1000);
+    parallel_for(seen.size(), 1000, [&](size_t i) { seen[i].fetch_add(1); });
+    for (const auto& s : seen)
+      if (s.load() != 1) _exit(3);
+    _exit(0);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status)) << "killed by signal " << (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "an index done other than once";
+
+  std::atomic<int> calls{0};
+  EXPECT_THROW(parallel_for(100, 4,
+                            [&](size_t i) {
+                              ++calls;
+                              if (i == 10) throw std::runtime_error("trial 10");
+                            }),
+               std::runtime_error);
+  EXPECT_LT(calls.load(), 100) << "the others kept taking work after the exception";
+}
+
