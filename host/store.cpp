@@ -552,6 +552,12 @@ RowBlock RowBlock::from_batch(const Batch& b, const std::vector<TrialResult>& re
       } else if (c.curve) {
         const auto* v = curve_field(t, c.name.substr(6));
         for (size_t j = 0; j < v->size(); ++j) d.f[r * C + j] = (*v)[j];
+      } else if (t.status == Status::failed) {
+        // A failed trial measured nothing: the fill values of a row not run yet
+        // (NaN, -1), not the result's zeros, which read as a perfect result
+        // (until session 13: test_risk 0, zero_loss 0).
+        if (c.type == ColType::f64) d.f.push_back(fill_f64(c));
+        else d.i.push_back(fill_int(c));
       } else {
         const MetricField& f = fields.at(c.name);
         if (f.type == ColType::f64) d.f.push_back(f.f(t));
@@ -1614,7 +1620,16 @@ bool ResultsWriter::checkpoint_within(double budget_seconds) {
 
 void ResultsWriter::finish() {
   Impl& im = *impl_;
-  im.fold(true);
+  if (im.session > 0 && im.trials == 0 && im.resumed == 0 && im.journal_rows == 0) {
+    // A --resume that ran and recovered nothing leaves the file as it was. Its
+    // session would add a backend and a precision that made no row (until
+    // session 13 a no-op resume with another --precision and --force made the
+    // file "f32,f64", which export then refused without --precision).
+    im.h.sessions.erase(im.h.sessions.begin() + static_cast<std::ptrdiff_t>(im.session));
+    im.session = im.h.sessions.size();  // update_session() then touches nothing
+  } else {
+    im.fold(true);
+  }
   if (im.h.n_pending == 0 && im.h.n_failed == 0) {
     ::unlink(journal_path(im.opt.path).c_str());
   }

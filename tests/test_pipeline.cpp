@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <stdexcept>
@@ -170,6 +171,17 @@ TEST(Pipeline, FailedTrialsReachTheHookAndTheFile) {
   EXPECT_EQ(last_progress, 30);
   H5Results f = H5Results::open(path("failed.h5"), false);
   EXPECT_EQ(f.header().n_failed, 1);
+  // The failed row keeps its parameters; its metrics are fill values (NaN, -1),
+  // not the backend's numbers (the fake fills them in) or zeros.
+  const RowBlock rows = f.read(0, f.rows());
+  const auto col = [&](const char* name) { return rows.cols.at(store_column_index(name)); };
+  for (size_t r = 0; r < rows.rows(); ++r) {
+    const bool bad = rows.trial[r] == 12;
+    EXPECT_EQ(std::isnan(col("test_risk").f[r]), bad) << r;
+    EXPECT_EQ(col("steps_run").i[r] == -1, bad) << r;
+    EXPECT_EQ(col("zero_loss").i[r] == -1, bad) << r;
+    EXPECT_FALSE(std::isnan(col("lambda").f[r])) << r;
+  }
 }
 
 // A stop request after the first stored batch: on_stop hears of the batch in

@@ -245,9 +245,22 @@ def main():
         sess = json.loads(f.attrs["sessions"])
     check(len(sess) == sess_before + 1, f"the resume adds one session to the {sess_before} before it ({len(sess)})")
 
-    # resume of a complete file does nothing
-    p = run(["run", sweep, "-o", out, "--resume"] + common)
-    check(p.returncode == 0 and "nothing to do" in p.stdout, "resume of a complete file: nothing to do")
+    # resume of a complete file does nothing: no session is added, the file is not
+    # rewritten, and another --precision (with --force) leaves its precision alone
+    # (until session 13 it became "f32,f64" and export refused the file)
+    mtime = os.stat(out).st_mtime_ns
+    with h5py.File(out, "r") as f:
+        prec = f.attrs["precision"]
+    other = [x for x in common if x != "--force"] + ["--precision", "f64" if prec == "f32" else "f32", "--force"]
+    for args in (common, other):
+        p = run(["run", sweep, "-o", out, "--resume"] + args)
+        check(p.returncode == 0 and "nothing to do" in p.stdout, "resume of a complete file: nothing to do")
+    with h5py.File(out, "r") as f:
+        check(len(json.loads(f.attrs["sessions"])) == len(sess) and f.attrs["precision"] == prec,
+              f"a no-op resume records no session ({len(json.loads(f.attrs['sessions']))} vs {len(sess)}), "
+              f"precision {f.attrs['precision']}")
+    check(os.stat(out).st_mtime_ns == mtime, "a no-op resume leaves the file untouched")
+    check(not os.path.exists(out + ".journal"), "a no-op resume leaves no journal")
 
     # --- SIGTERM: finish the write, clear message, non-zero ------------------------------------
     out2 = os.path.join(wd, "term.h5")
