@@ -12,11 +12,18 @@
 //   bench_cuda [--trials N] [--steps T] [--checkpoints C] [--teacher-steps S]
 //
 // A plain main (not Google Benchmark): one timed run per path is already
-// 32768 networks x T steps. Exits 0 with a message when there is no GPU.
-#include <algorithm>
+// 32768 networks x T steps. Exits 0 with a message when there is no GPU, 1
+// when a run failed. Every line is flushed when printed: the FMA peak as soon
+// as it is measured, each table row when its run ends (a run that throws is a
+// row with its error, and the next runs), so a timeout's SIGTERM leaves every
+// finished row in the output (tools/run-on-device.sh copies the '#' and '|'
+// lines into its summary as they come).
+#include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -42,6 +49,15 @@ namespace {
   for (int i = 1; i + 1 < argc; ++i)
     if (std::strcmp(argv[i], name) == 0) return std::atoi(argv[i + 1]);
   return dflt;
+}
+
+// printf, flushed at once: a run cut short keeps every line printed so far.
+[[maybe_unused]] __attribute__((format(printf, 1, 2))) void say(const char* fmt, ...) {
+  va_list a;
+  va_start(a, fmt);
+  std::vprintf(fmt, a);
+  va_end(a);
+  std::fflush(stdout);
 }
 
 }  // namespace
@@ -79,52 +95,134 @@ int main(int argc, char** argv) {
   opt.sweep_seed = 1;
   opt.precision = Precision::f32;
 
+  // The device's name for the first line, before any run (which may fail).
+  std::string dev = "(device unknown)";
+  try {
+    std::string w;
+    if (auto be = cuda::make_backend(opt, cuda::Path::fused, &w)) dev = be->device();
+    else dev += ": " + w;
+  } catch (const std::exception& e) {
+    dev += std::string(": ") + e.what();
+  }
+  tm::Net net;
+  net.L = 2;
+  net.w[0] = 64;
+  net.w[1] = 64;
+  net.w[2] = 16;
+  say("# standard GPU grid on %s\n", dev.c_str());
+  say("# %d trials + twins, d=h=64, m=16, N=128, T=%d, float32; data step %.3f MFLOP, moment step %.3f MFLOP\n",
+      trials, steps, tm::data_step_flops(net, 128) * 1e-6, tm::moment_step_flops(net, 2u) * 1e-6);
 #ifdef STSWEEP_FAKE_CUDA
   const double peak = 1.0;  // the fake device has no FMA rate
 #else
-  const double peak = cuda::fma_peak_gflops();
+  double peak = 0;
+  try {
+    peak = cuda::fma_peak_gflops();
+  } catch (const std::exception& e) {
+    say("# FP32 FMA peak: not measured (%s); %% of FMA peak left out\n", e.what());
+  }
 #endif
-  std::string dev;
+  if (peak > 0) say("# FP32 FMA peak (measured, FMA chains): %.0f GFLOP/s\n", peak);
+
   struct Row {
     std::string what;
     cuda::RunStats s;
     int failed = 0;
+    std::string error;  // non-empty: the run threw (or had no backend)
   };
   std::vector<Row> rows;
-  auto run = [&](const char* what, cuda::Path path, TrainPath tp) {
-    for (auto& t : batch.trials) t.path = tp;
-    std::string w;
-    auto be = cuda::make_backend(opt, path, &w);
-    if (!be) {
-      std::printf("bench_cuda: %s\n", w.c_str());
-      std::exit(1);
-    }
-    dev = be->device();
-    const auto res = be->run(batch, opt);
-    Row r{what, cuda::last_stats(*be), 0};
-    for (const auto& x : res)
-      if (x.status != Status::done) ++r.failed;
-    std::printf("%-16s paths %-8s set-up %7.2f s  train %8.3f s  eval %7.3f s  total %7.2f s  chunks %d  not done %d\n",
-                what, r.s.paths.c_str(), r.s.setup_s, r.s.train_s, r.s.eval_s, r.s.total_s, r.s.chunks,
-                r.failed);
-    std::fflush(stdout);
-    rows.push_back(r);
+  // One cell of a markdown row: no '|' or line break inside.
+  auto cell = [](std::string x) {
+    for (char& c : x)
+      if (c == '|' || c == '\n' || c == '\r') c = c == '|' ? '/' : ' ';
+    return x;
   };
-  run("data fused", cuda::Path::fused, TrainPath::data);
-  run("data cublas", cuda::Path::cublas, TrainPath::data);
-  run("moment fused", cuda::Path::fused, TrainPath::moment);
+  auto pct = [&](double gf) {  // % of the FMA peak, "-" when it was not measured
+    char b[32] = "-";
+    if (peak > 0) std::snprintf(b, sizeof b, "%.1f", 100.0 * gf / peak);
+    return std::string(b);
+  };
+  // Runs one row; the row is returned (also kept in rows) for its table line.
+  auto run = [&](const char* what, cuda::Path path, TrainPath tp) -> const Row& {
+    say("bench_cuda: running %s\n", what);
+    Row r{what, {}, 0, {}};
+    try {
+#ifdef STSWEEP_FAKE_CUDA
+      // ctest's bench_cuda_fake_error_row: a row that throws must not stop the others.
+      if (const char* f = std::getenv("STSWEEP_BENCH_FAIL_ROW"); f && r.what == f)
+        throw std::runtime_error("failure injected by STSWEEP_BENCH_FAIL_ROW");
+#endif
+      for (auto& t : batch.trials) t.path = tp;
+      std::string w;
+      auto be = cuda::make_backend(opt, path, &w);
+      if (!be) throw std::runtime_error("no backend: " + w);
+      const auto res = be->run(batch, opt);
+      r.s = cuda::last_stats(*be);
+      for (const auto& x : res)
+        if (x.status != Status::done) ++r.failed;
+      say("%-16s paths %-8s set-up %7.2f s  train %8.3f s  eval %7.3f s  total %7.2f s  chunks %d  not done %d\n",
+          what, r.s.paths.c_str(), r.s.setup_s, r.s.train_s, r.s.eval_s, r.s.total_s, r.s.chunks, r.failed);
+    } catch (const std::exception& e) {
+      r.error = cell(e.what());
+    } catch (...) {
+      r.error = "unknown exception";
+    }
+    if (!r.error.empty()) say("bench_cuda: %s failed: %s\n", what, r.error.c_str());
+    rows.push_back(r);
+    return rows.back();
+  };
+  // The path cell: the row's name, and how many trials did not finish.
+  auto name = [&](const Row& r) {
+    return r.failed ? r.what + " (" + std::to_string(r.failed) + " not done)" : r.what;
+  };
+  auto error_row = [&](const Row& r, int cells) {
+    std::string line = "| " + r.what + " | error: " + r.error + " |";
+    for (int i = 2; i < cells; ++i) line += " - |";
+    say("%s\n", line.c_str());
+  };
+
+  say("# host set-up (float64, all cores, overlapped with the other wave's training) beside it\n");
+  say("| path | train s | trial-steps/s | GFLOP/s | %% of FMA peak | host set-up s | total s |\n");
+  say("|---|---|---|---|---|---|---|\n");
+  auto standard_row = [&](const Row& r) {
+    if (!r.error.empty()) return error_row(r, 7);
+    const double gf = r.s.flops / r.s.train_s * 1e-9;
+    say("| %s | %.3f | %.3e | %.0f | %s | %.2f | %.2f |\n", name(r).c_str(), r.s.train_s, r.s.net_steps / r.s.train_s,
+        gf, pct(gf).c_str(), r.s.setup_s, r.s.total_s);
+  };
+  standard_row(run("data fused", cuda::Path::fused, TrainPath::data));
+  standard_row(run("data cublas", cuda::Path::cublas, TrainPath::data));
+  standard_row(run("moment fused", cuda::Path::fused, TrainPath::moment));
   setenv("STSWEEP_CUDA_VECTOR_A", "0", 1);  // v2's tiles: A loaded one k at a time
-  run("data fused, scalar A", cuda::Path::fused, TrainPath::data);
+  standard_row(run("data fused, scalar A", cuda::Path::fused, TrainPath::data));
   unsetenv("STSWEEP_CUDA_VECTOR_A");
   setenv("STSWEEP_CUDA_ONE_COLUMN", "0", 1);  // v4's tiles: no one-column shapes
-  run("data fused, v4", cuda::Path::fused, TrainPath::data);
+  standard_row(run("data fused, v4", cuda::Path::fused, TrainPath::data));
   unsetenv("STSWEEP_CUDA_ONE_COLUMN");
   // The cuBLAS trainer's steps launched one by one (about 3L + 3 launches a
   // step) instead of in CUDA graphs of 64 steps: what the graphs save, on
   // the device (train s) and for the overlap of set-up with training (total s).
   setenv("STSWEEP_CUDA_GRAPH", "0", 1);
-  run("data cublas, step by step", cuda::Path::cublas, TrainPath::data);
+  standard_row(run("data cublas, step by step", cuda::Path::cublas, TrainPath::data));
   unsetenv("STSWEEP_CUDA_GRAPH");
+  {  // each row's train time against the faster cuBLAS row: only now are both known
+    double cublas_s = 0;
+    for (const Row& r : rows)
+      if (r.error.empty() && r.what.find("cublas") != std::string::npos && r.s.train_s > 0 &&
+          (cublas_s == 0 || r.s.train_s < cublas_s))
+        cublas_s = r.s.train_s;
+    std::string line = "# vs cuBLAS (train s of the faster cuBLAS row over each row's):";
+    if (cublas_s == 0) line += " no cuBLAS row finished";
+    for (const Row& r : rows)
+      if (cublas_s > 0 && r.error.empty() && r.s.train_s > 0) {
+        char b[160];
+        std::snprintf(b, sizeof b, " %s %.2fx;", r.what.c_str(), cublas_s / r.s.train_s);
+        line += b;
+      }
+    if (line.back() == ';') line.pop_back();
+    say("%s\n", line.c_str());
+  }
+
   const std::vector<TrialParams> standard = batch.trials;
   for (auto& t : batch.trials) {
     t.d = t.hidden[0] = 16;
@@ -132,85 +230,64 @@ int main(int argc, char** argv) {
     t.m = 4;
     t.n_train = 64;
   }
-  run("small fused", cuda::Path::fused, TrainPath::data);
-  run("small warp", cuda::Path::warp, TrainPath::data);
-  run("small moment warp", cuda::Path::warp, TrainPath::moment);
-  {  // last: the rows above matter more if the time runs out
-    // Trained teachers (1000 steps on 128 clean samples, float64), one per
-    // seed shared by a 4 noise x 4 lambda grid, trained on the device (the
-    // default) and by set-up on the host (STSWEEP_CUDA_TEACHERS=host); then a
-    // teacher per trial, the case the device pass is for (docs/ARCHITECTURE.md).
-    batch.trials = standard;
-    for (size_t i = 0; i < batch.trials.size(); ++i) {
-      TrialParams& t = batch.trials[i];
-      t.teacher.kind = TeacherKind::trained;
-      t.teacher.n_train = 128;
-      t.teacher.steps = teacher_steps;
-      t.teacher.lr = 0.02;
-      t.seed = static_cast<int>(i / 16);
-      t.noise = 0.25 * static_cast<double>(1 + i % 4);
-      t.lambda = 0.1 * static_cast<double>(1 + (i / 4) % 4);
-    }
-    reset_teacher_cache(size_t{kTeacherCacheDefaultMb} << 20);
-    run("teachers shared by 16, device", cuda::Path::fused, TrainPath::data);
-    setenv("STSWEEP_CUDA_TEACHERS", "host", 1);
-    reset_teacher_cache(size_t{kTeacherCacheDefaultMb} << 20);
-    run("teachers shared by 16, host", cuda::Path::fused, TrainPath::data);
-    unsetenv("STSWEEP_CUDA_TEACHERS");
-    for (size_t i = 0; i < batch.trials.size(); ++i) batch.trials[i].seed = static_cast<int>(i);
-    reset_teacher_cache(size_t{kTeacherCacheDefaultMb} << 20);
-    run("a teacher per trial, device", cuda::Path::fused, TrainPath::data);
-  }
-
-  tm::Net net;
-  net.L = 2;
-  net.w[0] = 64;
-  net.w[1] = 64;
-  net.w[2] = 16;
-  std::printf("\n# standard GPU grid on %s\n", dev.c_str());
-  std::printf("# %d trials + twins, d=h=64, m=16, N=128, T=%d, float32; data step %.3f MFLOP, moment step %.3f MFLOP\n",
-              trials, steps, tm::data_step_flops(net, 128) * 1e-6, tm::moment_step_flops(net, 2u) * 1e-6);
-  std::printf("# FP32 FMA peak (measured, FMA chains): %.0f GFLOP/s\n", peak);
-  std::printf("# host set-up (float64, all cores, overlapped with the other wave's training) beside it\n");
-  std::printf("# vs cuBLAS: against the faster of the two cuBLAS rows (graphs, step by step)\n");
-  std::printf("| path | train s | trial-steps/s | GFLOP/s | %% of FMA peak | vs cuBLAS | host set-up s | total s |\n");
-  std::printf("|---|---|---|---|---|---|---|---|\n");
-  auto row = [&](const char* what) -> const Row& {
-    for (const Row& r : rows)
-      if (r.what == what) return r;
-    std::fprintf(stderr, "bench_cuda: no row '%s'\n", what);
-    std::exit(1);
-  };
-  const double cublas_s = std::min(row("data cublas").s.train_s, row("data cublas, step by step").s.train_s);
-  for (const Row& r : rows) {
-    if (r.what.rfind("small", 0) == 0 || r.what.find("teacher") != std::string::npos) continue;
-    const double gf = r.s.flops / r.s.train_s * 1e-9;
-    std::printf("| %s | %.3f | %.3e | %.0f | %.1f | %.2fx | %.2f | %.2f |\n", r.what.c_str(), r.s.train_s,
-                r.s.net_steps / r.s.train_s, gf, 100.0 * gf / peak, cublas_s / r.s.train_s, r.s.setup_s,
-                r.s.total_s);
-  }
   net.w[0] = net.w[1] = 16;
   net.w[2] = 4;
-  std::printf("\n# small widths: d=h=16, m=4, N=64; data step %.3f MFLOP\n", tm::data_step_flops(net, 64) * 1e-6);
-  std::printf("| path | train s | trial-steps/s | GFLOP/s | %% of FMA peak | vs fused |\n");
-  std::printf("|---|---|---|---|---|---|\n");
-  const double fused_s = row("small fused").s.train_s;
-  for (const Row& r : rows) {
-    if (r.what.rfind("small", 0) != 0) continue;
+  say("\n# small widths: d=h=16, m=4, N=64; data step %.3f MFLOP\n", tm::data_step_flops(net, 64) * 1e-6);
+  say("| path | train s | trial-steps/s | GFLOP/s | %% of FMA peak | vs fused |\n");
+  say("|---|---|---|---|---|---|\n");
+  double fused_s = 0;  // the small fused row's train s, the first of the table
+  auto small_row = [&](const Row& r) {
+    if (!r.error.empty()) return error_row(r, 6);
+    if (r.what == "small fused") fused_s = r.s.train_s;
     const double gf = r.s.flops / r.s.train_s * 1e-9;
-    std::printf("| %s | %.3f | %.3e | %.0f | %.1f | %.2fx |\n", r.what.c_str(), r.s.train_s,
-                r.s.net_steps / r.s.train_s, gf, 100.0 * gf / peak, fused_s / r.s.train_s);
+    char vs[32] = "-";
+    if (fused_s > 0) std::snprintf(vs, sizeof vs, "%.2fx", fused_s / r.s.train_s);
+    say("| %s | %.3f | %.3e | %.0f | %s | %s |\n", name(r).c_str(), r.s.train_s, r.s.net_steps / r.s.train_s, gf,
+        pct(gf).c_str(), vs);
+  };
+  small_row(run("small fused", cuda::Path::fused, TrainPath::data));
+  small_row(run("small warp", cuda::Path::warp, TrainPath::data));
+  small_row(run("small moment warp", cuda::Path::warp, TrainPath::moment));
+
+  // Last: the rows above matter more if the time runs out. Trained teachers
+  // (1000 steps on 128 clean samples, float64), one per seed shared by a 4
+  // noise x 4 lambda grid, trained on the device (the default) and by set-up
+  // on the host (STSWEEP_CUDA_TEACHERS=host); then a teacher per trial, the
+  // case the device pass is for (docs/ARCHITECTURE.md).
+  batch.trials = standard;
+  for (size_t i = 0; i < batch.trials.size(); ++i) {
+    TrialParams& t = batch.trials[i];
+    t.teacher.kind = TeacherKind::trained;
+    t.teacher.n_train = 128;
+    t.teacher.steps = teacher_steps;
+    t.teacher.lr = 0.02;
+    t.seed = static_cast<int>(i / 16);
+    t.noise = 0.25 * static_cast<double>(1 + i % 4);
+    t.lambda = 0.1 * static_cast<double>(1 + (i / 4) % 4);
   }
-  std::printf("\n# trained teachers (float64, %d steps, 128 samples), standard grid; teacher s: the\n"
-              "# device's teacher launches (beside the other wave), set-up s: host wall (all cores)\n",
-              teacher_steps);
-  std::printf("| row | teachers on the device | teacher s | host set-up s | train s | total s | trials/s |\n");
-  std::printf("|---|---|---|---|---|---|---|\n");
-  for (const Row& r : rows) {
-    if (r.what.find("teacher") == std::string::npos) continue;
-    std::printf("| %s | %lld | %.3f | %.2f | %.3f | %.2f | %.0f |\n", r.what.c_str(), r.s.teachers, r.s.teacher_s,
-                r.s.setup_s, r.s.train_s, r.s.total_s, trials / r.s.total_s);
-  }
-  return 0;
+  say("\n# trained teachers (float64, %d steps, 128 samples), standard grid; teacher s: the\n"
+      "# device's teacher launches (beside the other wave), set-up s: host wall (all cores)\n",
+      teacher_steps);
+  say("| row | teachers on the device | teacher s | host set-up s | train s | total s | trials/s |\n");
+  say("|---|---|---|---|---|---|---|\n");
+  auto teacher_row = [&](const Row& r) {
+    if (!r.error.empty()) return error_row(r, 7);
+    say("| %s | %lld | %.3f | %.2f | %.3f | %.2f | %.0f |\n", name(r).c_str(), r.s.teachers, r.s.teacher_s,
+        r.s.setup_s, r.s.train_s, r.s.total_s, trials / r.s.total_s);
+  };
+  reset_teacher_cache(size_t{kTeacherCacheDefaultMb} << 20);
+  teacher_row(run("teachers shared by 16, device", cuda::Path::fused, TrainPath::data));
+  setenv("STSWEEP_CUDA_TEACHERS", "host", 1);
+  reset_teacher_cache(size_t{kTeacherCacheDefaultMb} << 20);
+  teacher_row(run("teachers shared by 16, host", cuda::Path::fused, TrainPath::data));
+  unsetenv("STSWEEP_CUDA_TEACHERS");
+  for (size_t i = 0; i < batch.trials.size(); ++i) batch.trials[i].seed = static_cast<int>(i);
+  reset_teacher_cache(size_t{kTeacherCacheDefaultMb} << 20);
+  teacher_row(run("a teacher per trial, device", cuda::Path::fused, TrainPath::data));
+
+  int errors = 0;
+  for (const Row& r : rows) errors += !r.error.empty();
+  if (errors) say("\nbench_cuda: %d of %zu runs failed (error rows above)\n", errors, rows.size());
+  return errors ? 1 : 0;
 #endif
 }
