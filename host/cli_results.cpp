@@ -28,7 +28,11 @@ int info_main(const std::string& path) {
   std::cout << "file:      " << path << "\n"
             << "sweep:     " << h.sweep_name << " (hash " << h.sweep_hash << ", " << h.sweep_trials
             << " trials, seed " << h.sweep_seed << ")\n"
-            << "shard:     " << h.shard << ": " << h.rows() << " trials (ids " << h.ids_text() << ")\n"
+            << "shard:     " << h.shard << ": " << h.rows() << " trials (ids " << h.ids_text() << ")"
+            << (h.partial_merge() ? ", " + std::to_string(h.rows()) + " of the sweep's " +
+                                        std::to_string(h.sweep_trials) + ": a merge of some of its shards"
+                                  : "")
+            << "\n"
             << "status:    " << h.n_done << " done, " << h.n_diverged << " diverged, " << h.n_failed << " failed, "
             << h.n_pending << " pending" << (h.complete() ? "  [complete]" : "") << "\n";
   auto js = inspect_journal(path + ".journal");

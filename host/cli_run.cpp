@@ -132,6 +132,7 @@ int run_main(const RunArgs& a) {
     if (std::filesystem::exists(a.out, ec) && std::filesystem::equivalent(a.file, a.out, ec))
       throw InputError("-o", a.out + " is the sweep file; give the results another name");
   }
+  progress_interval(0);  // a malformed STSWEEP_PROGRESS_INTERVAL: exit 2 before any file
   Shard shard = parse_shard(a.shard);
   IdRange range = shard_range(sweep.count(), shard);
   // Values that do not combine are bad input: say so before a file exists.

@@ -9,6 +9,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "params.hpp"
+
 namespace stsweep {
 
 ProgressMode progress_mode(const std::string& o) {
@@ -18,9 +20,20 @@ ProgressMode progress_mode(const std::string& o) {
   return ::isatty(STDERR_FILENO) ? ProgressMode::bar : ProgressMode::jsonl;
 }
 
+double progress_interval(double fallback) {
+  const char* e = std::getenv("STSWEEP_PROGRESS_INTERVAL");
+  if (!e) return fallback;
+  // A number of seconds >= 0 (atof made "abc" 0, a line every 100 ms, and "nan" none).
+  char* end = nullptr;
+  const double v = std::strtod(e, &end);
+  if (end == e || *end != '\0' || !std::isfinite(v) || v < 0)
+    throw InputError("STSWEEP_PROGRESS_INTERVAL", std::string("expected a number of seconds >= 0, got \"") + e + "\"");
+  return v;
+}
+
 Progress::Progress(ProgressMode mode, int64_t total, int64_t before, double interval)
     : mode_(mode), total_(total), before_(before), interval_(interval) {
-  if (const char* e = std::getenv("STSWEEP_PROGRESS_INTERVAL")) interval_ = std::atof(e);
+  interval_ = progress_interval(interval_);
   t0_ = last_ = std::chrono::steady_clock::now();
   if (mode_ == ProgressMode::jsonl) emit(false);
 }

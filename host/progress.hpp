@@ -10,6 +10,10 @@ namespace stsweep {
 enum class ProgressMode { none, bar, jsonl };
 // "auto" picks bar when stderr is a terminal, jsonl otherwise.
 ProgressMode progress_mode(const std::string& option);
+// STSWEEP_PROGRESS_INTERVAL (seconds >= 0) when set, else `fallback`; a
+// malformed value is an InputError naming the variable. run checks it before
+// it opens the results file.
+double progress_interval(double fallback);
 
 class Progress {
  public:

@@ -89,7 +89,10 @@ struct FileHeader {
   int64_t rows() const;
   // The ids held as text, "0..9, 20..29" ("none" for an empty shard).
   std::string ids_text() const;
-  bool complete() const { return n_pending == 0 && n_failed == 0 && rows() > 0; }
+  // A merge of only some shards ("merged:...") is never complete: the sweep
+  // has trials it does not hold (until session 13 such a file said complete).
+  bool partial_merge() const { return shard.rfind("merged:", 0) == 0; }
+  bool complete() const { return n_pending == 0 && n_failed == 0 && rows() > 0 && !partial_merge(); }
   // Joined over sessions ("cpu", "cpu,cuda"), first start / last end, sums.
   std::string backends() const, devices() const, hosts() const, precisions() const;
   std::string start_time() const, end_time() const;

@@ -163,6 +163,15 @@ TEST(Cli, BadInputExitsTwoWithThePath) {
   EXPECT_FALSE(fs::exists(nan_out));
   Outcome none = run("");
   EXPECT_EQ(none.rc, 2);
+  // A malformed STSWEEP_PROGRESS_INTERVAL names the variable, before any file.
+  for (const char* bad : {"abc", "nan", "-1", "2s"}) {
+    setenv("STSWEEP_PROGRESS_INTERVAL", bad, 1);
+    Outcome o = run("run " + sweep_file("tiny.json") + " -o '" + nan_out + "'");
+    unsetenv("STSWEEP_PROGRESS_INTERVAL");
+    EXPECT_EQ(o.rc, 2) << bad;
+    EXPECT_NE(o.err.find("STSWEEP_PROGRESS_INTERVAL: expected a number of seconds >= 0"), std::string::npos) << o.err;
+    EXPECT_FALSE(fs::exists(nan_out)) << bad;
+  }
   // A misspelt command is named, with the commands there are (CLI11 said only
   // "A subcommand is required").
   Outcome typo = run("valdate " + sweep_file("tiny.json"));

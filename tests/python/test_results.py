@@ -302,6 +302,16 @@ def main():
     compare(merged, ref, "merge of 3 shards vs unsharded")
     with h5py.File(merged, "r") as f:
         check(f.attrs["shard"] == "0/1" and int(f.attrs["complete"]) == 1, "merged file is the whole sweep")
+    # two of the three: only their trials, and not complete (until session 13 it said so)
+    pm = os.path.join(wd, "partial_merge.h5")
+    p = run(["merge", pm, shards[0], shards[1]])
+    check(p.returncode == 0 and "do not cover the whole sweep" in p.stderr + p.stdout, "a partial merge says so")
+    with h5py.File(pm, "r") as f:
+        check(str(f.attrs["shard"]).startswith("merged:") and int(f.attrs["complete"]) == 0,
+              f"a partial merge is not complete (shard {f.attrs['shard']}, complete {f.attrs['complete']})")
+    p = run(["info", pm])
+    check("[complete]" not in p.stdout and "of the sweep's" in p.stdout, "info of a partial merge: not complete, "
+          "how many of the sweep's trials")
 
     # refusals
     p = run(["merge", os.path.join(wd, "m2.h5"), shards[0], shards[0]], ok=(2,))
