@@ -53,12 +53,20 @@ extern "C" void on_signal(int sig) {
   }
   g_signal = sig;
 }
+// SIGINT, SIGTERM and SIGUSR1 stop the run the same way (checkpoint, exit 1,
+// the resume command): SIGUSR1 is what `#SBATCH --signal=USR1@N` sends before a
+// job's time limit (without the B: that tools/slurm-sweep uses, every process
+// of the job gets it; its default action killed stsweep without a
+// checkpoint). SIGPIPE is ignored: a closed stderr pipe (`2>&1 | head`) makes
+// progress writes fail instead of killing the run between checkpoints.
 void install_handlers() {
   struct sigaction sa {};
   sa.sa_handler = on_signal;
   sigemptyset(&sa.sa_mask);
   sigaction(SIGINT, &sa, nullptr);
   sigaction(SIGTERM, &sa, nullptr);
+  sigaction(SIGUSR1, &sa, nullptr);
+  std::signal(SIGPIPE, SIG_IGN);
 }
 
 // A word for a shell command line: quoted when it holds anything but
@@ -217,7 +225,7 @@ int run_main(const RunArgs& a) {
 
   auto interrupted = [&](int64_t in_flight) {
     progress.clear();
-    const char* sig = g_signal == SIGINT ? "SIGINT" : "SIGTERM";
+    const char* sig = g_signal == SIGINT ? "SIGINT" : g_signal == SIGUSR1 ? "SIGUSR1" : "SIGTERM";
     std::string err;
     try {
       writer->checkpoint();

@@ -262,32 +262,34 @@ def main():
     check(os.stat(out).st_mtime_ns == mtime, "a no-op resume leaves the file untouched")
     check(not os.path.exists(out + ".journal"), "a no-op resume leaves no journal")
 
-    # --- SIGTERM: finish the write, clear message, non-zero ------------------------------------
-    out2 = os.path.join(wd, "term.h5")
-    # SIGTERM once the first batch is stored: progress as JSON lines after every batch.
-    term_args = [x for x in common if x not in ("--progress", "none")] + ["--progress", "jsonl"]
-    proc = subprocess.Popen([STSWEEP, "run", sweep, "-o", out2] + term_args, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, STSWEEP_PROGRESS_INTERVAL="0"))
-    first = []
-    for line in proc.stderr:
-        first.append(line)
-        if line.startswith("{") and json.loads(line).get("done", 0) > 0:
-            break
-    proc.send_signal(signal.SIGTERM)
-    so, se = proc.communicate()
-    se = "".join(first) + se
-    if proc.returncode == 0:
-        print("  (the run finished before SIGTERM)")
-    else:
-        check(proc.returncode == 1 and "interrupted by SIGTERM" in se and "--resume" in se,
-              "SIGTERM: exit 1 with a message naming --resume")
-        with h5py.File(out2, "r") as f:
-            st = f["status"][()]
-            check(int(f.attrs["n_done"]) == int((st == 1).sum()) > 0, "SIGTERM: finished rows are in the file")
-    p = run(["run", sweep, "-o", out2, "--resume"] + common)
-    check(p.returncode == 0, "resume after SIGTERM completes")
-    compare(out2, ref, "SIGTERM + resumed vs uninterrupted")
+    # --- SIGTERM, SIGUSR1: finish the write, clear message, non-zero ---------------------------
+    # (SIGUSR1 is what `#SBATCH --signal=USR1@N` sends; until session 13 it killed the run)
+    for signame in ("SIGTERM", "SIGUSR1"):
+        out2 = os.path.join(wd, f"term_{signame}.h5")
+        # The signal once the first batch is stored: progress as JSON lines after every batch.
+        term_args = [x for x in common if x not in ("--progress", "none")] + ["--progress", "jsonl"]
+        proc = subprocess.Popen([STSWEEP, "run", sweep, "-o", out2] + term_args, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True,
+                                env=dict(os.environ, STSWEEP_PROGRESS_INTERVAL="0"))
+        first = []
+        for line in proc.stderr:
+            first.append(line)
+            if line.startswith("{") and json.loads(line).get("done", 0) > 0:
+                break
+        proc.send_signal(getattr(signal, signame))
+        so, se = proc.communicate()
+        se = "".join(first) + se
+        if proc.returncode == 0:
+            print(f"  (the run finished before {signame})")
+        else:
+            check(proc.returncode == 1 and f"interrupted by {signame}" in se and "--resume" in se,
+                  f"{signame}: exit 1 with a message naming --resume (rc {proc.returncode})")
+            with h5py.File(out2, "r") as f:
+                st = f["status"][()]
+                check(int(f.attrs["n_done"]) == int((st == 1).sum()) > 0, f"{signame}: finished rows are in the file")
+        p = run(["run", sweep, "-o", out2, "--resume"] + common)
+        check(p.returncode == 0, f"resume after {signame} completes")
+        compare(out2, ref, f"{signame} + resumed vs uninterrupted")
 
     # --- shards and merge ------------------------------------------------------------------
     shards = []
