@@ -53,58 +53,116 @@ constexpr long long kGraphSteps = 64;
 // (the programming guide's "implicit synchronization"), and cudaFree waits for
 // the whole device, so an allocation or free while a wave trains would stall
 // the overlap of set-up with training.
+//
+// Split (STSWEEP_CUDA_POOL=split, a debug mode): every carve is its own
+// cudaMalloc / cudaMallocHost, freed at reset, so that compute-sanitizer's
+// memcheck (and the fake device's kernel-argument check) sees a kernel that
+// runs past one buffer into the next; in one pool the neighbouring carve is
+// valid memory. The pool's capacities still bound the carves (the sizing
+// check is the same); each allocation and free first waits for the device,
+// so the waves do not overlap in this mode and an out-of-memory comes at a
+// carve (the run fails) instead of halving the wave.
 class Pool {
  public:
   Pool() = default;
   Pool(const Pool&) = delete;
   Pool& operator=(const Pool&) = delete;
   ~Pool() { release(); }
+  void set_split(bool split) {
+    if (sized_) throw std::logic_error("cuda: Pool::set_split on an allocated pool");
+    split_ = split;
+  }
   void allocate(size_t dev_bytes, size_t host_bytes) {
     release();
-    STS_CUDA(cudaMalloc(&dev_, dev_bytes));
-    dcap_ = dev_bytes;
-    if (host_bytes == 0) return;
-    try {
-      STS_CUDA(cudaMallocHost(&host_, host_bytes));
-    } catch (...) {
-      release();
-      throw;
+    if (!split_) {
+      STS_CUDA(cudaMalloc(&dev_, dev_bytes));
+      if (host_bytes > 0) {
+        try {
+          STS_CUDA(cudaMallocHost(&host_, host_bytes));
+        } catch (...) {
+          release();
+          throw;
+        }
+      }
     }
+    dcap_ = dev_bytes;
     hcap_ = host_bytes;
+    sized_ = true;
   }
   void release() {
+    reset();
     if (dev_) cudaFree(dev_);
     if (host_) cudaFreeHost(host_);
     dev_ = host_ = nullptr;
-    dcap_ = hcap_ = dtop_ = htop_ = 0;
+    dcap_ = hcap_ = 0;
+    sized_ = false;
   }
-  void reset() { dtop_ = htop_ = 0; }
-  size_t dev_capacity() const { return dcap_; }
+  void reset() {
+    dtop_ = htop_ = 0;
+    poison_ = nullptr;
+    if (pieces_.empty()) return;
+    cudaDeviceSynchronize();  // no throw here (release runs in destructors); a free waits anyway
+    for (const Piece& p : pieces_) p.pinned ? cudaFreeHost(p.at) : cudaFree(p.at);
+    pieces_.clear();
+  }
+  size_t dev_capacity() const { return split_ ? 0 : dcap_; }  // split: nothing held between carves
   bool holds(size_t dev_bytes, size_t host_bytes) const {
-    return dev_ && dcap_ >= dev_bytes && hcap_ >= host_bytes;
+    return sized_ && dcap_ >= dev_bytes && hcap_ >= host_bytes;
   }
   // Every byte 0xFF (a NaN in float and double): tests poison the buffers so
-  // that an element nothing wrote cannot pass for a result.
+  // that an element nothing wrote cannot pass for a result. Split: the carves
+  // so far, and those until the next reset.
   void poison(cudaStream_t s) {
-    STS_CUDA(cudaMemsetAsync(dev_, 0xFF, dcap_, s));
-    if (host_) std::memset(host_, 0xFF, hcap_);
+    if (!split_) {
+      STS_CUDA(cudaMemsetAsync(dev_, 0xFF, dcap_, s));
+      if (host_) std::memset(host_, 0xFF, hcap_);
+      return;
+    }
+    poison_ = s;
+    for (const Piece& p : pieces_) fill(p);
   }
   template <class T>
-  T* dev(size_t count) { return static_cast<T*>(carve(dev_, dtop_, dcap_, count * sizeof(T), "device")); }
+  T* dev(size_t count) { return static_cast<T*>(carve(false, count * sizeof(T))); }
   template <class T>
-  T* host(size_t count) { return static_cast<T*>(carve(host_, htop_, hcap_, count * sizeof(T), "host")); }
+  T* host(size_t count) { return static_cast<T*>(carve(true, count * sizeof(T))); }
 
  private:
-  static void* carve(void* base, size_t& top, size_t cap, size_t bytes, const char* what) {
+  struct Piece {
+    void* at;
+    size_t bytes;
+    bool pinned;
+  };
+  void* carve(bool pinned, size_t bytes) {
+    size_t& top = pinned ? htop_ : dtop_;
     const size_t at = (top + 255) / 256 * 256;
-    if (at + bytes > cap)
-      throw std::logic_error(std::string("cuda: ") + what + " pool exhausted (sizing bug)");
+    if (at + bytes > (pinned ? hcap_ : dcap_))
+      throw std::logic_error(std::string("cuda: ") + (pinned ? "host" : "device") +
+                             " pool exhausted (sizing bug)");
     top = at + bytes;
-    return static_cast<char*>(base) + at;
+    if (!split_) return static_cast<char*>(pinned ? host_ : dev_) + at;
+    STS_CUDA(cudaDeviceSynchronize());  // what the allocation would wait for anyway, explicitly
+    Piece p{nullptr, bytes, pinned};
+    if (pinned)
+      STS_CUDA(cudaMallocHost(&p.at, bytes));
+    else
+      STS_CUDA(cudaMalloc(&p.at, bytes));
+    pieces_.push_back(p);
+    if (poison_) fill(p);
+    return p.at;
+  }
+  void fill(const Piece& p) const {
+    if (p.pinned)
+      std::memset(p.at, 0xFF, p.bytes);
+    else
+      STS_CUDA(cudaMemsetAsync(p.at, 0xFF, p.bytes, poison_));
   }
   void* dev_ = nullptr;
   void* host_ = nullptr;
   size_t dcap_ = 0, hcap_ = 0, dtop_ = 0, htop_ = 0;
+  bool sized_ = false;
+  bool split_ = false;
+  cudaStream_t poison_ = nullptr;  // split: the stream that poisons new carves (until reset)
+  std::vector<Piece> pieces_;      // split: the carves since the last reset
 };
 
 // One side of a group's buffers (GroupSizes): on the device every buffer, in
@@ -200,6 +258,15 @@ long long env_integer(const char* name, long long lo, long long dflt, const char
   return v;
 }
 
+// STSWEEP_CUDA_POOL: `one` (the default: one allocation per pool) or
+// `split` (an allocation per buffer, for compute-sanitizer; see Pool).
+bool split_pools_from_env() {
+  const char* e = std::getenv("STSWEEP_CUDA_POOL");
+  if (!e || !*e || std::string(e) == "one") return false;
+  if (std::string(e) == "split") return true;
+  throw std::runtime_error(std::string("STSWEEP_CUDA_POOL=") + e + ": expected one or split");
+}
+
 Path path_from_env(Path dflt) {
   const char* e = std::getenv("STSWEEP_CUDA_PATH");
   if (!e || !*e) return dflt;
@@ -281,6 +348,9 @@ class CudaBackend final : public Backend {
     wave_ = static_cast<size_t>(env_integer("STSWEEP_CUDA_WAVE", 1, 0, "a number of trials >= 1"));
     graph_steps_ =
         env_integer("STSWEEP_CUDA_GRAPH", 0, kGraphSteps, "the cuBLAS trainer's steps per CUDA graph (0: no graphs)");
+    const bool split = split_pools_from_env();
+    for (Wave& w : waves_) w.pool.set_split(split);
+    teach_pool_.set_split(split);
   }
   ~CudaBackend() override {
     // Its own device current while its streams, pools and cuBLAS handles go

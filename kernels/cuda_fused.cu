@@ -43,20 +43,15 @@ template <class Real, bool VA>
 __global__ void __launch_bounds__(kThreads, 1) warp_train(const TrainArgs<Real> a, int warps,
                                                        int net_shared_reals) {
   extern __shared__ __align__(16) unsigned char smem[];
-  const int w = static_cast<int>(threadIdx.x) / kWarp;
-  const int net = static_cast<int>(blockIdx.x) * warps + w;
-  if (w >= warps || net >= a.nnets) return;  // whole warps only: no block-wide sync below
   const WarpTeamT<VA> team{a.one_column != 0};
-  train_network(team, a, net, reinterpret_cast<Real*>(smem) + static_cast<size_t>(w) * net_shared_reals);
+  warp_train_body(team, a, static_cast<int>(blockIdx.x), warps, static_cast<int>(threadIdx.x) / kWarp,
+                  net_shared_reals, reinterpret_cast<Real*>(smem));
 }
 
 __global__ void __launch_bounds__(kThreads) eval_snapshots(const EvalArgs a) {
   __shared__ double red[32];
   const BlockTeam team{red};
-  double* ws = a.work + static_cast<size_t>(blockIdx.x) * a.lay.vwork;
-  const long long n = a.items ? *a.nitems : static_cast<long long>(a.nnets) * a.slots;
-  for (long long i = blockIdx.x; i < n; i += gridDim.x)
-    eval_item(team, a, a.items ? a.items[i] : i, ws);
+  eval_block(team, a, static_cast<int>(blockIdx.x), static_cast<int>(gridDim.x));
 }
 
 }  // namespace
@@ -131,7 +126,7 @@ void launch_warp(const TrainArgs<Real>& a, int warps, size_t net_shared, bool ve
     throw std::logic_error("launch_warp: bad warps or slice size");
   // WarpTeamT promises the GEMM tiles shared-memory operands (kSharedOperands).
   if (!a.shared) throw std::logic_error("launch_warp: the warp path needs the data in shared memory");
-  const int blocks = (a.nnets + warps - 1) / warps;
+  const int blocks = warp_blocks(a.nnets, warps);
   const int reals = static_cast<int>(net_shared / sizeof(Real));
   if constexpr (has_scalar_a<Real>()) {
     if (!vector_a) {

@@ -218,4 +218,45 @@ STS_HD inline void eval_item(const Team& team, const EvalArgs& a, long long it, 
   team.sync();  // the workspace is reused by the next item
 }
 
+// ------------------------------------------------------- launch geometry --
+// How cuda_fused.cu's kernels split a launch among blocks and warps, written
+// once: the kernels call these with blockIdx and threadIdx, and the fake
+// device (tests/fake_cuda) runs every block and warp of a launch through them
+// one after the other and checks what they hand out: every network or item
+// once, shared-memory slices and eval workspaces apart and inside their buffer.
+
+// warp_train: blocks of `warps` warps; warp w of block `block` trains network
+// warp_network(...) (none past the launch's networks) in its own slice of the
+// block's dynamic shared memory, warp_slice(...) Reals from its start.
+STS_HD inline int warp_blocks(int nnets, int warps) { return (nnets + warps - 1) / warps; }
+STS_HD inline int warp_network(int block, int warps, int w) { return block * warps + w; }
+STS_HD inline size_t warp_slice(int w, int net_shared_reals) {
+  return static_cast<size_t>(w) * net_shared_reals;
+}
+// Warp w of block `block`; smem: the block's warps x net_shared_reals.
+template <class Real, class Team>
+STS_HD inline void warp_train_body(const Team& team, const TrainArgs<Real>& a, int block, int warps, int w,
+                                   int net_shared_reals, Real* smem) {
+  const int net = warp_network(block, warps, w);
+  if (w >= warps || net >= a.nnets) return;  // whole warps only: no block-wide sync in the body
+  train_network(team, a, net, smem + warp_slice(w, net_shared_reals));
+}
+
+// eval_snapshots: block `block` of `blocks` measures items block, block +
+// blocks, ... of the list (grid-strided) in its own workspace of lay.vwork
+// doubles. f(item) for each of its items.
+STS_HD inline double* eval_workspace(const EvalArgs& a, int block) {
+  return a.work + static_cast<size_t>(block) * a.lay.vwork;
+}
+template <class F>
+STS_HD inline void eval_block_items(const EvalArgs& a, int block, int blocks, F&& f) {
+  const long long n = a.items ? *a.nitems : static_cast<long long>(a.nnets) * a.slots;
+  for (long long i = block; i < n; i += blocks) f(a.items ? a.items[i] : i);
+}
+template <class Team>
+STS_HD inline void eval_block(const Team& team, const EvalArgs& a, int block, int blocks) {
+  double* ws = eval_workspace(a, block);
+  eval_block_items(a, block, blocks, [&](long long it) { eval_item(team, a, it, ws); });
+}
+
 }  // namespace stsweep::cuda

@@ -206,6 +206,8 @@ TrainArgs<Real> train_args(const GroupPlan& g, const GroupBuffers<Real>& b) {
   a.work = b.work;
   a.nets = b.nets;
   a.nnets = static_cast<int>(g.nets.size());
+  a.ntrials = static_cast<int>(g.members.size());
+  a.ck_total = g.ck_total;
   a.trials = b.ts;
   a.ck = b.ck;
   a.snap = b.snap;
@@ -228,6 +230,8 @@ EvalArgs eval_args(const GroupPlan& g, const GroupBuffers<Real>& b, double* work
   e.work = work;
   e.nets = b.nets;
   e.nnets = static_cast<int>(g.nets.size());
+  e.ntrials = static_cast<int>(g.members.size());
+  e.ck_total = g.ck_total;
   e.trials = b.ts;
   e.snap = b.snap;
   e.slots = g.slots;

@@ -93,6 +93,10 @@ struct TrainArgs {
   Real* work = nullptr;           // nets x lay.work (general) or lay.cwork (cuBLAS)
   const NetRef* nets = nullptr;
   int nnets = 0;
+  // The group's trials and checkpoint steps: with nnets and slots, the
+  // extents of the buffers above (group_sizes), which the fake device checks
+  // each launch against its allocations (tests/fake_cuda).
+  int ntrials = 0, ck_total = 0;
   const TrialScalars* trials = nullptr;
   const long long* ck = nullptr;
   double* snap = nullptr;         // nets x slots x wsize: checkpoints, then first, final
@@ -111,6 +115,7 @@ struct EvalArgs {
   double* work = nullptr;         // gridDim.x x lay.vwork
   const NetRef* nets = nullptr;
   int nnets = 0;
+  int ntrials = 0, ck_total = 0;  // as in TrainArgs
   const TrialScalars* trials = nullptr;
   const double* snap = nullptr;
   int slots = 0;

@@ -33,7 +33,9 @@ struct Counters {
   // Rule breaks, each also described in `notes`:
   long long stalls = 0;          // an allocation or free while another stream had work pending
   long long wrong_device = 0;    // work for a stream of another device than the current one
-  long long bad_pointers = 0;    // a copy, set or kernel argument outside the allocations
+  long long bad_pointers = 0;    // a copy, set or kernel argument outside the allocations (a kernel
+                                 // argument over its launch's whole extent), or a launch whose blocks and
+                                 // warps share out networks, items, slices or workspaces wrongly
   long long shared_blas = 0;     // a cuBLAS handle's product queued while another stream's product of the
                                  // same handle is pending (they share its workspace: cuBLAS then gives no
                                  // bitwise reproducibility)

@@ -26,6 +26,7 @@
 #include "cuda_runtime.h"
 #include "device_body.hpp"
 #include "device_emu.hpp"
+#include "device_plan.hpp"
 #include "fake_device.hpp"
 
 using Ops = std::vector<std::function<void()>>;
@@ -428,6 +429,15 @@ cudaError_t cudaStreamSynchronize(cudaStream_t s) {
   flush(s);
   return cudaSuccess;
 }
+cudaError_t cudaDeviceSynchronize() {
+  {
+    std::lock_guard<std::mutex> lock(st().mu);
+    for (CUstream_st* x : st().streams)
+      if (x->device == current && refused_wait(x, "cudaDeviceSynchronize")) return fail(cudaErrorStreamCaptureUnsupported);
+  }
+  flush_device(current);
+  return cudaSuccess;
+}
 
 // ------------------------------------------------------- capture, graphs --
 cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode mode) {
@@ -686,17 +696,28 @@ int stream_device(cudaStream_t s) { return s ? s->device : current; }
 // ------------------------------------------------------------- launchers --
 namespace stsweep::cuda {
 
-// A launch's records in device memory of the stream's device (the fake's
-// launchers here, and fake_cuda::launch for cuda_cublas.cu's kernels).
+// A launch's records in device memory of the stream's device, each over the
+// whole extent the launch may touch: the group's buffer sizes (group_sizes,
+// the formulas the backend carves by) for its trials, networks, slots and
+// checkpoints. With STSWEEP_CUDA_POOL=split every carve is an allocation of
+// its own, so a carve smaller than its launch reads fails here; in one pool it
+// runs into the next carve, valid memory (for the fake as for memcheck).
+template <class Real>
+void train_args_on_device(const TrainArgs<Real>& a, Path path, int dev) {
+  const GroupSizes z = group_sizes(a.lay, path, static_cast<size_t>(a.ntrials), static_cast<size_t>(a.nnets),
+                                   a.slots, a.ck_total, false);
+  fake_cuda::kernel_arg(a.arena, z.arena * sizeof(Real), dev, "arena");
+  fake_cuda::kernel_arg(a.work, z.work * sizeof(Real), dev, "work");
+  fake_cuda::kernel_arg(a.nets, z.nets * sizeof(NetRef), dev, "nets");
+  fake_cuda::kernel_arg(a.trials, z.ts * sizeof(TrialScalars), dev, "trial scalars");
+  fake_cuda::kernel_arg(a.ck, z.ck * sizeof(long long), dev, "checkpoints");
+  fake_cuda::kernel_arg(a.snap, z.snap * sizeof(double), dev, "snapshots");
+  fake_cuda::kernel_arg(a.state, z.nets * sizeof(NetState), dev, "states");
+}
+// cuda_cublas.cu's kernels (fake_cuda::launch finds it by argument-dependent lookup).
 template <class Real>
 void kernel_args_on_device(const TrainArgs<Real>& a, int dev) {
-  fake_cuda::kernel_arg(a.arena, 1, dev, "arena");
-  fake_cuda::kernel_arg(a.work, 1, dev, "work");
-  fake_cuda::kernel_arg(a.nets, sizeof(NetRef) * a.nnets, dev, "nets");
-  fake_cuda::kernel_arg(a.trials, sizeof(TrialScalars), dev, "trial scalars");
-  fake_cuda::kernel_arg(a.ck, 1, dev, "checkpoints");
-  fake_cuda::kernel_arg(a.snap, 1, dev, "snapshots");
-  fake_cuda::kernel_arg(a.state, sizeof(NetState) * a.nnets, dev, "states");
+  train_args_on_device(a, Path::cublas, dev);
 }
 template void kernel_args_on_device<float>(const TrainArgs<float>&, int);
 template void kernel_args_on_device<double>(const TrainArgs<double>&, int);
@@ -705,8 +726,25 @@ namespace {
 
 int device_of(cudaStream_t s) { return s->device; }
 
-// Every network of the launch, one after the other, on a one-thread team with
-// `reals` of "shared memory" (none: the general path's global work).
+// A broken launch geometry (under no lock): counted with the bad pointers.
+void geometry_broken(const std::string& msg) {
+  std::lock_guard<std::mutex> lock(fake_cuda::st().mu);
+  fake_cuda::broke(&fake_cuda::Counters::bad_pointers, msg);
+}
+
+// Whether [lo, lo + n) of each piece lies in [0, total) and apart from the others.
+bool apart_and_inside(std::vector<std::pair<size_t, size_t>> pieces, size_t total) {
+  std::sort(pieces.begin(), pieces.end());
+  for (size_t i = 0; i < pieces.size(); ++i) {
+    if (pieces[i].first + pieces[i].second > total) return false;
+    if (i && pieces[i - 1].first + pieces[i - 1].second > pieces[i].first) return false;
+  }
+  return true;
+}
+
+// The fused and general trainers: every network of the launch, one after the
+// other, on a one-thread team with `reals` of "shared memory" (none: the
+// general path's global work).
 template <class Real>
 void train_all(const TrainArgs<Real>& a, size_t reals, bool vector_a) {
   std::vector<Real> sm(reals);
@@ -721,6 +759,82 @@ void train_all(const TrainArgs<Real>& a, size_t reals, bool vector_a) {
       const EmuTeamScalarA sa{t};
       for (int k = 0; k < a.nnets; ++k) train_network(sa, a, k, p);
     }
+  });
+}
+
+// warp_train as the GPU launches it: warp_blocks blocks of `warps` warps, one
+// after the other, each block with one buffer of warps x reals (poisoned, as
+// a block's shared memory starts with anything in it); each warp runs the
+// kernel's own body (warp_train_body) on a one-thread team. What the body's
+// indexing hands out is checked first: every network once, each warp's slice
+// (the layout's data + work) inside the block's buffer and apart from the
+// other warps' (a GPU runs them at once; here an overlap would not show).
+template <class Real>
+void train_warps(const TrainArgs<Real>& a, int warps, int reals, bool vector_a) {
+  const int blocks = warp_blocks(a.nnets, warps);
+  const size_t used = static_cast<size_t>(a.lay.data) + a.lay.work;
+  std::vector<int> trained(static_cast<size_t>(a.nnets), 0);
+  for (int b = 0; b < blocks; ++b) {
+    std::vector<std::pair<size_t, size_t>> slices;
+    for (int w = 0; w < warps; ++w) {
+      const int net = warp_network(b, warps, w);
+      if (net < 0 || net >= a.nnets) continue;
+      ++trained[static_cast<size_t>(net)];
+      slices.emplace_back(warp_slice(w, reals), used);
+    }
+    if (!apart_and_inside(slices, static_cast<size_t>(warps) * reals))
+      geometry_broken("warp_train: block " + std::to_string(b) + "'s warps have shared-memory slices that overlap "
+                      "or leave its " + std::to_string(warps) + " x " + std::to_string(reals) + " elements");
+  }
+  for (int k = 0; k < a.nnets; ++k)
+    if (trained[static_cast<size_t>(k)] != 1)
+      geometry_broken("warp_train: network " + std::to_string(k) + " trained by " +
+                      std::to_string(trained[static_cast<size_t>(k)]) + " warps");
+  std::vector<Real> sm(static_cast<size_t>(warps) * reals);
+  run_emulated_team(1, false, [&](const EmuTeam& team) {
+    EmuTeam t = team;
+    t.one_column = a.one_column != 0;
+    const EmuTeamScalarA sa{t};
+    for (int b = 0; b < blocks; ++b) {
+      std::memset(static_cast<void*>(sm.data()), 0xFF, sm.size() * sizeof(Real));
+      for (int w = 0; w < warps; ++w) {
+        if (vector_a)
+          warp_train_body(t, a, b, warps, w, reals, sm.data());
+        else
+          warp_train_body(sa, a, b, warps, w, reals, sm.data());
+      }
+    }
+  });
+}
+
+// eval_snapshots as the GPU launches it: `blocks` blocks, one after the
+// other, each running the kernel's own body (eval_block: its workspace, its
+// grid-strided items). Checked first: every item of the list once, each
+// block's workspace inside the launch's blocks x vwork and apart from the
+// other blocks'.
+void eval_blocks(const EvalArgs& a, int blocks) {
+  const long long all = static_cast<long long>(a.nnets) * a.slots;
+  const long long n = a.items ? *a.nitems : all;
+  std::vector<int> measured(static_cast<size_t>(all), 0);
+  long long visits = 0, outside = 0;
+  std::vector<std::pair<size_t, size_t>> spaces;
+  for (int b = 0; b < blocks; ++b) {
+    spaces.emplace_back(static_cast<size_t>(eval_workspace(a, b) - a.work), static_cast<size_t>(a.lay.vwork));
+    eval_block_items(a, b, blocks, [&](long long it) {
+      ++visits;
+      if (it < 0 || it >= all) ++outside;
+      else ++measured[static_cast<size_t>(it)];
+    });
+  }
+  if (visits != n || outside || std::any_of(measured.begin(), measured.end(), [](int c) { return c > 1; }))
+    geometry_broken("eval_snapshots: " + std::to_string(blocks) + " blocks measured " + std::to_string(visits) +
+                    " items of a list of " + std::to_string(n) + " (" + std::to_string(outside) +
+                    " outside the launch, or one twice)");
+  if (!apart_and_inside(spaces, static_cast<size_t>(blocks) * a.lay.vwork))
+    geometry_broken("eval_snapshots: the blocks' workspaces overlap or leave the launch's " +
+                    std::to_string(blocks) + " x vwork");
+  run_emulated_team(1, false, [&](const EmuTeam& team) {
+    for (int b = 0; b < blocks; ++b) eval_block(team, a, b, blocks);
   });
 }
 
@@ -778,7 +892,7 @@ void launch_fused(const TrainArgs<Real>& a, size_t shared_bytes, bool vector_a, 
   }
   if (a.shared && shared_bytes < (static_cast<size_t>(a.lay.data) + a.lay.work) * sizeof(Real))
     throw std::runtime_error("fake device: launch_fused with less shared memory than the layout needs");
-  kernel_args_on_device(a, device_of(s));
+  train_args_on_device(a, a.shared ? Path::fused : Path::general, device_of(s));
   fake_cuda::enqueue_kernel(s, "fused_train", [a, shared_bytes, vector_a] {
     train_all(a, a.shared ? shared_bytes / sizeof(Real) : 0, vector_a || sizeof(Real) == 8);
   });
@@ -791,24 +905,33 @@ void launch_warp(const TrainArgs<Real>& a, int warps, size_t net_shared, bool ve
     throw std::logic_error("launch_warp: bad warps or slice size");
   if (!a.shared) throw std::logic_error("launch_warp: the warp path needs the data in shared memory");
   check_dynamic("warp_train", sizeof(Real), warps * net_shared, 0);
-  kernel_args_on_device(a, device_of(s));
-  fake_cuda::enqueue_kernel(s, "warp_train", [a, net_shared, vector_a] {
-    train_all(a, net_shared / sizeof(Real), vector_a || sizeof(Real) == 8);
+  if (net_shared < (static_cast<size_t>(a.lay.data) + a.lay.work) * sizeof(Real))
+    throw std::runtime_error("fake device: launch_warp with a slice smaller than the layout needs");
+  train_args_on_device(a, Path::warp, device_of(s));
+  const int reals = static_cast<int>(net_shared / sizeof(Real));
+  fake_cuda::enqueue_kernel(s, "warp_train", [a, warps, reals, vector_a] {
+    train_warps(a, warps, reals, vector_a || sizeof(Real) == 8);
   });
 }
 
 void launch_eval(const EvalArgs& a, int blocks, cudaStream_t s) {
   if (a.nnets == 0) return;
-  fake_cuda::kernel_arg(a.work, static_cast<size_t>(blocks) * a.lay.vwork * sizeof(double), device_of(s), "eval workspace");
-  fake_cuda::kernel_arg(a.arena, 1, device_of(s), "eval data");
-  fake_cuda::kernel_arg(a.metrics, 1, device_of(s), "metrics");
-  fake_cuda::kernel_arg(a.items, 1, device_of(s), "items");
-  fake_cuda::enqueue_kernel(s, "eval_snapshots", [a] {
-    run_emulated_team(1, false, [&](const EmuTeam& team) {
-      const long long n = a.items ? *a.nitems : static_cast<long long>(a.nnets) * a.slots;
-      for (long long i = 0; i < n; ++i) eval_item(team, a, a.items ? a.items[i] : i, a.work);
-    });
-  });
+  if (blocks < 1) throw std::logic_error("fake device: eval_snapshots launched with no block");
+  const int dev = device_of(s);
+  // The buffers the evaluation reads and writes, over their extents (group_sizes).
+  const GroupSizes z = group_sizes(a.lay, Path::fused, static_cast<size_t>(a.ntrials),
+                                   static_cast<size_t>(a.nnets), a.slots, a.ck_total, false);
+  fake_cuda::kernel_arg(a.work, static_cast<size_t>(blocks) * a.lay.vwork * sizeof(double), dev, "eval workspace");
+  fake_cuda::kernel_arg(a.arena, z.eval * sizeof(double), dev, "eval data");
+  fake_cuda::kernel_arg(a.nets, z.nets * sizeof(NetRef), dev, "nets");
+  fake_cuda::kernel_arg(a.trials, z.ts * sizeof(TrialScalars), dev, "trial scalars");
+  fake_cuda::kernel_arg(a.snap, z.snap * sizeof(double), dev, "snapshots");
+  fake_cuda::kernel_arg(a.state, z.nets * sizeof(NetState), dev, "states");
+  fake_cuda::kernel_arg(a.metrics, z.metrics * sizeof(double), dev, "metrics");
+  fake_cuda::kernel_arg(a.items, (z.items + 1) * sizeof(long long), dev, "items");  // the list, then its count
+  if (a.items && a.nitems != a.items + z.items)
+    geometry_broken("eval_snapshots: the item count is not after the list of nets x slots");
+  fake_cuda::enqueue_kernel(s, "eval_snapshots", [a, blocks] { eval_blocks(a, blocks); });
 }
 
 size_t fused_static_shared_bytes() { return kStaticFused; }

@@ -562,6 +562,112 @@ TEST(FakeDevice, ArenaJustUnder48KbOptsInForTheStaticSharedMemory) {
   }
 }
 
+// Nine data-path ReLU trials of one shape, each with its twin, of several
+// lengths: in one wave a group of 18 networks, so the warp trainer launches
+// three blocks of 8 warps (the last with 2) and the evaluation more items
+// than blocks (grid-strided).
+Batch eighteen_networks() {
+  std::vector<TrialParams> ps;
+  for (int i = 0; i < 9; ++i) {
+    TrialParams p = small_trial(80 + i);
+    p.path = TrainPath::data;
+    p.activation = Activation::relu;
+    p.lambda = 0.1 + 0.1 * i;
+    p.baseline = true;
+    p.steps = 20 + 2 * i;
+    ps.push_back(p);
+  }
+  return make_batch(ps);
+}
+
+// The warp trainer and the evaluation as a GPU launches them: the fake runs
+// every block and warp through the kernels' own indexing (warp_train_body,
+// eval_block) and checks it (every network and item once, each warp's slice
+// of shared memory and each block's workspace apart from the others'). Until
+// session 13 it ran one team over all networks with one slice and one
+// workspace, so an indexing bug there passed every test off the GPU.
+TEST(FakeDevice, WarpAndEvalBlocksAsTheGpuLaunchesThem) {
+  const ScopedEnv poison("STSWEEP_CUDA_POISON", "1");
+  const Batch b = eighteen_networks();
+  for (Precision prec : {Precision::f32, Precision::f64}) {
+    const std::string what = prec == Precision::f32 ? "f32" : "f64";
+    const auto ref = run_cpu(b, prec);
+    fake_cuda::reset();
+    {
+      auto be = fake_backend(cuda::Path::warp);
+      ASSERT_TRUE(be);
+      const auto got = be->run(b, options(prec));
+      ASSERT_EQ(got.size(), ref.size());
+      for (size_t i = 0; i < ref.size(); ++i) expect_same(got[i], ref[i], what + " trial " + std::to_string(i));
+      const cuda::RunStats s = cuda::last_stats(*be);
+      EXPECT_EQ(s.chunks, 1) << what;
+      EXPECT_NE(s.paths.find("warp"), std::string::npos) << what << ": " << s.paths;
+    }
+    expect_no_rule_broken(what);
+  }
+}
+
+// STSWEEP_CUDA_POOL=split gives every buffer its own allocation (so that
+// compute-sanitizer, and the fake's check of each launch's extents, see a
+// kernel run past its buffer, which in one pool lands in the next carve):
+// the same bits as one pool on every trainer, float32 and float64, with the
+// teacher pass, and no rule of the fake broken (each allocation and free
+// waits for the device first). A value other than one or split is an error
+// that names it.
+TEST(FakeDevice, SplitPoolsGiveTheSameBits) {
+  const ScopedEnv poison("STSWEEP_CUDA_POISON", "1");
+  const ScopedEnv wave("STSWEEP_CUDA_WAVE", "3");
+  const std::vector<Batch> batches = {by_shape(variety_trials())[1], eighteen_networks()};
+  const auto run = [](const Batch& b, cuda::Path path, Precision prec, const char* pool, long long* allocations) {
+    const ScopedEnv e("STSWEEP_CUDA_POOL", pool);
+    fake_cuda::reset();
+    std::vector<TrialResult> got;
+    {
+      auto be = fake_backend(path);
+      if (!be) return got;
+      got = be->run(b, options(prec));
+    }
+    *allocations = fake_cuda::counters().allocations;
+    expect_no_rule_broken(std::string(cuda::name(path)) + ", STSWEEP_CUDA_POOL=" + pool);
+    EXPECT_EQ(fake_cuda::counters().live, 0) << pool << ": allocations left after the backend";
+    return got;
+  };
+  for (const Batch& b : batches)
+    for (Precision prec : {Precision::f32, Precision::f64})
+      for (cuda::Path path : {cuda::Path::fused, cuda::Path::warp, cuda::Path::general, cuda::Path::cublas}) {
+        const std::string what = std::string(cuda::name(path)) + (prec == Precision::f32 ? " f32" : " f64") +
+                                 ", " + std::to_string(b.trials.size()) + " trials";
+        long long one = 0, split = 0;
+        const auto pooled = run(b, path, prec, "one", &one);
+        const auto got = run(b, path, prec, "split", &split);
+        ASSERT_EQ(pooled.size(), b.trials.size()) << what;
+        ASSERT_EQ(got.size(), pooled.size()) << what;
+        for (size_t i = 0; i < got.size(); ++i) {
+          ASSERT_EQ(pooled[i].status, Status::done) << what << ": " << pooled[i].message;
+          expect_same(got[i], pooled[i], what + " trial " + std::to_string(i));
+        }
+        EXPECT_GT(split, one + 10) << what << ": STSWEEP_CUDA_POOL=split made no allocation per buffer";
+      }
+  // The teacher pass's pool too.
+  const Batch t = make_batch(shared_teacher_trials());
+  reset_teacher_cache(size_t{64} << 20);
+  const auto ref = run_cpu(t, Precision::f32);
+  for (const char* pool : {"one", "split"}) {
+    reset_teacher_cache(size_t{64} << 20);
+    long long n = 0;
+    const auto got = run(t, cuda::Path::automatic, Precision::f32, pool, &n);
+    ASSERT_EQ(got.size(), ref.size()) << pool;
+    EXPECT_EQ(teacher_cache_stats().trained, 0) << pool << ": set-up trained a teacher the device should have";
+    for (size_t i = 0; i < ref.size(); ++i) expect_same(got[i], ref[i], std::string(pool) + " teachers, trial " + std::to_string(i));
+  }
+  reset_teacher_cache(size_t{kTeacherCacheDefaultMb} << 20);
+  fake_cuda::reset();
+  const ScopedEnv bad("STSWEEP_CUDA_POOL", "splits");
+  std::string why;
+  EXPECT_EQ(cuda::make_backend(options(Precision::f32), cuda::Path::fused, &why), nullptr);
+  EXPECT_NE(why.find("STSWEEP_CUDA_POOL=splits"), std::string::npos) << why;
+}
+
 // Two devices, each a backend with its own streams: the same results as one,
 // and every stream's work is submitted while its own device is current (session
 // 6 found the streams of the second backend made on the first device).
