@@ -160,13 +160,19 @@ else
   rm -f "$OUT/standard_gpu.h5"*  # too large to bring back; the log has the figures
 fi
 
-# 4. compute-sanitizer on the small tests.
+# 4. compute-sanitizer on the small tests. memcheck with STSWEEP_CUDA_POOL=split:
+# every buffer its own allocation, so a kernel past its buffer is an error
+# (in one pool it would land in the next carve, valid memory).
 CS=${COMPUTE_SANITIZER:-$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer \
   /usr/local/cuda/compute-sanitizer/compute-sanitizer 2>/dev/null | head -n 1)}
 if [[ -n "$CS" && "$CS" != none ]]; then
   for tool in memcheck racecheck; do
-    step "compute-sanitizer $tool" "$tool.log" 70 20 'ERROR SUMMARY|RACECHECK SUMMARY|PASSED|FAILED' \
-      "$CS" --tool "$tool" --error-exitcode 9 "${BIN[@]}" "$D/bin/test_cuda" --gtest_filter='CudaSmall.*'
+    pool=one
+    [[ $tool == memcheck ]] && pool=split
+    step "compute-sanitizer $tool" "$tool.log" 70 20 \
+      'ERROR SUMMARY|RACECHECK SUMMARY|PASSED|FAILED' \
+      "$CS" --tool "$tool" --error-exitcode 9 "${BIN[@]}" "STSWEEP_CUDA_POOL=$pool" "$D/bin/test_cuda" \
+      --gtest_filter='CudaSmall.*'
   done
 else
   { echo "## compute-sanitizer: not found"; echo; } >>"$S"
