@@ -85,4 +85,38 @@ TEST(Readme, QuickstartCommandsRun) {
   fs::remove_all(dir);
 }
 
+TEST(Readme, UsageCommandsRunInOrder) {
+  // The `build/stsweep ...` lines of the block under "## Using it", run in order as
+  // written (each output new where it must be, the merge's shards made by the lines
+  // before it), with a small sweep standing in for sweeps/demo.json.
+  const std::string readme = slurp(kSource / "README.md");
+  const size_t section = readme.find("## Using it");
+  ASSERT_NE(section, std::string::npos);
+  const size_t open = readme.find("```", section);
+  ASSERT_NE(open, std::string::npos);
+  const size_t body = readme.find('\n', open) + 1;
+  const size_t close = readme.find("```", body);
+  std::vector<std::string> cmds;
+  for (const auto& l : lines(readme.substr(body, close - body)))
+    if (l.rfind("build/stsweep ", 0) == 0) cmds.push_back(l);
+  ASSERT_GE(cmds.size(), 8u) << readme.substr(body, close - body);
+
+  const fs::path dir = fs::temp_directory_path() / ("stsweep_readme_usage_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir / "results");
+  fs::create_directories(dir / "sweeps");
+  std::ofstream(dir / "sweeps/demo.json")
+      << R"({"name": "demo", "seed": 7,
+            "defaults": {"d": 8, "k": 4, "m": 2, "hidden": [8], "n_train": 6, "steps": 200, "lr": 0.05,
+                         "teacher": {"kind": "oracle"}},
+            "grid": {"noise": [0.5, 1], "lambda": [0, 1], "teacher.decomposition": ["balanced", "latent"],
+                     "seed": {"range": [0, 3]}}})";
+  for (std::string cmd : cmds) {
+    cmd = std::regex_replace(cmd, std::regex("^build/stsweep"), std::string("'") + STSWEEP_BINARY + "'");
+    std::string out;
+    EXPECT_EQ(shell(dir, cmd + "\n", &out), 0) << cmd << "\n" << out;  // "\n": the line's # comment ends
+  }
+  fs::remove_all(dir);
+}
+
 }  // namespace
