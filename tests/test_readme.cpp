@@ -85,6 +85,26 @@ TEST(Readme, QuickstartCommandsRun) {
   fs::remove_all(dir);
 }
 
+TEST(Readme, QuickstartHelpDoesNothingElse) {
+  // tools/quickstart takes no arguments: --help prints a usage and exits 0, anything
+  // else exits 2, both before it installs, builds or deletes results/quickstart.h5. A
+  // copy runs in a scratch folder without tools/install-deps, so a quickstart that
+  // went on would fail there, not install anything.
+  const fs::path dir = fs::temp_directory_path() / ("stsweep_readme_qs_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir / "tools");
+  fs::create_directories(dir / "results");
+  fs::copy_file(kSource / "tools/quickstart", dir / "tools/quickstart");
+  std::ofstream(dir / "results/quickstart.h5") << "kept";
+  std::string out;
+  EXPECT_EQ(shell(dir, "tools/quickstart --help", &out), 0) << out;
+  EXPECT_NE(out.find("results/quickstart.h5"), std::string::npos) << out;
+  EXPECT_EQ(shell(dir, "tools/quickstart --bogus", &out), 2) << out;
+  EXPECT_NE(out.find("unknown argument '--bogus'"), std::string::npos) << out;
+  EXPECT_EQ(slurp(dir / "results/quickstart.h5"), "kept");
+  fs::remove_all(dir);
+}
+
 TEST(Readme, UsageCommandsRunInOrder) {
   // The `build/stsweep ...` lines of the block under "## Using it", run in order as
   // written (each output new where it must be, the merge's shards made by the lines
