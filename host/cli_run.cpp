@@ -370,7 +370,8 @@ void add_run_command(CLI::App& app, Registry& r) {
       ->check(kFiniteNonNegative);
   sub->add_option("--teacher-cache-mb", a->teacher_cache_mb,
                   "memory for trained teachers kept for reuse: trials whose teacher training reads the same "
-                  "inputs (seed, data, widths, teacher.*) share one (0: train every trial's own)")
+                  "inputs (seeds, data, widths, activation, label_noise, teacher.n_train/steps/lr) share one (0: "
+                  "train every trial's own)")
       ->check(kFiniteNonNegative);
   r.add(sub, [a, devices] {
     a->devices_given = devices->count() > 0;

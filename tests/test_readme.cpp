@@ -85,4 +85,58 @@ TEST(Readme, QuickstartCommandsRun) {
   fs::remove_all(dir);
 }
 
+TEST(Readme, QuickstartHelpDoesNothingElse) {
+  // tools/quickstart takes no arguments: --help prints a usage and exits 0, anything
+  // else exits 2, both before it installs, builds or deletes results/quickstart.h5. A
+  // copy runs in a scratch folder without tools/install-deps, so a quickstart that
+  // went on would fail there, not install anything.
+  const fs::path dir = fs::temp_directory_path() / ("stsweep_readme_qs_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir / "tools");
+  fs::create_directories(dir / "results");
+  fs::copy_file(kSource / "tools/quickstart", dir / "tools/quickstart");
+  std::ofstream(dir / "results/quickstart.h5") << "kept";
+  std::string out;
+  EXPECT_EQ(shell(dir, "tools/quickstart --help", &out), 0) << out;
+  EXPECT_NE(out.find("results/quickstart.h5"), std::string::npos) << out;
+  EXPECT_EQ(shell(dir, "tools/quickstart --bogus", &out), 2) << out;
+  EXPECT_NE(out.find("unknown argument '--bogus'"), std::string::npos) << out;
+  EXPECT_EQ(slurp(dir / "results/quickstart.h5"), "kept");
+  fs::remove_all(dir);
+}
+
+TEST(Readme, UsageCommandsRunInOrder) {
+  // The `build/stsweep ...` lines of the block under "## Using it", run in order as
+  // written (each output new where it must be, the merge's shards made by the lines
+  // before it), with a small sweep standing in for sweeps/demo.json.
+  const std::string readme = slurp(kSource / "README.md");
+  const size_t section = readme.find("## Using it");
+  ASSERT_NE(section, std::string::npos);
+  const size_t open = readme.find("```", section);
+  ASSERT_NE(open, std::string::npos);
+  const size_t body = readme.find('\n', open) + 1;
+  const size_t close = readme.find("```", body);
+  std::vector<std::string> cmds;
+  for (const auto& l : lines(readme.substr(body, close - body)))
+    if (l.rfind("build/stsweep ", 0) == 0) cmds.push_back(l);
+  ASSERT_GE(cmds.size(), 8u) << readme.substr(body, close - body);
+
+  const fs::path dir = fs::temp_directory_path() / ("stsweep_readme_usage_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir / "results");
+  fs::create_directories(dir / "sweeps");
+  std::ofstream(dir / "sweeps/demo.json")
+      << R"({"name": "demo", "seed": 7,
+            "defaults": {"d": 8, "k": 4, "m": 2, "hidden": [8], "n_train": 6, "steps": 200, "lr": 0.05,
+                         "teacher": {"kind": "oracle"}},
+            "grid": {"noise": [0.5, 1], "lambda": [0, 1], "teacher.decomposition": ["balanced", "latent"],
+                     "seed": {"range": [0, 3]}}})";
+  for (std::string cmd : cmds) {
+    cmd = std::regex_replace(cmd, std::regex("^build/stsweep"), std::string("'") + STSWEEP_BINARY + "'");
+    std::string out;
+    EXPECT_EQ(shell(dir, cmd + "\n", &out), 0) << cmd << "\n" << out;  // "\n": the line's # comment ends
+  }
+  fs::remove_all(dir);
+}
+
 }  // namespace

@@ -2,6 +2,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <fstream>
+#include <iterator>
 #include <map>
 #include <random>
 #include <set>
@@ -782,4 +784,14 @@ TEST(Sweep, ExampleFilesParse) {
   // The counts the docs promise: quickstart 3 x 3 x 3 x 2 x 4, tiny 3 x 3 x 2 x 2.
   EXPECT_EQ(Sweep::from_file(std::string(STSWEEP_SOURCE_DIR) + "/sweeps/quickstart.json").count(), 216u);
   EXPECT_EQ(Sweep::from_file(std::string(STSWEEP_SOURCE_DIR) + "/sweeps/tiny.json").count(), 36u);
+  // docs/SWEEPS.md gives demo.json's count and shows the file: the same sweep (same hash).
+  const Sweep demo = Sweep::from_file(std::string(STSWEEP_SOURCE_DIR) + "/sweeps/demo.json");
+  EXPECT_EQ(demo.count(), 30060u);
+  std::ifstream md(std::string(STSWEEP_SOURCE_DIR) + "/docs/SWEEPS.md");
+  const std::string doc((std::istreambuf_iterator<char>(md)), std::istreambuf_iterator<char>());
+  EXPECT_NE(doc.find("exclude (30060 trials"), std::string::npos);
+  const size_t open = doc.find("```json\n{\"name\": \"demo\"");
+  ASSERT_NE(open, std::string::npos);
+  const size_t body = open + 8, close = doc.find("```", body);
+  EXPECT_EQ(Sweep::from_text(doc.substr(body, close - body)).hash(), demo.hash());
 }

@@ -26,6 +26,12 @@ CLAIMS = 14  # "ok:" lines of findings-report --check
 
 def main():
     a = arguments()
+    tool = os.path.join(ROOT, "tools", "findings")
+    p = subprocess.run([tool, "--help"], capture_output=True, text=True, timeout=60)
+    check(p.returncode == 0 and "--figures DIR" in p.stdout and "--results DIR" in p.stdout and not p.stderr,
+          f"tools/findings --help: its usage, exit 0, nothing run ({p.returncode}; {p.stderr.strip()[:120]})")
+    p = subprocess.run([tool, "--bogus"], capture_output=True, text=True, timeout=60)
+    check(p.returncode == 2 and "unknown option '--bogus'" in p.stderr, f"an unknown option: exit 2 ({p.stderr.strip()})")
     res, fig = os.path.join(a.workdir, "results"), os.path.join(a.workdir, "figures")
     p = subprocess.run([os.path.join(ROOT, "tools", "findings"), "--build", os.path.dirname(a.stsweep),
                         "--results", res, "--figures", fig, "--", "--backend", "cpu"],

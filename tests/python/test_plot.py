@@ -62,6 +62,13 @@ def main():
     check(p.returncode == 0 and f"({n_kept} trials, 1 panel(s))" in p.stdout,
           f"--x step draws the curves of the {n_kept} trials --where keeps ({p.stdout}{p.stderr})")
     check(os.path.exists(curves) and os.path.getsize(curves) > 10_000, "a real curves image")
+    # Dotted parameter names name their columns, as in `stsweep summary` (teacher.decomposition).
+    dotted = os.path.join(a.workdir, "dotted.png")
+    p = plot(res, "-o", dotted, "--x", "lambda", "--hue", "noise", "--facet", "teacher.decomposition",
+             "--where", "teacher.decomposition=balanced", "--where", "teacher.delta=0.5")
+    n_bal = int(((status == 1) & (dec == "balanced")).sum())
+    check(p.returncode == 0 and f"({n_bal} trials, 1 panel(s))" in p.stdout,
+          f"--facet/--where take dotted names (teacher.decomposition) ({p.stdout}{p.stderr})")
     p = plot(res, "-o", curves, "--x", "step", "--metric", "bayes_risk")
     check(p.returncode == 2 and "no curve of bayes_risk" in p.stderr and "test_risk" in p.stderr,
           f"--x step with a metric without a curve: exit 2, the curves named ({p.stderr.strip()})")

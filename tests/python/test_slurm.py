@@ -161,6 +161,13 @@ def offline_checks(stsweep, wd, sweep):
     shards_script = read_text(os.path.join(dry, "shards.sbatch"))
     check("--devices" not in shards_script and "--backend cpu" in shards_script,
           "no --gpus: tasks run --backend cpu, no --devices")
+    # No extra sbatch args: the printed commands have no empty argument ('') and run as pasted.
+    p = tool(base + ["--shards", "2", "--dry-run"])
+    cmds = [ln for ln in p.stdout.splitlines() if ln.startswith("sbatch --parsable")]
+    check(p.returncode == 0 and len(cmds) == 2 and not any("''" in c for c in cmds)
+          and cmds[0] == "sbatch --parsable " + os.path.join(dry, "shards.sbatch")
+          and cmds[1] == "sbatch --parsable --dependency=afterok:<array id> " + os.path.join(dry, "merge.sbatch"),
+          f"--dry-run without sbatch args prints the sbatch commands without '' ({cmds})")
     p = tool(base + ["--shards", "2", "--max-requeues", "0", "--dry-run"])
     check(p.returncode == 0 and "#SBATCH --requeue" in p.stdout and "--signal=B:USR1" not in p.stdout,
           "--max-requeues 0: no early USR1 (the task runs to its limit; SIGTERM there checkpoints)")
