@@ -254,7 +254,8 @@ int run_main(const RunArgs& a) {
   // not sample failing to combine, with a batch training: checkpoint, report
   // and exit now, as a signal does, instead of waiting for the batch (which
   // would be dropped) in the future's destructor.
-  hooks.on_error = [&](std::exception_ptr e) {
+  // Keeps what is finished: folds the journal into the file, or says where it is.
+  auto keep_finished = [&] {
     progress.clear();
     try {
       writer->checkpoint();
@@ -262,6 +263,9 @@ int run_main(const RunArgs& a) {
       std::cerr << "stsweep: could not update " << a.out << " (" << x.what() << "); " << a.out
                 << ".journal keeps the finished trials for --resume\n";
     }
+  };
+  hooks.on_error = [&](std::exception_ptr e) {
+    keep_finished();
     const int code = report_error(e);
     std::cerr << "stsweep: a batch in flight was dropped; continue with: " << resume_command(a) << "\n";
     std::fflush(stderr);
@@ -279,14 +283,7 @@ int run_main(const RunArgs& a) {
   try {
     ps = run_pipeline(batcher, *backend, ro, *writer, hooks, po);
   } catch (...) {
-    // Keep what is finished: fold the journal into the file, then report.
-    progress.clear();
-    try {
-      writer->checkpoint();
-    } catch (const std::exception& e) {
-      std::cerr << "stsweep: could not update " << a.out << " (" << e.what() << "); " << a.out
-                << ".journal keeps the finished trials for --resume\n";
-    }
+    keep_finished();  // then main reports
     throw;
   }
   progress.finish();

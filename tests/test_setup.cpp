@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -1256,6 +1257,9 @@ TEST(ParallelFor, RefusedThreadsAreFewerThreadsAndErrorsComeBack) {
                             [&](size_t i) {
                               ++calls;
                               if (i == 10) throw std::runtime_error("trial 10");
+                              // A trial's worth of time: the throw is seen long
+                              // before the other threads could take all 100.
+                              std::this_thread::sleep_for(std::chrono::milliseconds(2));
                             }),
                std::runtime_error);
   EXPECT_LT(calls.load(), 100) << "the others kept taking work after the exception";

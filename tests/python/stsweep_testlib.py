@@ -4,6 +4,7 @@ import os
 import shutil
 
 FAILURES = []
+STATS = {}  # quantity -> largest deviation seen (note(), printed by finish())
 
 
 def arguments(add=None):
@@ -57,3 +58,22 @@ def compare_files(path, ref, what):
     check(sorted(got) == sorted(exp), f"{what}: same datasets")
     bad = [k for k in exp if k in got and not same_bits(got[k], exp[k])]
     check(not bad, f"{what}: every dataset equal bit for bit" + (f" (differ: {bad})" if bad else ""))
+
+
+def note(name, value):
+    """Keeps the largest deviation seen of a quantity, for finish()'s summary."""
+    STATS[name] = max(STATS.get(name, 0.0), float(value))
+
+
+def finish(summary):
+    """Prints `summary`, the largest deviations noted and the failures; the exit code."""
+    print(summary)
+    if STATS:
+        print("largest deviations: " + ", ".join(f"{k} {v:.2e}" for k, v in sorted(STATS.items())))
+    if FAILURES:
+        print(f"{len(FAILURES)} FAILED:")
+        for f in FAILURES:
+            print(f"  {f}")
+        return 1
+    print("all passed")
+    return 0

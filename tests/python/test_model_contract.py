@@ -45,7 +45,7 @@ import subprocess
 import sys
 import time
 
-from stsweep_testlib import FAILURES, arguments, check
+from stsweep_testlib import arguments, check, finish, note
 
 try:
     import h5py
@@ -146,12 +146,6 @@ SWEEPS = {
         "grid": {"activation": ["linear", "tanh"], "n_test": [500, 1000]}},
 }
 N_TRIALS = {"decompositions": 25, "edges": 8, "nonlinear": 9, "label_noise": 2, "n_test": 4}
-
-STATS = {}  # quantity -> largest deviation seen
-
-
-def note(name, value):
-    STATS[name] = max(STATS.get(name, 0.0), float(value))
 
 
 def note_risk(name, err, value, scale):
@@ -544,15 +538,7 @@ def main():
               f"m sigma_y^2 = {term:g} of test_risk {t.metrics['test_risk']:.4g}")
     check_n_test_pairs(trials.get("n_test", []))
 
-    print(f"elapsed {time.time() - t0:.1f} s, {len(every)} trials")
-    print("largest deviations: " + ", ".join(f"{k} {v:.2e}" for k, v in sorted(STATS.items())))
-    if FAILURES:
-        print(f"{len(FAILURES)} FAILED:")
-        for f in FAILURES:
-            print(f"  {f}")
-        return 1
-    print("all passed")
-    return 0
+    return finish(f"elapsed {time.time() - t0:.1f} s, {len(every)} trials")
 
 
 if __name__ == "__main__":

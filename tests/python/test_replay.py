@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 
-from stsweep_testlib import FAILURES, arguments, check
+from stsweep_testlib import arguments, check, finish, note
 
 try:
     import h5py
@@ -64,12 +64,6 @@ SWEEP = {
     ],
 }
 N_TRIALS = 2 * 3 * 2 + 3 + 2 + 2
-
-STATS = {}  # name -> largest value seen
-
-
-def note(name, value):
-    STATS[name] = max(STATS.get(name, 0.0), float(value))
 
 
 def run(args, ok=(0,)):
@@ -366,15 +360,7 @@ def main():
     check(p.returncode == 0 and os.path.exists(os.path.join(wd, "x.h5.tmp")),
           "an input named OUT.tmp is left alone (the export writes OUT.tmp.<pid>)")
 
-    print(f"elapsed {time.time() - t0:.1f} s")
-    print("largest deviations: " + ", ".join(f"{k} {v:.2e}" for k, v in sorted(STATS.items())))
-    if FAILURES:
-        print(f"{len(FAILURES)} FAILED:")
-        for f in FAILURES:
-            print(f"  {f}")
-        return 1
-    print("all passed")
-    return 0
+    return finish(f"elapsed {time.time() - t0:.1f} s")
 
 
 if __name__ == "__main__":
