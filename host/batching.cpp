@@ -16,14 +16,12 @@ Batcher::Batcher(const Sweep& sweep, IdRange range, Skip skip, size_t max_batch,
       range_{std::min(range.begin, sweep.count()), std::min(range.end, sweep.count())},
       skip_(std::move(skip)),
       max_batch_(std::max<size_t>(max_batch, 1)),
-      // Four batches' worth at a time, saturating (4 x 2^62 wrapped to 0, and a
-      // chunk of 0 took no trial and next() spun forever), but no more than a
-      // batch or 2^20 ids, whichever is larger: a chunk is decoded trials in
-      // memory (about 500 bytes each), and more batches of one shape than
-      // 2^20 ids hold gain nothing.
-      chunk_(chunk ? chunk
-                   : std::max(max_batch_, std::min<size_t>(size_t{1} << 20,
-                                                           max_batch_ > SIZE_MAX / 4 ? SIZE_MAX : 4 * max_batch_))),
+      // Four batches' worth at a time, fewer when that passes 2^20 ids (a
+      // chunk is decoded trials in memory, about 500 bytes each), at least one:
+      // a whole number of batches, so a one-shape sweep gives full batches. No
+      // product that could wrap (4 x 2^62 wrapped to 0, and a chunk of 0 took
+      // no trial and next() spun forever).
+      chunk_(chunk ? chunk : max_batch_ * std::clamp<size_t>((size_t{1} << 20) / max_batch_, 1, 4)),
       next_id_(range_.begin) {}
 
 void Batcher::fill() {

@@ -1,7 +1,8 @@
 // Trials of a sweep grouped into batches of equal shape, lazily.
 //
 // The batcher reads ids in order, a chunk at a time (chunk = 4 x max_batch
-// kept ids by default, at most max(max_batch, 2^20)), groups each chunk by
+// kept ids by default, fewer batches when that passes 2^20 ids, at least
+// one), groups each chunk by
 // ShapeKey and hands out batches of at most max_batch trials. Memory is
 // bounded by the chunk, whatever the sweep size. A stop predicate, polled
 // every 4096 ids read, ends a chunk's decoding early (a chunk of a million
@@ -25,7 +26,8 @@ class Batcher {
   using Stop = std::function<bool()>;             // true: stop decoding (next() returns false)
 
   // `sweep` must outlive the batcher. `range` is clipped to the sweep; max_batch >= 1
-  // (0 counts as 1); chunk 0 means 4 * max_batch.
+  // (0 counts as 1); chunk 0 means 4 batches, or as many whole batches as
+  // 2^20 ids hold (at least one).
   Batcher(const Sweep& sweep, IdRange range, Skip skip, size_t max_batch, size_t chunk = 0);
 
   // The next batch; false when every id of the range has been handed out, or

@@ -53,6 +53,8 @@ extern "C" void on_signal(int sig) {
   }
   g_signal = sig;
 }
+const char* signal_name(int sig) { return sig == SIGINT ? "SIGINT" : sig == SIGUSR1 ? "SIGUSR1" : "SIGTERM"; }
+
 // SIGINT, SIGTERM and SIGUSR1 stop the run the same way (checkpoint, exit 1,
 // the resume command): SIGUSR1 is what `#SBATCH --signal=USR1@N` sends before a
 // job's time limit (without the B: that tools/slurm-sweep uses, every process
@@ -191,7 +193,7 @@ int run_main(const RunArgs& a) {
   wo.checkpoint_every = a.checkpoint_every;
   if (g_signal) {  // nothing written yet
     std::fprintf(stderr, "stsweep: interrupted by %s before the run started; nothing was written\n",
-                 g_signal == SIGINT ? "SIGINT" : "SIGTERM");
+                 signal_name(g_signal));
     return kExitFailure;
   }
   const auto open_t = std::chrono::steady_clock::now();
@@ -225,7 +227,7 @@ int run_main(const RunArgs& a) {
 
   auto interrupted = [&](int64_t in_flight) {
     progress.clear();
-    const char* sig = g_signal == SIGINT ? "SIGINT" : g_signal == SIGUSR1 ? "SIGUSR1" : "SIGTERM";
+    const char* sig = signal_name(g_signal);
     std::string err;
     try {
       writer->checkpoint();
@@ -267,7 +269,12 @@ int run_main(const RunArgs& a) {
   hooks.on_error = [&](std::exception_ptr e) {
     keep_finished();
     const int code = report_error(e);
-    std::cerr << "stsweep: a batch in flight was dropped; continue with: " << resume_command(a) << "\n";
+    if (code == kExitBadInput)  // a trial that does not combine: --resume would meet it again
+      std::cerr << "stsweep: a batch in flight was dropped; fix the sweep file (or exclude that trial), then "
+                   "finish the other trials with: "
+                << resume_command(a) << "\n";
+    else
+      std::cerr << "stsweep: a batch in flight was dropped; continue with: " << resume_command(a) << "\n";
     std::fflush(stderr);
     std::fflush(stdout);
     std::_Exit(code);  // the worker may still be computing: do not wait for it

@@ -361,6 +361,19 @@ TrialParams parse_trial_fields(const json& obj, const std::string& where) {
   return p;
 }
 
+void check_teacher_rules(const TrialParams& p, const std::string& where) {
+  auto at = [&](const char* key) { return join_path(where, key); };
+  const auto& t = p.teacher;
+  require(t.decomposition != Decomposition::as_trained || t.kind == TeacherKind::trained,
+          at("teacher.decomposition"), "as_trained needs teacher.kind = trained");
+  require(p.target == Target::linear || t.kind == TeacherKind::trained, at("teacher.kind"),
+          "the nonlinear target has no linear map W*; use teacher.kind = trained");
+  require(t.kind != TeacherKind::trained || p.activation == Activation::linear ||
+              t.decomposition == Decomposition::as_trained,
+          at("teacher.decomposition"),
+          "a trained nonlinear teacher has no linear map to re-factorise; use teacher.decomposition = as_trained");
+}
+
 void check_trial(const TrialParams& p, const std::string& where) {
   auto at = [&](const char* key) { return join_path(where, key); };
   require(p.k <= p.d, at("k"),
@@ -379,17 +392,9 @@ void check_trial(const TrialParams& p, const std::string& where) {
   require(p.path != TrainPath::moment || p.activation == Activation::linear, at("path"),
           "the moment path needs a linear student (activation linear)");
   const auto& t = p.teacher;
-  require(t.decomposition != Decomposition::as_trained || t.kind == TeacherKind::trained,
-          at("teacher.decomposition"), "as_trained needs teacher.kind = trained");
-  // Set-up's own refusals (host/setup.cpp), here so that validate and run's
-  // check find them before the file exists (until session 13 such trials passed
-  // validate and each failed at run time).
-  require(p.target == Target::linear || t.kind == TeacherKind::trained, at("teacher.kind"),
-          "the nonlinear target has no linear map W*; use teacher.kind = trained");
-  require(t.kind != TeacherKind::trained || p.activation == Activation::linear ||
-              t.decomposition == Decomposition::as_trained,
-          at("teacher.decomposition"),
-          "a trained nonlinear teacher has no linear map to re-factorise; use teacher.decomposition = as_trained");
+  // Until session 13 only set-up checked the teacher's rules: such trials passed
+  // validate and each failed at run time.
+  check_teacher_rules(p, where);
   // A decomposition the widths cannot hold is an input error (MODEL.md), at
   // lambda = 0 too: set-up builds the teacher's features for every trial (a
   // lambda = 0 row and the twin report feature_loss against them). Until

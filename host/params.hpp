@@ -107,6 +107,11 @@ TrialParams parse_trial_params(const nlohmann::json& obj, const std::string& whe
 // The sweep checks every axis value with the first, every trial with both.
 TrialParams parse_trial_fields(const nlohmann::json& obj, const std::string& where);
 void check_trial(const TrialParams& p, const std::string& where);
+// The teacher's own rules, part of check_trial and called again by set-up
+// (host/setup.cpp) for trials built without the sweep's check: as_trained
+// needs a trained teacher, a nonlinear target needs a trained teacher, a
+// trained nonlinear teacher needs as_trained.
+void check_teacher_rules(const TrialParams& p, const std::string& where);
 
 // Parameters back to JSON (round trip of parse_trial_params).
 nlohmann::json to_json(const TrialParams& p);

@@ -194,7 +194,10 @@ std::vector<size_t> setup_order(const std::vector<TrialParams>& trials, size_t l
                                 uint64_t sweep_seed, const SetupShare* share = nullptr);
 // Calls f(i) once for every trial i in [lo, hi), on min(threads, hi - lo)
 // threads (this one when that is 1 or less), taking the trials in setup_order.
-// f must not throw. The CPU backend (set-up and training) and the CUDA plan
+// f should not throw (the backends catch a trial's errors into its result):
+// an exception stops the other threads taking trials and comes back here, but
+// a thread waiting for a shared teacher or set-up the thrower was building
+// would get that exception too. The CPU backend (set-up and training) and the CUDA plan
 // (set-up) run their batches through it.
 void for_each_in_setup_order(const std::vector<TrialParams>& trials, size_t lo, size_t hi,
                              uint64_t sweep_seed, int threads, const std::function<void(size_t)>& f,

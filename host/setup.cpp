@@ -512,7 +512,7 @@ void parallel_for(size_t n, int threads, const std::function<void(size_t)>& f) {
   for (size_t t = 1; t < nt; ++t) {
     try {
       pool.emplace_back(work);
-    } catch (const std::system_error&) {
+    } catch (...) {  // system_error, or bad_alloc for the thread's state
       break;
     }
   }
@@ -528,12 +528,6 @@ namespace {
 void check_law_inputs(const TrialParams& p) {
   if (p.k < 1 || p.k > p.d) throw InputError("k", "need 1 <= k <= d");
   if (p.hidden.empty()) throw InputError("hidden", "need at least one hidden layer (L >= 2)");
-}
-void check_trained_teacher(const TrialParams& p) {
-  if (p.activation != Activation::linear && p.teacher.decomposition != Decomposition::as_trained)
-    throw InputError("teacher.decomposition",
-                     "a trained nonlinear teacher has no linear map to re-factorise; "
-                     "use teacher.decomposition = as_trained");
 }
 
 std::vector<int> matched_set(const TrialParams& p, int L) {
@@ -647,14 +641,10 @@ TrialProblem setup_trial(const TrialParams& p, uint64_t sweep_seed) {
   // Teacher: its end-to-end map W_t, then its layers.
   const TeacherParams& tp = p.teacher;
   std::vector<Matrix> trained;
-  if (tp.kind != TeacherKind::trained && tp.decomposition == Decomposition::as_trained)
-    throw InputError("teacher.decomposition", "'as_trained' needs teacher.kind = trained");
+  check_teacher_rules(p, "");
   switch (tp.kind) {
     case TeacherKind::oracle:
     case TeacherKind::perturbed:
-      if (!linear_target)
-        throw InputError("teacher.kind", "the nonlinear target has no linear map W*; "
-                                         "use teacher.kind = trained");
       pr.Wt = pr.Wstar;
       if (tp.kind == TeacherKind::perturbed) {
         const Matrix G = gaussian(keys.teacher, Stream::G, 0, m, k);
@@ -665,7 +655,6 @@ TrialProblem setup_trial(const TrialParams& p, uint64_t sweep_seed) {
       }
       break;
     case TeacherKind::trained: {
-      check_trained_teacher(p);
       const std::shared_ptr<const TrainedTeacher> t =
           teacher_cache().get(teacher_recipe(p, keys),
                               [&] { return train_teacher(teacher_training(p, keys, law, pr.w)); });
@@ -915,7 +904,7 @@ std::vector<TeacherTraining> teachers_to_train(const std::vector<TrialParams>& t
     if (p.teacher.kind != TeacherKind::trained) continue;
     try {  // set-up fails such a trial before it needs the teacher, and reports it
       check_law_inputs(p);
-      check_trained_teacher(p);
+      check_teacher_rules(p, "");
     } catch (const InputError&) {
       continue;
     }

@@ -547,6 +547,8 @@ RowBlock RowBlock::from_batch(const Batch& b, const std::vector<TrialResult>& re
         }
       } else if (c.name == "status") {
         d.i.push_back(static_cast<int64_t>(t.status));
+      } else if (c.curve && t.status == Status::failed) {
+        // the fill values set above (NaN, step -1), as for every metric below
       } else if (c.name == "step") {
         for (size_t j = 0; j < t.checkpoint_steps.size(); ++j) d.i[r * C + j] = t.checkpoint_steps[j];
       } else if (c.curve) {

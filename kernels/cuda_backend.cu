@@ -105,7 +105,9 @@ class Pool {
     for (const Piece& p : pieces_) p.pinned ? cudaFreeHost(p.at) : cudaFree(p.at);
     pieces_.clear();
   }
-  size_t dev_capacity() const { return split_ ? 0 : dcap_; }  // split: nothing held between carves
+  // split: the pieces of the last wave stay until the next reset(), so free
+  // memory is undercounted by them (a debug mode; sizing stays safe).
+  size_t dev_capacity() const { return split_ ? 0 : dcap_; }
   bool holds(size_t dev_bytes, size_t host_bytes) const {
     return sized_ && dcap_ >= dev_bytes && hcap_ >= host_bytes;
   }

@@ -25,7 +25,7 @@ constexpr int kNone = -1;      // absent offset
 
 struct TrialScalars {             // per trial, read by the kernels
   double lambda = 0, lr = 0;
-  double sigma = 0, sigma_y = 0;  // exact risk
+  double sigma = 0, sigma_y = 0;  // exact risk; sigma_y also the Monte Carlo risk's m sigma_y^2
   long long T = 0;                // steps
   int nck = 0;                    // checkpoints of this trial
   int ck_offset = 0;              // into the concatenated checkpoint steps

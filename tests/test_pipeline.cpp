@@ -181,6 +181,10 @@ TEST(Pipeline, FailedTrialsReachTheHookAndTheFile) {
     EXPECT_EQ(col("steps_run").i[r] == -1, bad) << r;
     EXPECT_EQ(col("zero_loss").i[r] == -1, bad) << r;
     EXPECT_FALSE(std::isnan(col("lambda").f[r])) << r;
+    for (int c = 0; c < rows.C; ++c) {  // curves too (the fake gives every trial 3 points)
+      EXPECT_EQ(std::isnan(col("curve_test_risk").f[r * rows.C + c]), bad) << r << ", " << c;
+      EXPECT_EQ(col("step").i[r * rows.C + c] == -1, bad) << r << ", " << c;
+    }
   }
 }
 
@@ -257,7 +261,7 @@ TEST(Pipeline, StopWhileDecodingEndsTheRun) {
 // An error of the store or the batcher with a batch training goes to on_error
 // while that batch is still in flight (run checkpoints, reports and exits from
 // there): until session 13 the future's destructor waited for the whole
-// batch, whose results were then dropped. Here the batcher's: trials 20..29
+// batch, whose results were then dropped. Here the batcher's: trials 15..29
 // do not combine (k > d), as a trial a big sweep's sampled check missed would.
 TEST(Pipeline, ErrorsReachOnErrorWhileTheBatchIsInFlight) {
   Sweep sw = Sweep::from_text(R"({"name": "bad-tail", "seed": 1,

@@ -264,6 +264,7 @@ def main():
 
     # --- SIGTERM, SIGUSR1: finish the write, clear message, non-zero ---------------------------
     # (SIGUSR1 is what `#SBATCH --signal=USR1@N` sends; until session 13 it killed the run)
+    interrupted = []
     for signame in ("SIGTERM", "SIGUSR1"):
         out2 = os.path.join(wd, f"term_{signame}.h5")
         # The signal once the first batch is stored: progress as JSON lines after every batch.
@@ -282,6 +283,7 @@ def main():
         if proc.returncode == 0:
             print(f"  (the run finished before {signame})")
         else:
+            interrupted.append(signame)
             check(proc.returncode == 1 and f"interrupted by {signame}" in se and "--resume" in se,
                   f"{signame}: exit 1 with a message naming --resume (rc {proc.returncode})")
             with h5py.File(out2, "r") as f:
@@ -290,6 +292,7 @@ def main():
         p = run(["run", sweep, "-o", out2, "--resume"] + common)
         check(p.returncode == 0, f"resume after {signame} completes")
         compare(out2, ref, f"{signame} + resumed vs uninterrupted")
+    check(interrupted, f"a signal interrupted a run ({interrupted}; both runs finished first otherwise)")
 
     # --- shards and merge ------------------------------------------------------------------
     shards = []
