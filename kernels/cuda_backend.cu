@@ -17,6 +17,8 @@
 #include <cuda_runtime.h>
 #include <cublas_v2.h>
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
@@ -425,6 +427,14 @@ class CudaBackend final : public Backend {
     // it (tests: several waves from a small batch).
     const size_t wave = wave_ > 0 ? wave_ : std::max<size_t>(kMinWave, (n + 3) / 4);
     cap = std::min<size_t>({cap, wave, n, kMaxChunkTrials});
+    const long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGE_SIZE);
+    const size_t host_cap =
+        host_wave_cap(tb.host, pages > 0 && page > 0 ? static_cast<size_t>(pages) * static_cast<size_t>(page) : 0);
+    if (host_cap < cap) {
+      log_once("waves of at most " + std::to_string(host_cap) + " trials: their pinned host memory (" +
+               std::to_string(tb.host) + " bytes a trial) is limited to 1/8 of the host's RAM");
+      cap = host_cap;
+    }
     if (cap == 0) cap = 1;
     for (;;) {
       try {

@@ -2,6 +2,7 @@
 #include "device_plan.hpp"
 
 #include <algorithm>
+#include <cstdint>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -243,6 +244,12 @@ size_t GroupSizes::dev_bytes(size_t real) const {
 size_t GroupSizes::host_bytes(size_t real) const {
   return arena * real + (eval + metrics) * sizeof(double) + ts * sizeof(TrialScalars) + ck * sizeof(long long) +
          nets * (sizeof(NetRef) + sizeof(NetState));
+}
+
+size_t host_wave_cap(size_t host_per_trial, size_t ram_bytes) {
+  if (host_per_trial == 0 || ram_bytes == 0) return SIZE_MAX;
+  const size_t share = ram_bytes / 8;
+  return share > kPoolSlack ? std::max<size_t>(1, (share - kPoolSlack) / host_per_trial) : 1;
 }
 
 void check_wave_fits(const std::vector<GroupPlan>& plans, size_t real, size_t trials, const TrialBytes& tb,

@@ -172,6 +172,15 @@ void check_wave_fits(const std::vector<GroupPlan>& plans, size_t real, size_t tr
                      size_t slack);
 constexpr size_t kPoolSlack = size_t(1) << 20;  // the pools' alignment allowance (bytes)
 
+// Most trials a wave may hold by its pinned host memory: pinned pages are RAM
+// the kernel cannot page out or reclaim, so a wave pins at most 1/8 of the
+// host's `ram_bytes` (two waves in flight, perhaps several devices), less
+// kPoolSlack; at least 1. `host_per_trial` is TrialBytes::host; 0 bytes or an
+// unknown RAM size (0) bound nothing (SIZE_MAX). Without it, a shape with
+// large host staging sized by the device's free memory alone could pin most
+// of the host's RAM, and the OOM killer, not a halved wave, would answer.
+size_t host_wave_cap(size_t host_per_trial, size_t ram_bytes);
+
 // Fills a group's staging buffers: arena (members x y.arena), eval
 // (members x y.eval; null: none, for teachers), ts (members), ck (ck_total), the members on `threads`
 // host threads (a moment-path member forms its moments here: 0.5 ms at the

@@ -285,6 +285,23 @@ TEST(DevicePlan, AutomaticPathsAndFallbacks) {
 // that (the emulator checks every wave it runs, so every emulated test covers
 // the sizing). Here: a wave of worst-case trials fills its pools to within one
 // trial, and a pool one trial short is refused with the reason.
+// A wave pins at most 1/8 of the host's RAM (less the pools' slack), at least
+// one trial; nothing bounds it when the RAM or the host bytes are unknown.
+TEST(DevicePlan, PinnedHostMemoryBoundsTheWave) {
+  const size_t gib = size_t{1} << 30;
+  EXPECT_EQ(cuda::host_wave_cap(1 << 20, 128 * gib), (16 * gib - cuda::kPoolSlack) / (1 << 20));
+  EXPECT_EQ(cuda::host_wave_cap(3 * gib, 128 * gib), 5u);  // (16 GiB - 1 MiB) / 3 GiB
+  EXPECT_EQ(cuda::host_wave_cap(64 * gib, 128 * gib), 1u);  // never 0
+  EXPECT_EQ(cuda::host_wave_cap(1000, 4 << 20), 1u);         // RAM / 8 under the slack
+  EXPECT_EQ(cuda::host_wave_cap(0, 128 * gib), SIZE_MAX);
+  EXPECT_EQ(cuda::host_wave_cap(1000, 0), SIZE_MAX);
+  // Small trials stay far from it on a 128 GiB host.
+  const Batch b = make_batch(std::vector<TrialParams>(4, small_trial(1)));
+  size_t vwork = 0;
+  const cuda::TrialBytes tb = cuda::worst_trial_bytes(b, sizeof(float), cuda::batch_maxck(b), &vwork);
+  EXPECT_GT(cuda::host_wave_cap(tb.host, 128 * gib), size_t{1} << 20) << tb.host << " host bytes a trial";
+}
+
 TEST(DevicePlan, WavesFitThePoolsSizedForThem) {
   std::vector<TrialParams> ps;
   for (int s = 1; s <= 4; ++s) {
