@@ -11,6 +11,11 @@ size_t default_batch_size(bool cuda, int threads, int devices) {
   return std::max<size_t>(64, size_t{16} * static_cast<size_t>(std::max(threads, 1)));
 }
 
+size_t default_chunk(size_t max_batch) {
+  max_batch = std::max<size_t>(max_batch, 1);
+  return max_batch * std::clamp<size_t>((size_t{1} << 20) / max_batch, 1, 4);
+}
+
 Batcher::Batcher(const Sweep& sweep, IdRange range, Skip skip, size_t max_batch, size_t chunk)
     : sweep_(sweep),
       range_{std::min(range.begin, sweep.count()), std::min(range.end, sweep.count())},
@@ -21,7 +26,7 @@ Batcher::Batcher(const Sweep& sweep, IdRange range, Skip skip, size_t max_batch,
       // a whole number of batches, so a one-shape sweep gives full batches. No
       // product that could wrap (4 x 2^62 wrapped to 0, and a chunk of 0 took
       // no trial and next() spun forever).
-      chunk_(chunk ? chunk : max_batch_ * std::clamp<size_t>((size_t{1} << 20) / max_batch_, 1, 4)),
+      chunk_(chunk ? chunk : default_chunk(max_batch_)),
       next_id_(range_.begin) {}
 
 void Batcher::fill() {

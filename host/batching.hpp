@@ -52,6 +52,10 @@ class Batcher {
   std::deque<Batch> ready_;
 };
 
+// The ids a Batcher reads at a time when not told (see above): 4 batches, or
+// as many whole batches as 2^20 ids hold, at least one.
+size_t default_chunk(size_t max_batch);
+
 // `run`'s batch size when --batch-size is not given: 4096 trials for each GPU
 // (`devices` of them) on CUDA; on the CPU 16 a thread (`threads` > 0), at
 // least 64. A CPU batch ends when its slowest thread does and is stored on its

@@ -78,6 +78,20 @@ TEST(Batching, StopEndsTheDecodingOfAChunk) {
   EXPECT_TRUE(batch.ids.empty());
 }
 
+// Whole batches, so a one-shape sweep gives full ones: 4 of them, fewer past
+// 2^20 ids, at least one, never a product that wraps.
+TEST(Batching, DefaultChunkIsWholeBatches) {
+  EXPECT_EQ(default_chunk(64), 256u);
+  EXPECT_EQ(default_chunk(0), 4u);
+  EXPECT_EQ(default_chunk(size_t{1} << 18), size_t{1} << 20);
+  EXPECT_EQ(default_chunk(300000), 900000u);    // 3 batches (4 would pass 2^20)
+  EXPECT_EQ(default_chunk(1000000), 1000000u);  // one (a cap of 2^20 gave 1000000 + 48576)
+  EXPECT_EQ(default_chunk(size_t{1} << 62), size_t{1} << 62);
+  EXPECT_EQ(default_chunk(SIZE_MAX), SIZE_MAX);
+  for (size_t b : {size_t{1}, size_t{7}, size_t{100000}, size_t{262145}, size_t{524289}, size_t{3000000}})
+    EXPECT_EQ(default_chunk(b) % b, 0u) << b;
+}
+
 TEST(Batching, RangeAndSkip) {
   Sweep s = Sweep::from_text(kSweep);
   IdRange r = shard_range(s.count(), Shard{1, 3});  // [20, 40)
