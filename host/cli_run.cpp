@@ -142,7 +142,8 @@ int run_main(const RunArgs& a) {
     if (std::filesystem::exists(a.out, ec) && std::filesystem::equivalent(a.file, a.out, ec))
       throw InputError("-o", a.out + " is the sweep file; give the results another name");
   }
-  progress_interval(0);  // a malformed STSWEEP_PROGRESS_INTERVAL: exit 2 before any file
+  // STSWEEP_PROGRESS_INTERVAL, read now: a malformed value is exit 2 before any file.
+  const double progress_every = progress_interval(kProgressInterval);
   Shard shard = parse_shard(a.shard);
   IdRange range = shard_range(sweep.count(), shard);
   // Values that do not combine are bad input: say so before a file exists.
@@ -223,7 +224,7 @@ int run_main(const RunArgs& a) {
             << "), batches of up to " << batch_size << " trials" << (a.batch_size > 0 ? "" : " (the default; --batch-size)")
             << "\n";
   Batcher batcher(sweep, range, [&](uint64_t id) { return writer->final(static_cast<int64_t>(id)); }, batch_size);
-  Progress progress(progress_mode(a.progress), todo, rows - todo);
+  Progress progress(progress_mode(a.progress), todo, rows - todo, progress_every);
 
   auto interrupted = [&](int64_t in_flight) {
     progress.clear();
@@ -252,10 +253,6 @@ int run_main(const RunArgs& a) {
   hooks.on_stop = interrupted;
   hooks.tick = [&progress] { progress.tick(); };
   hooks.progress = [&progress](int64_t n) { progress.update(n); };
-  // A store error (disk full, a file-size limit) or a trial the sweep check did
-  // not sample failing to combine, with a batch training: checkpoint, report
-  // and exit now, as a signal does, instead of waiting for the batch (which
-  // would be dropped) in the future's destructor.
   // Keeps what is finished: folds the journal into the file, or says where it is.
   auto keep_finished = [&] {
     progress.clear();
@@ -266,6 +263,10 @@ int run_main(const RunArgs& a) {
                 << ".journal keeps the finished trials for --resume\n";
     }
   };
+  // A store error (disk full, a file-size limit) or a trial the sweep check did
+  // not sample failing to combine, with a batch training: checkpoint, report
+  // and exit now, as a signal does, instead of waiting for the batch (which
+  // would be dropped) in the future's destructor.
   hooks.on_error = [&](std::exception_ptr e) {
     keep_finished();
     const int code = report_error(e);

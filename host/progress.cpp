@@ -33,7 +33,6 @@ double progress_interval(double fallback) {
 
 Progress::Progress(ProgressMode mode, int64_t total, int64_t before, double interval)
     : mode_(mode), total_(total), before_(before), interval_(interval) {
-  interval_ = progress_interval(interval_);
   t0_ = last_ = std::chrono::steady_clock::now();
   if (mode_ == ProgressMode::jsonl) emit(false);
 }

@@ -10,16 +10,17 @@ namespace stsweep {
 enum class ProgressMode { none, bar, jsonl };
 // "auto" picks bar when stderr is a terminal, jsonl otherwise.
 ProgressMode progress_mode(const std::string& option);
-// STSWEEP_PROGRESS_INTERVAL (seconds >= 0) when set, else `fallback`; a
-// malformed value is an InputError naming the variable. run checks it before
-// it opens the results file.
+// Seconds between JSON progress lines: STSWEEP_PROGRESS_INTERVAL (>= 0) when
+// set, else `fallback`; a malformed value is an InputError naming the
+// variable. run reads it before it opens the results file, for its Progress.
 double progress_interval(double fallback);
+constexpr double kProgressInterval = 10;  // seconds, without the variable
 
 class Progress {
  public:
   // `total`: trials this run will do; `before`: rows already final in the file.
-  // JSON lines come every `interval` seconds (STSWEEP_PROGRESS_INTERVAL overrides).
-  Progress(ProgressMode mode, int64_t total, int64_t before, double interval = 10);
+  // JSON lines come every `interval` seconds (run: progress_interval).
+  Progress(ProgressMode mode, int64_t total, int64_t before, double interval = kProgressInterval);
   void update(int64_t done);  // trials finished so far in this run
   void tick();                // redraw / emit if due, without new trials
   void finish();              // last line

@@ -8,6 +8,7 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <exception>
 #include <future>
 #include <limits>
 #include <list>
@@ -15,9 +16,8 @@
 #include <mutex>
 #include <sstream>
 #include <stdexcept>
-#include <system_error>
-#include <exception>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <unordered_map>
 #include <unordered_set>

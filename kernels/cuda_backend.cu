@@ -262,15 +262,6 @@ long long env_integer(const char* name, long long lo, long long dflt, const char
   return v;
 }
 
-// STSWEEP_CUDA_POOL: `one` (the default: one allocation per pool) or
-// `split` (an allocation per buffer, for compute-sanitizer; see Pool).
-bool split_pools_from_env() {
-  const char* e = std::getenv("STSWEEP_CUDA_POOL");
-  if (!e || !*e || std::string(e) == "one") return false;
-  if (std::string(e) == "split") return true;
-  throw std::runtime_error(std::string("STSWEEP_CUDA_POOL=") + e + ": expected one or split");
-}
-
 Path path_from_env(Path dflt) {
   const char* e = std::getenv("STSWEEP_CUDA_PATH");
   if (!e || !*e) return dflt;
@@ -352,7 +343,8 @@ class CudaBackend final : public Backend {
     wave_ = static_cast<size_t>(env_integer("STSWEEP_CUDA_WAVE", 1, 0, "a number of trials >= 1"));
     graph_steps_ =
         env_integer("STSWEEP_CUDA_GRAPH", 0, kGraphSteps, "the cuBLAS trainer's steps per CUDA graph (0: no graphs)");
-    const bool split = split_pools_from_env();
+    // `one` allocation per pool, or `split`: one per buffer, for compute-sanitizer (see Pool).
+    const bool split = env_choice("STSWEEP_CUDA_POOL", "one", "split");
     for (Wave& w : waves_) w.pool.set_split(split);
     teach_pool_.set_split(split);
   }

@@ -248,9 +248,13 @@ STS_HD inline void warp_train_body(const Team& team, const TrainArgs<Real>& a, i
 STS_HD inline double* eval_workspace(const EvalArgs& a, int block) {
   return a.work + static_cast<size_t>(block) * a.lay.vwork;
 }
+// The items a launch measures: its list's (compacted) or every network x slot.
+STS_HD inline long long eval_item_count(const EvalArgs& a) {
+  return a.items ? *a.nitems : static_cast<long long>(a.nnets) * a.slots;
+}
 template <class F>
 STS_HD inline void eval_block_items(const EvalArgs& a, int block, int blocks, F&& f) {
-  const long long n = a.items ? *a.nitems : static_cast<long long>(a.nnets) * a.slots;
+  const long long n = eval_item_count(a);
   for (long long i = block; i < n; i += blocks) f(a.items ? a.items[i] : i);
 }
 template <class Team>

@@ -2,9 +2,9 @@
 #include "device_plan.hpp"
 
 #include <algorithm>
-#include <cstdint>
 #include <chrono>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <limits>
@@ -436,12 +436,14 @@ std::vector<Prepared> prepare_trials(const Batch& batch, size_t lo, size_t hi,
   return prepared;
 }
 
-bool teachers_on_device() {
-  const char* e = std::getenv("STSWEEP_CUDA_TEACHERS");
-  if (!e || !*e || std::string(e) == "device") return true;
-  if (std::string(e) == "host") return false;
-  throw std::runtime_error(std::string("STSWEEP_CUDA_TEACHERS=") + e + ": expected device or host");
+bool env_choice(const char* name, const char* dflt, const char* other) {
+  const char* e = std::getenv(name);
+  if (!e || !*e || std::string(e) == dflt) return false;
+  if (std::string(e) == other) return true;
+  throw std::runtime_error(std::string(name) + "=" + e + ": expected " + dflt + " or " + other);
 }
+
+bool teachers_on_device() { return !env_choice("STSWEEP_CUDA_TEACHERS", "device", "host"); }
 
 std::vector<Prepared> prepare_teachers(const Batch& batch, size_t lo, size_t hi, const RunOptions& opt,
                                        int nthreads, double* setup_s) {

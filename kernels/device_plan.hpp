@@ -112,6 +112,10 @@ std::vector<Prepared> prepare_teachers(const Batch& batch, size_t lo, size_t hi,
 // STSWEEP_CUDA_TEACHERS (device | host; default device). `host` leaves them to set-up (one host
 // core each), the yardstick for the device pass.
 bool teachers_on_device();
+// A two-word choice from the environment: false for `dflt` (or unset or
+// empty), true for `other`; anything else is an error naming the variable and
+// both words. STSWEEP_CUDA_TEACHERS and STSWEEP_CUDA_POOL read through it.
+bool env_choice(const char* name, const char* dflt, const char* other);
 
 // What the device offers a group.
 struct DeviceLimits {

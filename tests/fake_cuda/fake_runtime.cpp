@@ -814,7 +814,7 @@ void train_warps(const TrainArgs<Real>& a, int warps, int reals, bool vector_a) 
 // other blocks'.
 void eval_blocks(const EvalArgs& a, int blocks) {
   const long long all = static_cast<long long>(a.nnets) * a.slots;
-  const long long n = a.items ? *a.nitems : all;
+  const long long n = eval_item_count(a);
   std::vector<int> measured(static_cast<size_t>(all), 0);
   long long visits = 0, outside = 0;
   std::vector<std::pair<size_t, size_t>> spaces;
