@@ -273,7 +273,7 @@ class EmuBackend final : public Backend {
     // STSWEEP_CUDA_POISON does.
     const GroupSizes z = group_sizes(g, pinned != nullptr);
     std::vector<Real> arena(z.arena), work(z.work), smem;
-    std::vector<double> eval(z.eval), snap(z.snap), metrics(z.metrics), ws(y.vwork);
+    std::vector<double> eval(z.eval), snap(z.snap), metrics(z.metrics);
     std::vector<TrialScalars> ts(z.ts);
     std::vector<long long> ck(z.ck);
     std::vector<NetState> state(z.nets);
@@ -284,8 +284,13 @@ class EmuBackend final : public Backend {
     poison(state);
     poison(work);
     pack_group<Real>(g, wave, arena.data(), pinned ? nullptr : eval.data(), ts.data(), ck.data());
+    // Shared memory as the launch has it: a block's warps x one network's
+    // slice on the warp path, one network's on the fused path.
+    const bool warp = g.path == Path::warp;
+    const int warps = warp ? g.warps_per_block : 1;
+    const size_t net_reals = static_cast<size_t>(y.data) + y.work;
     if (g.path != Path::general) {
-      smem.resize(static_cast<size_t>(y.data) + y.work);
+      smem.resize(static_cast<size_t>(warps) * net_reals);
       poison(smem);
     }
     GroupBuffers<Real> buf;
@@ -300,19 +305,28 @@ class EmuBackend final : public Backend {
     buf.metrics = metrics.data();
     const TrainArgs<Real> a = train_args(g, buf);
     const auto t0 = std::chrono::steady_clock::now();
-    const bool warp = g.path == Path::warp;
+    // The launch's blocks one after the other, each through the kernel's own
+    // indexing: fused and general, block k trains network k; warp, warp w of
+    // block b trains warp_network(b, warps, w) in its slice (warp_train_body).
+    const auto blocks = [&](const auto& t) {
+      Real* sm = smem.empty() ? nullptr : smem.data();
+      if (!warp) {
+        for (int k = 0; k < a.nnets; ++k) train_network(t, a, k, sm);
+        return;
+      }
+      const int reals = static_cast<int>(net_reals);
+      for (int b = 0; b < warp_blocks(a.nnets, warps); ++b)
+        for (int w = 0; w < warps; ++w) warp_train_body(t, a, b, warps, w, reals, sm);
+    };
     run_emulated_team(
         warp ? kWarp : eo_.block_threads, warp,
         [&](const EmuTeam& team) {
-          Real* sm = smem.empty() ? nullptr : smem.data();
           EmuTeam t = team;
           t.one_column = eo_.one_column;
-          if (eo_.vector_a) {
-            for (int k = 0; k < a.nnets; ++k) train_network(t, a, k, sm);
-          } else {
-            const EmuTeamScalarA st{t};
-            for (int k = 0; k < a.nnets; ++k) train_network(st, a, k, sm);
-          }
+          if (eo_.vector_a)
+            blocks(t);
+          else
+            blocks(EmuTeamScalarA{t});
         },
         eo_.trace);
     const auto t1 = std::chrono::steady_clock::now();
@@ -323,14 +337,26 @@ class EmuBackend final : public Backend {
       return;
     }
     stats_.train_s += std::chrono::duration<double>(t1 - t0).count();
-    const EvalArgs e = eval_args(g, buf, ws.data());
-    // The items: compacted as the device's cub::DeviceSelect::If does, or all.
+    // The items: compacted as the device's cub::DeviceSelect::If does, or all
+    // (no list). The launch's blocks one after the other (eval_block: grid-
+    // strided over the items, each block in its own workspace); kEvalBlocks
+    // does not divide most item counts, so the strides' ends are exercised.
     std::vector<long long> items;
-    for (long long it = 0; it < static_cast<long long>(nn) * g.slots; ++it)
-      if (!eo_.compact_eval || eval_needed(state[it / g.slots], static_cast<int>(it % g.slots), g.maxck))
-        items.push_back(it);
+    items.reserve(static_cast<size_t>(nn) * g.slots + 1);  // data() not null: an empty list is not "all"
+    if (eo_.compact_eval)
+      for (long long it = 0; it < static_cast<long long>(nn) * g.slots; ++it)
+        if (eval_needed(state[it / g.slots], static_cast<int>(it % g.slots), g.maxck)) items.push_back(it);
+    const long long nitems = static_cast<long long>(items.size());
+    constexpr int kEvalBlocks = 3;
+    std::vector<double> ws(static_cast<size_t>(kEvalBlocks) * y.vwork);
+    poison(ws);
+    EvalArgs e = eval_args(g, buf, ws.data());
+    if (eo_.compact_eval) {
+      e.items = items.data();
+      e.nitems = &nitems;
+    }
     run_emulated_team(eo_.block_threads, false, [&](const EmuTeam& team) {
-      for (long long it : items) eval_item(team, e, it, ws.data());
+      for (int b = 0; b < kEvalBlocks; ++b) eval_block(team, e, b, kEvalBlocks);
     });
     const auto t2 = std::chrono::steady_clock::now();
     stats_.eval_s += std::chrono::duration<double>(t2 - t1).count();
