@@ -27,6 +27,10 @@ struct TrialResult {
   double best_test_risk = 0; // lowest test risk over the checkpoints
   int64_t best_step = 0;
   int8_t zero_loss = 0;      // train_loss reached the zero-loss tolerance
+  double baseline_best_test_risk = 0;  // the twin's best_test_risk (NaN when baseline = false)
+  int64_t baseline_best_step = 0;      // the twin's best_step (-1 when baseline = false)
+  double loss_rise = 1;           // tm::LossRise: largest rise of the training loss over its lowest
+  double baseline_loss_rise = 1;  // the twin's (NaN when baseline = false)
   std::string message;       // why, when failed or diverged (not stored per row)
 
   // Curves over checkpoints (length = number of checkpoints; NaN-padded).

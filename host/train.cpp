@@ -21,7 +21,10 @@
 //   diverges when its student or twin does; steps_run is then the smaller stop.
 // - zero_loss: final train_loss <= kZeroLossRtol x train_loss at step 0.
 // - best_test_risk / best_step: lowest finite student test risk over the
-//   checkpoints (ties: the earliest); NaN and -1 when none is finite.
+//   checkpoints (ties: the earliest); NaN and -1 when none is finite. The
+//   twin's the same (baseline_best_test_risk / baseline_best_step).
+// - loss_rise (and the twin's baseline_loss_rise): tm::LossRise over the
+//   per-step training losses the divergence check reads.
 #include "train.hpp"
 
 #include <algorithm>
@@ -159,6 +162,7 @@ class Trainer {
     out.feature.assign(ck.size(), kNaN);
     size_t c = 0;
     double loss0 = 0;
+    tm::LossRise rise;
     int64_t t = 0;
     bool have_last = false;
     for (;; ++t) {
@@ -183,6 +187,7 @@ class Trainer {
       }
       const double total = static_cast<double>(loss.total(lam));
       if (t == 0) loss0 = total;
+      rise.add(t, total, loss0, kZeroLossRtol);
       if (!std::isfinite(total) || (loss0 > 0 && total > kDivergeFactor * loss0)) {
         out.diverged = true;
         out.diverged_loss = total;
@@ -195,6 +200,7 @@ class Trainer {
         tm::data_backward_update(team, net, w.view, dp_->ds, lam, train_mask, lr, dp_->wk);
     }
     out.steps_run = t;
+    out.loss_rise = rise.rise;
     if (!moment_) tm::data_refresh_w1(team, net, w.view);
     out.W = w.to_matrices(net);
     if (!have_last) out.last = eval_(out.W);
@@ -296,13 +302,23 @@ TrialResult assemble_trial_result(const TrialProblem& pr, const NetTrace& st, co
       r.best_test_risk = st.test[c];
       r.best_step = pr.checkpoints[c];
     }
+  r.loss_rise = st.loss_rise;
   const size_t nc = pr.checkpoints.size();
+  r.baseline_best_test_risk = kNaN;
+  r.baseline_best_step = -1;
   if (tw) {
+    for (size_t c = 0; c < tw->test.size(); ++c)
+      if (std::isfinite(tw->test[c]) && !(tw->test[c] >= r.baseline_best_test_risk)) {
+        r.baseline_best_test_risk = tw->test[c];
+        r.baseline_best_step = pr.checkpoints[c];
+      }
+    r.baseline_loss_rise = tw->loss_rise;
     r.baseline_test_risk = tw->last.test_risk;
     r.curve_baseline_test_risk = tw->test;
     r.curve_baseline_label_loss = tw->label;
     r.curve_baseline_feature_loss = tw->feature;
   } else {
+    r.baseline_loss_rise = kNaN;
     r.baseline_test_risk = kNaN;
     r.curve_baseline_test_risk.assign(nc, kNaN);
     r.curve_baseline_label_loss.assign(nc, kNaN);

@@ -91,6 +91,7 @@ struct NetTrace {
   bool diverged = false;
   int64_t steps_run = 0;
   double diverged_loss = 0;
+  double loss_rise = 1;  // tm::LossRise over the steps taken
 };
 // The trial's result from its student and (when params.baseline) its twin.
 TrialResult assemble_trial_result(const TrialProblem& pr, const NetTrace& student,

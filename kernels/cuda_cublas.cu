@@ -147,6 +147,7 @@ __global__ void __launch_bounds__(kThreads) cublas_control(const TrainArgs<Real>
   if (t == 0) snapshot(a, w, snap + static_cast<size_t>(a.slots - 2) * lay.wsize);
   const double total = static_cast<double>(loss.total(lam));
   if (t == 0) st.loss0 = total;
+  st.rise.add(t, total, st.loss0, kZeroLossRtol);
   bool stop = false;
   if (!isfinite(total) || (st.loss0 > 0 && total > kDivergeFactor * st.loss0)) {
     st.diverged = 1;

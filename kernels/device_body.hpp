@@ -104,6 +104,7 @@ STS_HD inline void train_network(const Team& team, const TrainArgs<Real>& a, int
   const long long T = ts.T;
   int c = 0;
   double loss0 = 0, total = 0;
+  tm::LossRise rise;
   bool diverged = false;
   long long t = 0;
   for (;; ++t) {
@@ -117,6 +118,7 @@ STS_HD inline void train_network(const Team& team, const TrainArgs<Real>& a, int
     }
     total = static_cast<double>(loss.total(lam));
     if (t == 0) loss0 = total;
+    rise.add(t, total, loss0, kZeroLossRtol);
     if (!isfinite(total) || (loss0 > 0 && total > kDivergeFactor * loss0)) {
       diverged = true;
       break;
@@ -134,6 +136,7 @@ STS_HD inline void train_network(const Team& team, const TrainArgs<Real>& a, int
     st.steps_run = t;
     st.step = t;
     st.loss0 = loss0;
+    st.rise = rise;
     st.diverged_loss = diverged ? total : 0.0;
     st.diverged = diverged ? 1 : 0;
     st.written = c;

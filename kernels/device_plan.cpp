@@ -22,6 +22,7 @@
 namespace stsweep::cuda {
 
 static_assert(kDivergeFactor == stsweep::kDivergeFactor, "divergence rule as in host/train.cpp");
+static_assert(kZeroLossRtol == stsweep::kZeroLossRtol, "loss_rise's floor as in host/train.cpp");
 
 const char* name(Path p) {
   switch (p) {
@@ -628,6 +629,7 @@ void collect_group(const GroupPlan& g, const std::vector<Prepared>& wave, const 
     tr.diverged = s.diverged != 0;
     tr.steps_run = s.steps_run;
     tr.diverged_loss = s.diverged_loss;
+    tr.loss_rise = s.rise.rise;
     stats.net_steps += static_cast<double>(s.steps_run);
     stats.flops += static_cast<double>(s.steps_run) * g.step_flops / g.members.size();
   }

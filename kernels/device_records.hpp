@@ -41,6 +41,7 @@ struct NetRef {                   // one network of the launch
 struct NetState {                 // written by the trainer, read by eval and the host
   long long steps_run;
   double loss0, diverged_loss;
+  tm::LossRise rise;              // over the steps taken (loss_rise)
   int diverged;
   int written;                    // checkpoints snapshotted (0..nck)
   long long step;                 // the step the network is at (its last when stopped): the
@@ -50,6 +51,8 @@ struct NetState {                 // written by the trainer, read by eval and th
 
 // Divergence rule: the same as host/train.cpp (static_assert in cuda_backend.cu).
 constexpr double kDivergeFactor = 1e6;
+// The floor of loss_rise: the zero-loss tolerance (host/train.hpp kZeroLossRtol).
+constexpr double kZeroLossRtol = 1e-6;
 
 struct Layout {
   int moment = 0;                 // 1: moment path, 0: data path

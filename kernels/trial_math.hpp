@@ -75,6 +75,28 @@ struct SerialTeam {
 
 // ---------------------------------------------------------------- scalars --
 
+// How far a network's training loss rose above its lowest earlier value, the
+// results' loss_rise (docs/MODEL_NOTES.md, "Loss rise"): fed the full training
+// loss of every step, in step order, it keeps max_t L_t / max(min_{s<t} L_s,
+// floor_rtol L_0), at least 1 (1: the loss never rose). The floor keeps the
+// round-off of a loss at zero (below the zero-loss tolerance, floor_rtol =
+// kZeroLossRtol) from reading as a rise; non-finite losses (divergence, which
+// the status reports) are not counted. One definition for every trainer.
+struct LossRise {
+  double lowest = 0, rise = 1;
+  STS_HD void add(long long t, double loss, double loss0, double floor_rtol) {
+    if (!isfinite(loss)) return;
+    if (t == 0) {
+      lowest = loss;
+      return;
+    }
+    const double floor = floor_rtol * loss0;
+    const double ref = lowest > floor ? lowest : floor;
+    if (ref > 0 && loss / ref > rise) rise = loss / ref;
+    if (loss < lowest) lowest = loss;
+  }
+};
+
 STS_HD inline float fmadd(float a, float b, float c) {
 #if defined(__CUDA_ARCH__)
   return fmaf(a, b, c);

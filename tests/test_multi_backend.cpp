@@ -67,9 +67,11 @@ void expect_same(const TrialResult& a, const TrialResult& b) {
   for (auto m : {&TrialResult::test_risk, &TrialResult::baseline_test_risk, &TrialResult::bayes_risk,
                  &TrialResult::excess_risk, &TrialResult::interp_risk, &TrialResult::teacher_clean_risk,
                  &TrialResult::train_loss, &TrialResult::label_loss, &TrialResult::feature_loss,
-                 &TrialResult::best_test_risk})
+                 &TrialResult::best_test_risk, &TrialResult::baseline_best_test_risk, &TrialResult::loss_rise,
+                 &TrialResult::baseline_loss_rise})
     EXPECT_TRUE(same_bits(a.*m, b.*m)) << "trial " << a.trial << ": " << a.*m << " vs " << b.*m;
   EXPECT_EQ(a.best_step, b.best_step) << a.trial;
+  EXPECT_EQ(a.baseline_best_step, b.baseline_best_step) << a.trial;
   EXPECT_EQ(a.zero_loss, b.zero_loss) << a.trial;
   EXPECT_EQ(a.checkpoint_steps, b.checkpoint_steps) << a.trial;
   expect_same_curve(a.curve_test_risk, b.curve_test_risk, "curve_test_risk", a.trial);

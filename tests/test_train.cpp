@@ -528,11 +528,86 @@ TEST(Checkpoints, CurveValuesAreTheMetricsAtThoseSteps) {
   }
 }
 
+TEST(Checkpoints, TwinsBestIsTheMinimumOfItsCurve) {
+  for (TrainPath path : {TrainPath::data, TrainPath::moment}) {
+    Spec s;
+    s.steps = 60;
+    s.path = path;
+    s.checkpoints = {0, 3, 10, 30, 60};
+    const TrialProblem pr = make_problem(s);
+    const TrialResult r = train_trial<double>(pr);
+    const auto& c = r.curve_baseline_test_risk;
+    const auto best = std::min_element(c.begin(), c.end());
+    EXPECT_EQ(r.baseline_best_test_risk, *best);
+    EXPECT_EQ(r.baseline_best_step, pr.checkpoints[best - c.begin()]);
+    EXPECT_NE(r.baseline_best_test_risk, r.best_test_risk) << "the student's would pass too";
+  }
+}
+
+// loss_rise: tm::LossRise on sequences whose answer is known.
+TEST(LossRise, Definition) {
+  const auto rise = [](std::vector<double> losses) {
+    tm::LossRise lr;
+    for (size_t t = 0; t < losses.size(); ++t) lr.add(static_cast<long long>(t), losses[t], losses[0], 1e-6);
+    return lr.rise;
+  };
+  EXPECT_EQ(rise({10, 5, 2, 1}), 1.0) << "monotone";
+  EXPECT_EQ(rise({10, 1, 4, 0.5, 1}), 4.0) << "the largest rise over the lowest earlier value";
+  EXPECT_EQ(rise({10, 12}), 1.2) << "above the start";
+  EXPECT_EQ(rise({10, 1e-9, 3e-9, 1e-8}), 1.0) << "round-off at zero loss, under the floor 1e-6 x 10";
+  EXPECT_DOUBLE_EQ(rise({10, 1e-9, 4e-5}), 4.0) << "a rise from zero loss counts from the floor";
+  EXPECT_EQ(rise({10, 1, NAN, 2}), 2.0) << "non-finite losses are skipped";
+  EXPECT_EQ(rise({10, 1, INFINITY}), 1.0);
+  EXPECT_EQ(rise({0, 0, 0}), 1.0) << "a zero start";
+}
+
+// An unstable step size: the training loss rises and falls without diverging.
+// loss_rise is what tm::LossRise gives on the losses (checkpoints at every
+// step: the measured curves, to float64 round-off), student and twin; a
+// stable run has 1.
+TEST(LossRise, MeasuresUnstableTraining) {
+  bool unstable = false;
+  bool twin_unstable = false;
+  for (double lr : {0.05, 0.1, 0.28}) {
+    Spec s;
+    s.d = 12;
+    s.k = 6;
+    s.N = 20;
+    s.hidden = {10};
+    s.lambda = 1;
+    s.steps = 300;
+    s.lr = lr;
+    s.checkpoints.resize(301);
+    for (int t = 0; t <= 300; ++t) s.checkpoints[t] = t;
+    const TrialResult r = train_trial<double>(make_problem(s));
+    ASSERT_EQ(r.status, Status::done) << "lr " << lr;
+    const auto from_curves = [](const std::vector<double>& label, const std::vector<double>& feature,
+                                double lambda) {
+      tm::LossRise lr;
+      const double l0 = label[0] + lambda * feature[0];
+      for (size_t t = 0; t < label.size(); ++t) lr.add(static_cast<long long>(t), label[t] + lambda * feature[t], l0, 1e-6);
+      return lr.rise;
+    };
+    const double want = from_curves(r.curve_label_loss, r.curve_feature_loss, s.lambda);
+    const double want_twin = from_curves(r.curve_baseline_label_loss, r.curve_baseline_feature_loss, 0);
+    EXPECT_NEAR(r.loss_rise, want, 1e-9 * want) << "lr " << lr;
+    EXPECT_NEAR(r.baseline_loss_rise, want_twin, 1e-9 * want_twin) << "lr " << lr;
+    if (lr == 0.05) EXPECT_LT(r.loss_rise, 1 + 1e-12) << "stable";
+    if (r.loss_rise > 1.5) unstable = true;
+    if (r.baseline_loss_rise > 1.5) twin_unstable = true;
+  }
+  // lr 0.1: the student's loss rises 11x and the run ends done; 0.28: the twin's 1.7x.
+  EXPECT_TRUE(unstable && twin_unstable) << "no step size rose without diverging: the test checks nothing unstable";
+}
+
 TEST(Checkpoints, NoTwinGivesNaNBaseline) {
   Spec s;
   s.baseline = false;
   const TrialResult r = train_trial<float>(make_problem(s));
   EXPECT_TRUE(std::isnan(r.baseline_test_risk));
+  EXPECT_TRUE(std::isnan(r.baseline_best_test_risk));
+  EXPECT_EQ(r.baseline_best_step, -1);
+  EXPECT_TRUE(std::isnan(r.baseline_loss_rise));
   ASSERT_EQ(r.curve_baseline_test_risk.size(), r.curve_test_risk.size());
   for (double v : r.curve_baseline_test_risk) EXPECT_TRUE(std::isnan(v));
 }

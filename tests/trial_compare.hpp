@@ -38,6 +38,8 @@ inline void expect_close(const TrialResult& got, const TrialResult& ref, double 
   }
   EXPECT_EQ(got.steps_run, ref.steps_run);
   EXPECT_EQ(got.zero_loss, ref.zero_loss);
+  EXPECT_EQ(got.best_step, ref.best_step);
+  EXPECT_EQ(got.baseline_best_step, ref.baseline_best_step);
   const std::pair<const char*, std::pair<double, double>> scalars[] = {
       {"test_risk", {got.test_risk, ref.test_risk}},
       {"baseline_test_risk", {got.baseline_test_risk, ref.baseline_test_risk}},
@@ -49,6 +51,9 @@ inline void expect_close(const TrialResult& got, const TrialResult& ref, double 
       {"label_loss", {got.label_loss, ref.label_loss}},
       {"feature_loss", {got.feature_loss, ref.feature_loss}},
       {"best_test_risk", {got.best_test_risk, ref.best_test_risk}},
+      {"baseline_best_test_risk", {got.baseline_best_test_risk, ref.baseline_best_test_risk}},
+      {"loss_rise", {got.loss_rise, ref.loss_rise}},
+      {"baseline_loss_rise", {got.baseline_loss_rise, ref.baseline_loss_rise}},
   };
   for (const auto& [name, v] : scalars)
     EXPECT_TRUE(close(v.first, v.second, rtol, atol)) << name << ": got " << v.first << " ref " << v.second;

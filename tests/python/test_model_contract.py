@@ -145,6 +145,7 @@ SWEEPS = {
                      "steps": 100, "checkpoints": 3, "teacher": {"kind": "oracle"}},
         "grid": {"activation": ["linear", "tanh"], "n_test": [500, 1000]}},
 }
+RISES = []  # every replayed loss_rise (not vacuous: one rises)
 N_TRIALS = {"decompositions": 25, "edges": 8, "nonlinear": 9, "label_noise": 2, "n_test": 4}
 
 
@@ -260,12 +261,15 @@ class Trial:
         p, N, L = self.p, self.p["n_train"], self.L
         W = [w.copy() for w in self.layers("init_W")]
         curve = {}
+        self.step_losses = []  # the full training loss at every step (loss_rise)
         for step in range(p["steps"] + 1):
             if step in self.ck:
                 curve[step] = (self.risk(W),) + self.losses(W)
+            hs = forward(W, self.a["Xn"], self.phi)
+            self.step_losses.append(float(((hs[-1] - self.a["Y"]) ** 2).sum() / (2 * N) + lam * sum(
+                ((hs[l] - self.H[l]) ** 2).sum() for l in self.matched) / (2 * N)))
             if step == p["steps"]:
                 break
-            hs = forward(W, self.a["Xn"], self.phi)
             D = (hs[-1] - self.a["Y"]) / N  # d loss / d (W_l h^(l-1)), from l = L down
             G = [None] * L
             for l in range(L, 0, -1):
@@ -431,11 +435,20 @@ def check_replay(t):
     check(t.ck[0] == 0 and t.ck[-1] == p["steps"] and all(x < y for x, y in zip(t.ck, t.ck[1:])),
           f"{tag}: checkpoints 0 .. {p['steps']} increasing ({len(t.ck)} of {p['checkpoints']} asked)")
     n = len(t.ck)
+    rises = []
     for who, lam, prefix, cols in (
             ("student", p["lambda"], "student_W", ("curve_test_risk", "curve_label_loss", "curve_feature_loss")),
             ("twin", 0.0, "twin_W", ("curve_baseline_test_risk", "curve_baseline_label_loss",
                                      "curve_baseline_feature_loss"))):
         W, curve = t.gd(lam)
+        # loss_rise (MODEL_NOTES.md, "Loss rise"): max_t L_t / max(min_{s<t} L_s, 1e-6 L_0), at least 1.
+        Ls = np.array(t.step_losses)
+        floor = np.maximum(np.minimum.accumulate(Ls)[:-1], 1e-6 * Ls[0])
+        want_rise = max(1.0, float((Ls[1:] / floor).max()) if len(Ls) > 1 else 1.0)
+        got_rise = met["loss_rise" if who == "student" else "baseline_loss_rise"]
+        check(abs(got_rise - want_rise) <= TOL_REPLAY * want_rise,
+              f"{tag}: {who} loss_rise {got_rise:.10g}, numpy GD's {want_rise:.10g}")
+        rises.append(want_rise)
         e = max(rel(x, y) for x, y in zip(t.layers(prefix), W))
         note("replay weights", e)
         check(e < TOL_REPLAY, f"{tag}: {who} final weights vs numpy GD, {p['activation']}, {p['path']} path, "
@@ -456,6 +469,12 @@ def check_replay(t):
     i = int(np.nanargmin(risks))
     check(met["best_test_risk"] == risks[i] and met["best_step"] == t.ck[i],
           f"{tag}: best_test_risk {met['best_test_risk']:.6g} at step {met['best_step']} (expected step {t.ck[i]})")
+    risks = met["curve_baseline_test_risk"][:n]
+    i = int(np.nanargmin(risks))
+    check(met["baseline_best_test_risk"] == risks[i] and met["baseline_best_step"] == t.ck[i],
+          f"{tag}: baseline_best_test_risk {met['baseline_best_test_risk']:.6g} at step "
+          f"{met['baseline_best_step']} (expected step {t.ck[i]})")
+    RISES.extend(rises)
     return zero
 
 

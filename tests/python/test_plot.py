@@ -48,8 +48,17 @@ def main():
     check(0 < n_done <= 24, f"{n_done} of 24 trials done (lambda = 10 may diverge: a result, not a crash)")
     png = os.path.join(a.workdir, "risks.png")
     p = plot(res, "-o", png, "--x", "lambda", "--hue", "noise", "--facet", "teacher_decomposition", "--baseline")
-    check(p.returncode == 0 and f"({n_done} trials, 2 panel(s))" in p.stdout,
+    check(p.returncode == 0 and f"({n_done} trials, 2 panel(s); dashed: baseline_test_risk)" in p.stdout,
           f"plot-risks draws the done trials only ({p.stdout}{p.stderr})")
+    # --baseline draws the twin's version of the metric: its best for best_test_risk (until
+    # session 14 always its last, baseline_test_risk); refused where the twin has none.
+    p = plot(res, "-o", png, "--x", "lambda", "--hue", "noise", "--metric", "best_test_risk", "--baseline")
+    check(p.returncode == 0 and "dashed: baseline_best_test_risk)" in p.stdout,
+          f"--metric best_test_risk --baseline dashes the twin's best ({p.stdout}{p.stderr})")
+    p = plot(res, "-o", png, "--metric", "excess_risk", "--baseline")
+    check(p.returncode == 2 and "no lambda = 0 twin's version of excess_risk" in p.stderr
+          and "best_test_risk" in p.stderr and "loss_rise" in p.stderr,
+          f"--baseline with a metric the twin has none of: exit 2, the ones it has named ({p.stderr.strip()})")
     with open(png, "rb") as f:
         head = f.read(8)
     check(head == b"\x89PNG\r\n\x1a\n" and os.path.getsize(png) > 10_000, "a real PNG image")
@@ -59,7 +68,7 @@ def main():
     p = plot(res, "-o", curves, "--x", "step", "--hue", "lambda", "--where", "noise=0.2",
              "--where", "teacher_decomposition=balanced", "--baseline")
     n_kept = int(((status == 1) & (noise == 0.2) & (dec == "balanced")).sum())
-    check(p.returncode == 0 and f"({n_kept} trials, 1 panel(s))" in p.stdout,
+    check(p.returncode == 0 and f"({n_kept} trials, 1 panel(s); dashed: curve_baseline_test_risk)" in p.stdout,
           f"--x step draws the curves of the {n_kept} trials --where keeps ({p.stdout}{p.stderr})")
     check(os.path.exists(curves) and os.path.getsize(curves) > 10_000, "a real curves image")
     # Dotted parameter names name their columns, as in `stsweep summary` (teacher.decomposition).
