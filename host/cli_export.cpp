@@ -125,6 +125,7 @@ int export_main(const ExportArgs& a) {
   std::error_code ec;
   if (std::filesystem::exists(a.out, ec) && !a.force)
     throw InputError("-o", a.out + " exists (add --force to overwrite it)");
+  check_force_replaces(a.out, "-o");
 
   std::string precision = a.precision;
   if (precision.empty()) {
@@ -169,7 +170,7 @@ int export_main(const ExportArgs& a) {
   if (status == static_cast<int8_t>(Status::pending) || status == static_cast<int8_t>(Status::failed)) {
     std::cerr << "stsweep: note: trial " << a.trial << " is " << name(static_cast<Status>(status)) << " in " << a.file
               << ": no recorded metrics to compare with\n";
-    const JournalSummary js = inspect_journal(a.file + ".journal");
+    const JournalSummary js = inspect_journal(journal_of(a.file));
     if (js.rows_waiting_for(h))
       std::cerr << "stsweep: note: " << a.file << ".journal holds " << js.rows
                 << " finished trials not yet in the file (a run is going on, or `stsweep run ... --resume` folds them "

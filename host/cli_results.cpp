@@ -6,6 +6,8 @@
 #include <iostream>
 #include <map>
 #include <memory>
+#include <set>
+#include <stdexcept>
 #include <sstream>
 
 #include "cli.hpp"
@@ -35,7 +37,7 @@ int info_main(const std::string& path) {
             << "\n"
             << "status:    " << h.n_done << " done, " << h.n_diverged << " diverged, " << h.n_failed << " failed, "
             << h.n_pending << " pending" << (h.complete() ? "  [complete]" : "") << "\n";
-  auto js = inspect_journal(path + ".journal");
+  auto js = inspect_journal(journal_of(path));
   if (js.rows_waiting_for(h))
     std::cout << "journal:   " << js.rows << " finished trials not yet in the file (a run is going on, or "
               << "`stsweep run ... --resume` folds them in)\n";
@@ -154,26 +156,41 @@ int summary_main(const std::string& path, const std::string& by_text, const std:
   auto number = [&](const RowBlock& b, int k, size_t r) {
     return cs[k].type == ColType::f64 ? b.cols[k].f[r] : static_cast<double>(b.cols[k].i[r]);
   };
+  auto matches = [&](const Where& c, const RowBlock& b, size_t r) {
+    if (cs[c.k].type == ColType::str) return b.cols[c.k].s[r] == c.text;
+    const double x = number(b, c.k, r);
+    return std::fabs(x - c.num) <= 1e-9 * std::fabs(c.num);
+  };
+  // Per --where: whether some done trial matches it alone, and (up to 20) the
+  // values the done trials have, for the message when nothing matches.
+  std::vector<char> hit(where.size(), 0);
+  std::vector<std::set<KeyPart>> seen(where.size());
   auto kept = [&](const RowBlock& b, size_t r) {
-    for (const Where& c : where) {
-      if (cs[c.k].type == ColType::str) {
-        if (b.cols[c.k].s[r] != c.text) return false;
-      } else if (const double x = number(b, c.k, r); !(std::fabs(x - c.num) <= 1e-9 * std::fabs(c.num))) {
-        return false;
+    bool all = true;
+    for (size_t i = 0; i < where.size(); ++i) {
+      const Where& c = where[i];
+      if (matches(c, b, r)) {
+        hit[i] = 1;
+      } else {
+        all = false;
+        if (!hit[i] && seen[i].size() < 20)
+          seen[i].insert(cs[c.k].type == ColType::str ? KeyPart{false, 0, b.cols[c.k].s[r]}
+                                                      : KeyPart{true, number(b, c.k, r), ""});
       }
     }
-    return true;
+    return all;
   };
   std::string where_shown;
   for (const Where& c : where) where_shown += (where_shown.empty() ? "" : ", ") + c.shown;
 
   std::map<std::vector<KeyPart>, Acc> groups;
-  int64_t used = 0, skipped_nan = 0;
+  int64_t used = 0, skipped_nan = 0, matched = 0;
   const int64_t N = f.rows(), block = 1 << 16;
   for (int64_t r0 = 0; r0 < N; r0 += block) {
     RowBlock b = f.read(r0, std::min(block, N - r0), which);
     for (size_t r = 0; r < b.rows(); ++r) {
       if (b.cols[sk].i[r] != static_cast<int64_t>(Status::done) || !kept(b, r)) continue;
+      ++matched;
       double x = number(b, mk, r);
       if (pk >= 0) x = relative ? x / number(b, pk, r) - 1 : x - number(b, pk, r);
       if (!std::isfinite(x)) {  // NaN, or +-inf (--relative against a zero)
@@ -190,6 +207,30 @@ int summary_main(const std::string& path, const std::string& by_text, const std:
       groups[key].add(x);
       ++used;
     }
+  }
+  // A --where that no done trial matches is a misspelt value more often than
+  // a finding: say which, and the values there are (as tools/plot-risks does).
+  if (matched == 0 && !where.empty() && f.header().n_done > 0) {
+    for (size_t i = 0; i < where.size(); ++i) {
+      if (hit[i]) continue;
+      std::string vals;
+      for (const auto& v : seen[i]) vals += (vals.empty() ? "" : ", ") + v.show();
+      throw std::runtime_error("summary: no done trial has " + where[i].shown + " (its values: " + vals +
+                               (seen[i].size() >= 20 ? ", ..." : "") + ")");
+    }
+    throw std::runtime_error("summary: no done trial has " + where_shown + " together (each matches some)");
+  }
+  // What the table leaves out, on stderr (the table or CSV on stdout stays one).
+  {
+    const FileHeader& h = f.header();
+    if (h.n_pending + h.n_diverged + h.n_failed > 0)
+      std::cerr << "stsweep: summary: " << h.n_done << " of " << h.rows() << " trials in " << path
+                << " are done; left out: " << h.n_diverged << " diverged, " << h.n_failed << " failed, "
+                << h.n_pending << " pending\n";
+    const JournalSummary js = inspect_journal(journal_of(path));
+    if (js.rows_waiting_for(h))
+      std::cerr << "stsweep: summary: " << js.rows << " finished trials are in " << journal_of(path)
+                << ", not yet in the file (`stsweep run ... --resume` folds them in)\n";
   }
   std::vector<std::string> head = by;
   for (const char* c : {"count", "mean", "std", "ci95_low", "ci95_high"}) head.push_back(c);

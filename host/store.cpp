@@ -14,6 +14,7 @@
 #include <ctime>
 #include <limits>
 #include <map>
+#include <optional>
 #include <random>
 #include <set>
 #include <stdexcept>
@@ -371,6 +372,16 @@ const std::map<std::string, MetricField>& metric_fields() {
                      "step of best_test_risk"}},
       {"zero_loss", {ColType::i8, nullptr, [](const TrialResult& r) { return int64_t{r.zero_loss}; },
                      "1 when the training loss reached the zero-loss tolerance"}},
+      {"baseline_best_test_risk",
+       {ColType::f64, [](const TrialResult& r) { return r.baseline_best_test_risk; }, nullptr,
+        "lowest test risk of the lambda = 0 twin over the checkpoints (NaN when baseline = false)"}},
+      {"baseline_best_step", {ColType::i64, nullptr, [](const TrialResult& r) { return r.baseline_best_step; },
+                              "step of baseline_best_test_risk (-1 when baseline = false)"}},
+      {"loss_rise", {ColType::f64, [](const TrialResult& r) { return r.loss_rise; }, nullptr,
+                     "largest factor by which the training loss rose above its lowest earlier value "
+                     "(1: it never rose; unstable GD when well above 1)"}},
+      {"baseline_loss_rise", {ColType::f64, [](const TrialResult& r) { return r.baseline_loss_rise; }, nullptr,
+                              "loss_rise of the lambda = 0 twin (NaN when baseline = false)"}},
   };
   return m;
 }
@@ -792,17 +803,55 @@ H5Results H5Results::open(const std::string& path, bool writable) {
   out.path_ = path;
   out.impl_->writable = writable;
   Impl& im = *out.impl_;
-  if (!exists(path)) throw InputError("", path + ": no such file");
+  // What the file is before HDF5 opens it: a directory, a FIFO (HDF5 would
+  // block on it forever) or an unreadable file each get their own message.
+  {
+    struct stat st;
+    if (::stat(path.c_str(), &st) != 0)
+      throw InputError("", path + ": " + (errno == ENOENT ? std::string("no such file") : std::strerror(errno)));
+    if (S_ISDIR(st.st_mode)) throw InputError("", path + ": is a directory, not a results file");
+    if (!S_ISREG(st.st_mode)) throw InputError("", path + ": not a regular file (a pipe or a device?)");
+    if (::access(path.c_str(), writable ? R_OK | W_OK : R_OK) != 0)
+      throw InputError("", path + ": " + std::strerror(errno));
+  }
   if (H5Fis_hdf5(path.c_str()) <= 0) {
     H5Eclear2(H5E_DEFAULT);
     throw InputError("", path + ": not an HDF5 file");
   }
   im.file = Hid(H5Fopen(path.c_str(), writable ? H5F_ACC_RDWR : H5F_ACC_RDONLY, H5P_DEFAULT));
-  if (!im.file.valid()) h5_fail("cannot open " + path);
-  FileHeader& h = out.h_;
+  if (!im.file.valid()) {
+    const std::string d = h5_detail();
+    if (d.find("unable to lock") != std::string::npos || d.find("Resource temporarily unavailable") != std::string::npos)
+      throw std::runtime_error("cannot open " + path + ": another program has it open for writing (" + d +
+                               "; HDF5 locks files it writes: close it there, e.g. h5py's File in 'r+' or 'a' mode)");
+    throw InputError("", path + ": damaged or truncated HDF5 file (" + d + ")");
+  }
+  try {
+    out.read_and_check_structure();
+  } catch (const InputError&) {
+    throw;
+  } catch (const std::exception& e) {  // an attribute or dataset HDF5 cannot read as ours: a damaged file
+    throw InputError("", path + ": damaged results file: " + e.what());
+  }
+  return out;
+}
+
+// The header, the datasets and their agreement (a file edited with h5py, or
+// damaged, could otherwise be read past a dataset's end or with another
+// type: session 14's robustness review read 1e238 means from a shortened
+// column). Each failure is an InputError that names the dataset or attribute.
+void H5Results::read_and_check_structure() {
+  Impl& im = *impl_;
+  const std::string& path = path_;
+  FileHeader& h = h_;
+  if (H5Aexists(im.file, "format") <= 0)
+    throw InputError("", path + ": not a stsweep results file (no `format` attribute)");
   h.format = read_attr_str(im.file, "format");
   if (h.format.rfind("stsweep-results", 0) != 0)
-    throw InputError("", path + ": not a stsweep results file (no `format` attribute)");
+    throw InputError("", path + ": not a stsweep results file (its format is \"" + h.format + "\"" +
+                             (h.format.rfind("stsweep-trial", 0) == 0 ? ": a trial export" : "") + ")");
+  if (h.format != FileHeader{}.format)
+    throw InputError("", path + ": format \"" + h.format + "\", this engine reads \"" + FileHeader{}.format + "\"");
   h.schema = read_attr_str(im.file, "schema");
   h.sweep_json = read_attr_str(im.file, "sweep_json");
   h.sweep_hash = read_attr_str(im.file, "sweep_hash");
@@ -811,8 +860,18 @@ H5Results H5Results::open(const std::string& path, bool writable) {
   h.sweep_trials = read_attr_i64(im.file, "sweep_trials");
   h.shard = read_attr_str(im.file, "shard");
   auto rr = read_attr_i64s(im.file, "trial_ranges");
-  for (size_t i = 0; i + 1 < rr.size(); i += 2)
+  if (h.sweep_trials < 0) throw InputError("", path + ": attribute sweep_trials is negative");
+  if (rr.size() % 2 != 0)
+    throw InputError("", path + ": attribute trial_ranges has " + std::to_string(rr.size()) +
+                             " values, not [begin, end) pairs");
+  for (size_t i = 0; i < rr.size(); i += 2) {
+    const int64_t lo = i ? rr[i - 1] : 0;
+    if (rr[i] < lo || rr[i + 1] <= rr[i] || rr[i + 1] > h.sweep_trials)
+      throw InputError("", path + ": attribute trial_ranges: [" + std::to_string(rr[i]) + ", " +
+                               std::to_string(rr[i + 1]) + ") is not an increasing range of trial ids of the " +
+                               std::to_string(h.sweep_trials) + "-trial sweep");
     h.ranges.push_back({static_cast<uint64_t>(rr[i]), static_cast<uint64_t>(rr[i + 1])});
+  }
   h.file_id = read_attr_str(im.file, "file_id");
   h.generation = read_attr_i64(im.file, "generation");
   h.sessions = sessions_from(read_attr_str(im.file, "sessions"));
@@ -823,19 +882,82 @@ H5Results H5Results::open(const std::string& path, bool writable) {
   if (h.schema != store_schema_digest())
     throw InputError("", path + ": written by an engine with different columns (schema " + h.schema +
                              ", this engine " + store_schema_digest() + ")");
-  im.trial_ds = Hid(H5Dopen2(im.file, "trial", H5P_DEFAULT));
-  im.ckpt_ds = Hid(H5Dopen2(im.file, "checkpoint", H5P_DEFAULT));
-  if (!im.trial_ds.valid() || !im.ckpt_ds.valid()) h5_fail(path + ": missing dataset trial or checkpoint");
+  const auto open_ds = [&](const std::string& name) {
+    Hid d(H5Dopen2(im.file, name.c_str(), H5P_DEFAULT));
+    if (!d.valid()) {
+      H5Eclear2(H5E_DEFAULT);
+      throw InputError("", path + ": missing dataset " + name);
+    }
+    return d;
+  };
+  // Rank and extent of a dataset (dims[0] rows, dims[1] checkpoints).
+  const auto extent = [&](hid_t d, const std::string& name, int rank, hsize_t* dims) {
+    Hid sp = check(H5Dget_space(d), "dataspace of " + name);
+    if (H5Sget_simple_extent_ndims(sp) != rank)
+      throw InputError("", path + ": dataset " + name + " has " + std::to_string(H5Sget_simple_extent_ndims(sp)) +
+                               " dimensions, expected " + std::to_string(rank));
+    H5Sget_simple_extent_dims(sp, dims, nullptr);
+  };
+  // The stored type is the one this engine writes (a float64 column stored as
+  // another float would be converted without a word).
+  const auto type_is = [&](hid_t d, const std::string& name, ColType t) {
+    Hid ft = check(H5Dget_type(d), "type of " + name);
+    bool ok;
+    if (t == ColType::str)
+      ok = H5Tget_class(ft) == H5T_STRING;
+    else
+      ok = H5Tequal(ft, file_type(t)) > 0;
+    if (!ok) {
+      const char* want = t == ColType::str ? "text" : t == ColType::f64 ? "IEEE float64, little-endian"
+                         : t == ColType::i64 ? "int64, little-endian" : "int8";
+      throw InputError("", path + ": dataset " + name + " is not stored as " + want);
+    }
+  };
+  const hsize_t rows = static_cast<hsize_t>(h.rows());
+  hsize_t dims[2] = {0, 0};
+  im.trial_ds = open_ds("trial");
+  im.ckpt_ds = open_ds("checkpoint");
+  extent(im.ckpt_ds, "checkpoint", 1, dims);
+  const hsize_t C = dims[0];
+  C_ = static_cast<int>(C);
+  type_is(im.trial_ds, "trial", ColType::i64);
+  extent(im.trial_ds, "trial", 1, dims);
+  if (dims[0] != rows)
+    throw InputError("", path + ": dataset trial has " + std::to_string(dims[0]) + " rows, trial_ranges holds " +
+                             std::to_string(rows) + " trials");
   for (const auto& c : store_columns()) {
-    Hid d(H5Dopen2(im.file, c.name.c_str(), H5P_DEFAULT));
-    if (!d.valid()) h5_fail(path + ": missing dataset " + c.name);
+    Hid d = open_ds(c.name);
+    type_is(d, c.name, c.type);
+    extent(d, c.name, c.curve ? 2 : 1, dims);
+    if (dims[0] != rows || (c.curve && dims[1] != C))
+      throw InputError("", path + ": dataset " + c.name + " has " + std::to_string(dims[0]) + " rows" +
+                               (c.curve ? " x " + std::to_string(dims[1]) : std::string()) + ", the file holds " +
+                               std::to_string(rows) + " trials" +
+                               (c.curve ? " x " + std::to_string(C) + " checkpoints" : std::string()));
     im.ds.push_back(std::move(d));
   }
-  Hid sp = check(H5Dget_space(im.ckpt_ds), "dataspace");
-  hsize_t c = 0;
-  H5Sget_simple_extent_dims(sp, &c, nullptr);
-  out.C_ = static_cast<int>(c);
-  return out;
+  // The trial ids are those of trial_ranges, in order (row_of maps ids to rows
+  // by the ranges alone), read in blocks.
+  int64_t row = 0;
+  std::vector<int64_t> ids;
+  for (const auto& r : h.ranges) {
+    for (uint64_t id = r.begin; id < r.end;) {
+      const hsize_t n = std::min<uint64_t>(r.end - id, 1 << 16);
+      ids.resize(n);
+      Hid fs = check(H5Dget_space(im.trial_ds), "dataspace of trial");
+      const hsize_t start = static_cast<hsize_t>(row);
+      H5Sselect_hyperslab(fs, H5S_SELECT_SET, &start, nullptr, &n, nullptr);
+      Hid ms = check(H5Screate_simple(1, &n, nullptr), "dataspace");
+      check(H5Dread(im.trial_ds, H5T_NATIVE_INT64, ms, fs, H5P_DEFAULT, ids.data()), "reading trial ids of", path);
+      for (hsize_t j = 0; j < n; ++j)
+        if (ids[j] != static_cast<int64_t>(id + j))
+          throw InputError("", path + ": dataset trial holds id " + std::to_string(ids[j]) + " at row " +
+                                   std::to_string(row + static_cast<int64_t>(j)) + ", trial_ranges says " +
+                                   std::to_string(id + j));
+      row += static_cast<int64_t>(n);
+      id += n;
+    }
+  }
 }
 
 void H5Results::write_header() {
@@ -1268,6 +1390,36 @@ JournalScan scan_journal(int fd, F&& on_record) {
 }
 
 std::string journal_path(const std::string& out) { return out + ".journal"; }
+
+}  // namespace
+
+std::string resolve_link(const std::string& path) {
+  std::string p = path;
+  for (int hop = 0; hop < 40; ++hop) {  // 40: the kernel's own limit (ELOOP)
+    struct stat st;
+    if (::lstat(p.c_str(), &st) != 0 || !S_ISLNK(st.st_mode)) return p;
+    std::string target(static_cast<size_t>(st.st_size > 0 ? st.st_size : 4096) + 1, '\0');
+    const ssize_t n = ::readlink(p.c_str(), target.data(), target.size());
+    if (n < 0) return p;
+    target.resize(static_cast<size_t>(n));
+    p = !target.empty() && target[0] == '/' ? target : dir_of(p) + "/" + target;
+  }
+  throw InputError("", path + ": too many levels of symbolic links");
+}
+std::string journal_of(const std::string& path) { return journal_path(resolve_link(path)); }
+
+void check_force_replaces(const std::string& path, const std::string& option) {
+  h5_quiet();
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) return;  // nothing, or check_output_path's case
+  const htri_t h5 = H5Fis_hdf5(path.c_str());
+  H5Eclear2(H5E_DEFAULT);
+  if (h5 <= 0 && st.st_size > 0)
+    throw InputError(option, path + " exists and is not an HDF5 file: --force replaces only results files "
+                                    "(remove it yourself if you mean to)");
+}
+
+namespace {
 std::string tmp_path(const std::string& out) { return out + ".tmp"; }
 
 // Counts of statuses as final runs of ids: ids that need no run.
@@ -1423,32 +1575,35 @@ struct ResultsWriter::Impl {
   }
 };
 
-void check_output_path(const std::string& path) {
-  if (path.empty()) throw InputError("-o", "no output file given");
+void check_output_path(const std::string& path, const std::string& option) {
+  if (path.empty()) throw InputError(option, "no output file given");
   struct stat st;
   if (::stat(path.c_str(), &st) == 0) {
     if (S_ISDIR(st.st_mode))
-      throw InputError("-o", path + " is a directory; give a file name such as " + path + "/results.h5");
+      throw InputError(option, path + " is a directory; give a file name such as " + path + "/results.h5");
     // A device, FIFO or socket: --force would rename a new file over it (as
     // root, -o /dev/null --force would replace the system's /dev/null).
     if (!S_ISREG(st.st_mode))
-      throw InputError("-o", path + " exists and is not a regular file; give the name of a results file");
+      throw InputError(option, path + " exists and is not a regular file; give the name of a results file");
   }
   std::string dir = dir_of(path);
   if (::stat(dir.c_str(), &st) != 0)
-    throw InputError("-o", "directory " + dir + " does not exist (" + errno_text(errno) + ")");
-  if (!S_ISDIR(st.st_mode)) throw InputError("-o", dir + " is not a directory");
+    throw InputError(option, "directory " + dir + " does not exist (" + errno_text(errno) + ")");
+  if (!S_ISDIR(st.st_mode)) throw InputError(option, dir + " is not a directory");
   if (::access(dir.c_str(), W_OK) != 0)
-    throw InputError("-o", "directory " + dir + " is not writable (" + errno_text(errno) + ")");
+    throw InputError(option, "directory " + dir + " is not writable (" + errno_text(errno) + ")");
 }
 
-std::unique_ptr<ResultsWriter> ResultsWriter::start(const Sweep& sweep, const WriterOptions& opt) {
+std::unique_ptr<ResultsWriter> ResultsWriter::start(const Sweep& sweep, const WriterOptions& opt_given) {
   h5_quiet();
+  WriterOptions opt = opt_given;
+  opt.path = resolve_link(opt.path);  // through a link: the target's journal, lock and file
   check_output_path(opt.path);
   const std::string jpath = journal_path(opt.path);
   const bool have = exists(opt.path);
   if (have && !opt.resume && !opt.force)
     throw InputError("-o", opt.path + " exists: continue it with --resume, or overwrite it with --force");
+  if (have && !opt.resume) check_force_replaces(opt.path, "-o");
 
   auto w = std::unique_ptr<ResultsWriter>(new ResultsWriter);
   w->impl_ = std::make_unique<Impl>();
@@ -1638,11 +1793,15 @@ void ResultsWriter::finish() {
 }
 
 // --- merge ----------------------------------------------------------------------------
-MergeReport merge_results(const std::string& out, const std::vector<std::string>& shards, bool force) {
+MergeReport merge_results(const std::string& out_given, const std::vector<std::string>& shards_given,
+                          bool force) {
   h5_quiet();
   MergeReport rep;
-  if (shards.empty()) throw InputError("", "merge needs at least one shard file");
-  check_output_path(out);
+  if (shards_given.empty()) throw InputError("", "merge needs at least one shard file");
+  const std::string out = resolve_link(out_given);
+  std::vector<std::string> shards;
+  for (const auto& s : shards_given) shards.push_back(resolve_link(s));
+  check_output_path(out, "OUT");
   // The shard that is `path` (the same file, by inode), if any.
   auto shard_at = [&shards](const std::string& path) -> const std::string* {
     struct stat sp, ss;
@@ -1657,6 +1816,7 @@ MergeReport merge_results(const std::string& out, const std::vector<std::string>
                               "another file");
   if (shard_at(out)) throw InputError("", out + " is also one of the shards; write the merge to a new file");
   if (exists(out) && !force) throw InputError("", out + " exists (add --force to overwrite it)");
+  check_force_replaces(out, "OUT");
   // A run writing `out` holds the lock on its journal: a merge over it would
   // be overwritten by the run's next checkpoint. Held until the merge is done.
   struct JournalLock {
@@ -1688,6 +1848,36 @@ MergeReport merge_results(const std::string& out, const std::vector<std::string>
     if (hs[i].precisions() != hs[0].precisions() && !force)
       throw InputError("", shards[i] + " was computed with precision " + hs[i].precisions() + ", " + shards[0] +
                                " with " + hs[0].precisions() + " (add --force to merge anyway)");
+  }
+  // `merge --force s0.h5 s1.h5 s2.h5` (the output's name forgotten) would
+  // replace shard 0 with the merge of the others: refuse an output of the same
+  // sweep that holds finished trials outside every input (re-merging into an
+  // earlier merge of the same shards is fine).
+  if (force && exists(out)) {
+    std::optional<H5Results> old_out;
+    try {
+      old_out.emplace(H5Results::open(out, false));
+    } catch (const std::exception&) {  // not a readable results file: check_force_replaces had its say
+    }
+    if (old_out && old_out->header().sweep_hash == hs[0].sweep_hash) {
+      std::vector<IdRange> in;
+      for (const auto& h : hs) in.insert(in.end(), h.ranges.begin(), h.ranges.end());
+      std::sort(in.begin(), in.end(), [](const IdRange& a, const IdRange& b) { return a.begin < b.begin; });
+      // Finished ids (ascending ranges) less their overlap with the inputs' ranges.
+      uint64_t outside = 0;
+      size_t j = 0;
+      for (const auto& r : final_ranges(*old_out)) {
+        uint64_t inside = 0;
+        while (j < in.size() && in[j].end <= r.begin) ++j;
+        for (size_t k = j; k < in.size() && in[k].begin < r.end; ++k)
+          inside += std::min(r.end, in[k].end) - std::max(r.begin, in[k].begin);
+        outside += (r.end - r.begin) - std::min(inside, r.end - r.begin);
+      }
+      if (outside > 0)
+        throw InputError("", out + " holds " + std::to_string(outside) + " finished trials of sweep '" +
+                                 hs[0].sweep_name + "' that none of the inputs holds: did you forget the output's "
+                                 "name (stsweep merge OUT.h5 SHARD.h5...)? Remove it yourself to replace it");
+    }
   }
   // Ranges: sorted, disjoint.
   struct Piece {

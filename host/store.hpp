@@ -132,6 +132,7 @@ class H5Results {
 
  private:
   H5Results() = default;
+  void read_and_check_structure();  // open(): header and datasets, or an InputError naming what is wrong
   struct Impl;
   std::unique_ptr<Impl> impl_;
   FileHeader h_;
@@ -143,7 +144,20 @@ class H5Results {
 // (InputError naming -o): empty, a directory, an existing file that is not a
 // regular file (a device or FIFO --force would replace), a directory that is
 // missing or not writable. run, merge and export check -o with it.
-void check_output_path(const std::string& path);
+void check_output_path(const std::string& path, const std::string& option = "-o");
+
+// --force replaces an existing file only when it is an HDF5 file (a results
+// file or a trial export): a sweep JSON or notes given as the output by
+// mistake are refused (InputError naming `option`) and kept.
+void check_force_replaces(const std::string& path, const std::string& option);
+
+// `path` with symbolic links in its last component followed (a dangling link
+// gives its target's path): a results file reached through a link is written,
+// journaled and locked at its target (OUT.journal, OUT.tmp and the rename of a
+// checkpoint are the target's), so a link and its target are one file.
+std::string resolve_link(const std::string& path);
+// The journal of the results file at `path` (through links): PATH.journal.
+std::string journal_of(const std::string& path);
 
 // --- the run-time writer: journal + checkpoints ----------------------------------
 struct WriterOptions {
