@@ -65,6 +65,27 @@ void print_setup_sharing(const Sweep& s) {
             << " (run --batch-size; with those axes last, such trials are neighbours)\n";
 }
 
+// Why parameter `key` changes nothing in trial p ("" when it is read): an
+// axis over such a parameter gives trials that differ only in its column.
+std::string unread_because(const TrialParams& p, const std::string& key) {
+  const auto only = [&](const std::string& when) { return key + " is read only when " + when; };
+  if (key == "teacher.delta" && p.teacher.kind != TeacherKind::perturbed) return only("teacher.kind = perturbed");
+  if ((key == "teacher.n_train" || key == "teacher.steps" || key == "teacher.lr") &&
+      p.teacher.kind != TeacherKind::trained)
+    return only("teacher.kind = trained");
+  if (key == "teacher.scale" && p.teacher.decomposition != Decomposition::scaled)
+    return only("teacher.decomposition = scaled");
+  if (key == "teacher.power" && p.teacher.decomposition != Decomposition::power)
+    return only("teacher.decomposition = power");
+  if (key == "spectrum_p" && p.spectrum != SpectrumKind::power) return only("spectrum = power");
+  if (key == "spectrum_kappa" && p.spectrum != SpectrumKind::geometric) return only("spectrum = geometric");
+  if (key == "n_test" && p.linear())
+    return key + " sizes the Monte Carlo test set, which only nonlinear students and targets use (linear "
+                 "trials' risks are exact)";
+  if (key == "matched_layers" && p.lambda == 0) return only("lambda > 0");
+  return "";
+}
+
 int validate(const std::string& file) {
   Sweep s = Sweep::from_file(file);
   std::cout << "sweep:  " << s.name() << "\n";
@@ -100,8 +121,22 @@ int validate(const std::string& file) {
     // really has (trials that share one train it once per run process).
     uint64_t with_teacher = 0;
     std::unordered_set<size_t> distinct;
+    // Axes over parameters no trial reads (a session-14 review: teacher.delta
+    // over oracle teachers plotted as "the teacher's error does not matter").
+    std::vector<std::pair<std::string, std::string>> unread;  // key, reason (while no trial reads it)
+    for (const auto& a : axes) {
+      std::stringstream ss(a.name);
+      for (std::string key; std::getline(ss, key, '+');)
+        if (std::none_of(unread.begin(), unread.end(), [&](const auto& u) { return u.first == key; }))
+          unread.push_back({key, ""});
+    }
     for (uint64_t id = 0; id < n; ++id) {
-      const std::string recipe = trained_teacher_recipe(s.trial(id), s.seed());
+      const TrialParams tp = s.trial(id);
+      for (auto it = unread.begin(); it != unread.end();) {
+        it->second = unread_because(tp, it->first);
+        it = it->second.empty() ? unread.erase(it) : it + 1;
+      }
+      const std::string recipe = trained_teacher_recipe(tp, s.seed());
       if (recipe.empty()) continue;
       ++with_teacher;
       distinct.insert(std::hash<std::string>{}(recipe));
@@ -110,6 +145,10 @@ int validate(const std::string& file) {
       std::cout << "teachers: " << with_teacher << " trials have a trained teacher, " << distinct.size()
                 << " distinct: each is trained once per run process and reused (run --teacher-cache-mb)\n";
     print_setup_sharing(s);
+    for (const auto& [key, why] : unread)
+      if (!why.empty())
+        std::cout << "warning: the axis " << key << " changes nothing: " << why
+                << " and no trial of the sweep has that (its trials differ only in the " << key << " column)\n";
   }
   return kExitOk;
 }
@@ -142,7 +181,7 @@ int list(const ListOptions& o) {
     while (std::getline(ss, c, ',')) {
       if (c == "id") continue;
       auto it = std::find_if(specs.begin(), specs.end(), [&](const ParamSpec& p) { return p.column == c || p.key == c; });
-      if (it == specs.end()) throw InputError("--columns", "unknown column \"" + c + "\"");
+      if (it == specs.end()) throw InputError("--columns", unknown_parameter_message(c));
       const size_t k = static_cast<size_t>(it - specs.begin());
       if (std::find(cols.begin(), cols.end(), k) != cols.end())
         throw InputError("--columns", "column \"" + c + "\" given twice");

@@ -3,6 +3,7 @@
 #include "params.hpp"
 
 #include <algorithm>
+#include <charconv>
 #include <bit>
 #include <cmath>
 #include <cstring>
@@ -35,11 +36,12 @@ std::string describe(const json& v) {
   return s;
 }
 
+// The shortest text that reads back as x: -0.1 as the sweep wrote it, not
+// -0.10000000000000001 (17 digits, before session 14).
 std::string fmt(double x) {
-  std::ostringstream o;
-  o.precision(17);
-  o << x;
-  return o.str();
+  char buf[32];
+  const auto r = std::to_chars(buf, buf + sizeof buf, x);
+  return std::string(buf, r.ptr);
 }
 
 int64_t get_int64(const json& v, const std::string& path) {
@@ -62,7 +64,8 @@ int64_t get_int64(const json& v, const std::string& path) {
 int get_int(const json& v, const std::string& path) {
   int64_t x = get_int64(v, path);
   if (x > std::numeric_limits<int>::max() || x < std::numeric_limits<int>::min())
-    throw InputError(path, "integer out of range: " + describe(v));
+    throw InputError(path, "integer out of range: " + describe(v) + " (at most " +
+                               std::to_string(std::numeric_limits<int>::max()) + ")");
   return static_cast<int>(x);
 }
 

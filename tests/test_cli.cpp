@@ -66,6 +66,39 @@ TEST(Cli, ValidatePrintsCountAndAxes) {
   EXPECT_NE(v.out.find("\"balanced\", \"rotated\""), std::string::npos);
 }
 
+// An axis over a parameter no trial reads gives trials that differ only in
+// its column (a review plotted teacher.delta over oracle teachers as "the
+// teacher's error does not matter"): validate says so; one trial that reads
+// it silences the warning.
+TEST(Cli, ValidateWarnsOfAxesNoTrialReads) {
+  const std::string unread = write_file("unread.json", R"({"defaults": {"d": 8, "k": 4, "m": 2, "hidden": [8]},
+      "grid": {"teacher.delta": [0, 0.5], "teacher.power": [0, 1], "n_test": [100, 200], "noise": [0.1, 0.2]}})");
+  Outcome v = run("validate '" + unread + "'");
+  ASSERT_EQ(v.rc, 0) << v.err;
+  EXPECT_NE(v.out.find("warning: the axis teacher.delta changes nothing: teacher.delta is read only when "
+                       "teacher.kind = perturbed"), std::string::npos) << v.out;
+  EXPECT_NE(v.out.find("warning: the axis teacher.power changes nothing"), std::string::npos) << v.out;
+  EXPECT_NE(v.out.find("warning: the axis n_test changes nothing"), std::string::npos) << v.out;
+  EXPECT_EQ(v.out.find("axis noise changes"), std::string::npos) << v.out;
+  const std::string read = write_file("read.json", R"({"defaults": {"d": 8, "k": 4, "m": 2, "hidden": [8]},
+      "subgrids": [{"grid": {"teacher.delta": [0, 0.5]}},
+                   {"defaults": {"teacher": {"kind": "perturbed"}}, "grid": {"teacher.delta": [0, 0.5]}}]})");
+  Outcome r = run("validate '" + read + "'");
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_EQ(r.out.find("warning"), std::string::npos) << r.out;
+}
+
+TEST(Cli, NumbersInMessagesAreAsWritten) {
+  const std::string neg = write_file("neg.json", R"({"grid": {"noise": [0.5, -0.1]}})");
+  Outcome v = run("validate '" + neg + "'");
+  EXPECT_EQ(v.rc, 2);
+  EXPECT_NE(v.err.find("must be >= 0, got -0.1"), std::string::npos) << v.err;
+  EXPECT_EQ(v.err.find("-0.10000"), std::string::npos) << v.err;
+  Outcome c = run("list '" + sweep_file("tiny.json") + "' --columns lamda");
+  EXPECT_EQ(c.rc, 2);
+  EXPECT_NE(c.err.find("did you mean \"lambda\""), std::string::npos) << c.err;
+}
+
 TEST(Cli, ListFormats) {
   Outcome c = run("list " + sweep_file("tiny.json") + " --count");
   EXPECT_EQ(c.rc, 0);
