@@ -1838,20 +1838,43 @@ MergeReport merge_results(const std::string& out_given, const std::vector<std::s
   check_force_replaces(out, "OUT");
   // A run writing `out` holds the lock on its journal: a merge over it would
   // be overwritten by the run's next checkpoint. Held until the merge is done.
+  // The merge takes that lock itself (creating the journal file if need be,
+  // and removing it after), so that two merges into one OUT, or a merge and a
+  // run, exclude each other: they shared OUT.tmp, and one could rename the
+  // other's half-written file (session 14's robustness review).
   struct JournalLock {
     int fd = -1;
+    std::string created;  // removed at the end (still locked) when the merge made it
     ~JournalLock() {
-      if (fd >= 0) ::close(fd);
+      if (fd < 0) return;
+      if (!created.empty()) ::unlink(created.c_str());
+      ::close(fd);
     }
   } lock;
-  lock.fd = ::open(journal_path(out).c_str(), O_RDONLY | O_CLOEXEC);
-  if (lock.fd >= 0 && ::flock(lock.fd, LOCK_EX | LOCK_NB) != 0)
-    throw InputError("", "a stsweep run is writing " + out + " (it holds the lock on " + journal_path(out) +
-                             "): merge into another file, or after the run");
+  const std::string jout = journal_path(out);
+  const bool had_journal = exists(jout);
+  lock.fd = ::open(jout.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (lock.fd < 0) throw std::runtime_error("cannot create " + jout + ": " + errno_text(errno));
+  if (::flock(lock.fd, LOCK_EX | LOCK_NB) != 0) {
+    ::close(lock.fd);
+    lock.fd = -1;
+    throw InputError("", "another stsweep process (a run or a merge) is writing " + out + " (it holds the lock on " +
+                             jout + "): merge into another file, or after it");
+  }
+  if (!had_journal) lock.created = jout;
   // Headers first: refuse before writing anything.
   std::vector<FileHeader> hs;
   std::vector<int> shard_ck;  // each shard's curve width
   for (const auto& s : shards) {
+    // An input a run is writing: its file is a checkpoint behind (the run holds
+    // its journal's lock; the advice to --resume it would meet that lock).
+    if (const int jfd = ::open(journal_path(s).c_str(), O_RDONLY | O_CLOEXEC); jfd >= 0) {
+      const bool busy = ::flock(jfd, LOCK_SH | LOCK_NB) != 0 && errno == EWOULDBLOCK;
+      ::close(jfd);
+      if (busy)
+        throw InputError("", "a stsweep run is writing " + s + " (it holds the lock on " + journal_path(s) +
+                                 "): merge it after the run ends");
+    }
     H5Results f = H5Results::open(s, false);
     hs.push_back(f.header());
     shard_ck.push_back(f.checkpoints());

@@ -9,7 +9,8 @@ case here must be refused with exit 2 and a message naming the dataset or
 attribute, by every command that reads files. Also: `-o` through a symbolic
 link writes, journals and locks the link's target; `--force` replaces only HDF5
 files; `merge --force` refuses to replace a shard when the output's name was
-forgotten; a directory or a FIFO is refused (a FIFO hung HDF5 forever); a
+forgotten; merge refuses an input a run is writing, and locks its output as a
+run does; a directory or a FIFO is refused (a FIFO hung HDF5 forever); a
 `summary --where` that no done trial matches names the values there are.
 Exit 77 (skip) without h5py.
 """
@@ -151,6 +152,10 @@ def main():
         p = run("run", slow_json, "-o", target, "--resume", "--progress", "none")
         check(p.returncode == 1 and "another stsweep process is writing" in p.stderr,
               f"a run on the target while one writes through the link: refused ({p.stderr.strip()[-160:]})")
+        # merge of a file a run is writing: said so (it advised --resume, which met the lock)
+        p = run("merge", os.path.join(wd, "busy_merge.h5"), link)
+        check(p.returncode == 2 and "a stsweep run is writing" in p.stderr and "after the run ends" in p.stderr,
+              f"merge of a file a run writes: exit 2, said so ({p.stderr.strip()[-160:]})")
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=60)
     check(seen_journal and not os.path.exists(link + ".journal"),
@@ -187,6 +192,7 @@ def main():
     p = run("merge", merged, *shards)
     p = run("merge", "--force", merged, *shards)
     check(p.returncode == 0, f"re-merging into an earlier merge of the same shards is allowed ({p.stderr.strip()})")
+    check(not os.path.exists(merged + ".journal"), "merge removes the lock file it made (OUT.journal)")
 
     # --- many shards: one input open at a time ------------------------------------------
     # merge kept every shard open (HDF5's caches: 10-70 MB each; a 100-shard merge took
