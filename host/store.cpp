@@ -1491,6 +1491,38 @@ struct ResultsWriter::Impl {
   std::chrono::steady_clock::time_point last_sync{};  // of the journal (epoch: the first record syncs)
   double ckpt_seconds = 0;
 
+  // A journal whose finished rows this file will not use (another file's,
+  // left when OUT.h5 was moved away, or a damaged one) is copied to
+  // OUT.h5.journal.<its file_id> before reset_journal empties it: until
+  // session 14 a new run at the old name emptied it without a word. Its rows
+  // are whole results (parameters, metrics, curves).
+  void keep_journal_aside(const std::string& why) {
+    const JournalScan js = scan_journal(fd, [](const RowBlock&, double) {});
+    if (js.file_bytes <= 0 || (js.valid_header && js.records == 0)) return;
+    const std::string base = journal_path(opt.path) + "." + (js.valid_header ? js.header.file_id : "damaged");
+    std::string to = base;
+    for (int i = 1; exists(to); ++i) to = base + "." + std::to_string(i);
+    const int out = ::open(to.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (out < 0) throw std::runtime_error("cannot keep the journal aside as " + to + ": " + errno_text(errno));
+    std::vector<char> buf(1 << 20);
+    off_t off = 0;
+    for (;;) {
+      const ssize_t r = ::pread(fd, buf.data(), buf.size(), off);
+      if (r < 0 && errno == EINTR) continue;
+      if (r < 0) {
+        ::close(out);
+        throw std::runtime_error("cannot read " + journal_path(opt.path) + ": " + errno_text(errno));
+      }
+      if (r == 0) break;
+      write_all(out, buf.data(), static_cast<size_t>(r), to);
+      off += r;
+    }
+    ::fsync(out);
+    ::close(out);
+    notes.push_back("kept " + journal_path(opt.path) + " (" + (js.valid_header ? std::to_string(js.rows) + " finished trial rows of file " + js.header.file_id : std::string("a damaged header")) +
+                    ", " + why + ") as " + to);
+  }
+
   void reset_journal() {
     JournalHeader jh{h.file_id, h.sweep_hash, store_schema_digest(), h.generation};
     std::string b = encode_journal_header(jh);
@@ -1666,6 +1698,7 @@ std::unique_ptr<ResultsWriter> ResultsWriter::start(const Sweep& sweep, const Wr
       }
       im.h = h;
       im.session = 0;
+      if (!created_journal) im.keep_journal_aside("not this new file's");
       im.reset_journal();
       im.remaining = h.rows();
     } else {
@@ -1699,8 +1732,13 @@ std::unique_ptr<ResultsWriter> ResultsWriter::start(const Sweep& sweep, const Wr
       auto js = scan_journal(im.fd, [](const RowBlock&, double) {});
       bool usable = js.valid_header && js.header.file_id == h.file_id && js.header.generation == h.generation &&
                     js.header.schema == h.schema;
-      if (js.file_bytes > 0 && !usable && !created_journal)
-        im.notes.push_back("ignored a journal that belongs to an earlier checkpoint or another file");
+      if (js.file_bytes > 0 && !usable && !created_journal) {
+        const bool older = js.valid_header && js.header.file_id == h.file_id && js.header.generation < h.generation;
+        if (!older) im.keep_journal_aside(js.valid_header ? "another file's" : "its header does not read");
+        im.notes.push_back(older ? std::string("ignored a journal of an earlier checkpoint (its rows are in the file)")
+                                 : std::string("did not use the journal: it belongs to another file or its header "
+                                               "is damaged"));
+      }
       if (usable && js.records > 0) {
         im.fold(false);
         im.resumed = js.rows;

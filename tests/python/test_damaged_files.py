@@ -164,6 +164,30 @@ def main():
     p = run("info", link)
     check(p.returncode == 0 and "[complete]" not in p.stdout, f"info through the link reads the target ({p.stdout})")
 
+    # --- a journal the new file will not use is kept aside -----------------------------
+    # (until session 14 a new run at a moved file's name emptied its journal without a word)
+    moved = os.path.join(wd, "moved.h5")
+    proc = subprocess.Popen([a.stsweep, "run", slow_json, "-o", moved, "--progress", "none", "--threads", "1",
+                             "--batch-size", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for _ in range(300):
+        if os.path.exists(moved + ".journal") and os.path.getsize(moved + ".journal") > 200:
+            break
+        subprocess.run(["sleep", "0.1"])
+    proc.kill()  # kill -9: the finished rows are in the journal only
+    proc.communicate()
+    kept_file = os.path.join(wd, "kept.h5")
+    os.rename(moved, kept_file)  # the researcher moves the interrupted file aside
+    p = run("run", sweep, "-o", moved, "--progress", "none")
+    aside = [f for f in os.listdir(wd) if f.startswith("moved.h5.journal.")]
+    check(p.returncode == 0 and len(aside) == 1 and "kept " in p.stderr,
+          f"a new run at the moved file's name keeps its journal aside ({aside}; {p.stderr.strip()[-200:]})")
+    if aside:
+        os.rename(os.path.join(wd, aside[0]), kept_file + ".journal")
+        p = run("run", slow_json, "-o", kept_file, "--resume", "--progress", "none", "--threads", "1",
+                timeout=300)
+        check(p.returncode == 0 and "recovered" in p.stderr,
+              f"moved back as FILE.journal, --resume recovers its rows ({p.stderr.strip()[-200:]})")
+
     # --- --force replaces only HDF5 files ----------------------------------------------
     notes = os.path.join(wd, "notes.txt")
     with open(notes, "w") as f:
