@@ -1035,8 +1035,12 @@ Sweep Sweep::from_text(const std::string& text, const std::string& source) {
   std::erase_if(impl->blocks, [](const Block& b) { return b.kept == 0; });
   impl->total = total;
 
-  // Key order defines trial ids, so the canonical form keeps it.
-  std::string canon = root.dump();
+  // Key order defines trial ids, so the canonical form keeps it. The
+  // description is prose about the sweep, not the sweep: editing it must not
+  // refuse a --resume or a merge (a researcher's review; until session 14 it did).
+  auto identity = root;
+  if (identity.is_object()) identity.erase("description");
+  std::string canon = identity.dump();
   char hex[17];
   std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(fnv1a(canon)));
   impl->hash = hex;

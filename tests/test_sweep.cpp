@@ -769,6 +769,11 @@ TEST(Sweep, HashFollowsContentNotWhitespace) {
   EXPECT_NE(a.hash(), c.hash());
   EXPECT_NE(a.hash(), d.hash());
   EXPECT_EQ(a.hash().size(), 16u);
+  // The description is prose, not the sweep (since session 14).
+  Sweep e = S(R"({"name": "x", "description": "first try", "grid": {"d": [16, 32], "k": [4]}})");
+  Sweep f = S(R"({"name": "x", "description": "the same, reworded", "grid": {"d": [16, 32], "k": [4]}})");
+  EXPECT_EQ(e.hash(), f.hash());
+  EXPECT_EQ(e.hash(), a.hash());
   EXPECT_EQ(b.text().front(), '{');
   EXPECT_EQ(a.json()["grid"]["d"][1], 32);
 }

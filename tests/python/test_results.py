@@ -345,6 +345,12 @@ def main():
     run(["run", sweep, "-o", part, "--shard", "1/3"] + common)
     p = run(["run", sweep2, "-o", part, "--shard", "1/3", "--resume"] + common, ok=(2,))
     check(p.returncode == 2 and "hash" in p.stderr, "resume with a different sweep file refused")
+    # Only the description edited: the same sweep (since session 14), so the resume runs.
+    reworded = os.path.join(wd, "reworded.json")
+    with open(reworded, "w") as f:
+        json.dump(dict(SWEEP, description="the same sweep, described anew"), f)
+    p = run(["run", reworded, "-o", part, "--shard", "1/3", "--resume"] + common)
+    check(p.returncode == 0, "resume with only the description edited is accepted")
     p = run(["run", sweep, "-o", part, "--shard", "2/3", "--resume"] + common, ok=(2,))
     check(p.returncode == 2 and "shard" in p.stderr, "resume with a different shard refused")
     p = run(["run", sweep, "-o", part, "--shard", "1/3", "--resume", "--precision", "f64"] + common, ok=(2,))
