@@ -30,9 +30,19 @@ Batcher::Batcher(const Sweep& sweep, IdRange range, Skip skip, size_t max_batch,
       next_id_(range_.begin) {}
 
 void Batcher::fill() {
-  // Groups of this chunk in the order of their first id.
+  // Groups in the order of their first id: the partial batches carried over
+  // from the last chunk first, then this chunk's trials. Only full batches
+  // leave, until the carried trials pass a chunk's worth or the range ends:
+  // a shape axis varying fastest split every chunk into as many small batches
+  // as there are shapes (a scale review: 10,003 batches and 40 s for 160k
+  // tiny trials, against 2,514 and 21 s with the axis first).
   std::map<ShapeKey, size_t> where;
   std::vector<Batch> groups;
+  for (Batch& c : carried_) {
+    where.emplace(shape_key(c.trials.front()), groups.size());
+    groups.push_back(std::move(c));
+  }
+  carried_.clear();
   size_t taken = 0, read = 0;
   while (taken < chunk_ && next_id_ < range_.end) {
     if ((++read & 4095) == 0 && stop_ && stop_()) {
@@ -49,19 +59,25 @@ void Batcher::fill() {
     g.trials.push_back(std::move(p));
     ++taken;
   }
+  size_t partial = 0;  // trials in the groups' last, partial batches
+  for (const auto& g : groups) partial += g.ids.size() % max_batch_;
+  const bool flush = next_id_ >= range_.end || partial > chunk_;
   for (auto& g : groups) {
     for (size_t s = 0; s < g.ids.size(); s += max_batch_) {
       size_t e = std::min(g.ids.size(), s + max_batch_);
       Batch b;
       b.ids.assign(g.ids.begin() + s, g.ids.begin() + e);
       b.trials.assign(std::make_move_iterator(g.trials.begin() + s), std::make_move_iterator(g.trials.begin() + e));
-      ready_.push_back(std::move(b));
+      if (e - s < max_batch_ && !flush)
+        carried_.push_back(std::move(b));
+      else
+        ready_.push_back(std::move(b));
     }
   }
 }
 
 bool Batcher::next(Batch& out) {
-  while (ready_.empty() && next_id_ < range_.end && !stopped_) fill();
+  while (ready_.empty() && (next_id_ < range_.end || !carried_.empty()) && !stopped_) fill();
   if (ready_.empty()) return false;
   out = std::move(ready_.front());
   ready_.pop_front();

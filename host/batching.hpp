@@ -50,6 +50,7 @@ class Batcher {
   size_t max_batch_, chunk_;
   uint64_t next_id_;
   std::deque<Batch> ready_;
+  std::vector<Batch> carried_;  // partial batches waiting for more of their shape (fill)
 };
 
 // The ids a Batcher reads at a time when not told (see above): 4 batches, or
