@@ -716,11 +716,15 @@ H5Results H5Results::create(const std::string& path, const FileHeader& h, int cu
   const hsize_t cchunk = static_cast<hsize_t>(std::clamp(curve_chunk, 1, 1024));
   const hsize_t crchunk = std::max<hsize_t>(1, std::min<hsize_t>(std::max<hsize_t>(N, 1), kCurveChunkValues / cchunk));
 
-  auto make_dcpl = [&](int rank, const hsize_t* chunk) {
+  auto make_dcpl = [&](int rank, const hsize_t* chunk, bool text = false) {
     Hid p = check(H5Pcreate(H5P_DATASET_CREATE), "property list");
     check(H5Pset_chunk(p, rank, chunk), "chunking", path);
     check(H5Pset_shuffle(p), "shuffle", path);
     check(H5Pset_deflate(p, 1), "deflate", path);
+    // A checksum per chunk: a bit flipped on disk (bit rot, a bad copy) fails the
+    // read instead of reading as a plausible number (h5py and xarray check it
+    // too). HDF5 refuses it on variable-length text, whose chunks hold heap ids.
+    if (!text) check(H5Pset_fletcher32(p), "checksums", path);
     return p;
   };
   // trial: the row coordinate (ids), a dimension scale.
@@ -769,7 +773,7 @@ H5Results H5Results::create(const std::string& path, const FileHeader& h, int cu
       p = make_dcpl(2, ch);
     } else {
       sp = check(H5Screate_simple(1, &N, nullptr), "dataspace");
-      p = make_dcpl(1, &rchunk);
+      p = make_dcpl(1, &rchunk, c.type == ColType::str);
     }
     hid_t ft = c.type == ColType::str ? strtype.get() : file_type(c.type);
     if (c.type == ColType::f64) {
@@ -1175,7 +1179,13 @@ RowBlock H5Results::read(int64_t row0, int64_t n, const std::vector<int>& which)
       d.i.resize(m);
       rc = H5Dread(ds, H5T_NATIVE_INT64, ms1, fs1, im.xfer(), d.i.data());
     }
-    check(rc, ("reading " + c.name + " from").c_str(), path_);
+    if (rc < 0) {
+      const std::string d = h5_detail();
+      const std::string what = "reading " + c.name + " from " + path_ + " (" + d + ")";
+      // A chunk whose checksum fails is a damaged file, bad input like the others.
+      if (d.find("Fletcher32") != std::string::npos) throw InputError("", what + ": the file is damaged");
+      throw std::runtime_error(what);
+    }
   }
   return b;
 }

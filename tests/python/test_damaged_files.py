@@ -97,6 +97,19 @@ def main():
             check(p.returncode == 2 and says in p.stderr and "Traceback" not in p.stderr,
                   f"{name}: {cmd[0]} exits 2 naming it ({p.returncode}: {p.stderr.strip()[:160]})")
         check(not os.path.exists(os.path.join(wd, f"m_{name}.h5")), f"{name}: merge wrote nothing")
+    # One bit flipped inside a data chunk: the chunk's checksum (fletcher32, since session 14)
+    # fails the read; before, a flipped bit read as a plausible number.
+    flipped = os.path.join(wd, "flipped.h5")
+    with h5py.File(base, "r") as f:
+        check(f["test_risk"].fletcher32 and f["curve_test_risk"].fletcher32, "numeric datasets carry checksums")
+        ci = f["test_risk"].id.get_chunk_info(0)
+    data = bytearray(open(base, "rb").read())
+    data[ci.byte_offset + ci.size // 2] ^= 0x10
+    with open(flipped, "wb") as f:
+        f.write(data)
+    p = run("summary", flipped, "--by", "noise")
+    check(p.returncode == 2 and "Fletcher32" in p.stderr and "damaged" in p.stderr,
+          f"a flipped bit in a chunk: exit 2, the checksum named ({p.stderr.strip()[:200]})")
     # Truncated: bad input (exit 2), not a run-time failure.
     half = os.path.join(wd, "half.h5")
     with open(base, "rb") as f, open(half, "wb") as g:
