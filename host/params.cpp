@@ -131,6 +131,9 @@ void teacher_field(TeacherParams& t, const std::string& key, const json& v, cons
     require(t.scale > 0, path, "must be > 0, got " + fmt(t.scale));
   } else if (key == "power") {
     t.power = get_double(v, path);
+  } else if (key == "label") {
+    throw InputError(path, "teacher.label is derived from the other teacher fields (a results column); set those "
+                           "instead");
   } else {
     throw InputError(path, "unknown teacher parameter \"" + key +
                                "\" (known: kind, delta, n_train, steps, lr, decomposition, scale, power)");
@@ -265,7 +268,7 @@ const std::vector<ParamSpec>& param_specs() {
       {"k", "k", 'i', "signal rank (k <= d)"},
       {"m", "m", 'i', "output dimension"},
       {"hidden", "hidden", 's', "hidden widths h_1..h_{L-1}, stored as text \"32,32\""},
-      {"depth", "depth", 'i', "derived: number of layers L = len(hidden) + 1 (not settable)"},
+      {"depth", "depth", 'i', "derived: number of layers L = len(hidden) + 1 (not settable)", true},
       {"activation", "activation", 's', "student (and teacher) nonlinearity: linear|relu|tanh"},
       {"target", "target", 's', "target function: linear (y = W* x) | nonlinear (y = A2 phi(A1 z))"},
       {"spectrum", "spectrum", 's', "latent spectrum: flat|power|geometric (normalised to sum k)"},
@@ -284,6 +287,9 @@ const std::vector<ParamSpec>& param_specs() {
        "how W_t is split into layers: balanced|rotated|scaled|power|latent|input|output|as_trained"},
       {"teacher.scale", "teacher_scale", 'f', "decomposition scaled: c (W1 <- c W1, W2 <- W2 / c)"},
       {"teacher.power", "teacher_power", 'f', "decomposition power: p (W1 = S^p Q^T, W2 = P S^(1-p))"},
+      {"teacher.label", "teacher_label", 's',
+       "derived: the teacher in words, only the fields it reads, e.g. \"perturbed(0.5) power(0.25)\", "
+       "\"trained(n_train=64, steps=2000, lr=0.05) as_trained\" (not settable)", true},
       {"n_train", "n_train", 'i', "student training samples N"},
       {"steps", "steps", 'i', "student GD steps T"},
       {"lr", "lr", 'f', "student learning rate eta"},
@@ -297,6 +303,21 @@ const std::vector<ParamSpec>& param_specs() {
   return specs;
 }
 
+// The teacher as one word for grouping and plots: the kind and the
+// decomposition with only the fields each reads (the other teacher columns
+// hold defaults that mean nothing for this teacher; a review's summary by
+// teacher_decomposition pooled power(0) with power(1)).
+std::string teacher_label(const TeacherParams& t) {
+  std::string kind = name(t.kind);
+  if (t.kind == TeacherKind::perturbed) kind += "(" + fmt(t.delta) + ")";
+  if (t.kind == TeacherKind::trained)
+    kind += "(n_train=" + std::to_string(t.n_train) + ", steps=" + std::to_string(t.steps) + ", lr=" + fmt(t.lr) + ")";
+  std::string dec = name(t.decomposition);
+  if (t.decomposition == Decomposition::scaled) dec += "(" + fmt(t.scale) + ")";
+  if (t.decomposition == Decomposition::power) dec += "(" + fmt(t.power) + ")";
+  return kind + " " + dec;
+}
+
 std::vector<ParamValue> flatten(const TrialParams& p) {
   const auto& t = p.teacher;
   return {
@@ -305,7 +326,7 @@ std::vector<ParamValue> flatten(const TrialParams& p) {
       p.spectrum_p, p.spectrum_kappa, p.noise, p.label_noise, p.lambda,
       p.matched_layers.empty() ? std::string("all") : int_list_text(p.matched_layers),
       std::string(name(t.kind)), t.delta, int64_t{t.n_train}, int64_t{t.steps}, t.lr,
-      std::string(name(t.decomposition)), t.scale, t.power,
+      std::string(name(t.decomposition)), t.scale, t.power, teacher_label(t),
       int64_t{p.n_train}, int64_t{p.steps}, p.lr, p.init_scale, int64_t{p.checkpoints},
       int64_t{p.n_test}, int64_t{p.baseline ? 1 : 0}, std::string(name(p.path)), p.seed,
   };
@@ -490,7 +511,7 @@ std::string unknown_parameter_message(const std::string& key) {
   std::string best;
   size_t best_d = std::string::npos;
   for (const auto& spec : param_specs()) {
-    if (spec.key == "depth") continue;  // derived, not settable
+    if (spec.derived) continue;  // not settable
     const size_t d = edit_distance(key, spec.key);
     if (d < best_d) best_d = d, best = spec.key;
   }

@@ -89,10 +89,13 @@ struct ParamSpec {
   std::string column;   // results dataset name, e.g. "teacher_kind"
   char type;            // 'i' int, 'f' float, 's' string, 'b' bool (stored as int)
   std::string doc;      // one line for docs and --help
+  bool derived = false; // computed from the others (depth, teacher.label): a column, not settable
 };
 
 // All trial parameters in a fixed order (the order of flatten()).
 const std::vector<ParamSpec>& param_specs();
+// The derived teacher_label column: kind and decomposition with the fields each reads.
+std::string teacher_label(const TeacherParams& t);
 std::vector<ParamValue> flatten(const TrialParams& p);
 
 // The defaults as a JSON object (nested for teacher.*).

@@ -197,7 +197,7 @@ json nested_params(const ojson& obj, const std::string& path) {
 bool known_key(const std::string& key) {
   if (key == "teacher") return true;
   for (const auto& s : param_specs())
-    if (s.key == key && key != "depth") return true;
+    if (s.key == key && !s.derived) return true;
   return false;
 }
 

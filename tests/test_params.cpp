@@ -118,8 +118,29 @@ TEST(Params, EveryJsonKeyIsASpec) {
   }
   std::set<std::string> keys;
   for (const auto& s : param_specs())
-    if (s.key != "depth") keys.insert(s.key);
+    if (!s.derived) keys.insert(s.key);
   EXPECT_EQ(leaves, keys);
+}
+
+// teacher_label names the teacher by the fields it reads (a review's summary by
+// teacher_decomposition pooled power(0) with power(1)), and is not settable.
+TEST(Params, TeacherLabel) {
+  TeacherParams t;
+  EXPECT_EQ(teacher_label(t), "oracle balanced");
+  t.kind = TeacherKind::perturbed;
+  t.delta = 0.1;
+  t.decomposition = Decomposition::power;
+  t.power = 0.25;
+  EXPECT_EQ(teacher_label(t), "perturbed(0.1) power(0.25)");
+  t.kind = TeacherKind::trained;
+  t.decomposition = Decomposition::scaled;
+  t.scale = 4;
+  EXPECT_EQ(teacher_label(t), "trained(n_train=256, steps=2000, lr=0.05) scaled(4)");
+  t.power = 0.75;  // not read by scaled: no difference
+  EXPECT_EQ(teacher_label(t), "trained(n_train=256, steps=2000, lr=0.05) scaled(4)");
+  std::string msg;
+  EXPECT_EQ(error_path({{"teacher", {{"label", "x"}}}}, &msg), "x.teacher.label");
+  EXPECT_NE(msg.find("derived"), std::string::npos) << msg;
 }
 
 TEST(Params, Errors) {
