@@ -59,9 +59,16 @@ void Batcher::fill() {
     g.trials.push_back(std::move(p));
     ++taken;
   }
+  // Partial batches leave when the range ends or when the waiting trials pass
+  // what each shape's partial batch may hold (shapes x batch), at least a
+  // chunk and at most 2^18 trials (about 130 MB of decoded trials): with a
+  // chunk's worth alone, more than about 8 interleaved shapes still split
+  // into small batches (the session's diff review simulated 64 shapes: 20,032
+  // batches of about 8 trials for an ideal 2,500).
   size_t partial = 0;  // trials in the groups' last, partial batches
   for (const auto& g : groups) partial += g.ids.size() % max_batch_;
-  const bool flush = next_id_ >= range_.end || partial > chunk_;
+  const size_t hold = std::max(chunk_, std::min(groups.size() * max_batch_, size_t{1} << 18));
+  const bool flush = next_id_ >= range_.end || partial > hold;
   for (auto& g : groups) {
     for (size_t s = 0; s < g.ids.size(); s += max_batch_) {
       size_t e = std::min(g.ids.size(), s + max_batch_);

@@ -1,5 +1,6 @@
 // stsweep merge | info | summary: reading and combining results files.
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -66,6 +67,11 @@ double t975(int64_t df) {
   return z + (z * z * z + z) / (4 * d) + (5 * std::pow(z, 5) + 16 * z * z * z + 3 * z) / (96 * d * d);
 }
 
+std::string exact(double x) {
+  char buf[32];
+  const auto r = std::to_chars(buf, buf + sizeof buf, x);
+  return std::string(buf, r.ptr);
+}
 struct KeyPart {
   bool is_num;
   double num;
@@ -173,9 +179,11 @@ int summary_main(const std::string& path, const std::string& by_text, const std:
         hit[i] = 1;
       } else {
         all = false;
-        if (!hit[i] && seen[i].size() < 20)
-          seen[i].insert(cs[c.k].type == ColType::str ? KeyPart{false, 0, b.cols[c.k].s[r]}
-                                                      : KeyPart{true, number(b, c.k, r), ""});
+        if (!hit[i] && seen[i].size() < 20) {
+          const double x = cs[c.k].type == ColType::str ? 0 : number(b, c.k, r);
+          if (!std::isnan(x))  // NaN cannot be ordered in the set (and no filter matches it)
+            seen[i].insert(cs[c.k].type == ColType::str ? KeyPart{false, 0, b.cols[c.k].s[r]} : KeyPart{true, x, ""});
+        }
       }
     }
     return all;
@@ -214,7 +222,9 @@ int summary_main(const std::string& path, const std::string& by_text, const std:
     for (size_t i = 0; i < where.size(); ++i) {
       if (hit[i]) continue;
       std::string vals;
-      for (const auto& v : seen[i]) vals += (vals.empty() ? "" : ", ") + v.show();
+      // Shortest exact text, so a value copied from the hint matches (the table's
+      // 6 digits would not: 0.0562341 is not 10^-1.25 to 1e-9).
+      for (const auto& v : seen[i]) vals += (vals.empty() ? "" : ", ") + (v.is_num ? exact(v.num) : v.text);
       throw std::runtime_error("summary: no done trial has " + where[i].shown + " (its values: " + vals +
                                (seen[i].size() >= 20 ? ", ..." : "") + ")");
     }
@@ -224,9 +234,9 @@ int summary_main(const std::string& path, const std::string& by_text, const std:
   {
     const FileHeader& h = f.header();
     if (h.n_pending + h.n_diverged + h.n_failed > 0)
-      std::cerr << "stsweep: summary: " << h.n_done << " of " << h.rows() << " trials in " << path
-                << " are done; left out: " << h.n_diverged << " diverged, " << h.n_failed << " failed, "
-                << h.n_pending << " pending\n";
+      std::cerr << "stsweep: summary: " << h.n_done << " of the " << h.rows() << " trials in " << path
+                << " are done (the table counts done trials only); the file also has " << h.n_diverged
+                << " diverged, " << h.n_failed << " failed, " << h.n_pending << " pending\n";
     const JournalSummary js = inspect_journal(journal_of(path));
     if (js.rows_waiting_for(h))
       std::cerr << "stsweep: summary: " << js.rows << " finished trials are in " << journal_of(path)

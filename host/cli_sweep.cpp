@@ -82,7 +82,6 @@ std::string unread_because(const TrialParams& p, const std::string& key) {
   if (key == "n_test" && p.linear())
     return key + " sizes the Monte Carlo test set, which only nonlinear students and targets use (linear "
                  "trials' risks are exact)";
-  if (key == "matched_layers" && p.lambda == 0) return only("lambda > 0");
   return "";
 }
 

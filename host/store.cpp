@@ -874,7 +874,7 @@ void H5Results::read_and_check_structure() {
                              " values, not [begin, end) pairs");
   for (size_t i = 0; i < rr.size(); i += 2) {
     const int64_t lo = i ? rr[i - 1] : 0;
-    if (rr[i] < lo || rr[i + 1] <= rr[i] || rr[i + 1] > h.sweep_trials)
+    if (rr[i] < lo || rr[i + 1] < rr[i] || rr[i + 1] > h.sweep_trials)  // [b, b): a shard with no trials
       throw InputError("", path + ": attribute trial_ranges: [" + std::to_string(rr[i]) + ", " +
                                std::to_string(rr[i + 1]) + ") is not an increasing range of trial ids of the " +
                                std::to_string(h.sweep_trials) + "-trial sweep");
@@ -1806,11 +1806,13 @@ void ResultsWriter::append(const RowBlock& rows, double compute_seconds) {
     throw std::runtime_error("cannot seek " + journal_path(im.opt.path) + ": " + errno_text(errno));
   write_all(im.fd, rec.data(), rec.size(), journal_path(im.opt.path));
   // Written at once (a killed process loses nothing: the page cache has it),
-  // synced at most every kJournalSyncSeconds: an fdatasync per batch made
-  // tiny trials wait on the disk (a scale review: 2,363 syncs, half the wall
-  // time of a 200k-trial run at the default batch size). An OS crash or power
-  // loss can cost the last half second of finished batches, which --resume
-  // runs again (a record that did not reach the disk whole fails its checksum).
+  // synced when a record comes kJournalSyncSeconds or more after the last
+  // sync (and by every checkpoint's fold): an fdatasync per batch made tiny
+  // trials wait on the disk (a scale review: 2,363 syncs, half the wall time
+  // of a 200k-trial run at the default batch size). An OS crash or power loss
+  // can cost the records since the last sync (the kernel writes them back
+  // within about 30 s on its own), which --resume runs again (a record that
+  // did not reach the disk whole fails its checksum).
   const auto now = std::chrono::steady_clock::now();
   if (std::chrono::duration<double>(now - im.last_sync).count() >= kJournalSyncSeconds) {
     if (::fdatasync(im.fd) != 0)
@@ -1900,7 +1902,9 @@ MergeReport merge_results(const std::string& out_given, const std::vector<std::s
     }
   } lock;
   const std::string jout = journal_path(out);
-  const bool had_journal = exists(jout);
+  // An empty journal (no header) is a lock file a killed merge left: ours to remove.
+  struct stat jst;
+  const bool had_journal = ::stat(jout.c_str(), &jst) == 0 && jst.st_size > 0;
   lock.fd = ::open(jout.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
   if (lock.fd < 0) throw std::runtime_error("cannot create " + jout + ": " + errno_text(errno));
   if (::flock(lock.fd, LOCK_EX | LOCK_NB) != 0) {
@@ -1961,8 +1965,10 @@ MergeReport merge_results(const std::string& out_given, const std::vector<std::s
       for (const auto& r : final_ranges(*old_out)) {
         uint64_t inside = 0;
         while (j < in.size() && in[j].end <= r.begin) ++j;
-        for (size_t k = j; k < in.size() && in[k].begin < r.end; ++k)
-          inside += std::min(r.end, in[k].end) - std::max(r.begin, in[k].begin);
+        for (size_t k = j; k < in.size() && in[k].begin < r.end; ++k) {
+          const uint64_t lo = std::max(r.begin, in[k].begin), hi = std::min(r.end, in[k].end);
+          if (hi > lo) inside += hi - lo;  // overlapping inputs (refused below) must not wrap this
+        }
         outside += (r.end - r.begin) - std::min(inside, r.end - r.begin);
       }
       if (outside > 0)
@@ -2024,8 +2030,9 @@ MergeReport merge_results(const std::string& out_given, const std::vector<std::s
     H5Results f = H5Results::create(tmp, h, std::max(1, maxC));
     // One input open at a time: each open file holds HDF5's chunk caches
     // (10-70 MB), and a merge of 100 shards kept all of them open (949 MB;
-    // about 1020 shards met the open-file limit). Pieces run in id order,
-    // and a shard's ids are one range, so each shard is opened once.
+    // about 1020 shards met the open-file limit). Pieces run in id order: a
+    // shard is opened once per run of its pieces (once for a plain shard,
+    // whose ids are one range).
     std::optional<H5Results> in;
     size_t in_shard = shards.size();
     const int64_t block = 4096;

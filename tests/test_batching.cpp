@@ -53,18 +53,32 @@ TEST(Batching, EveryIdOnceInBatchesOfOneShape) {
   for (const auto& b : d.batches) EXPECT_EQ(b.ids.size(), 4u);
 }
 
+// 16 shapes varying fastest (more than the 4 batches of a chunk hold): every
+// batch is still full, as when the shape axis varies slowest.
+TEST(Batching, ManyInterleavedShapesGiveFullBatches) {
+  Sweep s = Sweep::from_text(R"({"grid": {"seed": {"range": [0, 32]}, "n_train": {"range": [8, 24]}}})");
+  ASSERT_EQ(s.count(), 512u);
+  Drained d = drain(s, {0, s.count()}, nullptr, 8);
+  EXPECT_EQ(d.ids.size(), 512u);
+  EXPECT_EQ(d.batches.size(), 64u);
+  for (const auto& b : d.batches) EXPECT_EQ(b.ids.size(), 8u);
+}
+
 TEST(Batching, ChunksBoundTheLookAhead) {
   Sweep s = Sweep::from_text(kSweep);
-  // With chunk 6 and batches of 100: partial batches wait until they hold more
-  // than a chunk (12 trials, after two chunks), then leave: one batch per
-  // shape for each 12 ids [12c, 12c + 12). Memory stays about two chunks.
+  // Partial batches wait while they hold at most max(chunk, shapes x batch)
+  // trials (capped at 2^18): with chunk 6 and batches of 100, the 3 shapes'
+  // 60 trials never pass 300, so they leave at the end, one batch a shape.
   Drained d = drain(s, {0, s.count()}, nullptr, 100, 6);
-  ASSERT_EQ(d.batches.size(), 15u);
-  for (size_t i = 0; i < d.batches.size(); ++i) {
-    const auto& b = d.batches[i];
-    ASSERT_EQ(b.ids.size(), 4u);
-    EXPECT_EQ(b.ids[0] / 12, static_cast<int64_t>(i / 3));
-    EXPECT_EQ(b.ids[1] - b.ids[0], 3);
+  ASSERT_EQ(d.batches.size(), 3u);
+  for (const auto& b : d.batches) ASSERT_EQ(b.ids.size(), 20u);
+  // With batches of 2 the partials (at most one trial a shape) never pass the
+  // chunk: each chunk's full batches leave at once, in order of their ids.
+  Drained small = drain(s, {0, s.count()}, nullptr, 2, 6);
+  ASSERT_EQ(small.batches.size(), 30u);
+  for (size_t i = 0; i < small.batches.size(); ++i) {
+    ASSERT_EQ(small.batches[i].ids.size(), 2u);
+    EXPECT_EQ(small.batches[i].ids[1] - small.batches[i].ids[0], 3);
   }
 }
 

@@ -141,6 +141,8 @@ TEST(Params, TeacherLabel) {
   std::string msg;
   EXPECT_EQ(error_path({{"teacher", {{"label", "x"}}}}, &msg), "x.teacher.label");
   EXPECT_NE(msg.find("derived"), std::string::npos) << msg;
+  EXPECT_NE(unknown_parameter_message("teacher.label").find("derived"), std::string::npos);
+  EXPECT_NE(unknown_parameter_message("depth").find("derived"), std::string::npos);
 }
 
 TEST(Params, Errors) {

@@ -117,6 +117,14 @@ def main():
     p = run("info", half)
     check(p.returncode == 2 and "damaged or truncated" in p.stderr, f"truncated: exit 2 ({p.stderr.strip()[:160]})")
 
+    # A shard with no trials (N > the sweep's trials): an empty file that opens (the first
+    # version of the structure check refused the empty range [b, b)).
+    empty = os.path.join(wd, "empty_shard.h5")
+    p = run("run", sweep, "-o", empty, "--shard", "0/40", "--progress", "none")
+    q = run("info", empty)
+    check(p.returncode == 0 and q.returncode == 0 and not os.path.exists(empty + ".journal"),
+          f"a shard with no trials runs and opens ({p.stderr.strip()[-150:]} {q.stderr.strip()[-150:]})")
+
     # --- not files ----------------------------------------------------------------------
     os.makedirs(os.path.join(wd, "adir"))
     p = run("info", "adir")
@@ -133,6 +141,17 @@ def main():
     p = run("summary", base, "--by", "noise", "--where", "noise=0.3", "--format", "csv")
     check(p.returncode == 1 and "no done trial has noise = 0.3" in p.stderr and "0.1, 0.5" in p.stderr,
           f"summary --where matching nothing: exit 1, the values named ({p.stderr.strip()})")
+    # A value copied from the hint matches (the hint had the table's 6 digits).
+    logs = dict(SWEEP, name="logs", grid={"lambda": {"logspace": [-2, 0, 5]}})
+    logs_json = os.path.join(wd, "logs.json")
+    with open(logs_json, "w") as f:
+        json.dump(logs, f)
+    logs_h5 = os.path.join(wd, "logs.h5")
+    run("run", logs_json, "-o", logs_h5, "--progress", "none")
+    p = run("summary", logs_h5, "--by", "lambda", "--where", "lambda=0.05")
+    hint = p.stderr.split("its values: ")[-1].rstrip(")\n").split(", ")
+    q = run("summary", logs_h5, "--by", "lambda", "--where", f"lambda={hint[1]}") if len(hint) > 1 else p
+    check(p.returncode == 1 and q.returncode == 0, f"a value from the --where hint matches ({hint})")
     p = run("summary", base, "--by", "noise", "--where", "teacher.decomposition=Balanced")
     check(p.returncode == 1 and "its values: balanced" in p.stderr,
           f"summary --where with a misspelt text value: exit 1 ({p.stderr.strip()})")
