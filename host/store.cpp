@@ -1506,30 +1506,16 @@ struct ResultsWriter::Impl {
   // OUT.h5.journal.<its file_id> before reset_journal empties it: until
   // session 14 a new run at the old name emptied it without a word. Its rows
   // are whole results (parameters, metrics, curves).
-  void keep_journal_aside(const std::string& why) {
-    const JournalScan js = scan_journal(fd, [](const RowBlock&, double) {});
+  void keep_journal_aside(const JournalScan& js, const std::string& why) {
     if (js.file_bytes <= 0 || (js.valid_header && js.records == 0)) return;
     const std::string base = journal_path(opt.path) + "." + (js.valid_header ? js.header.file_id : "damaged");
     std::string to = base;
     for (int i = 1; exists(to); ++i) to = base + "." + std::to_string(i);
-    const int out = ::open(to.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-    if (out < 0) throw std::runtime_error("cannot keep the journal aside as " + to + ": " + errno_text(errno));
-    std::vector<char> buf(1 << 20);
-    off_t off = 0;
-    for (;;) {
-      const ssize_t r = ::pread(fd, buf.data(), buf.size(), off);
-      if (r < 0 && errno == EINTR) continue;
-      if (r < 0) {
-        ::close(out);
-        throw std::runtime_error("cannot read " + journal_path(opt.path) + ": " + errno_text(errno));
-      }
-      if (r == 0) break;
-      write_all(out, buf.data(), static_cast<size_t>(r), to);
-      off += r;
-    }
-    ::fsync(out);
-    ::close(out);
-    notes.push_back("kept " + journal_path(opt.path) + " (" + (js.valid_header ? std::to_string(js.rows) + " finished trial rows of file " + js.header.file_id : std::string("a damaged header")) +
+    copy_file(journal_path(opt.path), to);
+    fsync_path(to, false);
+    notes.push_back("kept " + journal_path(opt.path) + " (" +
+                    (js.valid_header ? std::to_string(js.rows) + " finished trial rows of file " + js.header.file_id
+                                     : std::string("a damaged header")) +
                     ", " + why + ") as " + to);
   }
 
@@ -1708,7 +1694,8 @@ std::unique_ptr<ResultsWriter> ResultsWriter::start(const Sweep& sweep, const Wr
       }
       im.h = h;
       im.session = 0;
-      if (!created_journal) im.keep_journal_aside("not this new file's");
+      if (!created_journal)
+        im.keep_journal_aside(scan_journal(im.fd, [](const RowBlock&, double) {}), "not this new file's");
       im.reset_journal();
       im.remaining = h.rows();
     } else {
@@ -1744,7 +1731,7 @@ std::unique_ptr<ResultsWriter> ResultsWriter::start(const Sweep& sweep, const Wr
                     js.header.schema == h.schema;
       if (js.file_bytes > 0 && !usable && !created_journal) {
         const bool older = js.valid_header && js.header.file_id == h.file_id && js.header.generation < h.generation;
-        if (!older) im.keep_journal_aside(js.valid_header ? "another file's" : "its header does not read");
+        if (!older) im.keep_journal_aside(js, js.valid_header ? "another file's" : "its header does not read");
         im.notes.push_back(older ? std::string("ignored a journal of an earlier checkpoint (its rows are in the file)")
                                  : std::string("did not use the journal: it belongs to another file or its header "
                                                "is damaged"));
