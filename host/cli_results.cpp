@@ -1,6 +1,5 @@
 // stsweep merge | info | summary: reading and combining results files.
 #include <algorithm>
-#include <charconv>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -67,11 +66,6 @@ double t975(int64_t df) {
   return z + (z * z * z + z) / (4 * d) + (5 * std::pow(z, 5) + 16 * z * z * z + 3 * z) / (96 * d * d);
 }
 
-std::string exact(double x) {
-  char buf[32];
-  const auto r = std::to_chars(buf, buf + sizeof buf, x);
-  return std::string(buf, r.ptr);
-}
 struct KeyPart {
   bool is_num;
   double num;
@@ -224,7 +218,7 @@ int summary_main(const std::string& path, const std::string& by_text, const std:
       std::string vals;
       // Shortest exact text, so a value copied from the hint matches (the table's
       // 6 digits would not: 0.0562341 is not 10^-1.25 to 1e-9).
-      for (const auto& v : seen[i]) vals += (vals.empty() ? "" : ", ") + (v.is_num ? exact(v.num) : v.text);
+      for (const auto& v : seen[i]) vals += (vals.empty() ? "" : ", ") + (v.is_num ? shortest_text(v.num) : v.text);
       throw std::runtime_error("summary: no done trial has " + where[i].shown + " (its values: " + vals +
                                (seen[i].size() >= 20 ? ", ..." : "") + ")");
     }

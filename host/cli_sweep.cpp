@@ -1,6 +1,5 @@
 // `stsweep validate` and `stsweep list`: see a sweep before running it.
 #include <algorithm>
-#include <charconv>
 #include <cstdio>
 #include <iostream>
 #include <optional>
@@ -20,11 +19,7 @@ namespace {
 
 std::string text_of(const ParamValue& v) {
   if (auto* i = std::get_if<int64_t>(&v)) return std::to_string(*i);
-  if (auto* d = std::get_if<double>(&v)) {
-    char buf[64];
-    auto r = std::to_chars(buf, buf + sizeof buf, *d);  // shortest text that reads back exactly
-    return std::string(buf, r.ptr);
-  }
+  if (auto* d = std::get_if<double>(&v)) return shortest_text(*d);
   return std::get<std::string>(v);
 }
 

@@ -36,13 +36,6 @@ std::string describe(const json& v) {
   return s;
 }
 
-// The shortest text that reads back as x: -0.1 as the sweep wrote it, not
-// -0.10000000000000001 (17 digits, before session 14).
-std::string fmt(double x) {
-  char buf[32];
-  const auto r = std::to_chars(buf, buf + sizeof buf, x);
-  return std::string(buf, r.ptr);
-}
 
 int64_t get_int64(const json& v, const std::string& path) {
   if (v.is_number_unsigned()) {
@@ -114,7 +107,7 @@ void teacher_field(TeacherParams& t, const std::string& key, const json& v, cons
     t.kind = get_enum<TeacherKind>(v, path, kTeacherKind);
   } else if (key == "delta") {
     t.delta = get_double(v, path);
-    require(t.delta >= 0, path, "must be >= 0, got " + fmt(t.delta));
+    require(t.delta >= 0, path, "must be >= 0, got " + shortest_text(t.delta));
   } else if (key == "n_train") {
     t.n_train = get_int(v, path);
     at_least(t.n_train, 1, path);
@@ -123,12 +116,12 @@ void teacher_field(TeacherParams& t, const std::string& key, const json& v, cons
     at_least(t.steps, 0, path);
   } else if (key == "lr") {
     t.lr = get_double(v, path);
-    require(t.lr > 0, path, "must be > 0, got " + fmt(t.lr));
+    require(t.lr > 0, path, "must be > 0, got " + shortest_text(t.lr));
   } else if (key == "decomposition") {
     t.decomposition = get_enum<Decomposition>(v, path, kDecomposition);
   } else if (key == "scale") {
     t.scale = get_double(v, path);
-    require(t.scale > 0, path, "must be > 0, got " + fmt(t.scale));
+    require(t.scale > 0, path, "must be > 0, got " + shortest_text(t.scale));
   } else if (key == "power") {
     t.power = get_double(v, path);
   } else if (key == "label") {
@@ -165,19 +158,19 @@ void field(TrialParams& p, const std::string& key, const json& v, const std::str
     p.spectrum = get_enum<SpectrumKind>(v, path, kSpectrum);
   } else if (key == "spectrum_p") {
     p.spectrum_p = get_double(v, path);
-    require(p.spectrum_p >= 0, path, "must be >= 0, got " + fmt(p.spectrum_p));
+    require(p.spectrum_p >= 0, path, "must be >= 0, got " + shortest_text(p.spectrum_p));
   } else if (key == "spectrum_kappa") {
     p.spectrum_kappa = get_double(v, path);
-    require(p.spectrum_kappa >= 1, path, "condition number must be >= 1, got " + fmt(p.spectrum_kappa));
+    require(p.spectrum_kappa >= 1, path, "condition number must be >= 1, got " + shortest_text(p.spectrum_kappa));
   } else if (key == "noise") {
     p.noise = get_double(v, path);
-    require(p.noise >= 0, path, "must be >= 0, got " + fmt(p.noise));
+    require(p.noise >= 0, path, "must be >= 0, got " + shortest_text(p.noise));
   } else if (key == "label_noise") {
     p.label_noise = get_double(v, path);
-    require(p.label_noise >= 0, path, "must be >= 0, got " + fmt(p.label_noise));
+    require(p.label_noise >= 0, path, "must be >= 0, got " + shortest_text(p.label_noise));
   } else if (key == "lambda") {
     p.lambda = get_double(v, path);
-    require(p.lambda >= 0, path, "must be >= 0, got " + fmt(p.lambda));
+    require(p.lambda >= 0, path, "must be >= 0, got " + shortest_text(p.lambda));
   } else if (key == "matched_layers") {
     p.matched_layers = get_int_list(v, path);
   } else if (key == "teacher") {
@@ -191,10 +184,10 @@ void field(TrialParams& p, const std::string& key, const json& v, const std::str
     at_least(p.steps, 0, path);
   } else if (key == "lr") {
     p.lr = get_double(v, path);
-    require(p.lr > 0, path, "must be > 0, got " + fmt(p.lr));
+    require(p.lr > 0, path, "must be > 0, got " + shortest_text(p.lr));
   } else if (key == "init_scale") {
     p.init_scale = get_double(v, path);
-    require(p.init_scale >= 0, path, "must be >= 0, got " + fmt(p.init_scale));
+    require(p.init_scale >= 0, path, "must be >= 0, got " + shortest_text(p.init_scale));
   } else if (key == "checkpoints") {
     p.checkpoints = get_int(v, path);
     at_least(p.checkpoints, 2, path);
@@ -261,6 +254,12 @@ const char* name(Decomposition d) { return kDecomposition[static_cast<int>(d)]; 
 const char* name(TrainPath p) { return kPath[static_cast<int>(p)]; }
 const char* name(Target t) { return kTarget[static_cast<int>(t)]; }
 
+std::string shortest_text(double x) {
+  char buf[32];
+  const auto r = std::to_chars(buf, buf + sizeof buf, x);
+  return std::string(buf, r.ptr);
+}
+
 // --- specs and flattening -----------------------------------------------------------
 const std::vector<ParamSpec>& param_specs() {
   static const std::vector<ParamSpec> specs = {
@@ -309,12 +308,12 @@ const std::vector<ParamSpec>& param_specs() {
 // teacher_decomposition pooled power(0) with power(1)).
 std::string teacher_label(const TeacherParams& t) {
   std::string kind = name(t.kind);
-  if (t.kind == TeacherKind::perturbed) kind += "(" + fmt(t.delta) + ")";
+  if (t.kind == TeacherKind::perturbed) kind += "(" + shortest_text(t.delta) + ")";
   if (t.kind == TeacherKind::trained)
-    kind += "(n_train=" + std::to_string(t.n_train) + ", steps=" + std::to_string(t.steps) + ", lr=" + fmt(t.lr) + ")";
+    kind += "(n_train=" + std::to_string(t.n_train) + ", steps=" + std::to_string(t.steps) + ", lr=" + shortest_text(t.lr) + ")";
   std::string dec = name(t.decomposition);
-  if (t.decomposition == Decomposition::scaled) dec += "(" + fmt(t.scale) + ")";
-  if (t.decomposition == Decomposition::power) dec += "(" + fmt(t.power) + ")";
+  if (t.decomposition == Decomposition::scaled) dec += "(" + shortest_text(t.scale) + ")";
+  if (t.decomposition == Decomposition::power) dec += "(" + shortest_text(t.power) + ")";
   return kind + " " + dec;
 }
 

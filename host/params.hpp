@@ -94,6 +94,10 @@ struct ParamSpec {
 
 // All trial parameters in a fixed order (the order of flatten()).
 const std::vector<ParamSpec>& param_specs();
+// The shortest text that reads back as exactly x (std::to_chars): for messages,
+// `list` and hints a user may copy back into a sweep or a filter.
+std::string shortest_text(double x);
+
 // The derived teacher_label column: kind and decomposition with the fields each reads.
 std::string teacher_label(const TeacherParams& t);
 std::vector<ParamValue> flatten(const TrialParams& p);
