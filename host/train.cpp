@@ -295,23 +295,23 @@ TrialResult assemble_trial_result(const TrialProblem& pr, const NetTrace& st, co
   r.curve_test_risk = st.test;
   r.curve_label_loss = st.label;
   r.curve_feature_loss = st.feature;
-  r.best_test_risk = kNaN;
-  r.best_step = -1;
-  for (size_t c = 0; c < st.test.size(); ++c)
-    if (std::isfinite(st.test[c]) && !(st.test[c] >= r.best_test_risk)) {
-      r.best_test_risk = st.test[c];
-      r.best_step = pr.checkpoints[c];
-    }
+  // The lowest finite risk of a curve and its step (ties: the earliest); NaN
+  // and -1 when none is finite or there is no curve.
+  const auto best_of = [&pr](const NetTrace* n, double& risk, int64_t& step) {
+    risk = kNaN;
+    step = -1;
+    if (!n) return;
+    for (size_t c = 0; c < n->test.size(); ++c)
+      if (std::isfinite(n->test[c]) && !(n->test[c] >= risk)) {
+        risk = n->test[c];
+        step = pr.checkpoints[c];
+      }
+  };
+  best_of(&st, r.best_test_risk, r.best_step);
+  best_of(tw, r.baseline_best_test_risk, r.baseline_best_step);
   r.loss_rise = st.loss_rise;
   const size_t nc = pr.checkpoints.size();
-  r.baseline_best_test_risk = kNaN;
-  r.baseline_best_step = -1;
   if (tw) {
-    for (size_t c = 0; c < tw->test.size(); ++c)
-      if (std::isfinite(tw->test[c]) && !(tw->test[c] >= r.baseline_best_test_risk)) {
-        r.baseline_best_test_risk = tw->test[c];
-        r.baseline_best_step = pr.checkpoints[c];
-      }
     r.baseline_loss_rise = tw->loss_rise;
     r.baseline_test_risk = tw->last.test_risk;
     r.curve_baseline_test_risk = tw->test;
