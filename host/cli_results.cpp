@@ -156,6 +156,12 @@ int summary_main(const std::string& path, const std::string& by_text, const std:
   auto number = [&](const RowBlock& b, int k, size_t r) {
     return cs[k].type == ColType::f64 ? b.cols[k].f[r] : static_cast<double>(b.cols[k].i[r]);
   };
+  // A metric's value, NaN where the file has none (an integer metric's -1: the
+  // twin's best step in a row without a twin must not count as step -1).
+  auto value = [&](const RowBlock& b, int k, size_t r) {
+    if (int_column_has_missing(cs[k]) && b.cols[k].i[r] == -1) return static_cast<double>(NAN);
+    return number(b, k, r);
+  };
   auto matches = [&](const Where& c, const RowBlock& b, size_t r) {
     if (cs[c.k].type == ColType::str) return b.cols[c.k].s[r] == c.text;
     const double x = number(b, c.k, r);
@@ -193,9 +199,9 @@ int summary_main(const std::string& path, const std::string& by_text, const std:
     for (size_t r = 0; r < b.rows(); ++r) {
       if (b.cols[sk].i[r] != static_cast<int64_t>(Status::done) || !kept(b, r)) continue;
       ++matched;
-      double x = number(b, mk, r);
-      if (pk >= 0) x = relative ? x / number(b, pk, r) - 1 : x - number(b, pk, r);
-      if (!std::isfinite(x)) {  // NaN, or +-inf (--relative against a zero)
+      double x = value(b, mk, r);
+      if (pk >= 0) x = relative ? x / value(b, pk, r) - 1 : x - value(b, pk, r);
+      if (!std::isfinite(x)) {  // NaN, no value (-1 step of a missing twin), or +-inf (--relative against a zero)
         ++skipped_nan;
         continue;
       }
@@ -268,7 +274,7 @@ int summary_main(const std::string& path, const std::string& by_text, const std:
     std::cout << line(head) << "\n";
     for (const auto& r : rows) std::cout << line(r) << "\n";
     if (skipped_nan)  // on stderr: the CSV on stdout stays a table
-      std::cerr << "stsweep: summary: " << skipped_nan << " done trials with a non-finite value left out\n";
+      std::cerr << "stsweep: summary: " << skipped_nan << " done trials with no finite value (NaN, inf, or an integer metric's -1) left out\n";
   } else {
     std::vector<size_t> w(head.size());
     for (size_t i = 0; i < head.size(); ++i) w[i] = head[i].size();
@@ -289,7 +295,7 @@ int summary_main(const std::string& path, const std::string& by_text, const std:
     line(head);
     for (const auto& r : rows) line(r);
     if (skipped_nan)
-      std::cout << "(" << skipped_nan << " done trials with a non-finite value (NaN or inf) left out)\n";
+      std::cout << "(" << skipped_nan << " done trials with no finite value (NaN, inf, or an integer metric's -1) left out)\n";
     if (used == 0) std::cout << "(no done trials" << (where.empty() ? "" : " with " + where_shown) << ")\n";
   }
   return kExitOk;

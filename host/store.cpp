@@ -442,6 +442,10 @@ const std::vector<Column>& store_columns() {
   return cols;
 }
 
+bool int_column_has_missing(const Column& c) {
+  return !c.curve && c.key.empty() && (c.type == ColType::i64 || c.type == ColType::i8) && c.name != "status";
+}
+
 int store_column_index(const std::string& name) {
   const auto& c = store_columns();
   for (size_t i = 0; i < c.size(); ++i)
@@ -792,6 +796,10 @@ H5Results H5Results::create(const std::string& path, const FileHeader& h, int cu
     if (c.name == "status") {
       attr_num<int8_t>(d, "flag_values", H5T_STD_I8LE, H5T_NATIVE_INT8, {0, 1, 2, 3}, false);
       attr_str(d, "flag_meanings", "pending done diverged failed");
+    }
+    if (int_column_has_missing(c)) {  // in the column's own type, as CF asks
+      if (c.type == ColType::i8) attr_num<int8_t>(d, "missing_value", H5T_STD_I8LE, H5T_NATIVE_INT8, {-1}, true);
+      else attr_i64(d, "missing_value", -1);
     }
     if (c.curve && c.name != "step") attr_str(d, "coordinates", "step");
     im.ds.push_back(std::move(d));

@@ -37,6 +37,11 @@ struct Column {
 // `step` and the curves. The layout of every file this engine writes.
 const std::vector<Column>& store_columns();
 int store_column_index(const std::string& name);  // -1 when absent
+// An integer metric (steps_run, best_step, baseline_best_step, zero_loss): -1
+// there means "no value" (a row not run, or no twin). The file says so with a CF
+// `missing_value` attribute, so xarray reads these as floats with NaN, and
+// summary leaves such rows out as it does NaN.
+bool int_column_has_missing(const Column& c);
 // A digest of the column names and types (files and journals carry it).
 std::string store_schema_digest();
 

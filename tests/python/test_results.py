@@ -193,7 +193,7 @@ def main():
         body = [ln for ln in p.stdout.strip().splitlines() if ln.strip() and ln.split()[0][0].isdigit()]
         counts = [int((ln.split(",") if fmt == "csv" else ln.split())[1]) for ln in body]
         means = [float((ln.split(",") if fmt == "csv" else ln.split())[2]) for ln in body]
-        said = f"{zero} done trials with a non-finite value" in (p.stderr if fmt == "csv" else p.stdout)
+        said = f"{zero} done trials with no finite value" in (p.stderr if fmt == "csv" else p.stdout)
         check(p.returncode == 0 and zero > 0 and sum(counts) == len(x) and all(np.isfinite(means)) and said,
               f"summary --paired lambda --relative ({fmt}): the {zero} infinite ratios left out and counted")
 
@@ -211,6 +211,40 @@ def main():
     p = run(["summary", ref, "--where", "noise=x"], ok=(2,))
     check(p.returncode == 2 and "--where" in p.stderr and "is not a number" in p.stderr,
           f"summary --where noise=x: exit 2, named ({p.stderr.strip()})")
+
+    # --- integer metrics with no value: -1 on disk, NaN in xarray, left out by summary ----------
+    # A row without a twin has baseline_best_step -1. Before session 15 summary and
+    # xarray averaged those -1s in with the twins' steps.
+    mixed = os.path.join(wd, "mixed.json")
+    with open(mixed, "w") as f:
+        json.dump(dict(SWEEP, name="mixed-baseline", grid={"noise": [0.1, 1.0], "lambda": [0.3, 1],
+                                                          "baseline": [True, False], "seed": {"range": [0, 3]}}), f)
+    mh5 = os.path.join(wd, "mixed.h5")
+    p = run(["run", mixed, "-o", mh5] + common)
+    with h5py.File(mh5, "r") as f:
+        raw, base = f["baseline_best_step"][()], f["baseline"][()]
+        attr = f["baseline_best_step"].attrs.get("missing_value")
+        status_attr = "missing_value" in f["status"].attrs
+    check(p.returncode == 0 and bool((raw[base == 0] == -1).all()) and bool((raw[base == 1] >= 0).all())
+          and attr == -1 and not status_attr,
+          "h5py: baseline_best_step is -1 exactly where baseline is false, with missing_value = -1 (status has none)")
+    mds = xr.open_dataset(mh5, engine="h5netcdf")
+    xv = mds["baseline_best_step"].values
+    check(bool(np.isnan(xv[base == 0]).all()) and bool((xv[base == 1] == raw[base == 1]).all())
+          and mds["best_step"].dtype.kind == "f" and mds["status"].dtype == np.int8,
+          "xarray: baseline_best_step is NaN where there is no twin and the step where there is")
+    p = run(["summary", mh5, "--by", "noise", "--metric", "baseline_best_step", "--format", "csv"])
+    lines = p.stdout.strip().splitlines()
+    okk = p.returncode == 0 and len(lines) == 3
+    for line in lines[1:]:
+        nz, cnt, mean = line.split(",")[:3]
+        want = raw[(base == 1) & np.isclose(mds["noise"].values, float(nz))]
+        okk = okk and int(cnt) == len(want) and abs(float(mean) - want.mean()) <= 1e-5 * max(1.0, want.mean())
+    nobase = int((base == 0).sum())
+    check(okk and f"{nobase} done trials with no finite value" in p.stderr,
+          f"summary --metric baseline_best_step: the mean over rows with a twin; the {nobase} without are left out "
+          f"and counted ({p.stdout.strip()!r}, {p.stderr.strip()!r})")
+    mds.close()
 
     # --- kill -9 at random points, then --resume -----------------------------------------
     out = os.path.join(wd, "killed.h5")
