@@ -153,6 +153,9 @@ int run_main(const RunArgs& a) {
   // From the start: SLURM may preempt (SIGTERM) a job that is still starting.
   install_handlers();
   Sweep sweep = Sweep::from_file(a.file);
+  for (const auto& [path, entry] : sweep.unmatched_exclude())
+    std::cerr << "stsweep: warning: " << path << " (" << entry << ") drops no trial of " << a.file
+              << " (a misspelt value, or a combination the grid never makes)\n";
   {  // --force would replace the sweep file with the results
     std::error_code ec;
     if (std::filesystem::exists(a.out, ec) && std::filesystem::equivalent(a.file, a.out, ec))

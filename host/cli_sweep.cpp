@@ -144,6 +144,9 @@ int validate(const std::string& file) {
         std::cout << "warning: the axis " << key << " changes nothing: " << why
                 << " and no trial of the sweep has that (its trials differ only in the " << key << " column)\n";
   }
+  for (const auto& [path, entry] : s.unmatched_exclude())
+    std::cout << "warning: " << path << " (" << entry << ") drops no trial: no trial of the sweep has all of that"
+              << " (a misspelt value, or a combination the grid never makes)\n";
   return kExitOk;
 }
 

@@ -19,6 +19,7 @@
 #include <cstring>
 #include <fstream>
 #include <limits>
+#include <set>
 #include <sstream>
 
 namespace stsweep {
@@ -680,6 +681,15 @@ class Builder {
     return b;
   }
 
+  // Exclude entries (path, "key = value, ...") that drop no trial of any block
+  // so far: a misspelt value or a combination the grid never makes.
+  std::vector<std::pair<std::string, std::string>> unmatched_entries() const {
+    std::vector<std::pair<std::string, std::string>> out;
+    for (const auto& [path, text] : seen_)
+      if (!matched_.count(path)) out.push_back({path, text});
+    return out;
+  }
+
  private:
   void check_sample_bounds(const json& base, const Member& m) {
     const Source& s = m.src;
@@ -759,6 +769,12 @@ class Builder {
     const size_t A = b.axes.size();
     std::vector<std::vector<IndexSet>> applicable;
     for (const auto& entry : entries) {
+      const std::string ep = entry_path(entry);
+      if (std::none_of(seen_.begin(), seen_.end(), [&](const auto& e) { return e.first == ep; })) {
+        std::string text;
+        for (const auto& it : entry) text += (text.empty() ? "" : ", ") + it.key + " = " + it.value.dump();
+        seen_.push_back({ep, text});
+      }
       std::vector<std::vector<const ExcludeItem*>> items(A);
       std::vector<std::vector<const Member*>> members(A);
       bool possible = true;
@@ -790,6 +806,7 @@ class Builder {
         if (!sets[a].full && sets[a].v.empty()) possible = false;
       }
       if (!possible) continue;
+      matched_.insert(ep);
       // Entries that select the same trials (repeated, or differing only in
       // constants at their defaults) count once: each copy would double the
       // boxes of inclusion-exclusion.
@@ -836,8 +853,16 @@ class Builder {
     b.kept = b.raw - b.excluded;
   }
 
+  // "exclude[2]" or "subgrids[1].exclude[0]": the entry's own path, from its first item's.
+  static std::string entry_path(const std::vector<ExcludeItem>& entry) {
+    const std::string& p = entry.front().path;
+    return p.substr(0, p.find(']', p.rfind("exclude[")) + 1);
+  }
+
   uint64_t seed_;
   const std::vector<std::vector<ExcludeItem>>& global_exclude_;
+  std::vector<std::pair<std::string, std::string>> seen_;  // every entry met, in order: path, text
+  std::set<std::string> matched_;                          // paths of the entries that drop some trial
 };
 
 }  // namespace
@@ -848,6 +873,7 @@ struct Sweep::Impl {
   nlohmann::json doc;
   std::vector<Block> blocks;
   uint64_t total = 0;
+  std::vector<std::pair<std::string, std::string>> unmatched_exclude;
 
   const Block& block_of(uint64_t id, uint64_t& local) const {
     if (id >= total)
@@ -1024,6 +1050,7 @@ Sweep Sweep::from_text(const std::string& text, const std::string& source) {
     }
   }
 
+  impl->unmatched_exclude = with_exclude.unmatched_entries();
   uint64_t total = 0;
   for (auto& b : impl->blocks) {
     b.offset = total;
@@ -1058,6 +1085,9 @@ const std::string& Sweep::text() const { return impl_->text; }
 std::string Sweep::hash() const { return impl_->hash; }
 const nlohmann::json& Sweep::json() const { return impl_->doc; }
 uint64_t Sweep::count() const { return impl_->total; }
+const std::vector<std::pair<std::string, std::string>>& Sweep::unmatched_exclude() const {
+  return impl_->unmatched_exclude;
+}
 
 std::vector<AxisInfo> Sweep::axes() const {
   std::vector<AxisInfo> out;

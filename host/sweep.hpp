@@ -10,6 +10,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -40,6 +41,9 @@ class Sweep {
   const nlohmann::json& json() const;
 
   uint64_t count() const;            // trials after exclude
+  // The exclude entries that drop no trial (path such as "exclude[1]", and the
+  // entry as "key = value, ..."): validate and run warn of them.
+  const std::vector<std::pair<std::string, std::string>>& unmatched_exclude() const;
   std::vector<AxisInfo> axes() const;
 
   // The merged parameter object and typed parameters of trial `id` (0 <= id < count()).

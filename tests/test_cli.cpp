@@ -88,6 +88,24 @@ TEST(Cli, ValidateWarnsOfAxesNoTrialReads) {
   EXPECT_EQ(r.out.find("warning"), std::string::npos) << r.out;
 }
 
+// An exclude entry that drops nothing is most often a misspelt value: validate
+// and run say which entry (run on stderr, and runs anyway).
+TEST(Cli, WarnsOfExcludeEntriesThatDropNothing) {
+  const std::string f = write_file("noexcl.json", R"({"defaults": {"d": 8, "k": 4, "m": 2, "hidden": [8], "steps": 10},
+      "grid": {"noise": [0.1, 0.2], "lambda": [0, 1]},
+      "exclude": [{"noise": 0.1, "lambda": 1}, {"noise": 0.15}, {"lambda": 1, "d": 16}]})");
+  Outcome v = run("validate '" + f + "'");
+  ASSERT_EQ(v.rc, 0) << v.err;
+  EXPECT_NE(v.out.find("trials: 3"), std::string::npos) << v.out;
+  EXPECT_NE(v.out.find("warning: exclude[1] (noise = 0.15) drops no trial"), std::string::npos) << v.out;
+  EXPECT_NE(v.out.find("warning: exclude[2] (lambda = 1, d = 16) drops no trial"), std::string::npos) << v.out;
+  EXPECT_EQ(v.out.find("exclude[0]"), std::string::npos) << v.out;
+  const std::string out = (scratch() / "noexcl.h5").string();
+  Outcome r = run("run '" + f + "' -o '" + out + "' --backend cpu --progress none");
+  EXPECT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.err.find("warning: exclude[1] (noise = 0.15) drops no trial"), std::string::npos) << r.err;
+}
+
 TEST(Cli, NumbersInMessagesAreAsWritten) {
   const std::string neg = write_file("neg.json", R"({"grid": {"noise": [0.5, -0.1]}})");
   Outcome v = run("validate '" + neg + "'");

@@ -80,39 +80,67 @@ bool excluded_by(const json& trial, const json& entries) {
 
 // The trials of `doc` as the brute force sees them: each block expanded on its
 // own without excludes, then filtered by the global and the block's entries.
-std::vector<json> brute_force(const json& doc) {
+// `dropping` (if given) gets the paths of the entries that drop some trial.
+std::vector<json> brute_force(const json& doc, std::set<std::string>* dropping = nullptr) {
   json global = doc.value("exclude", json::array());
   json top = doc;
   top.erase("exclude");
   top.erase("subgrids");
   std::vector<json> out;
-  auto expand = [&](const json& file, const json& entries) {
+  auto expand = [&](const json& file, const json& entries, const std::vector<std::string>& paths) {
     Sweep s = SJ(file);
     for (uint64_t i = 0; i < s.count(); ++i) {
       json t = s.trial_json(i);
       if (!excluded_by(t, entries)) out.push_back(t);
+      for (size_t e = 0; dropping && e < entries.size(); ++e)
+        if (excluded_by(t, json::array({entries[e]}))) dropping->insert(paths[e]);
     }
   };
+  std::vector<std::string> global_paths;
+  for (size_t e = 0; e < global.size(); ++e) global_paths.push_back("exclude[" + std::to_string(e) + "]");
   bool top_axes = doc.contains("grid") || doc.contains("zip") || doc.contains("samples");
-  if (!doc.contains("subgrids") || top_axes) expand(top, global);
-  for (const auto& sub : doc.value("subgrids", json::array())) {
+  if (!doc.contains("subgrids") || top_axes) expand(top, global, global_paths);
+  const json subs = doc.value("subgrids", json::array());
+  for (size_t j = 0; j < subs.size(); ++j) {
+    const json& sub = subs[j];
     json file = {{"seed", doc.value("seed", 0)}, {"defaults", doc.value("defaults", json::object())}};
     json block = sub;
     block.erase("exclude");
     block.erase("name");
     file["subgrids"] = json::array({block});
     json entries = global;
-    for (const auto& e : sub.value("exclude", json::array())) entries.push_back(e);
-    expand(file, entries);
+    std::vector<std::string> paths = global_paths;
+    const json own = sub.value("exclude", json::array());
+    for (size_t e = 0; e < own.size(); ++e) {
+      entries.push_back(own[e]);
+      paths.push_back("subgrids[" + std::to_string(j) + "].exclude[" + std::to_string(e) + "]");
+    }
+    expand(file, entries, paths);
   }
   return out;
 }
 
+// The trials, and which exclude entries drop none (Sweep::unmatched_exclude).
 void expect_lazy_equals_brute_force(const json& doc) {
   Sweep s = SJ(doc);
-  auto expect = brute_force(doc);
+  std::set<std::string> dropping;
+  auto expect = brute_force(doc, &dropping);
   ASSERT_EQ(s.count(), expect.size()) << doc.dump();
   for (uint64_t i = 0; i < s.count(); ++i) ASSERT_EQ(s.trial_json(i), expect[i]) << "trial " << i << " of " << doc.dump();
+  std::set<std::string> all = dropping, unmatched;
+  for (const auto& [path, entry] : s.unmatched_exclude()) {
+    unmatched.insert(path);
+    all.insert(path);
+    EXPECT_FALSE(entry.empty()) << path;
+  }
+  for (const auto& path : all)
+    EXPECT_NE(dropping.count(path), unmatched.count(path))
+        << path << (dropping.count(path) ? " drops trials but is reported as dropping none" : " drops nothing")
+        << " in " << doc.dump();
+  // Every entry of the file is one or the other.
+  size_t entries = doc.value("exclude", json::array()).size();
+  for (const auto& sub : doc.value("subgrids", json::array())) entries += sub.value("exclude", json::array()).size();
+  EXPECT_EQ(all.size(), entries) << doc.dump();
 }
 
 }  // namespace
@@ -292,6 +320,13 @@ TEST(Sweep, ExcludeAgainstBruteForce) {
           "exclude": [{"lambda": 1, "noise": 0.5}, {"lambda": 2, "noise": 0.2}]})",
       // the same entry twice
       R"({"grid": {"seed": [0, 1, 2, 3]}, "exclude": [{"seed": 2}, {"seed": 2}]})",
+      // entries that drop nothing: a value no axis has, a combination only another
+      // subgrid makes, a constant at another value, and a global entry that only
+      // one subgrid matches (it drops something, so it is not reported)
+      R"({"subgrids": [{"grid": {"noise": [0.1, 0.2], "lambda": [1, 2]},
+                        "exclude": [{"noise": 0.3}, {"seed": 1, "noise": 0.1}]},
+                       {"grid": {"seed": [0, 1, 2]}, "exclude": [{"seed": 1, "d": 64}, {"seed": 2}]}],
+          "exclude": [{"lambda": 2, "noise": 0.2}, {"lambda": 5}]})",
   };
   for (const char* c : cases) expect_lazy_equals_brute_force(json::parse(c));
 }
