@@ -63,6 +63,39 @@ def main():
         head = f.read(8)
     check(head == b"\x89PNG\r\n\x1a\n" and os.path.getsize(png) > 10_000, "a real PNG image")
 
+    # --paired/--relative: the points drawn (--data) are summary's paired means and CIs,
+    # per (lambda, noise); --logy draws. Before session 15 there was no paired mode.
+    pts = os.path.join(a.workdir, "gain.csv")
+    p = plot(res, "-o", png, "--x", "lambda", "--hue", "noise", "--metric", "best_test_risk",
+             "--paired", "baseline_best_test_risk", "--relative", "--data", pts, "--logx")
+    s = subprocess.run([a.stsweep, "summary", res, "--by", "lambda,noise", "--metric", "best_test_risk",
+                        "--paired", "baseline_best_test_risk", "--relative", "--format", "csv"],
+                       capture_output=True, text=True)
+    import csv
+    want = {(float(r["lambda"]), float(r["noise"])): r for r in csv.DictReader(s.stdout.splitlines())}
+    got = list(csv.DictReader(open(pts))) if os.path.exists(pts) else []
+    okk = p.returncode == 0 and s.returncode == 0 and len(got) == len(want) > 0
+    for r in got:
+        w = want.get((float(r["lambda"]), float(r["noise"])))
+        okk = okk and w is not None and int(r["n"]) == int(w["count"]) and r["series"] == \
+            "best_test_risk / baseline_best_test_risk - 1"
+        for k, wk in (("mean", "mean"), ("ci95_low", "ci95_low"), ("ci95_high", "ci95_high")):
+            if okk and w[wk] != "nan":
+                okk = abs(float(r[k]) - float(w[wk])) <= 1e-5 * max(1e-6, abs(float(w[wk])))
+    check(okk, f"--paired --relative --data: the {len(got)} points drawn are summary --paired's means and CIs "
+               f"({p.stderr.strip()[-300:]})")
+    lam0 = [r for r in got if float(r["lambda"]) == 0]
+    check(lam0 and all(abs(float(r["mean"])) < 1e-12 for r in lam0),
+          "at lambda = 0 the student is its own twin: the paired gain is 0")
+    p = plot(res, "-o", png, "--metric", "test_risk", "--logy")
+    check(p.returncode == 0, f"--logy draws ({p.stderr.strip()})")
+    for bad, says in ((["--relative"], "--relative needs --paired"),
+                      (["--paired", "baseline_test_risk", "--baseline"], "not with --baseline"),
+                      (["--paired", "teacher_decomposition"], "is text, not a number"),
+                      (["--paired", "baseline_test_risk", "--data", os.path.join(a.workdir, "x.txt")], "give a .csv")):
+        p = plot(res, "-o", png, *bad)
+        check(p.returncode == 2 and says in p.stderr, f"{' '.join(bad)}: exit 2 ({p.stderr.strip()[:160]})")
+
     # Learning curves of the trials --where keeps: 2 seeds x 3 lambdas at noise 0.2, balanced.
     curves = os.path.join(a.workdir, "curves.png")
     p = plot(res, "-o", curves, "--x", "step", "--hue", "lambda", "--where", "noise=0.2",
