@@ -298,6 +298,9 @@ const std::vector<ParamSpec>& param_specs() {
       {"baseline", "baseline", 'b', "also train the lambda = 0 twin from the same data and init"},
       {"path", "path", 's', "training path: auto|data|moment (moment: linear networks only)"},
       {"seed", "seed", 'i', "trial seed; with the sweep seed it keys data and init"},
+      {"subgrid", "subgrid", 's',
+       "derived: the subgrid of the sweep file the trial comes from, its name or \"subgrids[i]\"; empty for the "
+       "top-level grid (not settable)", true},
   };
   return specs;
 }
@@ -327,7 +330,7 @@ std::vector<ParamValue> flatten(const TrialParams& p) {
       std::string(name(t.kind)), t.delta, int64_t{t.n_train}, int64_t{t.steps}, t.lr,
       std::string(name(t.decomposition)), t.scale, t.power, teacher_label(t),
       int64_t{p.n_train}, int64_t{p.steps}, p.lr, p.init_scale, int64_t{p.checkpoints},
-      int64_t{p.n_test}, int64_t{p.baseline ? 1 : 0}, std::string(name(p.path)), p.seed,
+      int64_t{p.n_test}, int64_t{p.baseline ? 1 : 0}, std::string(name(p.path)), p.seed, p.subgrid,
   };
 }
 

@@ -63,6 +63,10 @@ struct TrialParams {
   bool baseline = true;
   TrainPath path = TrainPath::automatic;
   int64_t seed = 0;
+  // Where the trial comes from in its sweep file, not a parameter (no effect on
+  // the math; to_json leaves it out): the subgrid's "name", or "subgrids[i]"
+  // when it has none; empty for the top-level grid. Set by Sweep::trial.
+  std::string subgrid;
 
   int depth() const { return static_cast<int>(hidden.size()) + 1; }
   // Layer widths w[0..L]: d, the hidden widths, m.

@@ -444,6 +444,7 @@ struct ExcludeItem {
 
 struct Block {
   std::string path;   // "" top level, "subgrids[i]"
+  std::string label;  // the subgrid column: its name, else its path
   int subgrid = -1;
   json base;          // all parameters before the axes apply
   std::vector<Axis> axes;
@@ -585,6 +586,7 @@ class Builder {
     Block b;
     b.path = path;
     b.subgrid = subgrid;
+    b.label = subgrid >= 0 && src.contains("name") && src["name"].is_string() ? src["name"].get<std::string>() : path;
     b.base = base;
     auto at = [&](const std::string& k) { return path.empty() ? k : path + "." + k; };
     std::vector<std::pair<std::string, std::string>> seen;  // key, path
@@ -1045,6 +1047,12 @@ Sweep Sweep::from_text(const std::string& text, const std::string& source) {
       for (const char* k : {"name", "description"})
         if (subs[i].contains(k) && !subs[i][k].is_string())
           throw InputError(sp + "." + k, "expected a string, got " + describe(subs[i][k]));
+      // The name is the trial's `subgrid` column: two subgrids of one name could not be told apart.
+      if (subs[i].contains("name"))
+        for (size_t j = 0; j < i; ++j)
+          if (subs[j].contains("name") && subs[j]["name"] == subs[i]["name"])
+            throw InputError(sp + ".name", "\"" + subs[i]["name"].get<std::string>() + "\" is also the name of " +
+                                               idx("subgrids", j) + " (the results' subgrid column tells them apart by name)");
       nlohmann::json base = defaults_of(subs[i], sp + ".defaults", top_base);
       impl->blocks.push_back(with_exclude.block(subs[i], sp, static_cast<int>(i), base));
     }
@@ -1065,8 +1073,13 @@ Sweep Sweep::from_text(const std::string& text, const std::string& source) {
   // Key order defines trial ids, so the canonical form keeps it. The
   // description is prose about the sweep, not the sweep: editing it must not
   // refuse a --resume or a merge (a researcher's review; until session 14 it did).
+  // So are the subgrids' descriptions (since session 15); their names are not:
+  // they are the trials' `subgrid` column.
   auto identity = root;
   if (identity.is_object()) identity.erase("description");
+  if (identity.is_object() && identity.contains("subgrids") && identity["subgrids"].is_array())
+    for (auto& sub : identity["subgrids"])
+      if (sub.is_object()) sub.erase("description");
   std::string canon = identity.dump();
   char hex[17];
   std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(fnv1a(canon)));
@@ -1117,7 +1130,10 @@ TrialParams Sweep::trial(uint64_t id) const {
   const nlohmann::json j = trial_json(id);
   const std::string path = "trials[" + std::to_string(id) + "]";
   try {
-    return parse_trial_params(j, path);
+    TrialParams p = parse_trial_params(j, path);
+    uint64_t local = 0;
+    p.subgrid = impl_->block_of(id, local).label;
+    return p;
   } catch (const InputError& e) {
     // Say which grid point it is: the trial's value of each axis of its block.
     uint64_t local = 0;

@@ -283,6 +283,29 @@ TEST(Sweep, SubgridsAloneHaveNoTopBlock) {
   EXPECT_EQ(s.trial(2).seed, 9);
 }
 
+// The subgrid column: a subgrid's name, else its path; empty at the top level.
+// Two subgrids of one name are refused (the column could not tell them apart),
+// and the derived key cannot be set.
+TEST(Sweep, SubgridColumnNamesEachTrialsBlock) {
+  Sweep s = S(R"({"grid": {"lambda": [1, 2]},
+                  "subgrids": [{"name": "wide", "grid": {"seed": [0, 1, 2]}}, {"defaults": {"seed": 9}}]})");
+  ASSERT_EQ(s.count(), 6u);
+  const std::vector<std::string> want = {"", "", "wide", "wide", "wide", "subgrids[1]"};
+  for (uint64_t i = 0; i < s.count(); ++i) {
+    EXPECT_EQ(s.trial(i).subgrid, want[i]) << i;
+    const auto v = flatten(s.trial(i));
+    const auto& specs = param_specs();
+    for (size_t c = 0; c < specs.size(); ++c)
+      if (specs[c].key == "subgrid") EXPECT_EQ(std::get<std::string>(v[c]), want[i]) << i;
+    EXPECT_FALSE(to_json(s.trial(i)).contains("subgrid")) << "not a parameter";
+  }
+  std::string msg;
+  EXPECT_EQ(err(R"({"subgrids": [{"name": "a", "grid": {"seed": [0, 1]}}, {"name": "a"}]})", &msg), "subgrids[1].name");
+  EXPECT_NE(msg.find("also the name of subgrids[0]"), std::string::npos) << msg;
+  EXPECT_EQ(err(R"({"grid": {"subgrid": ["a", "b"]}})", &msg), "grid.subgrid");
+  EXPECT_NE(msg.find("derived"), std::string::npos) << msg;
+}
+
 // --- exclude ------------------------------------------------------------------------------------
 
 TEST(Sweep, ExcludeSimple) {
@@ -809,6 +832,12 @@ TEST(Sweep, HashFollowsContentNotWhitespace) {
   Sweep f = S(R"({"name": "x", "description": "the same, reworded", "grid": {"d": [16, 32], "k": [4]}})");
   EXPECT_EQ(e.hash(), f.hash());
   EXPECT_EQ(e.hash(), a.hash());
+  // So are a subgrid's (since session 15); its name is the subgrid column, so it counts.
+  Sweep g = S(R"({"subgrids": [{"name": "s", "description": "one", "grid": {"d": [16, 32]}}]})");
+  Sweep h = S(R"({"subgrids": [{"name": "s", "description": "two", "grid": {"d": [16, 32]}}]})");
+  Sweep i = S(R"({"subgrids": [{"name": "t", "description": "one", "grid": {"d": [16, 32]}}]})");
+  EXPECT_EQ(g.hash(), h.hash());
+  EXPECT_NE(g.hash(), i.hash());
   EXPECT_EQ(b.text().front(), '{');
   EXPECT_EQ(a.json()["grid"]["d"][1], 32);
 }
