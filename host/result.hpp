@@ -31,6 +31,10 @@ struct TrialResult {
   int64_t baseline_best_step = 0;      // the twin's best_step (-1 when baseline = false)
   double loss_rise = 1;           // tm::LossRise: largest rise of the training loss over its lowest
   double baseline_loss_rise = 1;  // the twin's (NaN when baseline = false)
+  // Which network stopped a diverged trial (status says only that one did):
+  // 1 when it diverged, 0 when not; twin_diverged is -1 when baseline = false.
+  int8_t student_diverged = 0;
+  int8_t twin_diverged = -1;
   std::string message;       // why, when failed or diverged (not stored per row)
 
   // Curves over checkpoints (length = number of checkpoints; NaN-padded).

@@ -382,6 +382,11 @@ const std::map<std::string, MetricField>& metric_fields() {
                      "(1: it never rose; unstable GD when well above 1)"}},
       {"baseline_loss_rise", {ColType::f64, [](const TrialResult& r) { return r.baseline_loss_rise; }, nullptr,
                               "loss_rise of the lambda = 0 twin (NaN when baseline = false)"}},
+      {"student_diverged", {ColType::i8, nullptr, [](const TrialResult& r) { return int64_t{r.student_diverged}; },
+                            "1 when the student diverged (then status = diverged), else 0"}},
+      {"twin_diverged", {ColType::i8, nullptr, [](const TrialResult& r) { return int64_t{r.twin_diverged}; },
+                         "1 when the lambda = 0 twin diverged (then status = diverged, though the student's "
+                         "metrics are its own), 0 when not, -1 when baseline = false"}},
   };
   return m;
 }

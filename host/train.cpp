@@ -338,6 +338,8 @@ TrialResult assemble_trial_result(const TrialProblem& pr, const NetTrace& st, co
     note("twin", *tw);
     r.steps_run = std::min(st.steps_run, tw->steps_run);
   }
+  r.student_diverged = st.diverged ? 1 : 0;
+  r.twin_diverged = tw ? (tw->diverged ? 1 : 0) : -1;
   if (st.diverged || (tw && tw->diverged)) r.status = Status::diverged;
   r.message = msg;
   return r;

@@ -486,15 +486,42 @@ TEST(Divergence, HugeLearningRateStopsTheTrial) {
 
 TEST(Divergence, OnlyTheTwinDiverging) {
   // A feature term that keeps the student's weights small enough while the
-  // twin blows up is hard to arrange; instead check the bookkeeping when both
-  // diverge at the same step (same start, same rate).
+  // twin blows up is hard to arrange in training; check the bookkeeping when
+  // both diverge at the same step (same start, same rate)...
   Spec s;
   s.lr = 1e3;
   s.lambda = 0;
-  const TrialResult r = train_trial<double>(make_problem(s));
+  const TrialProblem pr = make_problem(s);
+  const TrialResult r = train_trial<double>(pr);
   EXPECT_EQ(r.status, Status::diverged);
   EXPECT_NE(r.message.find("student"), std::string::npos);
   EXPECT_NE(r.message.find("twin"), std::string::npos);
+  EXPECT_EQ(r.student_diverged, 1);
+  EXPECT_EQ(r.twin_diverged, 1);
+  // ...and assemble_trial_result on traces where only one of them did: the
+  // columns say which (since session 15; the status alone said "one of them").
+  NetTrace fine, blown;
+  fine.test = fine.label = fine.feature = {1.0, 0.5};
+  fine.steps_run = 10;
+  blown = fine;
+  blown.test[1] = blown.label[1] = blown.feature[1] = std::numeric_limits<double>::quiet_NaN();
+  blown.diverged = true;
+  blown.steps_run = 4;
+  TrialProblem two = pr;
+  two.checkpoints = {0, 10};
+  const TrialResult twin_only = assemble_trial_result(two, fine, &blown);
+  EXPECT_EQ(twin_only.status, Status::diverged);
+  EXPECT_EQ(twin_only.student_diverged, 0);
+  EXPECT_EQ(twin_only.twin_diverged, 1);
+  EXPECT_EQ(twin_only.steps_run, 4);
+  EXPECT_EQ(twin_only.best_test_risk, 0.5);  // the student's own, whole curve
+  const TrialResult student_only = assemble_trial_result(two, blown, &fine);
+  EXPECT_EQ(student_only.student_diverged, 1);
+  EXPECT_EQ(student_only.twin_diverged, 0);
+  const TrialResult no_twin = assemble_trial_result(two, fine, nullptr);
+  EXPECT_EQ(no_twin.status, Status::done);
+  EXPECT_EQ(no_twin.student_diverged, 0);
+  EXPECT_EQ(no_twin.twin_diverged, -1);
 }
 
 // ----------------------------------------------------------- checkpoints --

@@ -40,6 +40,8 @@ inline void expect_close(const TrialResult& got, const TrialResult& ref, double 
   EXPECT_EQ(got.zero_loss, ref.zero_loss);
   EXPECT_EQ(got.best_step, ref.best_step);
   EXPECT_EQ(got.baseline_best_step, ref.baseline_best_step);
+  EXPECT_EQ(got.student_diverged, ref.student_diverged);
+  EXPECT_EQ(got.twin_diverged, ref.twin_diverged);
   const std::pair<const char*, std::pair<double, double>> scalars[] = {
       {"test_risk", {got.test_risk, ref.test_risk}},
       {"baseline_test_risk", {got.baseline_test_risk, ref.baseline_test_risk}},
