@@ -41,6 +41,7 @@ struct RunArgs {
   int threads = 0;
   size_t batch_size = 0;
   double checkpoint_every = 30;
+  double stop_checkpoint_limit = 10;
   double teacher_cache_mb = kTeacherCacheDefaultMb;
   double setup_cache_mb = kSetupCacheDefaultMb;
 };
@@ -249,16 +250,33 @@ int run_main(const RunArgs& a) {
     progress.clear();
     const char* sig = signal_name(g_signal);
     std::string err;
+    // A checkpoint copies the whole file: at 10^8 rows that can outlast a
+    // SLURM grace period, and a SIGKILL mid-copy wastes it. When the last one
+    // took longer than the limit, only sync the journal (as safe: --resume folds it).
+    const double last = writer->last_checkpoint_seconds();
+    const bool fold = a.stop_checkpoint_limit > 0 && last <= a.stop_checkpoint_limit;
     try {
-      writer->checkpoint();
+      if (fold) writer->checkpoint();
+      else writer->sync_journal();
     } catch (const std::exception& e) {
       err = e.what();
     }
     const FileHeader& h = writer->header();
+    std::string waiting;
+    if (!fold && writer->journal_rows() > 0) {
+      char buf[64];
+      std::snprintf(buf, sizeof buf, "%.3g", last);
+      waiting = " and " + std::to_string(writer->journal_rows()) + " more in " + a.out + ".journal (not folded in: " +
+                (a.stop_checkpoint_limit > 0 ? "the last checkpoint took " + std::string(buf) +
+                                                   " s, more than --stop-checkpoint-limit " +
+                                                   shortest_text(a.stop_checkpoint_limit) + " s"
+                                             : std::string("--stop-checkpoint-limit 0")) +
+                "; --resume folds them, and info and summary count them)";
+    }
     std::fprintf(stderr,
-                 "stsweep: interrupted by %s: %lld of %lld trials are finished in %s%s%s; %lld in flight were "
+                 "stsweep: interrupted by %s: %lld of %lld trials are finished in %s%s%s%s; %lld in flight were "
                  "dropped.\nstsweep: continue with: %s\n",
-                 sig, (long long)(h.n_done + h.n_diverged), (long long)rows, a.out.c_str(),
+                 sig, (long long)(h.n_done + h.n_diverged), (long long)rows, a.out.c_str(), waiting.c_str(),
                  err.empty() ? "" : " (the last checkpoint failed: ", err.empty() ? "" : (err + "; the journal has them)").c_str(),
                  (long long)in_flight, resume_command(a).c_str());
     std::fflush(stderr);
@@ -387,6 +405,11 @@ void add_run_command(CLI::App& app, Registry& r) {
       ->check(CLI::IsMember({"auto", "bar", "jsonl", "none"}));
   sub->add_option("--checkpoint-every", a->checkpoint_every,
                   "seconds between updates of OUT.h5 (at least; finished batches are journaled at once)")
+      ->check(kFiniteNonNegative);
+  sub->add_option("--stop-checkpoint-limit", a->stop_checkpoint_limit,
+                  "on SIGTERM/SIGINT/SIGUSR1, fold the journal into OUT.h5 only when the last checkpoint took at "
+                  "most this many seconds (default 10; 0: never), else leave it in OUT.h5.journal for --resume: "
+                  "a checkpoint copies the whole file, which for a huge file can outlast a SLURM grace period")
       ->check(kFiniteNonNegative);
   sub->add_option("--setup-cache-mb", a->setup_cache_mb,
                   "memory for set-up problems kept for reuse: trials that differ only in " + setup_ignores_text() +

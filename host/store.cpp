@@ -1844,6 +1844,15 @@ bool ResultsWriter::checkpoint_within(double budget_seconds) {
   return true;
 }
 
+double ResultsWriter::last_checkpoint_seconds() const { return impl_->ckpt_seconds; }
+int64_t ResultsWriter::journal_rows() const { return impl_->journal_rows; }
+void ResultsWriter::sync_journal() {
+  Impl& im = *impl_;
+  if (::fdatasync(im.fd) != 0)
+    throw std::runtime_error("cannot sync " + journal_path(im.opt.path) + ": " + errno_text(errno));
+  im.last_sync = std::chrono::steady_clock::now();
+}
+
 void ResultsWriter::finish() {
   Impl& im = *impl_;
   if (im.session > 0 && im.trials == 0 && im.resumed == 0 && im.journal_rows == 0) {

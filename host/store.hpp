@@ -202,6 +202,12 @@ class ResultsWriter {
   bool checkpoint_within(double budget_seconds);
   // Final checkpoint; removes the journal when every row is final.
   void finish();
+  // How long the last checkpoint took (0 before the first): a stop skips its
+  // checkpoint when this is over the run's --stop-checkpoint-limit.
+  double last_checkpoint_seconds() const;
+  // fdatasync of the journal: what a stop does instead of a checkpoint.
+  void sync_journal();
+  int64_t journal_rows() const;  // rows journaled since the last checkpoint
 
   struct Impl;
  private:
