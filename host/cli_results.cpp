@@ -224,7 +224,8 @@ int summary_main(const std::string& path, const std::string& by_text, const std:
       std::string vals;
       // Shortest exact text, so a value copied from the hint matches (the table's
       // 6 digits would not: 0.0562341 is not 10^-1.25 to 1e-9).
-      for (const auto& v : seen[i]) vals += (vals.empty() ? "" : ", ") + (v.is_num ? shortest_text(v.num) : v.text);
+      for (const auto& v : seen[i])
+        vals += (vals.empty() ? "" : ", ") + (v.is_num ? shortest_text(v.num) : v.text.empty() ? "\"\"" : v.text);
       throw std::runtime_error("summary: no done trial has " + where[i].shown + " (its values: " + vals +
                                (seen[i].size() >= 20 ? ", ..." : "") + ")");
     }

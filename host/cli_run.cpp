@@ -155,8 +155,9 @@ int run_main(const RunArgs& a) {
   install_handlers();
   Sweep sweep = Sweep::from_file(a.file);
   for (const auto& [path, entry] : sweep.unmatched_exclude())
-    std::cerr << "stsweep: warning: " << path << " (" << entry << ") drops no trial of " << a.file
-              << " (a misspelt value, or a combination the grid never makes)\n";
+    std::cerr << "stsweep: warning: " << path << " (" << entry << ") drops no trial of "
+              << (path.rfind("subgrids[", 0) == 0 ? path.substr(0, path.find(']') + 1) + " of " : std::string())
+              << a.file << " (a misspelt value, or a combination the grid never makes)\n";
   {  // --force would replace the sweep file with the results
     std::error_code ec;
     if (std::filesystem::exists(a.out, ec) && std::filesystem::equivalent(a.file, a.out, ec))
@@ -254,30 +255,30 @@ int run_main(const RunArgs& a) {
     // SLURM grace period, and a SIGKILL mid-copy wastes it. When the last one
     // took longer than the limit, only sync the journal (as safe: --resume folds it).
     const double last = writer->last_checkpoint_seconds();
-    const bool fold = a.stop_checkpoint_limit > 0 && last <= a.stop_checkpoint_limit;
+    const bool fold = writer->journal_rows() > 0 && a.stop_checkpoint_limit > 0 && last <= a.stop_checkpoint_limit;
     try {
       if (fold) writer->checkpoint();
-      else writer->sync_journal();
+      else if (writer->journal_rows() > 0) writer->sync_journal();
     } catch (const std::exception& e) {
-      err = e.what();
+      err = std::string(fold ? "the checkpoint failed: " : "syncing the journal failed: ") + e.what();
     }
     const FileHeader& h = writer->header();
     std::string waiting;
-    if (!fold && writer->journal_rows() > 0) {
+    if (!fold && err.empty() && writer->journal_rows() > 0) {
       char buf[64];
       std::snprintf(buf, sizeof buf, "%.3g", last);
-      waiting = " and " + std::to_string(writer->journal_rows()) + " more in " + a.out + ".journal (not folded in: " +
+      waiting = " and " + std::to_string(writer->journal_rows()) + " more trial rows in " + a.out + ".journal (not folded in: " +
                 (a.stop_checkpoint_limit > 0 ? "the last checkpoint took " + std::string(buf) +
                                                    " s, more than --stop-checkpoint-limit " +
                                                    shortest_text(a.stop_checkpoint_limit) + " s"
                                              : std::string("--stop-checkpoint-limit 0")) +
-                "; --resume folds them, and info and summary count them)";
+                "; --resume folds them in; info counts them)";
     }
     std::fprintf(stderr,
                  "stsweep: interrupted by %s: %lld of %lld trials are finished in %s%s%s%s; %lld in flight were "
                  "dropped.\nstsweep: continue with: %s\n",
                  sig, (long long)(h.n_done + h.n_diverged), (long long)rows, a.out.c_str(), waiting.c_str(),
-                 err.empty() ? "" : " (the last checkpoint failed: ", err.empty() ? "" : (err + "; the journal has them)").c_str(),
+                 err.empty() ? "" : " (", err.empty() ? "" : (err + "; --resume recovers what the journal holds)").c_str(),
                  (long long)in_flight, resume_command(a).c_str());
     std::fflush(stderr);
     std::fflush(stdout);

@@ -145,8 +145,9 @@ int validate(const std::string& file) {
                 << " and no trial of the sweep has that (its trials differ only in the " << key << " column)\n";
   }
   for (const auto& [path, entry] : s.unmatched_exclude())
-    std::cout << "warning: " << path << " (" << entry << ") drops no trial: no trial of the sweep has all of that"
-              << " (a misspelt value, or a combination the grid never makes)\n";
+    std::cout << "warning: " << path << " (" << entry << ") drops no trial: no trial of "
+              << (path.rfind("subgrids[", 0) == 0 ? path.substr(0, path.find(']') + 1) : std::string("the sweep"))
+              << " has all of that (a misspelt value, or a combination the grid never makes)\n";
   return kExitOk;
 }
 

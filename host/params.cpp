@@ -512,7 +512,8 @@ size_t edit_distance(const std::string& a, const std::string& b) {
 std::string unknown_parameter_message(const std::string& key) {
   for (const auto& spec : param_specs())
     if (spec.derived && spec.key == key)
-      return key + " is derived (" + spec.doc + "): a results column, not a parameter to set";
+      return key + " is derived (" + (spec.doc.rfind("derived: ", 0) == 0 ? spec.doc.substr(9) : spec.doc) +
+             "): a results column, not a parameter to set";
   std::string best;
   size_t best_d = std::string::npos;
   for (const auto& spec : param_specs()) {

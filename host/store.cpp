@@ -614,7 +614,7 @@ json sessions_json(const std::vector<Session>& ss) {
                  {"engine_version", s.engine_version}, {"git_commit", s.git_commit},
                  {"wall_seconds", s.wall_seconds}, {"compute_seconds", s.compute_seconds},
                  {"store_seconds", s.store_seconds}, {"store_exposed_seconds", s.store_exposed_seconds},
-                 {"trials", s.trials}});
+                 {"trials", s.trials}, {"id", s.id}});
   return a;
 }
 std::vector<Session> sessions_from(const std::string& text) {
@@ -637,6 +637,7 @@ std::vector<Session> sessions_from(const std::string& text) {
     s.store_seconds = j.value("store_seconds", 0.0);  // absent in files of earlier versions
     s.store_exposed_seconds = j.value("store_exposed_seconds", 0.0);
     s.trials = j.value("trials", int64_t{0});
+    s.id = j.value("id", "");  // absent before session 15
     out.push_back(s);
   }
   return out;
@@ -896,6 +897,11 @@ void H5Results::read_and_check_structure() {
   h.file_id = read_attr_str(im.file, "file_id");
   h.generation = read_attr_i64(im.file, "generation");
   h.sessions = sessions_from(read_attr_str(im.file, "sessions"));
+  if (has_attr(im.file, "checkpoint_seconds")) {
+    double cs = 0;
+    Hid a = check(H5Aopen(im.file, "checkpoint_seconds", H5P_DEFAULT), "attribute checkpoint_seconds");
+    if (H5Aread(a, H5T_NATIVE_DOUBLE, &cs) >= 0 && std::isfinite(cs) && cs >= 0) h.checkpoint_seconds = cs;
+  }
   h.n_pending = read_attr_i64(im.file, "n_pending");
   h.n_done = read_attr_i64(im.file, "n_done");
   h.n_diverged = read_attr_i64(im.file, "n_diverged");
@@ -1010,6 +1016,7 @@ void H5Results::write_header() {
   attr_f64(f, "wall_seconds", h_.wall_seconds());
   attr_f64(f, "compute_seconds", h_.compute_seconds());
   attr_str(f, "sessions", sessions_json(h_.sessions).dump());
+  attr_f64(f, "checkpoint_seconds", h_.checkpoint_seconds);
   attr_i64(f, "n_pending", h_.n_pending);
   attr_i64(f, "n_done", h_.n_done);
   attr_i64(f, "n_diverged", h_.n_diverged);
@@ -1330,10 +1337,15 @@ RowBlock decode_rows(const std::string& payload, double* compute_seconds) {
 struct JournalHeader {
   std::string file_id, sweep_hash, schema;
   int64_t generation = -1;
+  // The session appending to it (sessions_json form; null in journals before
+  // session 15): a session stopped or killed before its first checkpoint is
+  // in no file, and --resume records it from here.
+  json session;
 };
 std::string encode_journal_header(const JournalHeader& h) {
   json j = {{"file_id", h.file_id}, {"sweep_hash", h.sweep_hash}, {"schema", h.schema},
             {"generation", h.generation}};
+  if (h.session.is_object()) j["session"] = h.session;
   std::string t = j.dump();
   Bytes b;
   b.put_n(kJournalMagic, 8);
@@ -1384,6 +1396,7 @@ JournalScan scan_journal(int fd, F&& on_record) {
   s.header.sweep_hash = j.value("sweep_hash", "");
   s.header.schema = j.value("schema", "");
   s.header.generation = j.value("generation", int64_t{-1});
+  if (j.contains("session") && j["session"].is_object()) s.header.session = j["session"];
   s.valid_header = true;
   off_t off = 12 + hl + 8;
   s.valid_bytes = off;
@@ -1533,7 +1546,8 @@ struct ResultsWriter::Impl {
   }
 
   void reset_journal() {
-    JournalHeader jh{h.file_id, h.sweep_hash, store_schema_digest(), h.generation};
+    JournalHeader jh{h.file_id, h.sweep_hash, store_schema_digest(), h.generation, json()};
+    if (session < h.sessions.size()) jh.session = sessions_json({h.sessions[session]})[0];
     std::string b = encode_journal_header(jh);
     if (::ftruncate(fd, 0) != 0)
       throw std::runtime_error("cannot truncate " + journal_path(opt.path) + ": " + errno_text(errno));
@@ -1590,13 +1604,10 @@ struct ResultsWriter::Impl {
       f.write(buf);
       f.header() = h;
       f.header().generation = h.generation + 1;
-      if (count_into_session) {
-        // Records of this session are already counted in compute/trials.
-      } else if (!f.header().sessions.empty()) {
-        // Recovered records of a crashed session: add them to its account.
-        f.header().sessions.back().compute_seconds += cs_sum;
-        f.header().sessions.back().trials += nrows;
-      }
+      // Its duration up to here (the copy and the writes; the close, sync and
+      // rename follow): what a --resume's stop limit starts from.
+      f.header().checkpoint_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      if (!count_into_session) recover_session(f.header().sessions, s.header.session, cs_sum, nrows);
       if (count_into_session) {
         h.sessions = f.header().sessions;
         update_session();
@@ -1619,6 +1630,39 @@ struct ResultsWriter::Impl {
     last_ckpt = std::chrono::steady_clock::now();
     ckpt_seconds = std::chrono::duration<double>(last_ckpt - start).count();
   }
+
+  // The records of a session that stopped or crashed, folded in by --resume:
+  // they go to the session the journal names. One the file has (it made a
+  // checkpoint) gets them added; one it has not (stopped or killed before its
+  // first checkpoint) is added, ending when the journal was last written.
+  // Journals before session 15 name none: the file's last session gets them.
+  void recover_session(std::vector<Session>& ss, const json& jsession, double cs_sum, int64_t nrows) {
+    const std::string id = jsession.is_object() ? jsession.value("id", "") : "";
+    auto it = std::find_if(ss.begin(), ss.end(), [&](const Session& x) { return !id.empty() && x.id == id; });
+    if (it == ss.end() && !id.empty()) {
+      ss.push_back(sessions_from(json::array({jsession}).dump()).at(0));
+      it = ss.end() - 1;
+      it->compute_seconds = it->trials = 0;  // as of its start; the records below are its work
+    } else if (it == ss.end()) {
+      if (ss.empty()) return;
+      it = ss.end() - 1;
+    }
+    it->compute_seconds += cs_sum;
+    it->trials += nrows;
+    // It ran at least until its last record: the journal's last write.
+    struct stat st;
+    if (id.empty() || ::fstat(fd, &st) != 0) return;
+    std::tm tm{};
+    const std::time_t mt = st.st_mtime;
+    gmtime_r(&mt, &tm);
+    char buf[32];
+    std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    if (it->end_time < buf) it->end_time = buf;  // ISO 8601 UTC orders as text
+    std::tm t0{};
+    if (::strptime(it->start_time.c_str(), "%Y-%m-%dT%H:%M:%SZ", &t0))
+      it->wall_seconds = std::max(it->wall_seconds, std::difftime(mt, ::timegm(&t0)));
+  }
+
 };
 
 void check_output_path(const std::string& path, const std::string& option) {
@@ -1665,6 +1709,7 @@ std::unique_ptr<ResultsWriter> ResultsWriter::start(const Sweep& sweep, const Wr
   ::unlink(tmp_path(opt.path).c_str());  // a crashed checkpoint's leftover
 
   Session me;
+  me.id = random_id();
   me.start_time = utc_now_iso();
   me.backend = opt.backend;
   me.device = opt.device;
@@ -1767,6 +1812,8 @@ std::unique_ptr<ResultsWriter> ResultsWriter::start(const Sweep& sweep, const Wr
       im.remaining = f.rows() - nfinal;
       im.h = f.header();
       f.close();
+      // No fold yet in this session: the file's last checkpoint says what one costs.
+      if (im.ckpt_seconds == 0) im.ckpt_seconds = im.h.checkpoint_seconds;
       im.h.sessions.push_back(me);
       im.session = im.h.sessions.size() - 1;
       im.reset_journal();

@@ -70,6 +70,7 @@ struct RowBlock {
 // --- root attributes ----------------------------------------------------------
 struct Session {  // one `run` invocation that wrote into the file
   std::string start_time, end_time, backend, device, host, precision, engine_version, git_commit;
+  std::string id;  // random per session (since session 15): a journal names the session that wrote it
   double wall_seconds = 0, compute_seconds = 0;
   // Time in the results store (opening, journal writes, folds) and the part
   // of it not overlapped with training, as the run loop measured them up to
@@ -87,6 +88,7 @@ struct FileHeader {
   std::vector<IdRange> ranges;       // trial ids held, ascending, disjoint
   std::string file_id;               // random, new per created file (journals carry it)
   int64_t generation = 0;            // +1 per checkpoint
+  double checkpoint_seconds = 0;     // how long the last checkpoint took (0: none yet, or a file before session 15)
   std::vector<Session> sessions;
   // Counts by status (kept current at each checkpoint).
   int64_t n_pending = 0, n_done = 0, n_diverged = 0, n_failed = 0;

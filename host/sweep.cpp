@@ -1047,17 +1047,21 @@ Sweep Sweep::from_text(const std::string& text, const std::string& source) {
       for (const char* k : {"name", "description"})
         if (subs[i].contains(k) && !subs[i][k].is_string())
           throw InputError(sp + "." + k, "expected a string, got " + describe(subs[i][k]));
-      // The name is the trial's `subgrid` column: two subgrids of one name could not be told apart.
-      if (subs[i].contains("name"))
-        for (size_t j = 0; j < i; ++j)
-          if (subs[j].contains("name") && subs[j]["name"] == subs[i]["name"])
-            throw InputError(sp + ".name", "\"" + subs[i]["name"].get<std::string>() + "\" is also the name of " +
-                                               idx("subgrids", j) + " (the results' subgrid column tells them apart by name)");
       nlohmann::json base = defaults_of(subs[i], sp + ".defaults", top_base);
       impl->blocks.push_back(with_exclude.block(subs[i], sp, static_cast<int>(i), base));
     }
   }
 
+  // Each block's label is its trials' `subgrid` column: two blocks of one label
+  // could not be told apart (two subgrids of one name, a name "" beside the top
+  // level's, a name "subgrids[1]" beside an unnamed subgrids[1]).
+  for (size_t i = 0; i < impl->blocks.size(); ++i)
+    for (size_t j = 0; j < i; ++j)
+      if (impl->blocks[i].label == impl->blocks[j].label)
+        throw InputError(impl->blocks[i].path + ".name",
+                         "\"" + impl->blocks[i].label + "\" is also the subgrid column of " +
+                             (impl->blocks[j].path.empty() ? std::string("the top-level grid") : impl->blocks[j].path) +
+                             " (the results tell subgrids apart by it: give each its own name)");
   impl->unmatched_exclude = with_exclude.unmatched_entries();
   uint64_t total = 0;
   for (auto& b : impl->blocks) {

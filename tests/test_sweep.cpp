@@ -301,7 +301,12 @@ TEST(Sweep, SubgridColumnNamesEachTrialsBlock) {
   }
   std::string msg;
   EXPECT_EQ(err(R"({"subgrids": [{"name": "a", "grid": {"seed": [0, 1]}}, {"name": "a"}]})", &msg), "subgrids[1].name");
-  EXPECT_NE(msg.find("also the name of subgrids[0]"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("also the subgrid column of subgrids[0]"), std::string::npos) << msg;
+  EXPECT_EQ(err(R"({"grid": {"seed": [0, 1]}, "subgrids": [{"name": "", "grid": {"seed": [2]}}]})", &msg),
+            "subgrids[0].name");
+  EXPECT_NE(msg.find("the top-level grid"), std::string::npos) << msg;
+  EXPECT_EQ(err(R"({"subgrids": [{"name": "subgrids[1]"}, {"grid": {"seed": [2]}}]})", &msg), "subgrids[1].name");
+  EXPECT_EQ(err(R"({"subgrids": [{"name": "", "grid": {"seed": [0, 1]}}, {"name": "b"}]})"), "<none>");
   EXPECT_EQ(err(R"({"grid": {"subgrid": ["a", "b"]}})", &msg), "grid.subgrid");
   EXPECT_NE(msg.find("derived"), std::string::npos) << msg;
 }

@@ -267,17 +267,28 @@ def main():
                 if os.path.exists(x):
                     os.remove(x)
     check(kills_done >= 2, f"at least 2 runs were killed in flight ({kills_done})")
-    # Sessions the killed runs left (those killed before their first checkpoint leave none).
-    sess_before = 0
+    # Sessions the killed runs left: those in the file, and (since session 15) the one
+    # the journal names when it killed before its first checkpoint with rows journaled.
+    sess_before, ids_before = 0, set()
     if os.path.exists(out):
         with h5py.File(out, "r") as f:
-            sess_before = len(json.loads(f.attrs["sessions"]))
+            ids_before = {x.get("id", "") for x in json.loads(f.attrs["sessions"])}
+            sess_before = len(ids_before)
+    journal_session = None
+    if os.path.exists(out + ".journal"):
+        with open(out + ".journal", "rb") as jf:
+            raw = jf.read()
+        hl = int.from_bytes(raw[8:12], "little")
+        if len(raw) > 12 + hl + 8:  # a record follows the header
+            journal_session = json.loads(raw[12:12 + hl]).get("session", {}).get("id")
+    extra = 1 if journal_session and journal_session not in ids_before else 0
     p = run(["run", sweep, "-o", out, "--resume"] + common)
     check(p.returncode == 0, "--resume after kills completes")
     compare(out, ref, "killed + resumed vs uninterrupted")
     with h5py.File(out, "r") as f:
         sess = json.loads(f.attrs["sessions"])
-    check(len(sess) == sess_before + 1, f"the resume adds one session to the {sess_before} before it ({len(sess)})")
+    check(len(sess) == sess_before + extra + 1 and sum(x["trials"] for x in sess) >= n_trials,
+          f"the resume adds one session to the {sess_before} before it, and {extra} the journal names ({len(sess)})")
 
     # resume of a complete file does nothing: no session is added, the file is not
     # rewritten, and another --precision (with --force) leaves its precision alone
@@ -345,6 +356,41 @@ def main():
         check(p.returncode == 0, f"resume after {signame}{' (not folded)' if nofold else ''} completes")
         compare(out2, ref, f"{signame}{' (not folded)' if nofold else ''} + resumed vs uninterrupted")
     check(interrupted, f"a signal interrupted a run ({interrupted}; both runs finished first otherwise)")
+
+    # Sessions stopped before their first checkpoint are recorded from the journal at
+    # --resume (each journal names its session since session 15; before, a resumed
+    # session stopped without a fold vanished and its rows went to the session before).
+    def stop_after_first_batch(args):
+        proc = subprocess.Popen([STSWEEP] + args + ["--progress", "jsonl"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=dict(os.environ, STSWEEP_PROGRESS_INTERVAL="0"))
+        for line in proc.stderr:
+            if line.startswith("{") and json.loads(line).get("done", 0) > 0:
+                break
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate()
+        return proc.returncode, err
+    chain = os.path.join(wd, "chain.h5")
+    quiet = [x for x in common if x not in ("--progress", "none")] + ["--stop-checkpoint-limit", "0"]
+    rc1, _ = stop_after_first_batch(["run", sweep, "-o", chain] + quiet)
+    # A resume that has made no checkpoint of its own goes by the file's last one
+    # (a review: it folded at any limit until its first checkpoint, 30 s in).
+    rc2, err2 = stop_after_first_batch(["run", sweep, "-o", chain, "--resume"] + quiet[:-1] + ["1e-9"])
+    if rc2 == 1:
+        check("more than --stop-checkpoint-limit 1e-09 s" in err2,
+              f"a resumed run's stop weighs the file's last checkpoint against the limit ({err2.strip()[-300:]})")
+    p = run(["run", sweep, "-o", chain, "--resume"] + common)
+    with h5py.File(chain, "r") as f:
+        sess = json.loads(f.attrs["sessions"])
+        ckpt_s = float(f.attrs["checkpoint_seconds"])
+    if rc1 == 1 and rc2 == 1:
+        trials = [x["trials"] for x in sess]
+        check(p.returncode == 0 and len(sess) == 3 and sum(trials) == n_trials and min(trials) > 0
+              and len({x["id"] for x in sess}) == 3 and all(x["end_time"] for x in sess),
+              f"two stops without a fold, then --resume: three sessions, each with its own rows {trials}")
+    else:
+        print(f"  (a run finished before its stop: rc {rc1}, {rc2})")
+    check(ckpt_s > 0, f"the file records its last checkpoint's duration ({ckpt_s:.3g} s)")
+    compare(chain, ref, "two unfolded stops + resumed vs uninterrupted")
 
     # --- shards and merge ------------------------------------------------------------------
     shards = []
