@@ -65,9 +65,17 @@ void print_setup_sharing(const Sweep& s) {
 std::string unread_because(const TrialParams& p, const std::string& key) {
   const auto only = [&](const std::string& when) { return key + " is read only when " + when; };
   if (key == "teacher.delta" && p.teacher.kind != TeacherKind::perturbed) return only("teacher.kind = perturbed");
+  // teacher.n_train is also in the teacher key (SWEEPS.md, "Seeds"): it re-draws
+  // a perturbed teacher's G and a rotated decomposition's R (a review saw the
+  // warning for a perturbed teacher whose risks did change; until session 15).
+  if (key == "teacher.n_train" && p.teacher.kind != TeacherKind::trained &&
+      (p.teacher.kind == TeacherKind::perturbed || p.teacher.decomposition == Decomposition::rotated))
+    return "";
   if ((key == "teacher.n_train" || key == "teacher.steps" || key == "teacher.lr") &&
       p.teacher.kind != TeacherKind::trained)
-    return only("teacher.kind = trained");
+    return only(key == "teacher.n_train" ? "teacher.kind = trained (or as a seed: teacher.kind = perturbed, or "
+                                           "teacher.decomposition = rotated)"
+                                         : "teacher.kind = trained");
   if (key == "teacher.scale" && p.teacher.decomposition != Decomposition::scaled)
     return only("teacher.decomposition = scaled");
   if (key == "teacher.power" && p.teacher.decomposition != Decomposition::power)
@@ -118,17 +126,24 @@ int validate(const std::string& file) {
     // Axes over parameters no trial reads (a session-14 review: teacher.delta
     // over oracle teachers plotted as "the teacher's error does not matter").
     std::vector<std::pair<std::string, std::string>> unread;  // key, reason (while no trial reads it)
+    bool n_train_axis = false, n_train_sized = false, n_train_seeds = false;  // teacher.n_train: size or seed
     for (const auto& a : axes) {
       std::stringstream ss(a.name);
-      for (std::string key; std::getline(ss, key, '+');)
+      for (std::string key; std::getline(ss, key, '+');) {
+        if (key == "teacher.n_train") n_train_axis = true;
         if (std::none_of(unread.begin(), unread.end(), [&](const auto& u) { return u.first == key; }))
           unread.push_back({key, ""});
+      }
     }
     for (uint64_t id = 0; id < n; ++id) {
       const TrialParams tp = s.trial(id);
       for (auto it = unread.begin(); it != unread.end();) {
         it->second = unread_because(tp, it->first);
         it = it->second.empty() ? unread.erase(it) : it + 1;
+      }
+      if (n_train_axis) {
+        n_train_sized = n_train_sized || tp.teacher.kind == TeacherKind::trained;
+        n_train_seeds = n_train_seeds || (tp.teacher.kind != TeacherKind::trained && unread_because(tp, "teacher.n_train").empty());
       }
       const std::string recipe = trained_teacher_recipe(tp, s.seed());
       if (recipe.empty()) continue;
@@ -143,6 +158,10 @@ int validate(const std::string& file) {
       if (!why.empty())
         std::cout << "warning: the axis " << key << " changes nothing: " << why
                 << " and no trial of the sweep has that (its trials differ only in the " << key << " column)\n";
+    if (n_train_seeds && !n_train_sized)
+      std::cout << "note: the axis teacher.n_train sizes a trained teacher's training set, and the sweep has none: "
+                   "for its perturbed teachers (or rotated decompositions) it only re-draws the perturbation G (the "
+                   "rotation R) from another seed, a new teacher of the same delta\n";
   }
   for (const auto& [path, entry] : s.unmatched_exclude())
     std::cout << "warning: " << path << " (" << entry << ") drops no trial: no trial of "

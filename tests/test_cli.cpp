@@ -12,6 +12,7 @@
 
 #include "backend.hpp"
 #include "problem.hpp"
+#include "store.hpp"
 #include "version.hpp"
 #include "cli_util.hpp"
 
@@ -104,6 +105,31 @@ TEST(Cli, WarnsOfExcludeEntriesThatDropNothing) {
   Outcome r = run("run '" + f + "' -o '" + out + "' --backend cpu --progress none");
   EXPECT_EQ(r.rc, 0) << r.err;
   EXPECT_NE(r.err.find("warning: exclude[1] (noise = 0.15) drops no trial"), std::string::npos) << r.err;
+}
+
+// teacher.n_train keys the teacher's random draws (SWEEPS.md, "Seeds"): over a
+// perturbed teacher it re-draws G, and the risks change, so validate must not
+// call it an axis that changes nothing (a review; until session 15 it did);
+// over an oracle balanced teacher the warning holds, and the run agrees.
+TEST(Cli, TeacherNTrainIsASeedOfPerturbedTeachers) {
+  const std::string per = write_file("ntp.json", R"({"defaults": {"d": 8, "k": 4, "m": 4, "hidden": [8], "steps": 200,
+      "teacher": {"kind": "perturbed", "delta": 1}}, "grid": {"teacher.n_train": [4, 8]}})");
+  const std::string ora = write_file("nto.json", R"({"defaults": {"d": 8, "k": 4, "m": 4, "hidden": [8], "steps": 200},
+      "grid": {"teacher.n_train": [4, 8]}})");
+  Outcome vp = run("validate '" + per + "'"), vo = run("validate '" + ora + "'");
+  ASSERT_EQ(vp.rc, 0) << vp.err;
+  EXPECT_EQ(vp.out.find("changes nothing"), std::string::npos) << vp.out;
+  EXPECT_NE(vp.out.find("note: the axis teacher.n_train"), std::string::npos) << vp.out;
+  EXPECT_NE(vo.out.find("warning: the axis teacher.n_train changes nothing"), std::string::npos) << vo.out;
+  for (const auto& [file, differ] : {std::pair{per, true}, std::pair{ora, false}}) {
+    const std::string out = (scratch() / (differ ? "ntp.h5" : "nto.h5")).string();
+    Outcome r = run("run '" + file + "' -o '" + out + "' --backend cpu --progress none --force");
+    ASSERT_EQ(r.rc, 0) << r.err;
+    stsweep::H5Results f = stsweep::H5Results::open(out, false);
+    const int k = stsweep::store_column_index("feature_loss");
+    stsweep::RowBlock b = f.read(0, 2, {k});
+    EXPECT_EQ(b.cols[k].f[0] != b.cols[k].f[1], differ) << file << ": " << b.cols[k].f[0] << " " << b.cols[k].f[1];
+  }
 }
 
 TEST(Cli, NumbersInMessagesAreAsWritten) {
