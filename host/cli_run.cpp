@@ -347,6 +347,11 @@ int run_main(const RunArgs& a) {
   std::printf("results: %s (shard %s: %lld done, %lld diverged, %lld failed, %lld pending of %lld)\n", a.out.c_str(),
               h.shard.c_str(), (long long)h.n_done, (long long)h.n_diverged, (long long)h.n_failed,
               (long long)h.n_pending, (long long)h.rows());
+  if (ps.unstable > 0)  // done rows, but not the monotone descent a reader assumes (a review found 14 of 256 unseen)
+    std::printf("stsweep: note: %lld of the %lld done trials had a training loss that rose (loss_rise or "
+                "baseline_loss_rise above %g, up to %.3g): unstable gradient descent that did not diverge; a "
+                "smaller lr fixes it, or filter on those columns (docs/RESULTS.md)\n",
+                (long long)ps.unstable, (long long)ps.done, kUnstableRise, ps.worst_rise);
   if (const std::string tr = backend->time_report(); !tr.empty())
     std::printf("stsweep: %s time: %s\n", backend->name().c_str(), tr.c_str());
   const TeacherCacheStats tc = teacher_cache_stats();

@@ -103,7 +103,10 @@ int validate(const std::string& file) {
     if (a.subgrid != block) {
       block = a.subgrid;
       std::cout << (block < 0 ? std::string("axes (the last varies fastest):")
-                              : "subgrids[" + std::to_string(block) + "] axes:")
+                              : "subgrids[" + std::to_string(block) + "] axes" +
+                                    (a.subgrid_label.rfind("subgrids[", 0) == 0 ? std::string()
+                                                                                : " (\"" + a.subgrid_label + "\")") +
+                                    ":")
                 << "\n";
     }
     std::string preview;

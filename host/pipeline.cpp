@@ -1,6 +1,7 @@
 #include "pipeline.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <chrono>
 #include <future>
 #include <memory>
@@ -113,7 +114,14 @@ PipelineStats run_pipeline(Batcher& batcher, Backend& backend, const RunOptions&
     st.compute += o.seconds;
     for (const auto& r : o.results) {
       ++st.total;
-      if (r.status == Status::done) ++st.done;
+      if (r.status == Status::done) {
+        ++st.done;
+        const double rise = std::max(r.loss_rise, std::isnan(r.baseline_loss_rise) ? 1.0 : r.baseline_loss_rise);
+        if (!(rise <= kUnstableRise)) {  // NaN counts: a loss that rose to non-finite without diverging
+          ++st.unstable;
+          if (!(rise <= st.worst_rise)) st.worst_rise = rise;
+        }
+      }
       else if (r.status == Status::diverged) ++st.diverged;
       else {
         ++st.failed;

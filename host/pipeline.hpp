@@ -26,7 +26,12 @@ struct PipelineStats {
   double store_exposed = 0;  // of `store`, seconds with no batch running on the backend
   bool stopped = false;      // `stop_requested` ended the run early
   int64_t dropped = 0;       // trials in flight when it stopped (not stored)
+  // Done trials whose training loss rose (loss_rise or the twin's above
+  // kUnstableRise): unstable gradient descent that did not diverge.
+  int64_t unstable = 0;
+  double worst_rise = 1;
 };
+constexpr double kUnstableRise = 1.01;
 
 struct PipelineOptions {
   // After storing a batch, while the next one is still training, also fold the

@@ -1114,6 +1114,7 @@ std::vector<AxisInfo> Sweep::axes() const {
       for (const auto& m : ax.members) { info.name += info.name.empty() ? "" : "+"; info.name += m.key; }
       info.size = ax.size;
       info.subgrid = b.subgrid;
+      info.subgrid_label = b.label;
       for (uint64_t i = 0; i < std::min<uint64_t>(ax.size, 4); ++i) {
         std::string v;
         for (const auto& m : ax.members) { v += v.empty() ? "" : "+"; v += m.src.at(i).dump(); }

@@ -24,6 +24,7 @@ struct AxisInfo {
   uint64_t size = 0;
   std::vector<std::string> preview;  // first values, as JSON text
   int subgrid = -1;           // -1: top level
+  std::string subgrid_label;  // its subgrid column: the name, or "subgrids[i]"
 };
 
 class Sweep {
