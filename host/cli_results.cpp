@@ -101,7 +101,7 @@ std::vector<std::string> split(const std::string& s) {
 // --relative), so that the CI is that of the paired difference: the seeds make
 // a trial and its twin (or any two columns of one row) share data and init.
 int summary_main(const std::string& path, const std::string& by_text, const std::string& metric,
-                 const std::string& paired, bool relative, const std::string& format,
+                 const std::string& paired, bool relative, bool include_diverged, const std::string& format,
                  const std::vector<std::string>& where_text) {
   H5Results f = H5Results::open(path, false);
   const auto& cs = store_columns();
@@ -124,6 +124,17 @@ int summary_main(const std::string& path, const std::string& by_text, const std:
   if (cs[mk].type == ColType::str) throw InputError("--metric", "'" + metric + "' is text, not a number");
   if (relative && paired.empty()) throw InputError("--relative", "needs --paired COLUMN (metric / COLUMN - 1)");
   const int pk = paired.empty() ? -1 : column(paired, "--paired");
+  // The early-stopping oracle against the twin's last risk (or the reverse)
+  // mixes two stopping rules: the docs warn, and so does summary (a review read
+  // such a "-30%" as the teacher's effect).
+  if (pk >= 0) {
+    const std::string m = cs[mk].name, q = cs[pk].name;
+    if ((m == "best_test_risk" && q == "baseline_test_risk") || (m == "test_risk" && q == "baseline_best_test_risk"))
+      std::cerr << "stsweep: summary: warning: " << m << " paired with " << q
+                << " compares a student stopped at its best with a twin at its last step (or the reverse): "
+                   "for the teacher's effect pair best_test_risk with baseline_best_test_risk, test_risk with "
+                   "baseline_test_risk\n";
+  }
   if (pk >= 0 && cs[pk].type == ColType::str) throw InputError("--paired", "'" + paired + "' is text, not a number");
   // --where COLUMN=VALUE: numbers compared as numbers (to 1e-9 relative, so
   // 0.3 finds a linspace's 0.30000000000000004), text as text.
@@ -191,13 +202,18 @@ int summary_main(const std::string& path, const std::string& by_text, const std:
   std::string where_shown;
   for (const Where& c : where) where_shown += (where_shown.empty() ? "" : ", ") + c.shown;
 
+  const std::string counted = include_diverged ? "done and diverged trials" : "done trials";
   std::map<std::vector<KeyPart>, Acc> groups;
   int64_t used = 0, skipped_nan = 0, matched = 0;
   const int64_t N = f.rows(), block = 1 << 16;
   for (int64_t r0 = 0; r0 < N; r0 += block) {
     RowBlock b = f.read(r0, std::min(block, N - r0), which);
     for (size_t r = 0; r < b.rows(); ++r) {
-      if (b.cols[sk].i[r] != static_cast<int64_t>(Status::done) || !kept(b, r)) continue;
+      const int64_t status = b.cols[sk].i[r];
+      if (!(status == static_cast<int64_t>(Status::done) ||
+            (include_diverged && status == static_cast<int64_t>(Status::diverged))) ||
+          !kept(b, r))
+        continue;
       ++matched;
       double x = value(b, mk, r);
       if (pk >= 0) x = relative ? x / value(b, pk, r) - 1 : x - value(b, pk, r);
@@ -226,18 +242,19 @@ int summary_main(const std::string& path, const std::string& by_text, const std:
       // 6 digits would not: 0.0562341 is not 10^-1.25 to 1e-9).
       for (const auto& v : seen[i])
         vals += (vals.empty() ? "" : ", ") + (v.is_num ? shortest_text(v.num) : v.text.empty() ? "\"\"" : v.text);
-      throw std::runtime_error("summary: no done trial has " + where[i].shown + " (its values: " + vals +
+      throw std::runtime_error("summary: no " + counted.substr(0, counted.size() - 1) + " has " + where[i].shown + " (its values: " + vals +
                                (seen[i].size() >= 20 ? ", ..." : "") + ")");
     }
-    throw std::runtime_error("summary: no done trial has " + where_shown + " together (each matches some)");
+    throw std::runtime_error("summary: no " + counted.substr(0, counted.size() - 1) + " has " + where_shown + " together (each matches some)");
   }
   // What the table leaves out, on stderr (the table or CSV on stdout stays one).
   {
     const FileHeader& h = f.header();
-    if (h.n_pending + h.n_diverged + h.n_failed > 0)
+    if (h.n_pending + h.n_failed + (include_diverged ? 0 : h.n_diverged) > 0)
       std::cerr << "stsweep: summary: " << h.n_done << " of the " << h.rows() << " trials in " << path
-                << " are done (the table counts done trials only); the file also has " << h.n_diverged
-                << " diverged, " << h.n_failed << " failed, " << h.n_pending << " pending\n";
+                << " are done (the table counts " << counted << " only); the file also has " << h.n_diverged
+                << " diverged" << (include_diverged ? "" : " (--include-diverged counts them)") << ", " << h.n_failed
+                << " failed, " << h.n_pending << " pending\n";
     const JournalSummary js = inspect_journal(journal_of(path));
     if (js.rows_waiting_for(h))
       std::cerr << "stsweep: summary: " << js.rows << " finished trials are in " << journal_of(path)
@@ -275,7 +292,7 @@ int summary_main(const std::string& path, const std::string& by_text, const std:
     std::cout << line(head) << "\n";
     for (const auto& r : rows) std::cout << line(r) << "\n";
     if (skipped_nan)  // on stderr: the CSV on stdout stays a table
-      std::cerr << "stsweep: summary: " << skipped_nan << " done trials with no finite value (NaN, inf, or an integer metric's -1) left out\n";
+      std::cerr << "stsweep: summary: " << skipped_nan << " " << counted << " with no finite value (NaN, inf, or an integer metric's -1) left out\n";
   } else {
     std::vector<size_t> w(head.size());
     for (size_t i = 0; i < head.size(); ++i) w[i] = head[i].size();
@@ -291,13 +308,13 @@ int summary_main(const std::string& path, const std::string& by_text, const std:
     const std::string what = pk < 0 ? metric
                              : relative ? metric + " / " + paired + " - 1, per trial"
                                         : metric + " - " + paired + ", per trial";
-    std::cout << what << " over done trials" << (where.empty() ? "" : " with " + where_shown)
+    std::cout << what << " over " << counted << (where.empty() ? "" : " with " + where_shown)
               << " (mean, sample std, 95% CI of the mean)\n";
     line(head);
     for (const auto& r : rows) line(r);
     if (skipped_nan)
-      std::cout << "(" << skipped_nan << " done trials with no finite value (NaN, inf, or an integer metric's -1) left out)\n";
-    if (used == 0) std::cout << "(no done trials" << (where.empty() ? "" : " with " + where_shown) << ")\n";
+      std::cout << "(" << skipped_nan << " " << counted << " with no finite value (NaN, inf, or an integer metric's -1) left out)\n";
+    if (used == 0) std::cout << "(no " << counted << (where.empty() ? "" : " with " + where_shown) << ")\n";
   }
   return kExitOk;
 }
@@ -333,7 +350,7 @@ void add_results_commands(CLI::App& app, Registry& r) {
     struct A {
       std::string file, by, metric = "test_risk", paired, format = "table";
       std::vector<std::string> where;
-      bool relative = false;
+      bool relative = false, diverged = false;
     };
     auto a = std::make_shared<A>();
     CLI::App* sub =
@@ -345,13 +362,17 @@ void add_results_commands(CLI::App& app, Registry& r) {
                     "summarise metric - COLUMN per trial (paired), e.g. --paired baseline_test_risk: the "
                     "teacher's effect against each row's own lambda = 0 twin");
     sub->add_flag("--relative", a->relative, "with --paired: metric / COLUMN - 1 per trial");
+    sub->add_flag("--include-diverged", a->diverged,
+                  "count diverged trials too (their metrics are those where they stopped, often not finite, which "
+                  "are left out and counted): e.g. --metric student_diverged --include-diverged gives divergence "
+                  "rates");
     sub->add_option("--format", a->format, "table or csv")->check(CLI::IsMember({"table", "csv"}));
     sub->add_option("--where", a->where,
                     "keep only trials whose COLUMN has VALUE, e.g. --where noise=0.5 (repeatable; numbers "
                     "compared as numbers)")
         ->allow_extra_args(false);
     r.add(sub, [a] {
-      return summary_main(a->file, a->by, a->metric, a->paired, a->relative, a->format, a->where);
+      return summary_main(a->file, a->by, a->metric, a->paired, a->relative, a->diverged, a->format, a->where);
     });
   }
 }

@@ -132,6 +132,44 @@ TEST(Cli, TeacherNTrainIsASeedOfPerturbedTeachers) {
   }
 }
 
+// Unstable gradient descent ends `done`: run says how many rows had a rising
+// loss (a review found 14 of 256 that nothing reported). sweeps/conflict.json's
+// m = 4 runs at lr 0.02 rise up to 19x; at its own lr 0.005 none do.
+TEST(Cli, RunNotesUnstableTraining) {
+  const std::string f = write_file("rise.json", R"({"seed": 3, "defaults": {"d": 32, "k": 8, "m": 4, "hidden": [32],
+      "n_train": 16, "steps": 20000, "lr": 0.02, "init_scale": 1e-4, "checkpoints": 8, "noise": 0.3, "lambda": 3,
+      "teacher": {"kind": "perturbed", "delta": 1}}, "grid": {"seed": {"range": [0, 3]}}})");
+  Outcome r = run("run '" + f + "' -o '" + (scratch() / "rise.h5").string() + "' --backend cpu --progress none --force");
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.out.find("done trials had a training loss that rose"), std::string::npos) << r.out;
+  Outcome c = run("run '" + sweep_file("conflict.json") + "' -o '" + (scratch() / "conflict.h5").string() +
+                  "' --backend cpu --progress none --force");
+  ASSERT_EQ(c.rc, 0) << c.err;
+  EXPECT_EQ(c.out.find("loss that rose"), std::string::npos) << c.out;
+}
+
+// summary counts done trials; --include-diverged adds the diverged ones, so that
+// student_diverged gives divergence rates (a review got 0 everywhere without it).
+// And a mixed pairing (best against the twin's last) is warned of.
+TEST(Cli, SummaryDivergenceRatesAndPairingWarning) {
+  const std::string f = write_file("div.json", R"({"defaults": {"d": 8, "k": 4, "m": 4, "hidden": [8], "steps": 300,
+      "checkpoints": 4}, "grid": {"lr": [0.05, 1000], "seed": {"range": [0, 3]}}})");
+  const std::string out = (scratch() / "div.h5").string();
+  ASSERT_EQ(run("run '" + f + "' -o '" + out + "' --backend cpu --progress none --force").rc, 0);
+  Outcome plain = run("summary '" + out + "' --by lr --metric student_diverged --format csv");
+  ASSERT_EQ(plain.rc, 0) << plain.err;
+  EXPECT_EQ(plain.out, "lr,count,mean,std,ci95_low,ci95_high\n0.05,3,0,0,0,0\n") << plain.out;
+  EXPECT_NE(plain.err.find("--include-diverged counts them"), std::string::npos) << plain.err;
+  Outcome all = run("summary '" + out + "' --by lr --metric student_diverged --format csv --include-diverged");
+  ASSERT_EQ(all.rc, 0) << all.err;
+  EXPECT_EQ(all.out, "lr,count,mean,std,ci95_low,ci95_high\n0.05,3,0,0,0,0\n1000,3,1,0,1,1\n") << all.out;
+  Outcome mixed = run("summary '" + out + "' --metric best_test_risk --paired baseline_test_risk");
+  EXPECT_EQ(mixed.rc, 0) << mixed.err;
+  EXPECT_NE(mixed.err.find("warning: best_test_risk paired with baseline_test_risk"), std::string::npos) << mixed.err;
+  Outcome same = run("summary '" + out + "' --metric best_test_risk --paired baseline_best_test_risk");
+  EXPECT_EQ(same.err.find("warning"), std::string::npos) << same.err;
+}
+
 TEST(Cli, NumbersInMessagesAreAsWritten) {
   const std::string neg = write_file("neg.json", R"({"grid": {"noise": [0.5, -0.1]}})");
   Outcome v = run("validate '" + neg + "'");
