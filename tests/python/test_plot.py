@@ -90,6 +90,7 @@ def main():
     p = plot(res, "-o", png, "--metric", "test_risk", "--logy")
     check(p.returncode == 0, f"--logy draws ({p.stderr.strip()})")
     for bad, says in ((["--relative"], "--relative needs --paired"),
+                      (["--paired", "baseline_test_risk", "--logy"], "a difference has both signs"),
                       (["--paired", "baseline_test_risk", "--baseline"], "not with --baseline"),
                       (["--paired", "teacher_decomposition"], "is text, not a number"),
                       (["--paired", "baseline_test_risk", "--data", os.path.join(a.workdir, "x.txt")], "give a .csv")):
