@@ -18,7 +18,7 @@ const std::vector<std::string>& scalar_metric_names() {
       "test_risk",  "baseline_test_risk", "bayes_risk",   "excess_risk", "interp_risk",
       "teacher_clean_risk", "train_loss", "label_loss",   "feature_loss", "best_test_risk",
       "best_step",  "zero_loss",          "status",       "steps_run",   "baseline_best_test_risk",
-      "baseline_best_step", "loss_rise",  "baseline_loss_rise", "student_diverged", "twin_diverged"};
+      "baseline_best_step", "loss_rise",  "baseline_loss_rise", "student_diverged", "twin_diverged", "baseline_train_loss", "baseline_zero_loss"};
   return names;
 }
 

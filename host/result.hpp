@@ -35,6 +35,10 @@ struct TrialResult {
   // 1 when it diverged, 0 when not; twin_diverged is -1 when baseline = false.
   int8_t student_diverged = 0;
   int8_t twin_diverged = -1;
+  // The twin's training loss at the end (its label loss: lambda = 0) and its
+  // zero_loss flag (NaN and -1 when baseline = false).
+  double baseline_train_loss = 0;
+  int8_t baseline_zero_loss = -1;
   std::string message;       // why, when failed or diverged (not stored per row)
 
   // Curves over checkpoints (length = number of checkpoints; NaN-padded).

@@ -384,6 +384,12 @@ const std::map<std::string, MetricField>& metric_fields() {
                               "loss_rise of the lambda = 0 twin (NaN when baseline = false)"}},
       {"student_diverged", {ColType::i8, nullptr, [](const TrialResult& r) { return int64_t{r.student_diverged}; },
                             "1 when the student diverged (then status = diverged), else 0"}},
+      {"baseline_train_loss", {ColType::f64, [](const TrialResult& r) { return r.baseline_train_loss; }, nullptr,
+                               "training loss of the lambda = 0 twin at the end, its label loss (NaN when "
+                               "baseline = false)"}},
+      {"baseline_zero_loss", {ColType::i8, nullptr, [](const TrialResult& r) { return int64_t{r.baseline_zero_loss}; },
+                              "1 when the lambda = 0 twin's training loss reached the zero-loss tolerance, 0 when "
+                              "not, -1 when baseline = false"}},
       {"twin_diverged", {ColType::i8, nullptr, [](const TrialResult& r) { return int64_t{r.twin_diverged}; },
                          "1 when the lambda = 0 twin diverged (then status = diverged, though the student's "
                          "metrics are its own), 0 when not, -1 when baseline = false"}},

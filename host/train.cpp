@@ -313,11 +313,16 @@ TrialResult assemble_trial_result(const TrialProblem& pr, const NetTrace& st, co
   const size_t nc = pr.checkpoints.size();
   if (tw) {
     r.baseline_loss_rise = tw->loss_rise;
+    r.baseline_train_loss = tw->last.label;  // lambda = 0: the label loss is all of it
+    r.baseline_zero_loss =
+        std::isfinite(tw->last.label) && tw->last.label <= kZeroLossRtol * tw->first.label ? 1 : 0;
     r.baseline_test_risk = tw->last.test_risk;
     r.curve_baseline_test_risk = tw->test;
     r.curve_baseline_label_loss = tw->label;
     r.curve_baseline_feature_loss = tw->feature;
   } else {
+    r.baseline_train_loss = kNaN;
+    r.baseline_zero_loss = -1;
     r.baseline_loss_rise = kNaN;
     r.baseline_test_risk = kNaN;
     r.curve_baseline_test_risk.assign(nc, kNaN);

@@ -42,6 +42,7 @@ inline void expect_close(const TrialResult& got, const TrialResult& ref, double 
   EXPECT_EQ(got.baseline_best_step, ref.baseline_best_step);
   EXPECT_EQ(got.student_diverged, ref.student_diverged);
   EXPECT_EQ(got.twin_diverged, ref.twin_diverged);
+  EXPECT_EQ(got.baseline_zero_loss, ref.baseline_zero_loss);
   const std::pair<const char*, std::pair<double, double>> scalars[] = {
       {"test_risk", {got.test_risk, ref.test_risk}},
       {"baseline_test_risk", {got.baseline_test_risk, ref.baseline_test_risk}},
@@ -56,6 +57,7 @@ inline void expect_close(const TrialResult& got, const TrialResult& ref, double 
       {"baseline_best_test_risk", {got.baseline_best_test_risk, ref.baseline_best_test_risk}},
       {"loss_rise", {got.loss_rise, ref.loss_rise}},
       {"baseline_loss_rise", {got.baseline_loss_rise, ref.baseline_loss_rise}},
+      {"baseline_train_loss", {got.baseline_train_loss, ref.baseline_train_loss}},
   };
   for (const auto& [name, v] : scalars)
     EXPECT_TRUE(close(v.first, v.second, rtol, atol)) << name << ": got " << v.first << " ref " << v.second;

@@ -464,6 +464,14 @@ def check_replay(t):
     zero = int(met["train_loss"] <= 1e-6 * start)
     check(met["zero_loss"] == zero, f"{tag}: zero_loss {met['zero_loss']} (train loss {met['train_loss']:.3g}, "
                                     f"at step 0 {start:.3g})")
+    # The twin's the same (lambda = 0: its training loss is its label loss), and
+    # its final loss is the last checkpoint's (the last checkpoint is step T).
+    if p["baseline"]:
+        bl = met["curve_baseline_label_loss"]
+        check(met["baseline_train_loss"] == bl[n - 1] and
+              met["baseline_zero_loss"] == int(bl[n - 1] <= 1e-6 * bl[0]),
+              f"{tag}: baseline_train_loss {met['baseline_train_loss']:.3g} (the twin's last label loss "
+              f"{bl[n - 1]:.3g}) and baseline_zero_loss {met['baseline_zero_loss']}")
     # best_*: the lowest finite checkpoint risk, the earliest on ties.
     risks = met["curve_test_risk"][:n]
     i = int(np.nanargmin(risks))
