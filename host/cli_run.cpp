@@ -267,7 +267,7 @@ int run_main(const RunArgs& a) {
     if (!fold && err.empty() && writer->journal_rows() > 0) {
       char buf[64];
       std::snprintf(buf, sizeof buf, "%.3g", last);
-      waiting = " and " + std::to_string(writer->journal_rows()) + " more trial rows in " + a.out + ".journal (not folded in: " +
+      waiting = " and " + std::to_string(writer->journal_rows()) + " more trial rows in " + journal_of(a.out) + " (not folded in: " +
                 (a.stop_checkpoint_limit > 0 ? "the last checkpoint took " + std::string(buf) +
                                                    " s, more than --stop-checkpoint-limit " +
                                                    shortest_text(a.stop_checkpoint_limit) + " s"

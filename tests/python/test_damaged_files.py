@@ -38,6 +38,20 @@ SWEEP = {
 N_TRIALS = 12
 
 
+def journal_has_records(path):
+    """True when the journal at `path` holds at least one record after its header
+    (magic 8 bytes, length 4, the header's JSON, checksum 8; since session 15 the
+    header names its session, so a fixed size no longer tells)."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(12)
+            if len(raw) < 12:
+                return False
+            return os.path.getsize(path) > 12 + int.from_bytes(raw[8:12], "little") + 8 + 24
+    except OSError:
+        return False
+
+
 def main():
     a = arguments()
     wd = a.workdir
@@ -173,7 +187,7 @@ def main():
                              "--batch-size", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     seen_journal = False
     for _ in range(300):
-        if os.path.exists(target + ".journal") and os.path.getsize(target + ".journal") > 200:
+        if journal_has_records(target + ".journal"):
             seen_journal = True
             break
         if proc.poll() is not None:
@@ -202,7 +216,7 @@ def main():
     proc = subprocess.Popen([a.stsweep, "run", slow_json, "-o", moved, "--progress", "none", "--threads", "1",
                              "--batch-size", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for _ in range(300):
-        if os.path.exists(moved + ".journal") and os.path.getsize(moved + ".journal") > 200:
+        if journal_has_records(moved + ".journal"):
             break
         subprocess.run(["sleep", "0.1"])
     proc.kill()  # kill -9: the finished rows are in the journal only
