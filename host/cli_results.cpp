@@ -41,6 +41,29 @@ int info_main(const std::string& path) {
   if (js.rows_waiting_for(h))
     std::cout << "journal:   " << js.rows << " finished trials not yet in the file (a run is going on, or "
               << "`stsweep run ... --resume` folds them in)\n";
+  if (h.n_done > 0) {
+    // Done rows whose training loss rose: [complete] does not mean a monotone
+    // optimiser (a review read such a file as clean). run's closing note, kept.
+    const int sk = store_column_index("status"), lk = store_column_index("loss_rise"),
+              bk = store_column_index("baseline_loss_rise");
+    int64_t unstable = 0;
+    double worst = 1;
+    const int64_t N = f.rows(), block = 1 << 16;
+    for (int64_t r0 = 0; r0 < N; r0 += block) {
+      const RowBlock b = f.read(r0, std::min(block, N - r0), {sk, lk, bk});
+      for (size_t r = 0; r < b.rows(); ++r) {
+        if (b.cols[sk].i[r] != static_cast<int64_t>(Status::done)) continue;
+        const double twin = b.cols[bk].f[r], rise = std::max(b.cols[lk].f[r], std::isnan(twin) ? 1.0 : twin);
+        if (!(rise <= kUnstableRise)) {
+          ++unstable;
+          if (!(rise <= worst)) worst = rise;
+        }
+      }
+    }
+    std::cout << "stability: " << unstable << " of the " << h.n_done << " done trials had a training loss that rose "
+              << "(loss_rise or baseline_loss_rise above " << fmt(kUnstableRise) << (unstable ? ", up to " + fmt(worst) : "") << ")"
+              << (unstable ? ": unstable gradient descent; filter on those columns" : "") << "\n";
+  }
   std::cout << "backend:   " << h.backends() << " (" << h.devices() << ")\n"
             << "precision: " << h.precisions() << "\n"
             << "host:      " << h.hosts() << "\n"

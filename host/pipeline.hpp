@@ -31,7 +31,6 @@ struct PipelineStats {
   int64_t unstable = 0;
   double worst_rise = 1;
 };
-constexpr double kUnstableRise = 1.01;
 
 struct PipelineOptions {
   // After storing a batch, while the next one is still training, also fold the

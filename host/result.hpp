@@ -48,6 +48,10 @@ struct TrialResult {
       curve_baseline_feature_loss;
 };
 
+// A done trial whose loss_rise (or the twin's) is above this had unstable
+// gradient descent that did not diverge: run and info count such rows.
+constexpr double kUnstableRise = 1.01;
+
 // Names of the scalar metrics and curves, in file order.
 const std::vector<std::string>& scalar_metric_names();
 const std::vector<std::string>& curve_names();

@@ -146,6 +146,13 @@ TEST(Cli, RunNotesUnstableTraining) {
                   "' --backend cpu --progress none --force");
   ASSERT_EQ(c.rc, 0) << c.err;
   EXPECT_EQ(c.out.find("loss that rose"), std::string::npos) << c.out;
+  // info says the same from the file (a [complete] file is not a stable one).
+  Outcome ir = run("info '" + (scratch() / "rise.h5").string() + "'");
+  EXPECT_NE(ir.out.find("stability: "), std::string::npos) << ir.out;
+  EXPECT_EQ(ir.out.find("stability: 0 of"), std::string::npos) << ir.out;
+  EXPECT_NE(ir.out.find("unstable gradient descent"), std::string::npos) << ir.out;
+  Outcome ic = run("info '" + (scratch() / "conflict.h5").string() + "'");
+  EXPECT_NE(ic.out.find("stability: 0 of the 12 done trials"), std::string::npos) << ic.out;
 }
 
 // summary counts done trials; --include-diverged adds the diverged ones, so that

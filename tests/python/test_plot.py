@@ -97,6 +97,20 @@ def main():
         p = plot(res, "-o", png, *bad)
         check(p.returncode == 2 and says in p.stderr, f"{' '.join(bad)}: exit 2 ({p.stderr.strip()[:160]})")
 
+    # --where COL=-1 on an integer metric: xarray reads its -1 ("no value", the CF
+    # missing_value) as NaN, and the filter matches those rows (since session 15).
+    mixed = os.path.join(a.workdir, "mixed.json")
+    with open(mixed, "w") as f:
+        json.dump(dict(SWEEP, name="mixed", grid={"lambda": [0.3, 1], "baseline": [True, False],
+                                                   "seed": {"range": [0, 2]}}), f)
+    mres = os.path.join(a.workdir, "mixed.h5")
+    p = subprocess.run([a.stsweep, "run", mixed, "-o", mres, "--progress", "none"], capture_output=True, text=True)
+    with h5py.File(mres, "r") as f:
+        no_twin = int(((f["status"][()] == 1) & (f["baseline"][()] == 0)).sum())
+    p = plot(mres, "-o", png, "--x", "lambda", "--hue", "seed", "--where", "baseline_best_step=-1")
+    check(p.returncode == 0 and no_twin > 0 and f"({no_twin} trials, 1 panel(s))" in p.stdout,
+          f"--where baseline_best_step=-1 keeps the {no_twin} rows without a twin ({p.stdout}{p.stderr})")
+
     # Learning curves of the trials --where keeps: 2 seeds x 3 lambdas at noise 0.2, balanced.
     curves = os.path.join(a.workdir, "curves.png")
     p = plot(res, "-o", curves, "--x", "step", "--hue", "lambda", "--where", "noise=0.2",
