@@ -159,6 +159,15 @@ int summary_main(const std::string& path, const std::string& by_text, const std:
                    "baseline_test_risk\n";
   }
   if (pk >= 0 && cs[pk].type == ColType::str) throw InputError("--paired", "'" + paired + "' is text, not a number");
+  // A diverged row's risks and losses are where its network blew up (1e20 is
+  // finite): only its flags and its stop step mean something (a review's means
+  // of 1e20 with --include-diverged).
+  if (include_diverged && (pk >= 0 || !(cs[mk].type == ColType::i8 || cs[mk].name == "steps_run")))
+    throw InputError("--include-diverged",
+                     pk >= 0 ? std::string("not with --paired: a diverged row's metrics are where it blew up")
+                             : "'" + metric + "' of a diverged row is where its network blew up (finite values "
+                               "such as 1e20 would enter the mean): use it with student_diverged, twin_diverged, "
+                               "zero_loss, baseline_zero_loss or steps_run");
   // --where COLUMN=VALUE: numbers compared as numbers (to 1e-9 relative, so
   // 0.3 finds a linspace's 0.30000000000000004), text as text.
   struct Where {
@@ -226,6 +235,7 @@ int summary_main(const std::string& path, const std::string& by_text, const std:
   for (const Where& c : where) where_shown += (where_shown.empty() ? "" : ", ") + c.shown;
 
   const std::string counted = include_diverged ? "done and diverged trials" : "done trials";
+  const std::string one_counted = include_diverged ? "done or diverged trial" : "done trial";
   std::map<std::vector<KeyPart>, Acc> groups;
   int64_t used = 0, skipped_nan = 0, matched = 0;
   const int64_t N = f.rows(), block = 1 << 16;
@@ -265,10 +275,10 @@ int summary_main(const std::string& path, const std::string& by_text, const std:
       // 6 digits would not: 0.0562341 is not 10^-1.25 to 1e-9).
       for (const auto& v : seen[i])
         vals += (vals.empty() ? "" : ", ") + (v.is_num ? shortest_text(v.num) : v.text.empty() ? "\"\"" : v.text);
-      throw std::runtime_error("summary: no " + counted.substr(0, counted.size() - 1) + " has " + where[i].shown + " (its values: " + vals +
+      throw std::runtime_error("summary: no " + one_counted + " has " + where[i].shown + " (its values: " + vals +
                                (seen[i].size() >= 20 ? ", ..." : "") + ")");
     }
-    throw std::runtime_error("summary: no " + counted.substr(0, counted.size() - 1) + " has " + where_shown + " together (each matches some)");
+    throw std::runtime_error("summary: no " + one_counted + " has " + where_shown + " together (each matches some)");
   }
   // What the table leaves out, on stderr (the table or CSV on stdout stays one).
   {
@@ -386,9 +396,10 @@ void add_results_commands(CLI::App& app, Registry& r) {
                     "teacher's effect against each row's own lambda = 0 twin");
     sub->add_flag("--relative", a->relative, "with --paired: metric / COLUMN - 1 per trial");
     sub->add_flag("--include-diverged", a->diverged,
-                  "count diverged trials too (their metrics are those where they stopped, often not finite, which "
-                  "are left out and counted): e.g. --metric student_diverged --include-diverged gives divergence "
-                  "rates");
+                  "count diverged trials too, for a flag metric (student_diverged, twin_diverged, zero_loss, "
+                  "baseline_zero_loss) or steps_run: e.g. --metric student_diverged --include-diverged gives "
+                  "divergence rates (refused for other metrics and --paired: a diverged row's risks are where it "
+                  "blew up)");
     sub->add_option("--format", a->format, "table or csv")->check(CLI::IsMember({"table", "csv"}));
     sub->add_option("--where", a->where,
                     "keep only trials whose COLUMN has VALUE, e.g. --where noise=0.5 (repeatable; numbers "

@@ -103,6 +103,7 @@ std::string resume_command(const RunArgs& a) {
   std::string c = "stsweep run " + shell_word(a.file) + " -o " + shell_word(a.out);
   if (a.shard != "0/1") c += " --shard " + a.shard;
   if (a.precision != "f32") c += " --precision " + a.precision;
+  if (a.stop_checkpoint_limit != 10) c += " --stop-checkpoint-limit " + shortest_text(a.stop_checkpoint_limit);
   return c + " --resume";
 }
 
@@ -348,9 +349,9 @@ int run_main(const RunArgs& a) {
               h.shard.c_str(), (long long)h.n_done, (long long)h.n_diverged, (long long)h.n_failed,
               (long long)h.n_pending, (long long)h.rows());
   if (ps.unstable > 0)  // done rows, but not the monotone descent a reader assumes (a review found 14 of 256 unseen)
-    std::printf("stsweep: note: %lld of the %lld done trials had a training loss that rose (loss_rise or "
+    std::printf("stsweep: note: %lld of the %lld done trials this run finished had a training loss that rose (loss_rise or "
                 "baseline_loss_rise above %g, up to %.3g): unstable gradient descent that did not diverge; a "
-                "smaller lr fixes it, or filter on those columns (docs/RESULTS.md)\n",
+                "smaller lr fixes it, or filter on those columns (docs/RESULTS.md; info counts the whole file)\n",
                 (long long)ps.unstable, (long long)ps.done, kUnstableRise, ps.worst_rise);
   if (const std::string tr = backend->time_report(); !tr.empty())
     std::printf("stsweep: %s time: %s\n", backend->name().c_str(), tr.c_str());

@@ -1612,7 +1612,10 @@ struct ResultsWriter::Impl {
       f.header().generation = h.generation + 1;
       // Its duration up to here (the copy and the writes; the close, sync and
       // rename follow): what a --resume's stop limit starts from.
-      f.header().checkpoint_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      // The close, sync and rename still to come can be most of it for a big
+      // file: the last whole checkpoint's duration (when longer) stands for them.
+      f.header().checkpoint_seconds =
+          std::max(ckpt_seconds, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
       if (!count_into_session) recover_session(f.header().sessions, s.header.session, cs_sum, nrows);
       if (count_into_session) {
         h.sessions = f.header().sessions;
@@ -1664,6 +1667,7 @@ struct ResultsWriter::Impl {
     char buf[32];
     std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
     if (it->end_time < buf) it->end_time = buf;  // ISO 8601 UTC orders as text
+    if (it->end_time < it->start_time) it->end_time = it->start_time;  // a file server's clock behind ours
     std::tm t0{};
     if (::strptime(it->start_time.c_str(), "%Y-%m-%dT%H:%M:%SZ", &t0))
       it->wall_seconds = std::max(it->wall_seconds, std::difftime(mt, ::timegm(&t0)));
@@ -2062,6 +2066,10 @@ MergeReport merge_results(const std::string& out_given, const std::vector<std::s
                                ": shards must not overlap");
   FileHeader h = hs[0];
   h.ranges.clear();
+  // A checkpoint of the merged file copies all the shards' rows: their
+  // checkpoints' sum is the estimate a --resume's stop goes by.
+  h.checkpoint_seconds = 0;
+  for (const auto& x : hs) h.checkpoint_seconds += x.checkpoint_seconds;
   for (const auto& p : pieces) {
     if (!h.ranges.empty() && h.ranges.back().end == p.r.begin) h.ranges.back().end = p.r.end;
     else h.ranges.push_back(p.r);

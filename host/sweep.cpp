@@ -1057,11 +1057,16 @@ Sweep Sweep::from_text(const std::string& text, const std::string& source) {
   // level's, a name "subgrids[1]" beside an unnamed subgrids[1]).
   for (size_t i = 0; i < impl->blocks.size(); ++i)
     for (size_t j = 0; j < i; ++j)
-      if (impl->blocks[i].label == impl->blocks[j].label)
-        throw InputError(impl->blocks[i].path + ".name",
-                         "\"" + impl->blocks[i].label + "\" is also the subgrid column of " +
-                             (impl->blocks[j].path.empty() ? std::string("the top-level grid") : impl->blocks[j].path) +
+      if (impl->blocks[i].label == impl->blocks[j].label) {
+        // Blame the block whose name was written (an unnamed one's label is its path).
+        const bool i_named = impl->blocks[i].label != impl->blocks[i].path;
+        const Block& bad = i_named ? impl->blocks[i] : impl->blocks[j];
+        const Block& other = i_named ? impl->blocks[j] : impl->blocks[i];
+        throw InputError(bad.path + ".name",
+                         "\"" + bad.label + "\" is also the subgrid column of " +
+                             (other.path.empty() ? std::string("the top-level grid") : other.path) +
                              " (the results tell subgrids apart by it: give each its own name)");
+      }
   impl->unmatched_exclude = with_exclude.unmatched_entries();
   uint64_t total = 0;
   for (auto& b : impl->blocks) {

@@ -141,7 +141,7 @@ TEST(Cli, RunNotesUnstableTraining) {
       "teacher": {"kind": "perturbed", "delta": 1}}, "grid": {"seed": {"range": [0, 3]}}})");
   Outcome r = run("run '" + f + "' -o '" + (scratch() / "rise.h5").string() + "' --backend cpu --progress none --force");
   ASSERT_EQ(r.rc, 0) << r.err;
-  EXPECT_NE(r.out.find("done trials had a training loss that rose"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("done trials this run finished had a training loss that rose"), std::string::npos) << r.out;
   Outcome c = run("run '" + sweep_file("conflict.json") + "' -o '" + (scratch() / "conflict.h5").string() +
                   "' --backend cpu --progress none --force");
   ASSERT_EQ(c.rc, 0) << c.err;
@@ -170,6 +170,10 @@ TEST(Cli, SummaryDivergenceRatesAndPairingWarning) {
   Outcome all = run("summary '" + out + "' --by lr --metric student_diverged --format csv --include-diverged");
   ASSERT_EQ(all.rc, 0) << all.err;
   EXPECT_EQ(all.out, "lr,count,mean,std,ci95_low,ci95_high\n0.05,3,0,0,0,0\n1000,3,1,0,1,1\n") << all.out;
+  // A diverged row's risks are where it blew up: refused with --include-diverged.
+  Outcome risky = run("summary '" + out + "' --by lr --metric test_risk --include-diverged");
+  EXPECT_EQ(risky.rc, 2) << risky.out;
+  EXPECT_NE(risky.err.find("--include-diverged"), std::string::npos) << risky.err;
   Outcome mixed = run("summary '" + out + "' --metric best_test_risk --paired baseline_test_risk");
   EXPECT_EQ(mixed.rc, 0) << mixed.err;
   EXPECT_NE(mixed.err.find("warning: best_test_risk paired with baseline_test_risk"), std::string::npos) << mixed.err;

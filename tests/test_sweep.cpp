@@ -305,7 +305,7 @@ TEST(Sweep, SubgridColumnNamesEachTrialsBlock) {
   EXPECT_EQ(err(R"({"grid": {"seed": [0, 1]}, "subgrids": [{"name": "", "grid": {"seed": [2]}}]})", &msg),
             "subgrids[0].name");
   EXPECT_NE(msg.find("the top-level grid"), std::string::npos) << msg;
-  EXPECT_EQ(err(R"({"subgrids": [{"name": "subgrids[1]"}, {"grid": {"seed": [2]}}]})", &msg), "subgrids[1].name");
+  EXPECT_EQ(err(R"({"subgrids": [{"name": "subgrids[1]"}, {"grid": {"seed": [2]}}]})", &msg), "subgrids[0].name");
   EXPECT_EQ(err(R"({"subgrids": [{"name": "", "grid": {"seed": [0, 1]}}, {"name": "b"}]})"), "<none>");
   EXPECT_EQ(err(R"({"grid": {"subgrid": ["a", "b"]}})", &msg), "grid.subgrid");
   EXPECT_NE(msg.find("derived"), std::string::npos) << msg;
