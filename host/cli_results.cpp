@@ -46,23 +46,17 @@ int info_main(const std::string& path) {
     // optimiser (a review read such a file as clean). run's closing note, kept.
     const int sk = store_column_index("status"), lk = store_column_index("loss_rise"),
               bk = store_column_index("baseline_loss_rise");
-    int64_t unstable = 0;
-    double worst = 1;
+    RiseTally unstable;
     const int64_t N = f.rows(), block = 1 << 16;
     for (int64_t r0 = 0; r0 < N; r0 += block) {
       const RowBlock b = f.read(r0, std::min(block, N - r0), {sk, lk, bk});
-      for (size_t r = 0; r < b.rows(); ++r) {
-        if (b.cols[sk].i[r] != static_cast<int64_t>(Status::done)) continue;
-        const double twin = b.cols[bk].f[r], rise = std::max(b.cols[lk].f[r], std::isnan(twin) ? 1.0 : twin);
-        if (!(rise <= kUnstableRise)) {
-          ++unstable;
-          if (!(rise <= worst)) worst = rise;
-        }
-      }
+      for (size_t r = 0; r < b.rows(); ++r)
+        if (b.cols[sk].i[r] == static_cast<int64_t>(Status::done)) unstable.add(b.cols[lk].f[r], b.cols[bk].f[r]);
     }
-    std::cout << "stability: " << unstable << " of the " << h.n_done << " done trials had a training loss that rose "
-              << "(loss_rise or baseline_loss_rise above " << fmt(kUnstableRise) << (unstable ? ", up to " + fmt(worst) : "") << ")"
-              << (unstable ? ": unstable gradient descent; filter on those columns" : "") << "\n";
+    std::cout << "stability: " << unstable.count << " of the " << h.n_done
+              << " done trials had a training loss that rose (loss_rise or baseline_loss_rise above "
+              << fmt(kUnstableRise) << (unstable.count ? ", up to " + fmt(unstable.worst) : "") << ")"
+              << (unstable.count ? ": unstable gradient descent; filter on those columns" : "") << "\n";
   }
   std::cout << "backend:   " << h.backends() << " (" << h.devices() << ")\n"
             << "precision: " << h.precisions() << "\n"

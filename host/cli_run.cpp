@@ -33,6 +33,9 @@
 namespace stsweep::cli {
 namespace {
 
+// The default of --stop-checkpoint-limit, in seconds (the resume command repeats any other).
+constexpr double kStopCheckpointLimit = 10;
+
 struct RunArgs {
   std::string file, out, backend = "auto", shard = "0/1", precision = "f32", progress = "auto";
   std::string devices;  // --devices LIST, when devices_given (else one GPU, device 0)
@@ -41,7 +44,7 @@ struct RunArgs {
   int threads = 0;
   size_t batch_size = 0;
   double checkpoint_every = 30;
-  double stop_checkpoint_limit = 10;
+  double stop_checkpoint_limit = kStopCheckpointLimit;
   double teacher_cache_mb = kTeacherCacheDefaultMb;
   double setup_cache_mb = kSetupCacheDefaultMb;
 };
@@ -103,7 +106,7 @@ std::string resume_command(const RunArgs& a) {
   std::string c = "stsweep run " + shell_word(a.file) + " -o " + shell_word(a.out);
   if (a.shard != "0/1") c += " --shard " + a.shard;
   if (a.precision != "f32") c += " --precision " + a.precision;
-  if (a.stop_checkpoint_limit != 10) c += " --stop-checkpoint-limit " + shortest_text(a.stop_checkpoint_limit);
+  if (a.stop_checkpoint_limit != kStopCheckpointLimit) c += " --stop-checkpoint-limit " + shortest_text(a.stop_checkpoint_limit);
   return c + " --resume";
 }
 
@@ -155,10 +158,9 @@ int run_main(const RunArgs& a) {
   // From the start: SLURM may preempt (SIGTERM) a job that is still starting.
   install_handlers();
   Sweep sweep = Sweep::from_file(a.file);
-  for (const auto& [path, entry] : sweep.unmatched_exclude())
-    std::cerr << "stsweep: warning: " << path << " (" << entry << ") drops no trial of "
-              << (path.rfind("subgrids[", 0) == 0 ? path.substr(0, path.find(']') + 1) + " of " : std::string())
-              << a.file << " (a misspelt value, or a combination the grid never makes)\n";
+  for (const auto& u : sweep.unmatched_exclude())
+    std::cerr << "stsweep: warning: " << u.path << " (" << u.entry << ") drops no trial of "
+              << (u.subgrid.empty() ? std::string() : u.subgrid + " of ") << a.file << " (a misspelt value, or a combination the grid never makes)\n";
   {  // --force would replace the sweep file with the results
     std::error_code ec;
     if (std::filesystem::exists(a.out, ec) && std::filesystem::equivalent(a.file, a.out, ec))
@@ -256,19 +258,20 @@ int run_main(const RunArgs& a) {
     // SLURM grace period, and a SIGKILL mid-copy wastes it. When the last one
     // took longer than the limit, only sync the journal (as safe: --resume folds it).
     const double last = writer->last_checkpoint_seconds();
-    const bool fold = writer->journal_rows() > 0 && a.stop_checkpoint_limit > 0 && last <= a.stop_checkpoint_limit;
+    const int64_t journaled = writer->journal_rows();
+    const bool fold = journaled > 0 && a.stop_checkpoint_limit > 0 && last <= a.stop_checkpoint_limit;
     try {
       if (fold) writer->checkpoint();
-      else if (writer->journal_rows() > 0) writer->sync_journal();
+      else if (journaled > 0) writer->sync_journal();
     } catch (const std::exception& e) {
       err = std::string(fold ? "the checkpoint failed: " : "syncing the journal failed: ") + e.what();
     }
     const FileHeader& h = writer->header();
     std::string waiting;
-    if (!fold && err.empty() && writer->journal_rows() > 0) {
+    if (!fold && err.empty() && journaled > 0) {
       char buf[64];
       std::snprintf(buf, sizeof buf, "%.3g", last);
-      waiting = " and " + std::to_string(writer->journal_rows()) + " more trial rows in " + journal_of(a.out) + " (not folded in: " +
+      waiting = " and " + std::to_string(journaled) + " more trial rows in " + journal_of(a.out) + " (not folded in: " +
                 (a.stop_checkpoint_limit > 0 ? "the last checkpoint took " + std::string(buf) +
                                                    " s, more than --stop-checkpoint-limit " +
                                                    shortest_text(a.stop_checkpoint_limit) + " s"
@@ -348,11 +351,11 @@ int run_main(const RunArgs& a) {
   std::printf("results: %s (shard %s: %lld done, %lld diverged, %lld failed, %lld pending of %lld)\n", a.out.c_str(),
               h.shard.c_str(), (long long)h.n_done, (long long)h.n_diverged, (long long)h.n_failed,
               (long long)h.n_pending, (long long)h.rows());
-  if (ps.unstable > 0)  // done rows, but not the monotone descent a reader assumes (a review found 14 of 256 unseen)
+  if (ps.unstable.count > 0)  // done rows, but not the monotone descent a reader assumes (a review found 14 of 256 unseen)
     std::printf("stsweep: note: %lld of the %lld done trials this run finished had a training loss that rose (loss_rise or "
                 "baseline_loss_rise above %g, up to %.3g): unstable gradient descent that did not diverge; a "
                 "smaller lr fixes it, or filter on those columns (docs/RESULTS.md; info counts the whole file)\n",
-                (long long)ps.unstable, (long long)ps.done, kUnstableRise, ps.worst_rise);
+                (long long)ps.unstable.count, (long long)ps.done, kUnstableRise, ps.unstable.worst);
   if (const std::string tr = backend->time_report(); !tr.empty())
     std::printf("stsweep: %s time: %s\n", backend->name().c_str(), tr.c_str());
   const TeacherCacheStats tc = teacher_cache_stats();
@@ -415,7 +418,7 @@ void add_run_command(CLI::App& app, Registry& r) {
       ->check(kFiniteNonNegative);
   sub->add_option("--stop-checkpoint-limit", a->stop_checkpoint_limit,
                   "on SIGTERM/SIGINT/SIGUSR1, fold the journal into OUT.h5 only when the last checkpoint took at "
-                  "most this many seconds (default 10; 0: never), else leave it in OUT.h5.journal for --resume: "
+                  "most this many seconds (default " + shortest_text(kStopCheckpointLimit) + "; 0: never), else leave it in OUT.h5.journal for --resume: "
                   "a checkpoint copies the whole file, which for a huge file can outlast a SLURM grace period")
       ->check(kFiniteNonNegative);
   sub->add_option("--setup-cache-mb", a->setup_cache_mb,

@@ -166,9 +166,9 @@ int validate(const std::string& file) {
                    "for its perturbed teachers (or rotated decompositions) it only re-draws the perturbation G (the "
                    "rotation R) from another seed, a new teacher of the same delta\n";
   }
-  for (const auto& [path, entry] : s.unmatched_exclude())
-    std::cout << "warning: " << path << " (" << entry << ") drops no trial: no trial of "
-              << (path.rfind("subgrids[", 0) == 0 ? path.substr(0, path.find(']') + 1) : std::string("the sweep"))
+  for (const auto& u : s.unmatched_exclude())
+    std::cout << "warning: " << u.path << " (" << u.entry << ") drops no trial: no trial of "
+              << (u.subgrid.empty() ? std::string("the sweep") : u.subgrid)
               << " has all of that (a misspelt value, or a combination the grid never makes)\n";
   return kExitOk;
 }

@@ -1,7 +1,6 @@
 #include "pipeline.hpp"
 
 #include <algorithm>
-#include <cmath>
 #include <chrono>
 #include <future>
 #include <memory>
@@ -116,11 +115,7 @@ PipelineStats run_pipeline(Batcher& batcher, Backend& backend, const RunOptions&
       ++st.total;
       if (r.status == Status::done) {
         ++st.done;
-        const double rise = std::max(r.loss_rise, std::isnan(r.baseline_loss_rise) ? 1.0 : r.baseline_loss_rise);
-        if (!(rise <= kUnstableRise)) {  // NaN counts: a loss that rose to non-finite without diverging
-          ++st.unstable;
-          if (!(rise <= st.worst_rise)) st.worst_rise = rise;
-        }
+        st.unstable.add(r.loss_rise, r.baseline_loss_rise);
       }
       else if (r.status == Status::diverged) ++st.diverged;
       else {

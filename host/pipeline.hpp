@@ -28,8 +28,7 @@ struct PipelineStats {
   int64_t dropped = 0;       // trials in flight when it stopped (not stored)
   // Done trials whose training loss rose (loss_rise or the twin's above
   // kUnstableRise): unstable gradient descent that did not diverge.
-  int64_t unstable = 0;
-  double worst_rise = 1;
+  RiseTally unstable;
 };
 
 struct PipelineOptions {

@@ -1,6 +1,8 @@
 // What one trial produces (metric names as in the results file, MODEL.md).
 #pragma once
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -51,6 +53,18 @@ struct TrialResult {
 // A done trial whose loss_rise (or the twin's) is above this had unstable
 // gradient descent that did not diverge: run and info count such rows.
 constexpr double kUnstableRise = 1.01;
+// Counts such rows (run's closing note, info's stability line): a row's rise
+// is its student's or its twin's (NaN twin: none), NaN counting as unstable.
+struct RiseTally {
+  int64_t count = 0;
+  double worst = 1;
+  void add(double loss_rise, double baseline_loss_rise) {
+    const double rise = std::max(loss_rise, std::isnan(baseline_loss_rise) ? 1.0 : baseline_loss_rise);
+    if (rise <= kUnstableRise) return;
+    ++count;
+    if (!(rise <= worst)) worst = rise;
+  }
+};
 
 // Names of the scalar metrics and curves, in file order.
 const std::vector<std::string>& scalar_metric_names();

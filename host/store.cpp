@@ -1610,10 +1610,10 @@ struct ResultsWriter::Impl {
       f.write(buf);
       f.header() = h;
       f.header().generation = h.generation + 1;
-      // Its duration up to here (the copy and the writes; the close, sync and
-      // rename follow): what a --resume's stop limit starts from.
-      // The close, sync and rename still to come can be most of it for a big
-      // file: the last whole checkpoint's duration (when longer) stands for them.
+      // What a --resume's stop limit starts from: this checkpoint's duration up
+      // to here (the copy and the writes), or the last whole checkpoint's when
+      // longer, standing for the close, sync and rename still to come (for a
+      // big file they can be most of it).
       f.header().checkpoint_seconds =
           std::max(ckpt_seconds, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
       if (!count_into_session) recover_session(f.header().sessions, s.header.session, cs_sum, nrows);
@@ -1661,12 +1661,9 @@ struct ResultsWriter::Impl {
     // It ran at least until its last record: the journal's last write.
     struct stat st;
     if (id.empty() || ::fstat(fd, &st) != 0) return;
-    std::tm tm{};
     const std::time_t mt = st.st_mtime;
-    gmtime_r(&mt, &tm);
-    char buf[32];
-    std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-    if (it->end_time < buf) it->end_time = buf;  // ISO 8601 UTC orders as text
+    const std::string last = utc_iso(mt);
+    if (it->end_time < last) it->end_time = last;  // ISO 8601 UTC orders as text
     if (it->end_time < it->start_time) it->end_time = it->start_time;  // a file server's clock behind ours
     std::tm t0{};
     if (::strptime(it->start_time.c_str(), "%Y-%m-%dT%H:%M:%SZ", &t0))
@@ -2199,8 +2196,9 @@ void H5ArrayFile::close() {
   if (impl_->file.reset() < 0) h5_fail("cannot close " + path_);
 }
 
-std::string utc_now_iso() {
-  std::time_t t = std::time(nullptr);
+std::string utc_now_iso() { return utc_iso(std::time(nullptr)); }
+
+std::string utc_iso(std::time_t t) {
   std::tm tm{};
   gmtime_r(&t, &tm);
   char buf[32];

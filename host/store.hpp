@@ -13,6 +13,7 @@
 #pragma once
 
 #include <cstdint>
+#include <ctime>
 #include <memory>
 #include <string>
 #include <vector>
@@ -274,6 +275,7 @@ class H5ArrayFile {
 
 // Time stamps and small helpers shared with the CLI.
 std::string utc_now_iso();
+std::string utc_iso(std::time_t t);  // "2026-12-03T12:15:25Z"
 std::string host_name();
 
 }  // namespace stsweep

@@ -683,12 +683,12 @@ class Builder {
     return b;
   }
 
-  // Exclude entries (path, "key = value, ...") that drop no trial of any block
-  // so far: a misspelt value or a combination the grid never makes.
-  std::vector<std::pair<std::string, std::string>> unmatched_entries() const {
-    std::vector<std::pair<std::string, std::string>> out;
-    for (const auto& [path, text] : seen_)
-      if (!matched_.count(path)) out.push_back({path, text});
+  // Exclude entries that drop no trial of any block so far: a misspelt value
+  // or a combination the grid never makes.
+  std::vector<Sweep::UnmatchedExclude> unmatched_entries() const {
+    std::vector<Sweep::UnmatchedExclude> out;
+    for (const auto& e : seen_)
+      if (!matched_.count(e.path)) out.push_back(e);
     return out;
   }
 
@@ -772,10 +772,11 @@ class Builder {
     std::vector<std::vector<IndexSet>> applicable;
     for (const auto& entry : entries) {
       const std::string ep = entry_path(entry);
-      if (std::none_of(seen_.begin(), seen_.end(), [&](const auto& e) { return e.first == ep; })) {
+      if (std::none_of(seen_.begin(), seen_.end(), [&](const auto& e) { return e.path == ep; })) {
         std::string text;
         for (const auto& it : entry) text += (text.empty() ? "" : ", ") + it.key + " = " + it.value.dump();
-        seen_.push_back({ep, text});
+        const size_t own = ep.rfind(".exclude[");  // a subgrid's own entry: "subgrids[i].exclude[j]"
+        seen_.push_back({ep, text, own == std::string::npos ? std::string() : ep.substr(0, own)});
       }
       std::vector<std::vector<const ExcludeItem*>> items(A);
       std::vector<std::vector<const Member*>> members(A);
@@ -863,7 +864,7 @@ class Builder {
 
   uint64_t seed_;
   const std::vector<std::vector<ExcludeItem>>& global_exclude_;
-  std::vector<std::pair<std::string, std::string>> seen_;  // every entry met, in order: path, text
+  std::vector<Sweep::UnmatchedExclude> seen_;  // every entry met, in order
   std::set<std::string> matched_;                          // paths of the entries that drop some trial
 };
 
@@ -875,7 +876,7 @@ struct Sweep::Impl {
   nlohmann::json doc;
   std::vector<Block> blocks;
   uint64_t total = 0;
-  std::vector<std::pair<std::string, std::string>> unmatched_exclude;
+  std::vector<Sweep::UnmatchedExclude> unmatched_exclude;
 
   const Block& block_of(uint64_t id, uint64_t& local) const {
     if (id >= total)
@@ -1107,7 +1108,7 @@ const std::string& Sweep::text() const { return impl_->text; }
 std::string Sweep::hash() const { return impl_->hash; }
 const nlohmann::json& Sweep::json() const { return impl_->doc; }
 uint64_t Sweep::count() const { return impl_->total; }
-const std::vector<std::pair<std::string, std::string>>& Sweep::unmatched_exclude() const {
+const std::vector<Sweep::UnmatchedExclude>& Sweep::unmatched_exclude() const {
   return impl_->unmatched_exclude;
 }
 

@@ -42,9 +42,13 @@ class Sweep {
   const nlohmann::json& json() const;
 
   uint64_t count() const;            // trials after exclude
-  // The exclude entries that drop no trial (path such as "exclude[1]", and the
-  // entry as "key = value, ..."): validate and run warn of them.
-  const std::vector<std::pair<std::string, std::string>>& unmatched_exclude() const;
+  // The exclude entries that drop no trial: validate and run warn of them.
+  struct UnmatchedExclude {
+    std::string path;     // "exclude[1]", or "subgrids[0].exclude[2]" for a subgrid's own
+    std::string entry;    // "key = value, ..."
+    std::string subgrid;  // "subgrids[0]" for a subgrid's own entry, "" for a global one
+  };
+  const std::vector<UnmatchedExclude>& unmatched_exclude() const;
   std::vector<AxisInfo> axes() const;
 
   // The merged parameter object and typed parameters of trial `id` (0 <= id < count()).

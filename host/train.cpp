@@ -290,8 +290,11 @@ TrialResult assemble_trial_result(const TrialProblem& pr, const NetTrace& st, co
   r.label_loss = st.last.label;
   r.feature_loss = st.last.feature;
   r.train_loss = st.last.label + lambda * st.last.feature;
-  const double train0 = st.first.label + lambda * st.first.feature;
-  r.zero_loss = std::isfinite(r.train_loss) && r.train_loss <= kZeroLossRtol * train0 ? 1 : 0;
+  // zero_loss: the final training loss within kZeroLossRtol of the one at step 0.
+  const auto reached_zero = [](double last, double first) -> int8_t {
+    return std::isfinite(last) && last <= kZeroLossRtol * first ? 1 : 0;
+  };
+  r.zero_loss = reached_zero(r.train_loss, st.first.label + lambda * st.first.feature);
   r.curve_test_risk = st.test;
   r.curve_label_loss = st.label;
   r.curve_feature_loss = st.feature;
@@ -314,8 +317,7 @@ TrialResult assemble_trial_result(const TrialProblem& pr, const NetTrace& st, co
   if (tw) {
     r.baseline_loss_rise = tw->loss_rise;
     r.baseline_train_loss = tw->last.label;  // lambda = 0: the label loss is all of it
-    r.baseline_zero_loss =
-        std::isfinite(tw->last.label) && tw->last.label <= kZeroLossRtol * tw->first.label ? 1 : 0;
+    r.baseline_zero_loss = reached_zero(tw->last.label, tw->first.label);
     r.baseline_test_risk = tw->last.test_risk;
     r.curve_baseline_test_risk = tw->test;
     r.curve_baseline_label_loss = tw->label;

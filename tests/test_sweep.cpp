@@ -128,10 +128,11 @@ void expect_lazy_equals_brute_force(const json& doc) {
   ASSERT_EQ(s.count(), expect.size()) << doc.dump();
   for (uint64_t i = 0; i < s.count(); ++i) ASSERT_EQ(s.trial_json(i), expect[i]) << "trial " << i << " of " << doc.dump();
   std::set<std::string> all = dropping, unmatched;
-  for (const auto& [path, entry] : s.unmatched_exclude()) {
-    unmatched.insert(path);
-    all.insert(path);
-    EXPECT_FALSE(entry.empty()) << path;
+  for (const auto& u : s.unmatched_exclude()) {
+    unmatched.insert(u.path);
+    all.insert(u.path);
+    EXPECT_FALSE(u.entry.empty()) << u.path;
+    EXPECT_EQ(u.subgrid, u.path.rfind("subgrids[", 0) == 0 ? u.path.substr(0, u.path.find(']') + 1) : "") << u.path;
   }
   for (const auto& path : all)
     EXPECT_NE(dropping.count(path), unmatched.count(path))
