@@ -21,7 +21,7 @@ except ImportError as e:
     sys.exit(77)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CLAIMS = 15  # "ok:" lines of findings-report --check
+CLAIMS = 16  # "ok:" lines of findings-report --check
 
 
 def main():
@@ -54,12 +54,13 @@ def main():
         page = f.read()
     rows = [line for line in out.splitlines() if re.match(r"\| ((delta|n_t|lambda|noise) = |(linear|tanh), )", line)]
     missing = [r for r in rows if r not in page]
-    check(len(rows) == 89 and not missing,
+    check(len(rows) == 97 and not missing,
           f"docs/FINDINGS.md holds the {len(rows)} table rows measured now"
           + (f" (not there: {missing[:3]}; rerun tools/findings and paste its tables)" if missing else ""))
 
-    # The check can fail: rotated's risks 1% higher than balanced's, and
-    # power(0)'s 3% lower (whitened features as good as any p).
+    # The check can fail: rotated's risks 1% higher than balanced's,
+    # power(0)'s 3% lower (whitened features as good as any p), and linear
+    # scaled(4)'s 20% higher (no longer the best c).
     nudged = os.path.join(a.workdir, "nudged.h5")
     shutil.copy(os.path.join(res, "findings_decomposition.h5"), nudged)
     with h5py.File(nudged, "r+") as f:
@@ -69,12 +70,14 @@ def main():
             v = f[col][()]
             v[rotated & linear] *= 1.01
             v[(f["teacher_decomposition"].asstr()[()] == "power") & (f["teacher_power"][()] == 0)] *= 0.97
+            v[(f["teacher_decomposition"].asstr()[()] == "scaled") & (f["teacher_scale"][()] == 4) & linear] *= 1.2
             f[col][...] = v
     p = subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "tools", "findings-report"),
                         os.path.join(res, "findings_teacher.h5"), nudged, "--check"],
                        capture_output=True, text=True, timeout=300)
     check(p.returncode == 1 and "FAILED: 4. rotated = balanced" in p.stdout
-          and "FAILED: 11. power(p)" in p.stdout and "claim(s) failed" in p.stderr,
+          and "FAILED: 11. power(p)" in p.stdout and "FAILED: 13. linear students" in p.stdout
+          and "claim(s) failed" in p.stderr,
           f"a nudged decomposition fails the check (exit {p.returncode})")
     p = subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "tools", "findings-report"),
                         os.path.join(a.workdir, "missing.h5"), nudged], capture_output=True, text=True, timeout=300)
