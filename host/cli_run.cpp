@@ -249,9 +249,14 @@ int run_main(const RunArgs& a) {
             << "\n";
   Batcher batcher(sweep, range, [&](uint64_t id) { return writer->final(static_cast<int64_t>(id)); }, batch_size);
   Progress progress(progress_mode(a.progress), todo, rows - todo, progress_every);
+  writer->set_checkpoint_hook([&progress](bool begin, int64_t journaled, double seconds) {
+    if (begin) progress.checkpoint_begins(journaled);
+    else progress.checkpoint_ends(journaled, seconds);
+  });
 
   auto interrupted = [&](int64_t in_flight) {
     progress.clear();
+    writer->set_checkpoint_hook(nullptr);  // the bar stays away: the stop's messages follow
     const char* sig = signal_name(g_signal);
     std::string err;
     // A checkpoint copies the whole file: at 10^8 rows that can outlast a
@@ -298,6 +303,7 @@ int run_main(const RunArgs& a) {
   // Keeps what is finished: folds the journal into the file, or says where it is.
   auto keep_finished = [&] {
     progress.clear();
+    writer->set_checkpoint_hook(nullptr);
     try {
       writer->checkpoint();
     } catch (const std::exception& x) {
@@ -411,7 +417,7 @@ void add_run_command(CLI::App& app, Registry& r) {
   sub->add_option("--batch-size", a->batch_size,
                   "trials per batch (default: 16 per CPU thread and at least 64 on CPU, 4096 per device on CUDA)")
       ->check(kPositiveCount);
-  sub->add_option("--progress", a->progress, "auto (bar on a terminal, else JSON lines), bar, jsonl or none")
+  sub->add_option("--progress", a->progress, "auto (bar on a terminal, else JSON lines), bar, jsonl or none; both show each checkpoint (a bar note; a jsonl \"checkpoint\" line with its seconds)")
       ->check(CLI::IsMember({"auto", "bar", "jsonl", "none"}));
   sub->add_option("--checkpoint-every", a->checkpoint_every,
                   "seconds between updates of OUT.h5 (at least; finished batches are journaled at once)")

@@ -75,10 +75,19 @@ void Progress::emit(bool final) {
     int fill = static_cast<int>(frac * width);
     std::string bar(fill, '#');
     bar += std::string(width - fill, '-');
-    std::fprintf(stderr, "\r[%s] %lld/%lld %5.1f%%  %.1f trials/s  ETA %s   ", bar.c_str(), (long long)done_,
-                 (long long)total_, 100 * frac, rate, final ? "0:00" : hms(eta).c_str());
+    // While a checkpoint is written the note takes the ETA's place (the line
+    // stays within 80 columns for runs of up to 10^7 trials).
+    const std::string tail = final ? "ETA 0:00" : note_.empty() ? "ETA " + hms(eta) : note_;
+    char line[256];
+    std::snprintf(line, sizeof line, "[%s] %lld/%lld %5.1f%%  %.1f trials/s  %s", bar.c_str(), (long long)done_,
+                  (long long)total_, 100 * frac, rate, tail.c_str());
+    const std::string text = line;
+    // Spaces over what a longer line before left (a note that went away).
+    const size_t pad = drawn_ && drawn_width_ > text.size() ? drawn_width_ - text.size() : 0;
+    std::fprintf(stderr, "\r%s%*s", text.c_str(), static_cast<int>(pad + 3), "");
     if (final) std::fputc('\n', stderr);
     drawn_ = !final;
+    drawn_width_ = text.size() + 3;
     std::fflush(stderr);
   } else if (mode_ == ProgressMode::jsonl) {
     nlohmann::json j = {{"event", final ? "finished" : "progress"},
@@ -93,12 +102,35 @@ void Progress::emit(bool final) {
   }
 }
 
-void Progress::finish() { emit(true); }
+void Progress::finish() {
+  note_.clear();
+  emit(true);
+}
 
 void Progress::clear() {
   if (mode_ == ProgressMode::bar && drawn_) {
-    std::fprintf(stderr, "\r%80s\r", "");
+    std::fprintf(stderr, "\r%*s\r", static_cast<int>(drawn_width_), "");
     drawn_ = false;
+  }
+}
+
+void Progress::checkpoint_begins(int64_t rows) {
+  if (mode_ != ProgressMode::bar) return;
+  note_ = rows > 0 ? "checkpoint: " + std::to_string(rows) + " rows" : std::string("writing the file");
+  emit(false);
+}
+
+void Progress::checkpoint_ends(int64_t rows, double seconds) {
+  if (mode_ == ProgressMode::bar) {
+    note_.clear();
+    emit(false);
+  } else if (mode_ == ProgressMode::jsonl) {
+    nlohmann::json j = {{"event", "checkpoint"},
+                        {"rows", rows},
+                        {"seconds", std::round(seconds * 1000) / 1000},
+                        {"elapsed_s", std::round(elapsed() * 1000) / 1000}};
+    std::fprintf(stderr, "%s\n", j.dump().c_str());
+    std::fflush(stderr);
   }
 }
 

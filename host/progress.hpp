@@ -26,6 +26,11 @@ class Progress {
   void finish();              // last line
   void clear();               // erase the bar before printing something else
   double elapsed() const;
+  // A checkpoint (ResultsWriter's hook): while one is written the bar says so
+  // (it cannot tick: the thread that draws it writes the file); jsonl gets a
+  // {"event":"checkpoint","rows":..,"seconds":..} line after each.
+  void checkpoint_begins(int64_t rows);
+  void checkpoint_ends(int64_t rows, double seconds);
 
  private:
   void emit(bool final);
@@ -34,6 +39,8 @@ class Progress {
   double interval_;
   std::chrono::steady_clock::time_point t0_, last_;
   bool drawn_ = false;
+  size_t drawn_width_ = 0;  // characters of the bar now on the line
+  std::string note_;        // shown after the bar (a checkpoint being written)
 };
 
 }  // namespace stsweep

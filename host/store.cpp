@@ -1532,6 +1532,16 @@ struct ResultsWriter::Impl {
   std::chrono::steady_clock::time_point last_ckpt;
   std::chrono::steady_clock::time_point last_sync{};  // of the journal (epoch: the first record syncs)
   double ckpt_seconds = 0;
+  ResultsWriter::CheckpointHook hook;  // set_checkpoint_hook
+
+  // A checkpoint of the running session, told to the hook before and after.
+  void checkpoint_now() {
+    const int64_t rows = journal_rows;
+    if (hook) hook(true, rows, 0);
+    const auto t = std::chrono::steady_clock::now();
+    fold(true);
+    if (hook) hook(false, rows, std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count());
+  }
 
   // A journal whose finished rows this file will not use (another file's,
   // left when OUT.h5 was moved away, or a damaged one) is copied to
@@ -1886,17 +1896,16 @@ void ResultsWriter::set_store_seconds(double store, double exposed) {
   impl_->store_exposed = exposed;
 }
 
-void ResultsWriter::checkpoint() {
-  Impl& im = *impl_;
-  im.fold(true);
-}
+void ResultsWriter::checkpoint() { impl_->checkpoint_now(); }
 
 bool ResultsWriter::checkpoint_within(double budget_seconds) {
   Impl& im = *impl_;
   if (im.journal_rows == 0 || im.ckpt_seconds > budget_seconds) return false;
-  im.fold(true);
+  im.checkpoint_now();
   return true;
 }
+
+void ResultsWriter::set_checkpoint_hook(CheckpointHook hook) { impl_->hook = std::move(hook); }
 
 double ResultsWriter::last_checkpoint_seconds() const { return impl_->ckpt_seconds; }
 int64_t ResultsWriter::journal_rows() const { return impl_->journal_rows; }
@@ -1917,7 +1926,7 @@ void ResultsWriter::finish() {
     im.h.sessions.erase(im.h.sessions.begin() + static_cast<std::ptrdiff_t>(im.session));
     im.session = im.h.sessions.size();  // update_session() then touches nothing
   } else {
-    im.fold(true);
+    im.checkpoint_now();
   }
   if (im.h.n_pending == 0 && im.h.n_failed == 0) {
     ::unlink(journal_path(im.opt.path).c_str());

@@ -14,6 +14,7 @@
 
 #include <cstdint>
 #include <ctime>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -211,6 +212,13 @@ class ResultsWriter {
   // fdatasync of the journal: what a stop does instead of a checkpoint.
   void sync_journal();
   int64_t journal_rows() const;  // rows journaled since the last checkpoint
+  // Called before each fold of append, checkpoint, checkpoint_within and
+  // finish (begin = true, `rows` journaled, seconds 0) and after it (begin =
+  // false, the seconds it took), not when it throws: run's progress bar says
+  // a checkpoint is being written (it copies the whole file: about 2 s per
+  // 10^6 rows) and --progress jsonl logs one "checkpoint" line per fold.
+  using CheckpointHook = std::function<void(bool begin, int64_t rows, double seconds)>;
+  void set_checkpoint_hook(CheckpointHook hook);
 
   struct Impl;
  private:

@@ -155,6 +155,43 @@ TEST(Cli, RunNotesUnstableTraining) {
   EXPECT_NE(ic.out.find("stability: 0 of the 12 done trials"), std::string::npos) << ic.out;
 }
 
+// A checkpoint copies the whole file (about 2 s per 10^6 rows) while the bar
+// cannot tick: the bar says so, and --progress jsonl logs each one. Every row
+// run is folded by exactly one checkpoint (the final one included).
+TEST(Cli, ProgressShowsCheckpoints) {
+  const std::string out = (scratch() / "ckpt.h5").string();
+  const std::string base = "run " + sweep_file("tiny.json") + " -o '" + out + "' --backend cpu --force --batch-size 4 "
+                           "--checkpoint-every 0 --progress ";
+  Outcome j = run(base + "jsonl");
+  ASSERT_EQ(j.rc, 0) << j.err;
+  int64_t folded = 0, events = 0, last_done = -1;
+  bool finished_last = false;
+  for (const auto& line : lines(j.err)) {
+    if (line.empty() || line[0] != '{') continue;
+    const auto e = nlohmann::json::parse(line);
+    finished_last = e["event"] == "finished";
+    if (e["event"] == "checkpoint") {
+      ++events;
+      folded += e["rows"].get<int64_t>();
+      EXPECT_GE(e["seconds"].get<double>(), 0) << line;
+    } else {
+      last_done = e["done"].get<int64_t>();
+    }
+  }
+  EXPECT_GE(events, 2) << j.err;  // at least one while running, and the last fold
+  EXPECT_EQ(folded, 36) << j.err;  // tiny.json: 36 trials, each row folded once
+  EXPECT_EQ(last_done, 36);
+  EXPECT_TRUE(finished_last) << j.err;  // "finished" after the last checkpoint
+  Outcome b = run(base + "bar");
+  ASSERT_EQ(b.rc, 0) << b.err;
+  EXPECT_NE(b.err.find("trials/s  checkpoint: "), std::string::npos) << b.err;  // in the ETA's place
+  EXPECT_NE(b.err.find("ETA 0:00"), std::string::npos) << b.err;
+  // The last drawing is the finished bar, with no note left on the line.
+  const std::string tail = b.err.substr(b.err.rfind('\r'));
+  EXPECT_EQ(tail.find("checkpoint"), std::string::npos) << tail;
+  EXPECT_NE(tail.find("36/36 100.0%"), std::string::npos) << tail;
+}
+
 // summary counts done trials; --include-diverged adds the diverged ones, so that
 // student_diverged gives divergence rates (a review got 0 everywhere without it).
 // And a mixed pairing (best against the twin's last) is warned of.
