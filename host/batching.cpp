@@ -91,4 +91,21 @@ bool Batcher::next(Batch& out) {
   return true;
 }
 
+std::vector<uint64_t> stratified_sample(IdRange r, uint64_t b, std::mt19937_64& rng) {
+  const uint64_t n = r.end > r.begin ? r.end - r.begin : 0;
+  std::vector<uint64_t> ids;
+  if (n <= b) {
+    for (uint64_t i = r.begin; i < r.end; ++i) ids.push_back(i);
+    return ids;
+  }
+  ids.reserve(b);
+  for (uint64_t j = 0; j < b; ++j) {
+    // Slice j: [j n / b, (j + 1) n / b), not empty since n > b.
+    const auto lo = static_cast<uint64_t>((static_cast<unsigned __int128>(j) * n) / b);
+    const auto hi = static_cast<uint64_t>((static_cast<unsigned __int128>(j + 1) * n) / b);
+    ids.push_back(r.begin + lo + std::uniform_int_distribution<uint64_t>(0, hi - lo - 1)(rng));
+  }
+  return ids;
+}
+
 }  // namespace stsweep

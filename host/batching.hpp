@@ -14,6 +14,8 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <random>
+#include <vector>
 
 #include "backend.hpp"
 #include "sweep.hpp"
@@ -52,6 +54,11 @@ class Batcher {
   std::deque<Batch> ready_;
   std::vector<Batch> carried_;  // partial batches waiting for more of their shape (fill)
 };
+
+// One id at random in each of `b` equal slices of `r` (every id when `r` holds
+// no more than b), in increasing order: `estimate`'s sample of a sweep, even
+// over its subgrids and axes without aliasing a grid's period.
+std::vector<uint64_t> stratified_sample(IdRange r, uint64_t b, std::mt19937_64& rng);
 
 // The ids a Batcher reads at a time when not told (see above): 4 batches, or
 // as many whole batches as 2^20 ids hold, at least one.

@@ -3,11 +3,14 @@
 #pragma once
 
 #include <climits>
+#include <cstdint>
 #include <exception>
 #include <functional>
 #include <vector>
 
 #include <CLI/CLI.hpp>
+
+#include "backend.hpp"
 
 namespace stsweep::cli {
 
@@ -36,9 +39,19 @@ extern const CLI::Validator kFiniteNonNegative;
 // input, "stsweep: failed: ..." otherwise) and returns its exit code.
 int report_error(const std::exception_ptr& e);
 
+// The backend of --backend auto|cpu|cuda (one GPU): for `auto` without a
+// usable GPU the CPU's, with `why` saying why; `cuda` without one is a
+// failure (exit 1: the same command may work on another machine).
+std::unique_ptr<Backend> choose_backend(const std::string& backend, const RunOptions& ro, std::string* why);
+
+// Two-sided 95% quantile of Student's t with `df` degrees of freedom (summary's
+// intervals, estimate's).
+double t975(int64_t df);
+
 void add_sweep_commands(CLI::App& app, Registry& r);    // validate, list   (cli_sweep.cpp)
 void add_run_command(CLI::App& app, Registry& r);       // run              (cli_run.cpp)
 void add_results_commands(CLI::App& app, Registry& r);  // merge, info, summary (cli_results.cpp)
 void add_export_command(CLI::App& app, Registry& r);    // export           (cli_export.cpp)
+void add_estimate_command(CLI::App& app, Registry& r);  // estimate         (cli_estimate.cpp)
 
 }  // namespace stsweep::cli

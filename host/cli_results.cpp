@@ -72,17 +72,6 @@ int info_main(const std::string& path) {
 }
 
 // --- summary -----------------------------------------------------------------------
-// Two-sided 95% quantile of Student's t with `df` degrees of freedom.
-double t975(int64_t df) {
-  static const double table[] = {0,      12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
-                                 2.201,  2.179,  2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
-                                 2.080,  2.074,  2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042};
-  if (df <= 0) return NAN;
-  if (df <= 30) return table[df];
-  const double z = 1.959964, d = static_cast<double>(df);  // Cornish-Fisher expansion
-  return z + (z * z * z + z) / (4 * d) + (5 * std::pow(z, 5) + 16 * z * z * z + 3 * z) / (96 * d * d);
-}
-
 struct KeyPart {
   bool is_num;
   double num;
@@ -347,6 +336,17 @@ int summary_main(const std::string& path, const std::string& by_text, const std:
 }
 
 }  // namespace
+
+// Two-sided 95% quantile of Student's t with `df` degrees of freedom.
+double t975(int64_t df) {
+  static const double table[] = {0,      12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+                                 2.201,  2.179,  2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+                                 2.080,  2.074,  2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042};
+  if (df <= 0) return NAN;
+  if (df <= 30) return table[df];
+  const double z = 1.959964, d = static_cast<double>(df);  // Cornish-Fisher expansion
+  return z + (z * z * z + z) / (4 * d) + (5 * std::pow(z, 5) + 16 * z * z * z + 3 * z) / (96 * d * d);
+}
 
 void add_results_commands(CLI::App& app, Registry& r) {
   {

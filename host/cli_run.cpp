@@ -189,14 +189,8 @@ int run_main(const RunArgs& a) {
       throw InputError("--devices", "selects CUDA devices; it cannot be used with --backend cpu");
     const DeviceList list = parse_device_list(a.devices);
     backend = make_device_backends(a, ro, list, &why, &n_devices);
-  } else if (a.backend == "cpu") {
-    backend = make_cpu_backend(ro);
   } else {
-    backend = make_cuda_backend(ro, &why);
-    if (!backend) {
-      if (a.backend == "cuda") throw std::runtime_error("--backend cuda: no usable GPU (" + why + ")");
-      backend = make_cpu_backend(ro);
-    }
+    backend = choose_backend(a.backend, ro, &why);
   }
   std::cerr << "stsweep: backend " << backend->name() << ": " << backend->device();
   if (a.backend == "auto" && backend->name() == "cpu" && !why.empty()) {
@@ -397,6 +391,14 @@ int run_main(const RunArgs& a) {
 }
 
 }  // namespace
+
+std::unique_ptr<Backend> choose_backend(const std::string& backend, const RunOptions& ro, std::string* why) {
+  if (backend == "cpu") return make_cpu_backend(ro);
+  auto b = make_cuda_backend(ro, why);
+  if (b) return b;
+  if (backend == "cuda") throw std::runtime_error("--backend cuda: no usable GPU (" + *why + ")");
+  return make_cpu_backend(ro);
+}
 
 void add_run_command(CLI::App& app, Registry& r) {
   auto a = std::make_shared<RunArgs>();

@@ -31,6 +31,7 @@ int main(int argc, char** argv) {
   cli::add_run_command(app, reg);
   cli::add_results_commands(app, reg);
   cli::add_export_command(app, reg);
+  cli::add_estimate_command(app, reg);
   if (argc > 1 && argv[1][0] != '-') {
     // CLI11 would say only "A subcommand is required" of a misspelt command.
     std::string names;

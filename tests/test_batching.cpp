@@ -151,3 +151,39 @@ TEST(Batching, DefaultBatchSize) {
   EXPECT_EQ(stsweep::default_batch_size(true, 16, 1), 4096u);
   EXPECT_EQ(stsweep::default_batch_size(true, 16, 2), 8192u);
 }
+
+// estimate's sample: one id in each of b equal slices, in order, inside the
+// range; every id of a slice can be drawn (no aliasing with a grid's period);
+// the same generator state gives the same ids; a range of at most b ids is
+// taken whole.
+TEST(Batching, StratifiedSampleOnePerSlice) {
+  using stsweep::IdRange;
+  std::mt19937_64 rng(7);
+  const IdRange r{100, 1100};  // 1000 ids, slices of 1000 / 64 = 15 or 16
+  std::vector<std::set<uint64_t>> seen(64);
+  for (int round = 0; round < 400; ++round) {
+    const auto ids = stsweep::stratified_sample(r, 64, rng);
+    ASSERT_EQ(ids.size(), 64u);
+    for (uint64_t j = 0; j < 64; ++j) {
+      const uint64_t lo = r.begin + j * 1000 / 64, hi = r.begin + (j + 1) * 1000 / 64;
+      ASSERT_GE(ids[j], lo) << j;
+      ASSERT_LT(ids[j], hi) << j;
+      seen[j].insert(ids[j]);
+    }
+  }
+  for (uint64_t j = 0; j < 64; ++j)  // 400 draws of 15-16 values: each value drawn (miss chance ~1e-11)
+    EXPECT_EQ(seen[j].size(), (r.begin + (j + 1) * 1000 / 64) - (r.begin + j * 1000 / 64)) << j;
+  std::mt19937_64 a(3), b(3), c(4);
+  EXPECT_EQ(stsweep::stratified_sample(r, 10, a), stratified_sample(r, 10, b));
+  EXPECT_NE(stsweep::stratified_sample(r, 10, a), stratified_sample(r, 10, c));
+  const auto all = stsweep::stratified_sample(IdRange{5, 9}, 4, rng);
+  EXPECT_EQ(all, (std::vector<uint64_t>{5, 6, 7, 8}));
+  EXPECT_TRUE(stsweep::stratified_sample(IdRange{5, 5}, 4, rng).empty());
+  // Huge ranges: no overflow in j * n.
+  const IdRange big{0, uint64_t{1} << 62};
+  const auto ids = stsweep::stratified_sample(big, 1000, rng);
+  ASSERT_EQ(ids.size(), 1000u);
+  EXPECT_TRUE(std::is_sorted(ids.begin(), ids.end()));
+  EXPECT_LT(ids.back(), big.end);
+  EXPECT_GE(ids.back(), big.end / 1000 * 999);
+}

@@ -192,6 +192,62 @@ TEST(Cli, ProgressShowsCheckpoints) {
   EXPECT_NE(tail.find("36/36 100.0%"), std::string::npos) << tail;
 }
 
+// estimate trains a sample and writes nothing: its JSON adds up (the total is
+// the per-trial cost times the trials, the wall time the total over the
+// threads, the interval holds the mean), a sweep no larger than a round runs
+// whole (no interval), and bad input is exit 2 naming the option.
+TEST(Cli, EstimateAddsUp) {
+  const std::string dir = scratch().string();
+  Outcome r = run("estimate " + sweep_file("standard_cpu.json") + " --backend cpu --threads 2 --seconds 2 --format json");
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["trials"], 512);
+  EXPECT_EQ(j["backend"], "cpu");
+  EXPECT_EQ(j["threads"], 2);
+  EXPECT_EQ(j["round_size"], 8);  // 4 a thread, at least 8
+  EXPECT_FALSE(j["whole"].get<bool>());
+  const int64_t rounds = j["rounds"].get<int64_t>();
+  EXPECT_GE(rounds, 1);
+  EXPECT_EQ(j["sampled"].get<int64_t>(), 8 * rounds);
+  const double per = j["cost_per_trial"].get<double>(), total = j["total_cost"].get<double>();
+  EXPECT_GT(per, 0);
+  EXPECT_NEAR(total, per * 512, 1e-9 * total);
+  EXPECT_NEAR(j["wall_seconds"].get<double>(), total / 2, 1e-9 * total);
+  if (rounds > 1) {
+    const auto ci = j["total_cost_ci95"];
+    EXPECT_LE(ci[0].get<double>(), total);
+    EXPECT_GE(ci[1].get<double>(), total);
+  } else {
+    EXPECT_TRUE(j["total_cost_ci95"].is_null());
+  }
+  // Nothing written where it ran.
+  EXPECT_TRUE(fs::is_empty(dir) || !fs::exists(fs::path(dir) / "standard_cpu.h5"));
+
+  Outcome w = run("estimate " + sweep_file("tiny.json") + " --backend cpu --round-size 64 --format json");
+  ASSERT_EQ(w.rc, 0) << w.err;
+  const auto k = nlohmann::json::parse(w.out);
+  EXPECT_TRUE(k["whole"].get<bool>());
+  EXPECT_EQ(k["sampled"], 36);
+  EXPECT_EQ(k["rounds"], 1);
+  EXPECT_EQ(k["total_cost_ci95"][0], k["total_cost"]);  // measured, not sampled
+
+  Outcome t = run("estimate " + sweep_file("tiny.json") + " --backend cpu --shard 1/4");
+  ASSERT_EQ(t.rc, 0) << t.err;
+  EXPECT_NE(t.out.find("sweep:     tiny, shard 1/4: 9 trials"), std::string::npos) << t.out;
+  EXPECT_NE(t.out.find("of CPU time"), std::string::npos) << t.out;
+
+  Outcome e = run("estimate " + sweep_file("tiny.json") + " --shard 0/50");  // 36 trials: [0, 0)
+  EXPECT_EQ(e.rc, 2);
+  EXPECT_NE(e.err.find("--shard: 0/50 holds no trial"), std::string::npos) << e.err;
+  Outcome s = run("estimate " + sweep_file("tiny.json") + " --seconds -1");
+  EXPECT_EQ(s.rc, 2) << s.err;
+  EXPECT_NE(s.err.find("--seconds"), std::string::npos) << s.err;
+  const std::string bad = write_file("bad_estimate.json", R"({"defaults": {"d": 8, "k": 4, "m": 2, "hidden": [8], "steps": "many"}})");
+  Outcome b = run("estimate '" + bad + "'");
+  EXPECT_EQ(b.rc, 2);
+  EXPECT_NE(b.err.find("steps"), std::string::npos) << b.err;
+}
+
 // summary counts done trials; --include-diverged adds the diverged ones, so that
 // student_diverged gives divergence rates (a review got 0 everywhere without it).
 // And a mixed pairing (best against the twin's last) is warned of.
