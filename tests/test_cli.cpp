@@ -248,6 +248,39 @@ TEST(Cli, EstimateAddsUp) {
   EXPECT_NE(b.err.find("steps"), std::string::npos) << b.err;
 }
 
+// best_test_risk is an early-stopped risk only where the best checkpoint is not
+// the last: summary counts the rows where it is (a review found 81 of 408 in
+// findings_teacher), for the student's best and the twin's, and says nothing
+// for a metric that is not a best.
+TEST(Cli, SummaryNotesBestAtTheLastStep) {
+  const std::string f = write_file("bestlast.json", R"({"seed": 5, "defaults": {"d": 16, "k": 4, "m": 4,
+      "hidden": [16], "n_train": 12, "lr": 0.02, "init_scale": 1e-4, "checkpoints": 8, "noise": 0.3},
+      "grid": {"steps": [40, 20000], "lambda": [0.3], "seed": {"range": [0, 4]}}})");
+  const std::string out = (scratch() / "bestlast.h5").string();
+  ASSERT_EQ(run("run '" + f + "' -o '" + out + "' --backend cpu --progress none --force").rc, 0);
+  stsweep::H5Results h = stsweep::H5Results::open(out, false);
+  const int bs = stsweep::store_column_index("best_step"), tb = stsweep::store_column_index("baseline_best_step"),
+            sr = stsweep::store_column_index("steps_run");
+  stsweep::RowBlock b = h.read(0, h.rows(), {bs, tb, sr});
+  int64_t student = 0, twin = 0;
+  for (size_t r = 0; r < b.rows(); ++r) {
+    student += b.cols[bs].i[r] == b.cols[sr].i[r];
+    twin += b.cols[tb].i[r] == b.cols[sr].i[r];
+  }
+  ASSERT_GE(student, 4);  // the 40-step runs are still learning at their end
+  ASSERT_LT(student, 8);
+  Outcome s = run("summary '" + out + "' --metric best_test_risk --paired baseline_best_test_risk --relative");
+  ASSERT_EQ(s.rc, 0) << s.err;
+  EXPECT_NE(s.err.find("note: " + std::to_string(student) + " of the 8 rows summarised have the student's best "
+                       "checkpoint at the last step"), std::string::npos) << s.err;
+  EXPECT_NE(s.err.find("note: " + std::to_string(twin) + " of the 8 rows summarised have the twin's best"),
+            std::string::npos) << s.err;
+  Outcome w = run("summary '" + out + "' --metric best_step --where steps=20000");
+  EXPECT_EQ(w.err.find("the student's best checkpoint at the last step"), std::string::npos) << w.err;
+  Outcome t = run("summary '" + out + "' --metric test_risk --paired baseline_test_risk");
+  EXPECT_EQ(t.err.find("at the last step"), std::string::npos) << t.err;
+}
+
 // summary counts done trials; --include-diverged adds the diverged ones, so that
 // student_diverged gives divergence rates (a review got 0 everywhere without it).
 // And a mixed pairing (best against the twin's last) is warned of.
