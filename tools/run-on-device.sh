@@ -11,7 +11,8 @@
 #   1. test_cuda (every GPU test: correctness first),
 #   2. bench_cuda (the tables for docs/PERFORMANCE.md),
 #   3. `stsweep run sweeps/standard_gpu.json --backend auto` (end to end: auto
-#      must pick CUDA; the store's share of wall time),
+#      must pick CUDA; the store's share of wall time), then `stsweep estimate`
+#      of the same sweep (its GPU estimate against that run),
 #   4. compute-sanitizer memcheck and racecheck on CudaSmall.*,
 #   5. Nsight Compute on one fused_train launch, vector A on and off,
 #   6. docs/FINDINGS.md's two sweeps on the GPU (their results files come back).
@@ -50,7 +51,8 @@ fi
 { echo "# device-check $(date -u +%Y-%m-%dT%H:%MZ), budget ${BUDGET} s"
   [[ -n "$note" ]] && echo "$note"
   echo "steps in order (each skipped when too little of the budget is left): test_cuda, bench_cuda,"
-  echo "stsweep run standard_gpu, compute-sanitizer memcheck and racecheck, ncu, findings sweeps"
+  echo "stsweep run standard_gpu, stsweep estimate standard_gpu, compute-sanitizer memcheck and racecheck, ncu,"
+  echo "findings sweeps"
   echo; } >"$S"
 echo "run-on-device: budget ${BUDGET} s${note:+ ($note)}, summary in $S"
 
@@ -158,6 +160,10 @@ else
     "${BIN[@]}" "$D/bin/stsweep" run sweeps/standard_gpu.json -o "$OUT/standard_gpu.h5" --backend auto \
     --progress jsonl
   rm -f "$OUT/standard_gpu.h5"*  # too large to bring back; the log has the figures
+  # `stsweep estimate` on the GPU (wall time of rounds of 4096 trials), against
+  # the run just above: docs/SLURM.md, "Sizing a job", has no GPU row yet.
+  step "stsweep estimate standard_gpu" estimate.log 40 15 '^\{|^stsweep: (backend|error|failed)' \
+    "${BIN[@]}" "$D/bin/stsweep" estimate sweeps/standard_gpu.json --backend cuda --seconds 20 --format json
 fi
 
 # 4. compute-sanitizer on the small tests. memcheck with STSWEEP_CUDA_POOL=split:

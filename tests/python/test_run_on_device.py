@@ -54,8 +54,8 @@ echo "stsweep: cuda: widths 64-64-16 (stderr, after the run began)" >&2
 exec sleep 60
 """,
     "device-bundle/bin/stsweep": RECORD + """
-case "$2" in
-  sweeps/standard_gpu.json) echo "stsweep: error: stand-in failure"; exit 1 ;;
+case "$1 $2" in
+  "run sweeps/standard_gpu.json") echo "stsweep: error: stand-in failure"; exit 1 ;;
   *) echo "stsweep: 64 trials done" ;;
 esac
 """,
@@ -121,7 +121,8 @@ def main():
     check(s.count("| data fused |") == 1, "each row once in the summary")
     check("stsweep run standard_gpu: exit 1" in s and "stsweep: error: stand-in failure" in s,
           "a failing step is recorded with its error")
-    for later in ("compute-sanitizer memcheck", "compute-sanitizer racecheck", "ncu fused_train vector A = 0",
+    for later in ("stsweep estimate standard_gpu", "compute-sanitizer memcheck", "compute-sanitizer racecheck",
+                  "ncu fused_train vector A = 0",
                   "stsweep run findings_teacher", "stsweep run findings_decomposition"):
         check(f"    {later}: exit 0" in s, f"a later step ran after the failures: {later}")
     check("ERROR SUMMARY: 0 errors" in s and "Shared Memory bank conflicts" in s, "the tools' lines are in the summary")
@@ -142,7 +143,8 @@ def main():
     root = make_root(a.workdir, "budget")
     p, s = run(root, BUDGET=18, STEP_CAP_S=10, TESTS_TAKE=9)
     check("## test_cuda (timeout 10s" in s and "test_cuda: exit 0" in s, "small budget: the first step runs")
-    for later in ("bench_cuda", "stsweep run standard_gpu", "compute-sanitizer memcheck", "compute-sanitizer racecheck",
+    for later in ("bench_cuda", "stsweep run standard_gpu", "stsweep estimate standard_gpu", "compute-sanitizer memcheck",
+                  "compute-sanitizer racecheck",
                   "ncu fused_train vector A = 1", "ncu fused_train vector A = 0", "stsweep run findings_teacher",
                   "stsweep run findings_decomposition"):
         check(f"## {later}: skipped, " in s and "s left of the 18s budget (needs 10s)" in s,
