@@ -11,7 +11,9 @@
 // (a GPU's rate depends on how many trials train at once). Rounds are
 // independent, so their per-trial means give a Student's t interval.
 // Sampling stops when another round would pass --seconds, or once 5 rounds
-// give an interval within 2% of the mean. Nothing is written.
+// give an interval within 2% of the mean. On a GPU one trial runs first,
+// uncounted (the context and allocations of a first batch). Nothing is
+// written.
 #include <time.h>
 
 #include <algorithm>
@@ -114,6 +116,15 @@ int estimate_main(const EstimateArgs& a) {
              std::sqrt(static_cast<double>(k));
     }
   };
+  if (!cpu) {
+    // A GPU's first batch pays for its context, allocations and kernel
+    // loading, which a long run pays once: one trial first, not counted.
+    Batch warm;
+    warm.ids.push_back(static_cast<int64_t>(range.begin));
+    warm.trials.push_back(sweep.trial(range.begin));
+    backend->run(warm, ro);
+    if (table) std::cerr << "stsweep: warm-up: 1 trial (not counted)\n";
+  }
   const auto t0 = std::chrono::steady_clock::now();
   auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
   do {
