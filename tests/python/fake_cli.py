@@ -8,7 +8,8 @@ The fake's kernels are the device bodies on one-thread host teams, so every
 dataset of the results file must be the CPU backend's bit for bit: with
 `--backend auto` (which must pick cuda and print the `cuda time` line), in
 small waves, on two devices (`--devices all`), and with trained teachers
-trained on the device (none by set-up). Exit 77 (skip) when h5py is missing.
+trained on the device (none by set-up). And `stsweep estimate` on the fake
+device (wall time, a warm-up trial). Exit 77 (skip) when h5py is missing.
 """
 import json
 import os
@@ -75,6 +76,24 @@ def main():
                 check("0 trained (" in said and " on the device" in said and " 0 on the device" not in said,
                       f"{sweep}, {what}: teachers trained on the device, none by set-up")
             compare_files(out, ref, f"{sweep}, {what} against the CPU")
+
+    # `stsweep estimate` on "CUDA": wall seconds (not CPU time), rounds of
+    # --round-size trials after one uncounted warm-up trial, nothing written.
+    before = set(os.listdir(a.workdir))
+    p = run(a.fake, ["estimate", os.path.join(a.sweeps, "tiny.json"), "--backend", "cuda", "--round-size", "8",
+                     "--seconds", "3"])
+    if check(p.returncode == 0, "estimate on the fake device exits 0"):
+        check("warm-up: 1 trial (not counted)" in p.stderr and "on this device" in p.stdout
+              and "backend:   cuda (fake device 0" in p.stdout, f"estimate on cuda: warm-up, wall time ({p.stdout})")
+    p = run(a.fake, ["estimate", os.path.join(a.sweeps, "tiny.json"), "--backend", "cuda", "--round-size", "8",
+                     "--seconds", "3", "--format", "json"])
+    if check(p.returncode == 0, "estimate --format json on the fake device exits 0"):
+        j = json.loads(p.stdout)
+        check(j["backend"] == "cuda" and j["cost_unit"] == "seconds" and j["threads"] == 0
+              and abs(j["wall_seconds"] - j["total_cost"]) <= 1e-12 * j["total_cost"]
+              and j["round_size"] == 8 and j["trials"] == 36,
+              f"estimate on cuda: wall seconds, the total is the wall time ({j})")
+    check(set(os.listdir(a.workdir)) == before, "estimate wrote nothing")
 
     if FAILURES:
         print(f"{len(FAILURES)} check(s) failed")
