@@ -4,16 +4,17 @@
 //
 // Each round draws one trial at random from each of B equal slices of the ids
 // (every trial when there are no more than B), trains them on the chosen
-// backend as `run` would (batches of one shape) and measures their cost: on
-// the CPU the process's CPU time (core-seconds: idle threads of a small batch
-// and other processes on the machine do not count, so rounds can be small,
-// 4 trials a thread), on a GPU the wall time of rounds of run's batch size
-// (a GPU's rate depends on how many trials train at once). Rounds are
-// independent, so their per-trial means give a Student's t interval.
-// Sampling stops when another round would pass --seconds, or once 5 rounds
-// give an interval within 2% of the mean. On a GPU one trial runs first,
-// uncounted (the context and allocations of a first batch). Nothing is
-// written.
+// backend as `run` would (batches of one shape) from empty caches, and
+// measures their cost: on the CPU the process's CPU time (core-seconds: idle
+// threads of a small batch and other processes on the machine do not count,
+// so rounds can be small, 4 trials a thread), on a GPU the wall time of
+// rounds of run's batch size after one uncounted warm-up trial (a GPU's rate
+// depends on how many trials train at once). Trained teachers are costed
+// apart on the CPU (the teacher cache's training seconds), per distinct
+// teacher of the shard, since a run trains each once. Rounds are independent,
+// so their per-trial means give a Student's t interval. Sampling stops when
+// another round would pass --seconds, or once 5 rounds give an interval
+// within 2% of the mean. Nothing is written.
 #include <time.h>
 
 #include <algorithm>
@@ -25,6 +26,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <unordered_set>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -63,6 +65,28 @@ std::string span(double s) {
   return b;
 }
 
+// Trials whose trained teacher is counted exactly (a scan decodes about 10^5
+// trials a second); past it the estimate takes every such trial's teacher as
+// its own, an upper estimate.
+constexpr uint64_t kTeacherScanLimit = 1000000;
+
+struct MeanCi {
+  double mean = 0, half = NAN;  // half-width of the 95% CI (Student's t); NaN from one value
+};
+MeanCi mean_ci(const std::vector<double>& x) {
+  MeanCi r;
+  if (x.empty()) return r;
+  for (double v : x) r.mean += v;
+  r.mean /= static_cast<double>(x.size());
+  if (x.size() > 1) {
+    double ss = 0;
+    for (double v : x) ss += (v - r.mean) * (v - r.mean);
+    r.half = t975(static_cast<int64_t>(x.size()) - 1) * std::sqrt(ss / static_cast<double>(x.size() - 1)) /
+             std::sqrt(static_cast<double>(x.size()));
+  }
+  return r;
+}
+
 int estimate_main(const EstimateArgs& a) {
   const Sweep sweep = Sweep::from_file(a.file);
   const Shard shard = parse_shard(a.shard);
@@ -76,8 +100,14 @@ int estimate_main(const EstimateArgs& a) {
   ro.sweep_seed = sweep.seed();
   ro.precision = a.precision == "f64" ? Precision::f64 : Precision::f32;
   ro.threads = a.threads;
-  reset_teacher_cache(static_cast<size_t>(kTeacherCacheDefaultMb) << 20);
-  reset_setup_cache(static_cast<size_t>(kSetupCacheDefaultMb) << 20);
+  // Every round starts with empty caches: a teacher trained in one round must
+  // not make the next one cheap (a review: 26x too low on a sweep of shared
+  // teachers). Teachers are costed apart, per distinct teacher (below).
+  auto fresh_caches = [] {
+    reset_teacher_cache(static_cast<size_t>(kTeacherCacheDefaultMb) << 20);
+    reset_setup_cache(static_cast<size_t>(kSetupCacheDefaultMb) << 20);
+  };
+  fresh_caches();
   std::string why;
   std::unique_ptr<Backend> backend = choose_backend(a.backend, ro, &why);
   const bool cpu = backend->name() == "cpu";
@@ -100,22 +130,13 @@ int estimate_main(const EstimateArgs& a) {
     for (uint64_t i = r.begin; i < r.end; ++i) v.push_back(i);
     return v;
   };
-  std::vector<double> per_trial;  // one per round: cost / trials
+  // Per round: the students' cost per trial (the round's cost less its
+  // teachers' training), and, when it trained teachers, their cost per teacher.
+  std::vector<double> student, teacher;
   uint64_t sampled = 0;
-  double mean = 0, half = NAN;
-  auto interval = [&] {  // the mean cost per trial and the half-width of its 95% CI
-    const size_t k = per_trial.size();
-    mean = 0;
-    for (double x : per_trial) mean += x;
-    mean /= static_cast<double>(k);
-    half = NAN;
-    if (k > 1) {
-      double ss = 0;
-      for (double x : per_trial) ss += (x - mean) * (x - mean);
-      half = t975(static_cast<int64_t>(k) - 1) * std::sqrt(ss / static_cast<double>(k - 1)) /
-             std::sqrt(static_cast<double>(k));
-    }
-  };
+  MeanCi st;
+  const auto t0 = std::chrono::steady_clock::now();
+  auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
   if (!cpu) {
     // A GPU's first batch pays for its context, allocations and kernel
     // loading, which a long run pays once: one trial first, not counted.
@@ -125,8 +146,6 @@ int estimate_main(const EstimateArgs& a) {
     backend->run(warm, ro);
     if (table) std::cerr << "stsweep: warm-up: 1 trial (not counted)\n";
   }
-  const auto t0 = std::chrono::steady_clock::now();
-  auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
   do {
     const std::vector<uint64_t> ids = whole ? all_ids(range) : stratified_sample(range, batch, rng);
     // Batches of one shape, as run makes them (a round of several shapes runs
@@ -138,43 +157,81 @@ int estimate_main(const EstimateArgs& a) {
       g.ids.push_back(static_cast<int64_t>(id));
       g.trials.push_back(std::move(p));
     }
+    fresh_caches();
     const double c0 = process_cpu_seconds();
     const auto w0 = std::chrono::steady_clock::now();
     for (auto& [key, b] : groups) backend->run(b, ro);
     const double cost = cpu ? process_cpu_seconds() - c0
                             : std::chrono::duration<double>(std::chrono::steady_clock::now() - w0).count();
-    per_trial.push_back(cost / static_cast<double>(ids.size()));
+    // On the CPU set-up trains the teachers, in this process's CPU time; on a
+    // GPU they train on the device inside the round's wall time.
+    const TeacherCacheStats ts = teacher_cache_stats();
+    const double t_s = cpu && !whole ? std::min(cost, ts.train_seconds) : 0;
+    student.push_back((cost - t_s) / static_cast<double>(ids.size()));
+    if (cpu && !whole && ts.trained > 0) teacher.push_back(t_s / static_cast<double>(ts.trained));
     sampled += ids.size();
-    if (table)
-      std::cerr << "stsweep: " << (whole ? std::string("every trial") : "round " + std::to_string(per_trial.size()))
+    if (table) {
+      std::cerr << "stsweep: " << (whole ? std::string("every trial") : "round " + std::to_string(student.size()))
                 << ": " << ids.size() << (ids.size() == 1 ? " trial, " : " trials, ")
-                << shortest_text(std::round(cost * 1000) / 1000) << (cpu ? " core-s" : " s") << "\n";
-    interval();
+                << shortest_text(std::round(cost * 1000) / 1000) << (cpu ? " core-s" : " s");
+      if (t_s > 0)
+        std::cerr << " (" << ts.trained << " trained teacher" << (ts.trained == 1 ? "" : "s") << ": "
+                  << shortest_text(std::round(t_s * 1000) / 1000) << " of it)";
+      std::cerr << "\n";
+    }
+    st = mean_ci(student);
     // Another round when it fits in --seconds (judged by the mean round) and
     // the interval is not yet within 2% of the mean.
     if (whole) break;
-    const size_t k = per_trial.size();
-    if (k >= 5 && half <= 0.02 * mean) break;
+    const size_t k = student.size();
+    if (k >= 5 && st.half <= 0.02 * st.mean && (teacher.size() < 2 || teacher.size() >= 5)) break;
     const double per_round = elapsed() / static_cast<double>(k);
     if (sampled + batch >= n) {
       // More rounds would sample more trials than the sweep has: run them all
-      // once instead, when that fits in --seconds.
+      // once instead (teachers shared as in a run), when that fits in --seconds.
       if (elapsed() + per_round * static_cast<double>(n) / static_cast<double>(batch) > a.seconds) break;
       whole = true;
-      per_trial.clear();
+      student.clear();
+      teacher.clear();
+      sampled = 0;
       continue;
     }
     if (elapsed() + per_round > a.seconds) break;
   } while (true);
+  if (whole) sampled = n;
 
-  const size_t rounds = per_trial.size();
-  if (whole) half = 0;  // every trial ran: the cost is measured, not sampled
-  const double total = mean * static_cast<double>(n);
-  const double lo = std::max(0.0, mean - half) * static_cast<double>(n), hi = (mean + half) * static_cast<double>(n);
-  // On the CPU the run spreads core-seconds over its threads.
+  // The distinct trained teachers of the shard (a run trains each once): the
+  // samples' teachers cost per teacher, times how many the shard has.
+  uint64_t n_teachers = 0;
+  bool counted = true;
+  const MeanCi tc = mean_ci(teacher);
+  if (!teacher.empty()) {
+    if (n <= kTeacherScanLimit) {
+      std::unordered_set<std::string> distinct;
+      for (uint64_t id = range.begin; id < range.end; ++id) {
+        std::string r = trained_teacher_recipe(sweep.trial(id), sweep.seed());
+        if (!r.empty()) distinct.insert(std::move(r));
+      }
+      n_teachers = distinct.size();
+    } else {  // one teacher per sampled trial that had one: an upper estimate
+      counted = false;
+      n_teachers = n;
+    }
+  }
+  const double nd = static_cast<double>(n), td = static_cast<double>(n_teachers);
+  const double students = st.mean * nd, teachers = tc.mean * td, total = students + teachers;
+  const double sh = whole ? 0 : st.half, th = teacher.size() > 1 ? tc.half : teacher.empty() ? 0 : NAN;
+  const bool has_ci = std::isfinite(sh) && std::isfinite(th);
+  const double lo = std::max(0.0, st.mean - sh) * nd + std::max(0.0, tc.mean - th) * td;
+  const double hi = (st.mean + sh) * nd + (tc.mean + th) * td;
+  // On the CPU the run spreads core-seconds over its threads; trials that
+  // share a teacher wait while one thread trains it, so with teachers the wall
+  // time lies between all of it spread and the teachers one at a time.
   const double wall = cpu ? total / threads : total;
+  const double wall_max = cpu ? students / threads + teachers : total;
 
   if (!table) {
+    auto pair = [&](double l, double h) { return has_ci ? nlohmann::json({l, h}) : nlohmann::json(nullptr); };
     nlohmann::json j = {{"sweep", sweep.name()},
                         {"shard", std::to_string(shard.index) + "/" + std::to_string(shard.count)},
                         {"trials", n},
@@ -183,17 +240,20 @@ int estimate_main(const EstimateArgs& a) {
                         {"precision", a.precision},
                         {"threads", cpu ? threads : 0},
                         {"round_size", batch},
-                        {"rounds", rounds},
+                        {"rounds", student.size()},
                         {"sampled", sampled},
                         {"whole", whole},
                         {"sample_seconds", elapsed()},
                         {"cost_unit", cpu ? "core-seconds" : "seconds"},
-                        {"cost_per_trial", mean},
-                        {"cost_per_trial_ci95", std::isfinite(half) ? nlohmann::json({std::max(0.0, mean - half), mean + half})
-                                                                    : nlohmann::json(nullptr)},
+                        {"cost_per_trial", st.mean},
+                        {"cost_per_trial_ci95", pair(std::max(0.0, st.mean - sh), st.mean + sh)},
+                        {"trained_teachers", n_teachers},
+                        {"trained_teachers_counted", counted},
+                        {"cost_per_teacher", teacher.empty() ? nlohmann::json(nullptr) : nlohmann::json(tc.mean)},
                         {"total_cost", total},
-                        {"total_cost_ci95", std::isfinite(half) ? nlohmann::json({lo, hi}) : nlohmann::json(nullptr)},
-                        {"wall_seconds", wall}};
+                        {"total_cost_ci95", pair(lo, hi)},
+                        {"wall_seconds", wall},
+                        {"wall_seconds_max", wall_max}};
     std::cout << j.dump() << "\n";
     return kExitOk;
   }
@@ -205,31 +265,42 @@ int estimate_main(const EstimateArgs& a) {
     std::cout << "sampled:   every trial (" << n << "), in " << shortest_text(std::round(elapsed() * 100) / 100)
               << " s\n";
   } else {
-    std::cout << "sampled:   " << rounds << " round" << (rounds == 1 ? "" : "s") << " of " << batch
+    std::cout << "sampled:   " << student.size() << " round" << (student.size() == 1 ? "" : "s") << " of " << batch
               << " trials (one at random in each 1/" << batch << " of the ids), " << sampled << " trials in "
               << shortest_text(std::round(elapsed() * 100) / 100) << " s\n";
   }
-  char buf[160];
-  if (std::isfinite(half) && half > 0)
-    std::snprintf(buf, sizeof buf, "%.3g%s (95%% CI %.3g-%.3g)", mean, unit.c_str(), std::max(0.0, mean - half),
-                  mean + half);
-  else
-    std::snprintf(buf, sizeof buf, "%.3g%s", mean, unit.c_str());
-  std::cout << "per trial: " << buf << (rounds == 1 && !whole ? " (one round: no interval; --seconds for more)" : "")
-            << "\n";
+  char buf[200];
+  auto with_ci = [&](double m, double h) {
+    if (std::isfinite(h) && h > 0)
+      std::snprintf(buf, sizeof buf, "%.3g%s (95%% CI %.3g-%.3g)", m, unit.c_str(), std::max(0.0, m - h), m + h);
+    else
+      std::snprintf(buf, sizeof buf, "%.3g%s", m, unit.c_str());
+    return std::string(buf);
+  };
+  std::cout << "per trial: " << with_ci(st.mean, sh)
+            << (student.size() == 1 && !whole ? " (one round: no interval; --seconds for more)" : "")
+            << (teacher.empty() ? "" : ", without its trained teacher") << "\n";
+  if (!teacher.empty())
+    std::cout << "teachers:  " << with_ci(tc.mean, th) << " each, " << n_teachers
+              << (counted ? " distinct in the shard (a run trains each once)"
+                          : " at most (one per trial: more than " + std::to_string(kTeacherScanLimit) +
+                                " trials to count; trials that share teachers take less)")
+              << "\n";
   if (cpu) {
     std::cout << "whole:     " << span(total) << " of CPU time";
-    if (std::isfinite(half) && half > 0) std::cout << " (" << span(lo) << " to " << span(hi) << ")";
+    if (has_ci && hi > lo) std::cout << " (" << span(lo) << " to " << span(hi) << ")";
     std::snprintf(buf, sizeof buf, "%.3g", total / 3600);
     std::cout << " = " << buf << " core-hours; about " << span(wall) << " on " << threads << " thread"
-              << (threads == 1 ? "" : "s") << " (--threads)\n";
+              << (threads == 1 ? "" : "s") << " (--threads)";
+    if (wall_max > 1.05 * wall) std::cout << ", up to " << span(wall_max) << " if trials wait for shared teachers";
+    std::cout << "\n";
   } else {
     std::cout << "whole:     about " << span(total);
-    if (std::isfinite(half) && half > 0) std::cout << " (" << span(lo) << " to " << span(hi) << ")";
+    if (has_ci && hi > lo) std::cout << " (" << span(lo) << " to " << span(hi) << ")";
     std::cout << " on this device\n";
   }
-  std::cout << "note:      trials that share a trained teacher or a set-up problem share them in a run, not in "
-               "the sample (validate counts them), so a sweep with many such trials takes less\n";
+  std::cout << "note:      not in it: writing the results file (a few % of a run); on a GPU, trained teachers are "
+               "costed per sampled trial, high when trials share them\n";
   return kExitOk;
 }
 

@@ -186,10 +186,14 @@ int summary_main(const std::string& path, const std::string& by_text, const std:
   const bool student_best = names_best("best_test_risk", "best_step");
   const bool twin_best = names_best("baseline_best_test_risk", "baseline_best_step");
   const int bsk = store_column_index("best_step"), tbk = store_column_index("baseline_best_step"),
-            srk = store_column_index("steps_run");
-  int64_t best_last = 0, twin_best_last = 0;
+            srk = store_column_index("steps_run"), zlk = store_column_index("zero_loss"),
+            tzk = store_column_index("baseline_zero_loss");
+  // Of those, the ones short of zero training loss: a converged student's
+  // last risk is where more steps would leave it (a review: 7 of 18 flagged
+  // rows in findings_decomposition were converged).
+  int64_t best_last = 0, twin_best_last = 0, best_last_open = 0, twin_best_last_open = 0;
   std::vector<int> which = byk;
-  if (student_best || twin_best) which.insert(which.end(), {bsk, tbk, srk});
+  if (student_best || twin_best) which.insert(which.end(), {bsk, tbk, srk, zlk, tzk});
   which.push_back(mk);
   if (pk >= 0) which.push_back(pk);
   which.push_back(sk);
@@ -263,8 +267,11 @@ int summary_main(const std::string& path, const std::string& by_text, const std:
       ++used;
       if (student_best || twin_best) {
         const int64_t last = b.cols[srk].i[r];
-        best_last += student_best && b.cols[bsk].i[r] == last;
-        twin_best_last += twin_best && b.cols[tbk].i[r] == last;
+        const bool s_last = student_best && b.cols[bsk].i[r] == last, t_last = twin_best && b.cols[tbk].i[r] == last;
+        best_last += s_last;
+        twin_best_last += t_last;
+        best_last_open += s_last && b.cols[zlk].i[r] != 1;
+        twin_best_last_open += t_last && b.cols[tzk].i[r] != 1;
       }
     }
   }
@@ -291,13 +298,16 @@ int summary_main(const std::string& path, const std::string& by_text, const std:
                 << " are done (the table counts " << counted << " only); the file also has " << h.n_diverged
                 << " diverged" << (include_diverged ? "" : " (--include-diverged counts them)") << ", " << h.n_failed
                 << " failed, " << h.n_pending << " pending\n";
-    for (const auto& [n, who, col, risk] :
-         {std::tuple{best_last, "the student's", "best_step", "best_test_risk"},
-          std::tuple{twin_best_last, "the twin's", "baseline_best_step", "baseline_best_test_risk"}})
-      if (n > 0)
+    for (const auto& [n, open, who, col, risk, zl] :
+         {std::tuple{best_last, best_last_open, "the student's", "best_step", "best_test_risk", "zero_loss"},
+          std::tuple{twin_best_last, twin_best_last_open, "the twin's", "baseline_best_step",
+                     "baseline_best_test_risk", "baseline_zero_loss"}})
+      if (open > 0)
         std::cerr << "stsweep: summary: note: " << n << " of the " << used << " rows summarised have " << who
-                  << " best checkpoint at the last step (" << col << " = steps_run): there " << risk
-                  << " is the last risk, not an early-stopped one, and more steps could lower it\n";
+                  << " best checkpoint at the last step (" << col << " = steps_run), " << open
+                  << " of them short of zero training loss (" << zl << " = 0): there " << risk
+                  << " is the last risk of a network still learning, not an early-stopped one, and more steps "
+                     "could lower it\n";
     const JournalSummary js = inspect_journal(journal_of(path));
     if (js.rows_waiting_for(h))
       std::cerr << "stsweep: summary: " << js.rows << " finished trials are in " << journal_of(path)

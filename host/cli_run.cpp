@@ -249,8 +249,7 @@ int run_main(const RunArgs& a) {
   });
 
   auto interrupted = [&](int64_t in_flight) {
-    progress.clear();
-    writer->set_checkpoint_hook(nullptr);  // the bar stays away: the stop's messages follow
+    progress.stopping();  // the bar stays away (the stop's messages follow); jsonl logs the stop's checkpoint
     const char* sig = signal_name(g_signal);
     std::string err;
     // A checkpoint copies the whole file: at 10^8 rows that can outlast a
@@ -296,8 +295,7 @@ int run_main(const RunArgs& a) {
   hooks.progress = [&progress](int64_t n) { progress.update(n); };
   // Keeps what is finished: folds the journal into the file, or says where it is.
   auto keep_finished = [&] {
-    progress.clear();
-    writer->set_checkpoint_hook(nullptr);
+    progress.stopping();
     try {
       writer->checkpoint();
     } catch (const std::exception& x) {
@@ -332,6 +330,7 @@ int run_main(const RunArgs& a) {
   PipelineStats ps;
   try {
     ps = run_pipeline(batcher, *backend, ro, *writer, hooks, po);
+    writer->set_checkpoint_hook(nullptr);  // no fold is left to show
   } catch (...) {
     keep_finished();  // then main reports
     throw;

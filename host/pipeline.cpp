@@ -96,20 +96,8 @@ PipelineStats run_pipeline(Batcher& batcher, Backend& backend, const RunOptions&
     }
     if (have_next) fut = launch(nxt);
     const RowBlock block = RowBlock::from_batch(*cur, o.results);
-    StoreSpan span;
-    span.begin = Clock::now();
-    writer.set_store_seconds(st.store, st.store_exposed);  // recorded with the session at the next update
-    try {
-      writer.append(block, o.seconds);
-      if (opt.fold_while_training && have_next && fut.wait_for(std::chrono::seconds(0)) != std::future_status::ready)
-        writer.checkpoint_within(0.5 * o.seconds);
-    } catch (...) {
-      failed();
-    }
-    span.end = Clock::now();
-    st.store += seconds(span.end - span.begin);
-    if (have_next) beside = span;
-    else st.store_exposed += seconds(span.end - span.begin);
+    // Counted (and shown) before the store: a checkpoint the append makes
+    // shows the bar with this batch in it.
     st.compute += o.seconds;
     for (const auto& r : o.results) {
       ++st.total;
@@ -124,6 +112,20 @@ PipelineStats run_pipeline(Batcher& batcher, Backend& backend, const RunOptions&
       }
     }
     if (hooks.progress) hooks.progress(st.total);
+    StoreSpan span;
+    span.begin = Clock::now();
+    writer.set_store_seconds(st.store, st.store_exposed);  // recorded with the session at the next update
+    try {
+      writer.append(block, o.seconds);
+      if (opt.fold_while_training && have_next && fut.wait_for(std::chrono::seconds(0)) != std::future_status::ready)
+        writer.checkpoint_within(0.5 * o.seconds);
+    } catch (...) {
+      failed();
+    }
+    span.end = Clock::now();
+    st.store += seconds(span.end - span.begin);
+    if (have_next) beside = span;
+    else st.store_exposed += seconds(span.end - span.begin);
     // After the last batch is stored, a stop changes nothing: finish() folds the
     // journal as a stop's checkpoint would, and the run is complete (until
     // session 13 it said "interrupted", exit 1, and kept the journal).

@@ -1,5 +1,6 @@
 #include "progress.hpp"
 
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include <cmath>
@@ -70,24 +71,30 @@ void Progress::emit(bool final) {
   double rate = el > 0 ? done_ / el : 0;
   double eta = rate > 0 ? (total_ - done_) / rate : NAN;
   if (mode_ == ProgressMode::bar) {
-    const int width = 30;
+    if (stopping_) return;
+    const int width = 20;
     double frac = total_ > 0 ? double(done_) / total_ : 1.0;
     int fill = static_cast<int>(frac * width);
     std::string bar(fill, '#');
     bar += std::string(width - fill, '-');
-    // While a checkpoint is written the note takes the ETA's place (the line
-    // stays within 80 columns for runs of up to 10^7 trials).
+    // While a checkpoint is written the note takes the ETA's place.
     const std::string tail = final ? "ETA 0:00" : note_.empty() ? "ETA " + hms(eta) : note_;
     char line[256];
     std::snprintf(line, sizeof line, "[%s] %lld/%lld %5.1f%%  %.1f trials/s  %s", bar.c_str(), (long long)done_,
                   (long long)total_, 100 * frac, rate, tail.c_str());
-    const std::string text = line;
+    std::string text = line;
+    // A line as wide as the terminal wraps, and every redraw then scrolls: cut
+    // it to one column less (a million trials at 10^4 a second is 71 columns).
+    winsize ws{};
+    if (::ioctl(STDERR_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 1 && text.size() >= ws.ws_col)
+      text.resize(ws.ws_col - 1);
     // Spaces over what a longer line before left (a note that went away).
     const size_t pad = drawn_ && drawn_width_ > text.size() ? drawn_width_ - text.size() : 0;
-    std::fprintf(stderr, "\r%s%*s", text.c_str(), static_cast<int>(pad + 3), "");
+    std::fprintf(stderr, "\r%s%*s", text.c_str(), static_cast<int>(pad), "");
+    if (pad > 0) std::fprintf(stderr, "\r%s", text.c_str());  // the cursor back after the text
     if (final) std::fputc('\n', stderr);
     drawn_ = !final;
-    drawn_width_ = text.size() + 3;
+    drawn_width_ = text.size();
     std::fflush(stderr);
   } else if (mode_ == ProgressMode::jsonl) {
     nlohmann::json j = {{"event", final ? "finished" : "progress"},
@@ -114,9 +121,17 @@ void Progress::clear() {
   }
 }
 
+void Progress::stopping() {
+  clear();
+  stopping_ = true;
+}
+
 void Progress::checkpoint_begins(int64_t rows) {
   if (mode_ != ProgressMode::bar) return;
-  note_ = rows > 0 ? "checkpoint: " + std::to_string(rows) + " rows" : std::string("writing the file");
+  // The fold copies the whole file: its time grows with the file, not with
+  // the rows it adds, so the bar says only that it is writing.
+  (void)rows;
+  note_ = "writing the file";
   emit(false);
 }
 
@@ -128,6 +143,8 @@ void Progress::checkpoint_ends(int64_t rows, double seconds) {
     nlohmann::json j = {{"event", "checkpoint"},
                         {"rows", rows},
                         {"seconds", std::round(seconds * 1000) / 1000},
+                        {"done", done_},
+                        {"total", total_},
                         {"elapsed_s", std::round(elapsed() * 1000) / 1000}};
     std::fprintf(stderr, "%s\n", j.dump().c_str());
     std::fflush(stderr);

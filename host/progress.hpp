@@ -31,6 +31,9 @@ class Progress {
   // {"event":"checkpoint","rows":..,"seconds":..} line after each.
   void checkpoint_begins(int64_t rows);
   void checkpoint_ends(int64_t rows, double seconds);
+  // A stop or an error is being reported: the bar is cleared and not drawn
+  // again (their messages follow); jsonl lines go on (the stop's checkpoint).
+  void stopping();
 
  private:
   void emit(bool final);
@@ -38,7 +41,7 @@ class Progress {
   int64_t total_, before_, done_ = 0;
   double interval_;
   std::chrono::steady_clock::time_point t0_, last_;
-  bool drawn_ = false;
+  bool drawn_ = false, stopping_ = false;
   size_t drawn_width_ = 0;  // characters of the bar now on the line
   std::string note_;        // shown after the bar (a checkpoint being written)
 };

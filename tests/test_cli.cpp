@@ -174,6 +174,10 @@ TEST(Cli, ProgressShowsCheckpoints) {
       ++events;
       folded += e["rows"].get<int64_t>();
       EXPECT_GE(e["seconds"].get<double>(), 0) << line;
+      // The rows counted before the fold that stores them (a review saw 0/216
+      // while 16 rows were being written), so done >= rows folded so far.
+      EXPECT_GE(e["done"].get<int64_t>(), folded) << line;
+      EXPECT_EQ(e["total"], 36) << line;
     } else {
       last_done = e["done"].get<int64_t>();
     }
@@ -184,11 +188,11 @@ TEST(Cli, ProgressShowsCheckpoints) {
   EXPECT_TRUE(finished_last) << j.err;  // "finished" after the last checkpoint
   Outcome b = run(base + "bar");
   ASSERT_EQ(b.rc, 0) << b.err;
-  EXPECT_NE(b.err.find("trials/s  checkpoint: "), std::string::npos) << b.err;  // in the ETA's place
+  EXPECT_NE(b.err.find("trials/s  writing the file"), std::string::npos) << b.err;  // in the ETA's place
   EXPECT_NE(b.err.find("ETA 0:00"), std::string::npos) << b.err;
   // The last drawing is the finished bar, with no note left on the line.
   const std::string tail = b.err.substr(b.err.rfind('\r'));
-  EXPECT_EQ(tail.find("checkpoint"), std::string::npos) << tail;
+  EXPECT_EQ(tail.find("writing"), std::string::npos) << tail;
   EXPECT_NE(tail.find("36/36 100.0%"), std::string::npos) << tail;
 }
 
@@ -231,6 +235,24 @@ TEST(Cli, EstimateAddsUp) {
   EXPECT_EQ(k["rounds"], 1);
   EXPECT_EQ(k["total_cost_ci95"][0], k["total_cost"]);  // measured, not sampled
 
+  // Trained teachers are costed per distinct teacher (sweeps/trained_teachers.json:
+  // 128 trials, 8 teachers), each round from empty caches (a teacher of one
+  // round made the next ones cheap: a review's estimate was 26x too low).
+  // --seconds 0: one round (this sweep is quick enough to run whole).
+  Outcome tt = run("estimate " + sweep_file("trained_teachers.json") + " --backend cpu --threads 2 --seconds 0 "
+                   "--format json");
+  ASSERT_EQ(tt.rc, 0) << tt.err;
+  const auto q = nlohmann::json::parse(tt.out);
+  ASSERT_FALSE(q["whole"].get<bool>()) << tt.out;
+  EXPECT_EQ(q["trained_teachers"], 8);
+  EXPECT_TRUE(q["trained_teachers_counted"].get<bool>());
+  const double per_teacher = q["cost_per_teacher"].get<double>(), tt_total = q["total_cost"].get<double>();
+  EXPECT_GT(per_teacher, 0);
+  EXPECT_NEAR(tt_total, q["cost_per_trial"].get<double>() * 128 + per_teacher * 8, 1e-9 * tt_total);
+  EXPECT_NEAR(q["wall_seconds"].get<double>(), tt_total / 2, 1e-9 * tt_total);
+  EXPECT_NEAR(q["wall_seconds_max"].get<double>(), q["cost_per_trial"].get<double>() * 128 / 2 + per_teacher * 8,
+              1e-9 * tt_total);
+
   Outcome t = run("estimate " + sweep_file("tiny.json") + " --backend cpu --shard 1/4");
   ASSERT_EQ(t.rc, 0) << t.err;
   EXPECT_NE(t.out.find("sweep:     tiny, shard 1/4: 9 trials"), std::string::npos) << t.out;
@@ -261,18 +283,23 @@ TEST(Cli, SummaryNotesBestAtTheLastStep) {
   stsweep::H5Results h = stsweep::H5Results::open(out, false);
   const int bs = stsweep::store_column_index("best_step"), tb = stsweep::store_column_index("baseline_best_step"),
             sr = stsweep::store_column_index("steps_run");
-  stsweep::RowBlock b = h.read(0, h.rows(), {bs, tb, sr});
-  int64_t student = 0, twin = 0;
+  const int zl = stsweep::store_column_index("zero_loss"), tz = stsweep::store_column_index("baseline_zero_loss");
+  stsweep::RowBlock b = h.read(0, h.rows(), {bs, tb, sr, zl, tz});
+  int64_t student = 0, twin = 0, student_open = 0, twin_open = 0;
   for (size_t r = 0; r < b.rows(); ++r) {
     student += b.cols[bs].i[r] == b.cols[sr].i[r];
     twin += b.cols[tb].i[r] == b.cols[sr].i[r];
+    student_open += b.cols[bs].i[r] == b.cols[sr].i[r] && b.cols[zl].i[r] == 0;
+    twin_open += b.cols[tb].i[r] == b.cols[sr].i[r] && b.cols[tz].i[r] == 0;
   }
-  ASSERT_GE(student, 4);  // the 40-step runs are still learning at their end
+  ASSERT_GE(student_open, 4);  // the 40-step runs are still learning at their end
   ASSERT_LT(student, 8);
+  ASSERT_GE(twin_open, 1);
   Outcome s = run("summary '" + out + "' --metric best_test_risk --paired baseline_best_test_risk --relative");
   ASSERT_EQ(s.rc, 0) << s.err;
   EXPECT_NE(s.err.find("note: " + std::to_string(student) + " of the 8 rows summarised have the student's best "
-                       "checkpoint at the last step"), std::string::npos) << s.err;
+                       "checkpoint at the last step (best_step = steps_run), " + std::to_string(student_open) +
+                       " of them short of zero training loss"), std::string::npos) << s.err;
   EXPECT_NE(s.err.find("note: " + std::to_string(twin) + " of the 8 rows summarised have the twin's best"),
             std::string::npos) << s.err;
   Outcome w = run("summary '" + out + "' --metric best_step --where steps=20000");
