@@ -99,6 +99,19 @@ def main():
     check(sum(1 for x in sel if x) == 8 and p.returncode == 1 and "FAILED: 12. the noise" in p.stdout
           and "noise 1, n_t 2" in p.stdout and p.stdout.count("FAILED") == 1,
           f"a nudged noise subgrid fails claim 12 alone (exit {p.returncode})")
+    # And its other half: the perturbed teacher's students at noise 0.1 made 20%
+    # worse (0.894 -> 1.07: no longer helped).
+    shutil.copy(os.path.join(res, "findings_teacher.h5"), nudged_t)
+    with h5py.File(nudged_t, "r+") as f:
+        sel = (f["subgrid"].asstr()[()] == "perturbed, across noise") & (f["noise"][()] == 0.1)
+        v = f["best_test_risk"][()]
+        v[sel] *= 1.2
+        f["best_test_risk"][...] = v
+    p = subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "tools", "findings-report"), nudged_t,
+                        os.path.join(res, "findings_decomposition.h5"), "--check"],
+                       capture_output=True, text=True, timeout=300)
+    check(sum(1 for x in sel if x) == 8 and p.returncode == 1 and "noise 0.1, perturbed" in p.stdout
+          and p.stdout.count("FAILED") == 1, f"a nudged perturbed noise row fails claim 12 alone (exit {p.returncode})")
 
     print(f"{len(FAILURES)} failed" if FAILURES else "all checks passed")
     return 1 if FAILURES else 0
