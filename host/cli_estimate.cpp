@@ -133,7 +133,7 @@ int estimate_main(const EstimateArgs& a) {
   // Per round: the students' cost per trial (the round's cost less its
   // teachers' training), and, when it trained teachers, their cost per teacher.
   std::vector<double> student, teacher;
-  uint64_t sampled = 0;
+  uint64_t sampled = 0, sampled_with_teacher = 0;
   MeanCi st;
   const auto t0 = std::chrono::steady_clock::now();
   auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
@@ -153,6 +153,7 @@ int estimate_main(const EstimateArgs& a) {
     std::map<ShapeKey, Batch> groups;
     for (uint64_t id : ids) {
       TrialParams p = sweep.trial(id);
+      sampled_with_teacher += p.teacher.kind == TeacherKind::trained;
       Batch& g = groups[shape_key(p)];
       g.ids.push_back(static_cast<int64_t>(id));
       g.trials.push_back(std::move(p));
@@ -193,7 +194,7 @@ int estimate_main(const EstimateArgs& a) {
       whole = true;
       student.clear();
       teacher.clear();
-      sampled = 0;
+      sampled = sampled_with_teacher = 0;
       continue;
     }
     if (elapsed() + per_round > a.seconds) break;
@@ -213,9 +214,10 @@ int estimate_main(const EstimateArgs& a) {
         if (!r.empty()) distinct.insert(std::move(r));
       }
       n_teachers = distinct.size();
-    } else {  // one teacher per sampled trial that had one: an upper estimate
+    } else {  // one teacher per trial that has one (the sample's share): an upper estimate
       counted = false;
-      n_teachers = n;
+      n_teachers = static_cast<uint64_t>(std::ceil(static_cast<double>(n) * static_cast<double>(sampled_with_teacher) /
+                                                   static_cast<double>(std::max<uint64_t>(sampled, 1))));
     }
   }
   const double nd = static_cast<double>(n), td = static_cast<double>(n_teachers);
@@ -283,8 +285,9 @@ int estimate_main(const EstimateArgs& a) {
   if (!teacher.empty())
     std::cout << "teachers:  " << with_ci(tc.mean, th) << " each, " << n_teachers
               << (counted ? " distinct in the shard (a run trains each once)"
-                          : " at most (one per trial: more than " + std::to_string(kTeacherScanLimit) +
-                                " trials to count; trials that share teachers take less)")
+                          : " at most (one per trial with a trained teacher, by the sample's share: more than " +
+                                std::to_string(kTeacherScanLimit) + " trials to count; trials that share teachers "
+                                "take less)")
               << "\n";
   if (cpu) {
     std::cout << "whole:     " << span(total) << " of CPU time";
