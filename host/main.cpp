@@ -28,10 +28,10 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   cli::Registry reg;
   cli::add_sweep_commands(app, reg);
+  cli::add_estimate_command(app, reg);  // validate, list, estimate, then run
   cli::add_run_command(app, reg);
   cli::add_results_commands(app, reg);
   cli::add_export_command(app, reg);
-  cli::add_estimate_command(app, reg);
   if (argc > 1 && argv[1][0] != '-') {
     // CLI11 would say only "A subcommand is required" of a misspelt command.
     std::string names;

@@ -455,7 +455,7 @@ TEST(Cli, BadInputExitsTwoWithThePath) {
   // "A subcommand is required").
   Outcome typo = run("valdate " + sweep_file("tiny.json"));
   EXPECT_EQ(typo.rc, 2);
-  EXPECT_NE(typo.err.find("unknown command 'valdate' (the commands: validate, list, run"), std::string::npos)
+  EXPECT_NE(typo.err.find("unknown command 'valdate' (the commands: validate, list, estimate, run"), std::string::npos)
       << typo.err;
   // Counts say what they expect and which option; "-3" does not wrap round
   // into an unsigned limit, and no results file is started.
