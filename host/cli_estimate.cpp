@@ -125,11 +125,6 @@ int estimate_main(const EstimateArgs& a) {
   // Seeded by the sweep: the same command samples the same trials.
   std::mt19937_64 rng(sweep.seed() ^ 0x9e3779b97f4a7c15ULL);
   bool whole = n <= batch;  // every trial runs once: the cost is measured, not sampled
-  auto all_ids = [](IdRange r) {
-    std::vector<uint64_t> v;
-    for (uint64_t i = r.begin; i < r.end; ++i) v.push_back(i);
-    return v;
-  };
   // Per round: the students' cost per trial (the round's cost less its
   // teachers' training), and, when it trained teachers, their cost per teacher.
   std::vector<double> student, teacher;
@@ -147,7 +142,8 @@ int estimate_main(const EstimateArgs& a) {
     if (table) std::cerr << "stsweep: warm-up: 1 trial (not counted)\n";
   }
   do {
-    const std::vector<uint64_t> ids = whole ? all_ids(range) : stratified_sample(range, batch, rng);
+    // Asked for n slices, stratified_sample hands back every id (drawing nothing).
+    const std::vector<uint64_t> ids = stratified_sample(range, whole ? n : batch, rng);
     // Batches of one shape, as run makes them (a round of several shapes runs
     // as several smaller batches: on a GPU that makes the estimate high).
     std::map<ShapeKey, Batch> groups;

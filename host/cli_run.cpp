@@ -244,7 +244,7 @@ int run_main(const RunArgs& a) {
   Batcher batcher(sweep, range, [&](uint64_t id) { return writer->final(static_cast<int64_t>(id)); }, batch_size);
   Progress progress(progress_mode(a.progress), todo, rows - todo, progress_every);
   writer->set_checkpoint_hook([&progress](bool begin, int64_t journaled, double seconds) {
-    if (begin) progress.checkpoint_begins(journaled);
+    if (begin) progress.checkpoint_begins();
     else progress.checkpoint_ends(journaled, seconds);
   });
 

@@ -126,11 +126,10 @@ void Progress::stopping() {
   stopping_ = true;
 }
 
-void Progress::checkpoint_begins(int64_t rows) {
+void Progress::checkpoint_begins() {
   if (mode_ != ProgressMode::bar) return;
   // The fold copies the whole file: its time grows with the file, not with
   // the rows it adds, so the bar says only that it is writing.
-  (void)rows;
   note_ = "writing the file";
   emit(false);
 }

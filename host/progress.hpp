@@ -29,7 +29,7 @@ class Progress {
   // A checkpoint (ResultsWriter's hook): while one is written the bar says so
   // (it cannot tick: the thread that draws it writes the file); jsonl gets a
   // {"event":"checkpoint","rows":..,"seconds":..} line after each.
-  void checkpoint_begins(int64_t rows);
+  void checkpoint_begins();
   void checkpoint_ends(int64_t rows, double seconds);
   // A stop or an error is being reported: the bar is cleared and not drawn
   // again (their messages follow); jsonl lines go on (the stop's checkpoint).
